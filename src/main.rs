@@ -1,0 +1,4 @@
+mod keys;
+mod narinfo;
+mod nix32;
+fn main() {}
