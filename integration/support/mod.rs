@@ -1,0 +1,684 @@
+//! Test harness for Peerix integration tests: throw-away hosts on one machine.
+//!
+//! A [`Net`] is a bridge with N [`Host`]s. Each host is a network namespace
+//! (with a veth on the bridge, an IPv4 address with broadcast and an IPv6 ULA)
+//! plus its own directory that every command run in it sees as `/nix`, so each
+//! host has its own, real Nix store. Nothing leaves the bridge: traffic stays
+//! between the hosts a test made. Dropping the `Net` (also while a failing test
+//! unwinds) kills everything that runs in its hosts and removes namespaces,
+//! bridge and directories; leftovers of killed test runs are removed by the
+//! next run.
+//!
+//! Every Nix command run through [`Host::cmd`] has substituters disabled and
+//! `nix-command` enabled through `NIX_CONFIG`, so Nix never tries the internet.
+//!
+//! Needs root (and `ip`, `unshare`, `curl`, `bash`, the Nix 2.x CLIs); without
+//! it [`Net::new`] prints why and returns `None`, and the test returns early.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::Read;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Start of every name (namespace, link, directory) the harness creates.
+const PREFIX: &str = "pxit";
+/// The port peerix listens on when no `--port` is given.
+pub const DEFAULT_PORT: u16 = 12304;
+/// `NIX_CONFIG` for every command run in a host: never substitute from the
+/// internet, and allow `nix store sign` / `nix path-info`.
+pub const NIX_CONFIG: &str = "substituters =\nexperimental-features = nix-command\n";
+/// How long [`Host::run`] lets a command take before failing the test.
+const RUN_LIMIT: Duration = Duration::from_secs(180);
+
+/// Counts the `Net`s made by this test process (part of their names).
+static NETS: AtomicUsize = AtomicUsize::new(0);
+/// Makes file names unique within one test process.
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A bridge with hosts on it. Dropping it removes everything it made.
+pub struct Net {
+    /// Unique per `Net`, e.g. `pxit1a2b3n0`; used in every name below.
+    pub prefix: String,
+    /// Per-run directory holding each host's directory.
+    pub dir: PathBuf,
+    /// The hosts, `hosts[0]` is named `h1`.
+    pub hosts: Vec<Host>,
+    bridge: String,
+}
+
+/// One test host: a network namespace plus its own `/nix`.
+pub struct Host {
+    /// `h1`, `h2`, …
+    pub name: String,
+    /// The network namespace (`ip netns`) name.
+    pub netns: String,
+    /// IPv4 address on the bridge (a /24 with broadcast).
+    pub addr4: Ipv4Addr,
+    /// IPv6 ULA address on the bridge (a /64).
+    pub addr6: Ipv6Addr,
+    /// Host directory (outside `/nix`): logs, keys, scratch files. Visible at
+    /// the same path inside the host and outside.
+    pub dir: PathBuf,
+    /// The directory the host sees as `/nix`.
+    pub nix_dir: PathBuf,
+}
+
+/// A background process in a host (a peerix node, a nix-daemon). Dropping it
+/// stops it.
+pub struct Daemon {
+    child: Child,
+    log_path: PathBuf,
+    /// `http://ADDR:PORT` for a peerix node, empty otherwise.
+    base_url: String,
+}
+
+/// What [`Host::curl`] got.
+#[derive(Debug)]
+pub struct Response {
+    /// curl's exit code (0 on a complete transfer, 18 partial, 28 timeout…).
+    pub exit: i32,
+    /// HTTP status, 0 if none was received.
+    pub status: u16,
+    /// Header lines of the last response, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// The body as far as it was received.
+    pub body: Vec<u8>,
+    /// curl's error message, if any.
+    pub stderr: String,
+}
+
+/// The test closure built by [`build_closure`] (full store paths).
+#[derive(Debug, Clone)]
+pub struct Closure {
+    /// Directory with a subdirectory, a file, an executable, an empty file and
+    /// symlinks; no references.
+    pub dep: String,
+    /// Directory with one random 100 MiB file.
+    pub big: String,
+    /// Refers to `dep` and `big`.
+    pub top: String,
+    /// A content-addressed file made with `nix-store --add`.
+    pub ca: String,
+}
+
+/// A Nix signing key pair made by [`generate_key`].
+#[derive(Debug, Clone)]
+pub struct Key {
+    /// Secret key file (readable from inside and outside the hosts).
+    pub secret: PathBuf,
+    /// Public key text, `NAME:base64`.
+    pub public: String,
+}
+
+impl Net {
+    /// Makes a bridge with `hosts` hosts, each with an initialised Nix store.
+    /// Returns `None` (after saying so) when not root or when network
+    /// namespaces cannot be made; panics on any later setup failure.
+    pub fn new(hosts: usize) -> Option<Net> {
+        assert!((1..=9).contains(&hosts), "1 to 9 hosts per Net");
+        if !is_root() {
+            eprintln!("skipping: needs root and ip netns (not running as root)");
+            return None;
+        }
+        remove_leftovers();
+        let n = NETS.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        let prefix = format!("{PREFIX}{pid:x}n{n}");
+        assert!(prefix.len() + 2 <= 15, "prefix {prefix} too long for link names");
+        let mut net = Net {
+            dir: base_dir().join(&prefix),
+            bridge: format!("{prefix}b"),
+            prefix,
+            hosts: Vec::new(),
+        };
+        if let Err(e) = probe_netns(&format!("{}-probe", net.prefix)) {
+            eprintln!("skipping: needs root and ip netns ({e})");
+            return None;
+        }
+        // Subnet bytes only need to differ between concurrent Nets for
+        // readability of logs; each bridge is its own broadcast domain anyway.
+        let (x, y) = (100 + (n % 100) as u8, (pid % 251) as u8);
+        fs::create_dir_all(&net.dir).expect("create the per-run directory");
+        ip(&["link", "add", &net.bridge, "type", "bridge"]);
+        ip(&["link", "set", &net.bridge, "up"]);
+        for i in 0..hosts {
+            let host = Host {
+                name: format!("h{}", i + 1),
+                netns: format!("{}-h{}", net.prefix, i + 1),
+                addr4: Ipv4Addr::new(10, x, y, i as u8 + 1),
+                addr6: Ipv6Addr::new(0xfd70, x as u16, y as u16, 0, 0, 0, 0, i as u16 + 1),
+                dir: net.dir.join(format!("h{}", i + 1)),
+                nix_dir: net.dir.join(format!("h{}", i + 1)).join("nix"),
+            };
+            let veth = format!("{}v{}", net.prefix, i + 1);
+            ip(&["netns", "add", &host.netns]);
+            net.hosts.push(host);
+            let host = net.hosts.last().unwrap();
+            let peer = ["peer", "name", "eth0", "netns", &host.netns];
+            ip(&[&["link", "add", &veth, "type", "veth"][..], &peer].concat());
+            ip(&["link", "set", &veth, "master", &net.bridge]);
+            ip(&["link", "set", &veth, "up"]);
+            let ns = ["-n", host.netns.as_str()];
+            let a4 = format!("{}/24", host.addr4);
+            let a6 = format!("{}/64", host.addr6);
+            ip(&[&ns[..], &["addr", "add", &a4, "brd", "+", "dev", "eth0"]].concat());
+            ip(&[&ns[..], &["-6", "addr", "add", &a6, "dev", "eth0", "nodad"]].concat());
+            ip(&[&ns[..], &["link", "set", "eth0", "up"]].concat());
+            ip(&[&ns[..], &["link", "set", "lo", "up"]].concat());
+            for d in [&host.nix_dir, &host.dir.join("home"), &host.dir.join("cache")] {
+                fs::create_dir_all(d).expect("create a host directory");
+            }
+            host.run("nix-store --init");
+        }
+        Some(net)
+    }
+
+    /// The `i`-th host, counting from 1 like the names (`host(1)` is `h1`).
+    pub fn host(&self, i: usize) -> &Host {
+        &self.hosts[i - 1]
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for host in &self.hosts {
+            kill_netns(&host.netns);
+        }
+        let _ = quiet_ip(&["link", "del", &self.bridge]);
+        if let Err(e) = fs::remove_dir_all(&self.dir) {
+            eprintln!("warning: cannot remove {}: {e}", self.dir.display());
+        }
+    }
+}
+
+impl Host {
+    /// A command running `program args…` inside this host: in its network
+    /// namespace, in a private mount namespace with the host's directory on
+    /// `/nix`. The environment has `NIX_CONFIG` (see [`NIX_CONFIG`]),
+    /// `NIX_REMOTE=local` and a per-host `HOME` and `XDG_CACHE_HOME` (so Nix's
+    /// narinfo cache is per host); the caller may override any of them.
+    pub fn cmd(&self, program: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.netns])
+            .args(["unshare", "-m", "--propagation", "private"])
+            .args(["sh", "-c", r#"mount --bind "$1" /nix && shift && exec "$@""#])
+            .arg("sh")
+            .arg(&self.nix_dir)
+            .arg(program)
+            .args(args)
+            .env("NIX_CONFIG", NIX_CONFIG)
+            .env("NIX_REMOTE", "local")
+            .env("HOME", self.dir.join("home"))
+            .env("XDG_CACHE_HOME", self.dir.join("cache"))
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `sh -c script` in the host and returns its trimmed stdout; panics
+    /// with stdout and stderr if it fails or takes longer than 3 minutes.
+    pub fn run(&self, script: &str) -> String {
+        let out = self.try_run(script);
+        if !out.status.success() {
+            panic!(
+                "on {}: `{script}` failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+                self.name,
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Runs `sh -c script` in the host and returns its output, whatever its
+    /// exit status; panics only if it takes longer than 3 minutes.
+    pub fn try_run(&self, script: &str) -> Output {
+        output_within(self.cmd("sh", &["-c", script]), RUN_LIMIT)
+            .unwrap_or_else(|| panic!("on {}: `{script}` timed out", self.name))
+    }
+
+    /// Where a path under `/nix` of this host is, seen from outside the host
+    /// (e.g. to change a store file behind Nix's back).
+    pub fn outside(&self, nix_path: &str) -> PathBuf {
+        let rest = nix_path
+            .strip_prefix("/nix/")
+            .unwrap_or_else(|| panic!("{nix_path} is not under /nix"));
+        self.nix_dir.join(rest)
+    }
+
+    /// Starts `peerix args…` in the host (`RUST_LOG=debug`, stdout and stderr
+    /// to a log file) and waits up to 10 s until its `/peer/nix-cache-info`
+    /// answers. Panics with the log if it exits or never answers.
+    pub fn spawn_peerix(&self, args: &[&str]) -> Daemon {
+        self.spawn_peerix_with(&[], &[], args)
+    }
+
+    /// Like [`Host::spawn_peerix`], with `wrapper` put before the peerix
+    /// binary (e.g. `["setpriv", "--reuid=65534", …]`) and extra environment.
+    pub fn spawn_peerix_with(&self, wrapper: &[&str], env: &[(&str, &str)], args: &[&str]) -> Daemon {
+        let bin = env!("CARGO_BIN_EXE_peerix");
+        let argv: Vec<&str> = wrapper.iter().copied().chain([bin]).chain(args.iter().copied()).collect();
+        let mut cmd = self.cmd(argv[0], &argv[1..]);
+        cmd.env("RUST_LOG", "debug");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut daemon = self.spawn_daemon(cmd, "peerix");
+        let addr = match flag_value(args, "--bind") {
+            Some(a) if a != "0.0.0.0" && a != "::" && a.contains(':') => format!("[{a}]"),
+            Some(a) if a != "0.0.0.0" && a != "::" => a.to_string(),
+            _ => self.addr4.to_string(),
+        };
+        let port = flag_value(args, "--port").map_or(DEFAULT_PORT, |p| p.parse().expect("--port N"));
+        daemon.base_url = format!("http://{addr}:{port}");
+        let probe = daemon.url("/peer/nix-cache-info");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = daemon.try_wait() {
+                panic!("peerix on {} exited early ({status}); log:\n{}", self.name, daemon.log());
+            }
+            let ok = self.cmd("curl", &["-sf", "--max-time", "1", "-o", "/dev/null", &probe]).status();
+            if ok.map_or(false, |s| s.success()) {
+                return daemon;
+            }
+            if Instant::now() > deadline {
+                panic!("peerix on {} does not answer {probe}; log:\n{}", self.name, daemon.log());
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Spawns `cmd` (made with [`Host::cmd`]) in the background with stdout
+    /// and stderr going to a new log file named after `label`.
+    pub fn spawn_daemon(&self, mut cmd: Command, label: &str) -> Daemon {
+        let log_path = self.dir.join(format!("{label}-{}.log", unique()));
+        let log = fs::File::create(&log_path).expect("create a log file");
+        cmd.stdout(log.try_clone().expect("dup the log file")).stderr(log);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {label} on {}: {e}", self.name));
+        Daemon { child, log_path, base_url: String::new() }
+    }
+
+    /// Runs `curl args…` in the host (silent, `--path-as-is`, 60 s limit
+    /// unless `args` sets another) and returns what it got. With `-I`/`--head`
+    /// the headers also end up in `body`.
+    pub fn curl(&self, args: &[&str]) -> Response {
+        let id = unique();
+        let body_file = self.dir.join(format!("curl-{id}.body"));
+        let head_file = self.dir.join(format!("curl-{id}.head"));
+        let mut base = vec!["-sS", "--path-as-is", "-w", "%{http_code}"];
+        if !args.contains(&"--max-time") {
+            base.extend(["--max-time", "60"]);
+        }
+        let (b, h) = (body_file.to_str().unwrap(), head_file.to_str().unwrap());
+        base.extend(["-o", b, "-D", h]);
+        let argv: Vec<&str> = base.into_iter().chain(args.iter().copied()).collect();
+        let out = output_within(self.cmd("curl", &argv), Duration::from_secs(120))
+            .unwrap_or_else(|| panic!("curl {args:?} on {} hung", self.name));
+        let head = fs::read_to_string(&head_file).unwrap_or_default();
+        let body = fs::read(&body_file).unwrap_or_default();
+        let _ = fs::remove_file(&body_file);
+        let _ = fs::remove_file(&head_file);
+        Response {
+            exit: out.status.code().unwrap_or(-1),
+            status: String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0),
+            headers: parse_headers(&head),
+            body,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Sends the raw bytes `request` to `addr:port` over TCP from inside the
+    /// host and returns every byte the server sent until it closed (or until
+    /// `limit`). Use `Connection: close` in the request.
+    pub fn raw_http(&self, addr: &str, port: u16, request: &[u8], limit: Duration) -> Vec<u8> {
+        let req_file = self.dir.join(format!("raw-{}.req", unique()));
+        fs::write(&req_file, request).expect("write the request file");
+        let script = r#"exec 3<>"/dev/tcp/$1/$2" && cat "$3" >&3 && cat <&3"#;
+        let secs = limit.as_secs().max(1).to_string();
+        let port = port.to_string();
+        let cmd = self.cmd(
+            "timeout",
+            &[&secs, "bash", "-c", script, "bash", addr, &port, req_file.to_str().unwrap()],
+        );
+        let out = output_within(cmd, limit + Duration::from_secs(10)).expect("raw_http hung");
+        let _ = fs::remove_file(&req_file);
+        out.stdout
+    }
+}
+
+impl Daemon {
+    /// The process id (of peerix itself: the wrappers exec it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `http://ADDR:PORT` + `path` on this peerix node.
+    pub fn url(&self, path: &str) -> String {
+        assert!(!self.base_url.is_empty(), "not a peerix daemon");
+        format!("{}{path}", self.base_url)
+    }
+
+    /// Everything it wrote to stdout and stderr so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_else(|e| format!("(no log: {e})"))
+    }
+
+    /// Its exit status if it has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("wait for a daemon")
+    }
+
+    /// Stops it: SIGTERM, then SIGKILL after 5 s. Returns its exit status.
+    pub fn kill(&mut self) -> ExitStatus {
+        if let Some(status) = self.try_wait() {
+            return status;
+        }
+        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Some(status) = self.try_wait() {
+                return status;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        self.child.wait().expect("wait for a killed daemon")
+    }
+
+    /// Pids of its child processes (all threads), each with its command name.
+    pub fn children(&self) -> Vec<(u32, String)> {
+        child_processes(self.pid())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Response {
+    /// The value of the first header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Builds the test [`Closure`] in `host`'s store with `nix-build` (builder
+/// `/bin/sh`, no sandbox) and `nix-store --add`. Names carry a per-call tag so
+/// that paths differ between builds.
+pub fn build_closure(host: &Host) -> Closure {
+    let tag = format!("{}{}", host.netns, unique());
+    let expr = format!(
+        r#"
+let
+  mk = name: script: derivation {{
+    name = "peerix-it-${{name}}-{tag}";
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" "export PATH=/usr/bin:/bin; set -e; ${{script}}" ];
+  }};
+in rec {{
+  dep = mk "dep" ''
+    mkdir -p $out/sub/deeper
+    echo 'hello from dep' > $out/sub/deeper/file.txt
+    printf '#!/bin/sh\necho hi\n' > $out/run.sh
+    chmod +x $out/run.sh
+    : > $out/empty
+    ln -s sub/deeper/file.txt $out/link
+    ln -s /nonexistent/target $out/dangling
+  '';
+  big = mk "big" ''
+    mkdir $out
+    head -c 104857600 /dev/urandom > $out/random.bin
+  '';
+  top = mk "top" ''
+    mkdir $out
+    echo ${{dep}} > $out/dep-path
+    echo ${{big}} > $out/big-path
+    ln -s ${{dep}}/run.sh $out/run
+  '';
+}}
+"#
+    );
+    let file = host.dir.join(format!("closure-{tag}.nix"));
+    fs::write(&file, expr).expect("write the closure expression");
+    let built = host.run(&format!("nix-build --no-out-link {} -A dep -A big -A top", file.display()));
+    let paths: Vec<&str> = built.lines().collect();
+    assert_eq!(paths.len(), 3, "nix-build printed {built}");
+    let ca_file = host.dir.join(format!("ca-{tag}.txt"));
+    fs::write(&ca_file, format!("content-addressed {tag}\n")).expect("write the ca file");
+    let ca = host.run(&format!("nix-store --add {}", ca_file.display()));
+    Closure { dep: paths[0].into(), big: paths[1].into(), top: paths[2].into(), ca }
+}
+
+/// Makes a signing key named `name` with `nix-store
+/// --generate-binary-cache-key` in `host`'s directory.
+pub fn generate_key(host: &Host, name: &str) -> Key {
+    let secret = host.dir.join(format!("{name}.sk"));
+    let public = host.dir.join(format!("{name}.pk"));
+    host.run(&format!(
+        "nix-store --generate-binary-cache-key {name} {} {}",
+        secret.display(),
+        public.display()
+    ));
+    let public = fs::read_to_string(&public).expect("read the public key").trim().to_string();
+    Key { secret, public }
+}
+
+/// Adds a signature by `key` to `path` (not its closure) in `host`'s store.
+pub fn sign(host: &Host, key: &Key, path: &str) {
+    host.run(&format!("nix store sign --key-file {} {path}", key.secret.display()));
+}
+
+/// Runs `cmd` to completion, collecting stdout and stderr; `None` if it took
+/// longer than `limit` (it is then killed).
+pub fn output_within(mut cmd: Command, limit: Duration) -> Option<Output> {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn a command");
+    let reader = |mut pipe: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let out = reader(Box::new(child.stdout.take().unwrap()));
+    let err = reader(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for a command") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
+    status.map(|status| Output { status, stdout, stderr })
+}
+
+/// Child processes of `pid` (of all its threads) with their command names.
+pub fn child_processes(pid: u32) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return found;
+    };
+    for task in tasks.flatten() {
+        let list = fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in list.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
+            let comm = fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
+            found.push((child, comm.trim().to_string()));
+        }
+    }
+    found
+}
+
+/// Polls `cond` every 50 ms for up to `limit`; true as soon as it holds.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Standard base64 (with padding) of `data`, for the v1 `/local/nar/` URLs.
+pub fn base64(data: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A number unique within this test process (for file names).
+fn unique() -> usize {
+    COUNTER.fetch_add(1, Ordering::SeqCst)
+}
+
+/// The value following `flag` (`--flag V` or `--flag=V`) in `args`.
+fn flag_value<'a>(args: &[&'a str], flag: &str) -> Option<&'a str> {
+    args.iter().enumerate().find_map(|(i, a)| {
+        if *a == flag {
+            args.get(i + 1).copied()
+        } else {
+            a.strip_prefix(flag).and_then(|rest| rest.strip_prefix('='))
+        }
+    })
+}
+
+/// Header lines of the last response in a curl `-D` dump.
+fn parse_headers(dump: &str) -> Vec<(String, String)> {
+    let last = dump.trim_end().rsplit("\r\n\r\n").next().unwrap_or("");
+    last.lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect()
+}
+
+/// Whether we run as root (effective uid 0).
+fn is_root() -> bool {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        == Some("0")
+}
+
+/// Checks that a network namespace can be made and entered.
+fn probe_netns(name: &str) -> Result<(), String> {
+    quiet_ip(&["netns", "add", name])?;
+    let entered = Command::new("ip")
+        .args(["netns", "exec", name, "unshare", "-m", "true"])
+        .output()
+        .map_err(|e| e.to_string())
+        .and_then(|o| if o.status.success() { Ok(()) } else { Err(stderr_of(&o)) });
+    let _ = quiet_ip(&["netns", "del", name]);
+    entered
+}
+
+/// The per-user directory holding every run's directory.
+fn base_dir() -> PathBuf {
+    std::env::temp_dir().join("peerix-it")
+}
+
+/// Runs `ip args…`, panicking with its error output on failure.
+fn ip(args: &[&str]) {
+    if let Err(e) = quiet_ip(args) {
+        panic!("ip {}: {e}", args.join(" "));
+    }
+}
+
+/// Runs `ip args…`, returning its error output on failure.
+fn quiet_ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip").args(args).output().map_err(|e| format!("cannot run ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(stderr_of(&out))
+    }
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).trim().to_string()
+}
+
+/// Kills every process in network namespace `ns` and deletes it.
+fn kill_netns(ns: &str) {
+    let pids = || -> Vec<String> {
+        let out = Command::new("ip").args(["netns", "pids", ns]).output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(String::from).collect())
+            .unwrap_or_default()
+    };
+    let gone = wait_until(Duration::from_secs(5), || {
+        let left = pids();
+        if !left.is_empty() {
+            let _ = Command::new("kill").arg("-KILL").args(&left).output();
+        }
+        left.is_empty()
+    });
+    if !gone {
+        eprintln!("warning: processes left in {ns}: {:?}", pids());
+    }
+    let _ = quiet_ip(&["netns", "del", ns]);
+}
+
+/// The pid encoded in a name made by this harness (`pxit<hex pid>n…`).
+fn pid_in_name(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(PREFIX)?;
+    let (hex, _) = rest.split_once('n')?;
+    u32::from_str_radix(hex, 16).ok()
+}
+
+/// Removes namespaces, bridges and directories of earlier runs whose test
+/// process no longer exists (e.g. killed by a signal, so no `Drop` ran).
+fn remove_leftovers() {
+    let dead = |name: &str| pid_in_name(name).map_or(false, |pid| !Path::new(&format!("/proc/{pid}")).exists());
+    let list = Command::new("ip").args(["netns", "list"]).output();
+    let list = list.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    for ns in list.lines().filter_map(|l| l.split_whitespace().next()).filter(|n| dead(n)) {
+        kill_netns(ns);
+    }
+    let links = Command::new("ip").args(["-o", "link", "show", "type", "bridge"]).output();
+    let links = links.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    for link in links.lines().filter_map(|l| l.split(':').nth(1)).map(str::trim).filter(|n| dead(n)) {
+        let _ = quiet_ip(&["link", "del", link]);
+    }
+    for entry in fs::read_dir(base_dir()).into_iter().flatten().flatten() {
+        if dead(&entry.file_name().to_string_lossy()) {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! The command line and the validated configuration it becomes.
+
+use std::net::{IpAddr, Ipv6Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use argh::FromArgs;
+
+use crate::keys::{KeyError, PublicKey, SigningKey};
+
+/// The port of the original Peerix, for TCP (HTTP) and UDP alike.
+pub const DEFAULT_PORT: u16 = 12304;
+
+/// Peerix: a peer-to-peer binary cache for Nix. Every machine on the LAN
+/// serves its /nix/store to the others, and substitutes from them through
+/// this daemon on localhost.
+#[derive(FromArgs, Debug)]
+pub struct Args {
+    /// the TCP (HTTP) and UDP port, shared by all peers of a LAN (default 12304)
+    #[argh(option, default = "DEFAULT_PORT")]
+    pub port: u16,
+
+    /// the address to listen on (default: every address, IPv6 and IPv4)
+    #[argh(option)]
+    pub bind: Option<IpAddr>,
+
+    /// the secret key this node signs narinfo with, as written by
+    /// `nix-store --generate-binary-cache-key`
+    #[argh(option)]
+    pub private_key: Option<PathBuf>,
+
+    /// how long to wait for peers to answer a query, in milliseconds (default 250)
+    #[argh(option, default = "250")]
+    pub timeout: u64,
+
+    /// a peer to ask by unicast, HOST or HOST:PORT; repeat for several
+    #[argh(option)]
+    pub extra_host: Vec<String>,
+
+    /// do not broadcast queries on the LAN; ask only the --extra-host peers
+    #[argh(switch)]
+    pub no_broadcast: bool,
+
+    /// log debug messages (RUST_LOG takes precedence when set)
+    #[argh(switch, short = 'v')]
+    pub verbose: bool,
+
+    /// the substituter priority told to the local Nix; lower is tried first (default 20)
+    #[argh(option, default = "20")]
+    pub priority: u32,
+
+    /// HTTP worker threads, each serving one request at a time (default 48)
+    #[argh(option, default = "48")]
+    pub threads: usize,
+
+    /// a public key (NAME:BASE64) whose signatures on peers' narinfo the local
+    /// Nix accepts, beyond its own trusted-public-keys; repeat for several
+    #[argh(option)]
+    pub trusted_key: Vec<String>,
+}
+
+/// The validated configuration the daemon runs with.
+pub struct Config {
+    pub port: u16,
+    /// `None` means every address (`::`, or `0.0.0.0` without IPv6).
+    pub bind: Option<IpAddr>,
+    pub signing_key: Option<SigningKey>,
+    pub timeout: Duration,
+    pub extra_hosts: Vec<String>,
+    pub broadcast: bool,
+    pub priority: u32,
+    pub threads: usize,
+    pub trusted_keys: Vec<PublicKey>,
+}
+
+/// A configuration the daemon cannot start with.
+#[derive(Debug)]
+pub enum ConfigError {
+    Key(KeyError),
+    Invalid(String),
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::Key(e) => e.fmt(f),
+            ConfigError::Invalid(m) => f.write_str(m),
+        }
+    }
+}
+
+impl Config {
+    pub fn from_args(args: Args) -> Result<Config, ConfigError> {
+        let signing_key = match &args.private_key {
+            Some(path) => Some(SigningKey::from_file(path).map_err(ConfigError::Key)?),
+            None => None,
+        };
+        let trusted_keys = args
+            .trusted_key
+            .iter()
+            .map(|k| {
+                PublicKey::parse(k)
+                    .map_err(|e| ConfigError::Invalid(format!("--trusted-key {k:?}: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        if args.threads == 0 || args.threads > 1024 {
+            return Err(ConfigError::Invalid(
+                "--threads must be between 1 and 1024".into(),
+            ));
+        }
+        if args.timeout == 0 || args.timeout > 60_000 {
+            return Err(ConfigError::Invalid(
+                "--timeout must be between 1 and 60000 ms".into(),
+            ));
+        }
+        if let Some(h) = args.extra_host.iter().find(|h| h.trim().is_empty()) {
+            return Err(ConfigError::Invalid(format!("--extra-host {h:?} is empty")));
+        }
+        Ok(Config {
+            port: args.port,
+            bind: args.bind,
+            signing_key,
+            timeout: Duration::from_millis(args.timeout),
+            extra_hosts: args.extra_host,
+            broadcast: !args.no_broadcast,
+            priority: args.priority,
+            threads: args.threads,
+            trusted_keys,
+        })
+    }
+
+    /// The addresses to try listening on, best first.
+    pub fn listen_addrs(&self) -> Vec<IpAddr> {
+        match self.bind {
+            Some(addr) => vec![addr],
+            None => vec![
+                IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                IpAddr::from([0, 0, 0, 0]),
+            ],
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The routes other machines use to fetch from this node's own store.
+//!
+//! - `/peer/nix-cache-info`, `/peer/<hash>.narinfo`, `/peer/nar/<hash>.nar`:
+//!   ours; `http://HOST:PORT/peer` is a complete binary cache for Nix.
+//! - `/local/<hash>.narinfo`, `/local/nar/<b64>.nar`: the original Peerix's,
+//!   so that nodes still running it can fetch from ours.
+//!
+//! Only valid paths of this store are ever served.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+
+use super::reply::Reply;
+use super::App;
+use crate::narinfo::{basename_of, HashPart, NarInfo, STORE_DIR};
+use crate::store::{Dump, PathInfo};
+
+/// Answers `path` (without query) if it is one of the peer routes.
+pub fn route(app: &App, path: &str, head: bool) -> Option<Reply> {
+    if let Some(rest) = path.strip_prefix("/peer/") {
+        return Some(match rest {
+            "nix-cache-info" => cache_info(app),
+            _ => match rest.strip_prefix("nar/") {
+                Some(nar) => match nar.strip_suffix(".nar").map(HashPart::parse) {
+                    Some(Some(hash)) => nar_reply(app, &hash, head),
+                    _ => Reply::status(400, "expected /peer/nar/<32-char hash>.nar"),
+                },
+                None => match rest.strip_suffix(".narinfo").map(HashPart::parse) {
+                    Some(Some(hash)) => narinfo_reply(app, &hash, format!("nar/{hash}.nar")),
+                    Some(None) => Reply::status(400, "expected a 32-character nix32 hash"),
+                    None => Reply::not_found(),
+                },
+            },
+        });
+    }
+    let rest = path.strip_prefix("/local/")?;
+    Some(match rest.strip_prefix("nar/") {
+        Some(nar) => match nar.strip_suffix(".nar").and_then(decode_v1_nar_name) {
+            Some(Ok(basename)) => match HashPart::of_basename(&basename) {
+                Some(hash) if app.store.lookup(&hash).as_deref() == Some(&*basename) => {
+                    nar_reply(app, &hash, head)
+                }
+                _ => Reply::not_found(),
+            },
+            Some(Err(())) => Reply::not_found(),
+            None => Reply::status(400, "expected /local/nar/<base64 of a store path>.nar"),
+        },
+        None => match rest.strip_suffix(".narinfo").map(HashPart::parse) {
+            Some(Some(hash)) => match app.store.lookup(&hash) {
+                Some(name) => {
+                    let url = format!("local/nar/{}.nar", encode_v1_nar_name(&name));
+                    narinfo_reply(app, &hash, url)
+                }
+                None => Reply::not_found(),
+            },
+            Some(None) => Reply::status(400, "expected a 32-character nix32 hash"),
+            None => Reply::not_found(),
+        },
+    })
+}
+
+/// `/nix-cache-info`: what a Nix client reads before anything else.
+pub fn cache_info(app: &App) -> Reply {
+    Reply::text(
+        200,
+        "text/x-nix-cache-info",
+        format!(
+            "StoreDir: {STORE_DIR}\nWantMassQuery: 1\nPriority: {}\n",
+            app.priority
+        ),
+    )
+}
+
+/// The path info of a hash this store holds; `Err` is the reply to give
+/// when there is none.
+fn path_info(app: &App, hash: &HashPart) -> Result<std::sync::Arc<PathInfo>, Reply> {
+    match app.store.path_info(hash) {
+        Ok(Some(info)) => Ok(info),
+        Ok(None) => Err(Reply::not_found()),
+        Err(e) => {
+            // A 5xx on a narinfo aborts the builds of Nix clients up to 2.31:
+            // say "not here" and let them try their next substituter.
+            log::warn!("cannot read the path info of {hash}: {e}");
+            Err(Reply::not_found())
+        }
+    }
+}
+
+fn narinfo_reply(app: &App, hash: &HashPart, url: String) -> Reply {
+    match path_info(app, hash) {
+        Ok(info) => {
+            let narinfo = NarInfo::for_path(&info, url, app.key.as_ref());
+            Reply::text(200, "text/x-nix-narinfo", narinfo.render())
+        }
+        Err(reply) => reply,
+    }
+}
+
+fn nar_reply(app: &App, hash: &HashPart, head: bool) -> Reply {
+    let info = match path_info(app, hash) {
+        Ok(info) => info,
+        Err(reply) => return reply,
+    };
+    let body: Option<Box<dyn std::io::Read + Send>> = if head {
+        None
+    } else {
+        match Dump::start(&info.path, info.nar_size) {
+            Ok(dump) => Some(Box::new(dump)),
+            Err(e) => {
+                log::warn!("cannot start nix-store --dump for {}: {e}", info.path);
+                return Reply::not_found();
+            }
+        }
+    };
+    Reply::Stream {
+        content_type: "application/x-nix-nar",
+        len: info.nar_size,
+        body,
+        what: format!("the NAR of {}", info.path),
+    }
+}
+
+/// The original's NAR name: base64 of the full store path, `/` → `_`.
+pub fn encode_v1_nar_name(basename: &str) -> String {
+    STANDARD
+        .encode(format!("{STORE_DIR}/{basename}"))
+        .replace('/', "_")
+}
+
+/// Decodes the original's NAR name into a store path basename. `None`
+/// when it is not base64 at all (a malformed request); `Err` when it
+/// decodes to anything but a well-formed store path.
+fn decode_v1_nar_name(name: &str) -> Option<Result<String, ()>> {
+    let name = percent_decode(name)?;
+    let bytes = STANDARD.decode(name.replace('_', "/")).ok()?;
+    let check = || {
+        let path = String::from_utf8(bytes).map_err(drop)?;
+        basename_of(&path).map(str::to_owned).map_err(drop)
+    };
+    Some(check())
+}
+
+/// Decodes `%XX` escapes (a client may escape `+` and `=`).
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v1_nar_names_round_trip() {
+        let name = "awrccy8w2v4v74m9ipglpniq94nkh3x4-vec-top";
+        let encoded = encode_v1_nar_name(name);
+        assert!(!encoded.contains('/'));
+        assert_eq!(decode_v1_nar_name(&encoded), Some(Ok(name.to_owned())));
+        let escaped = encoded.replace('=', "%3D").replace('+', "%2B");
+        assert_eq!(decode_v1_nar_name(&escaped), Some(Ok(name.to_owned())));
+    }
+
+    #[test]
+    fn v1_nar_names_outside_the_store_are_refused() {
+        for path in ["/etc/passwd", "/nix/store/../etc/passwd", "/nix/store/x"] {
+            let encoded = STANDARD.encode(path).replace('/', "_");
+            assert_eq!(decode_v1_nar_name(&encoded), Some(Err(())), "{path}");
+        }
+        assert_eq!(decode_v1_nar_name("!!notbase64"), None);
+        assert_eq!(decode_v1_nar_name("%zz"), None);
+    }
+}

@@ -1,0 +1,118 @@
+//! What a route answers, and how it is written to the client: status codes,
+//! bodies of known length (never chunked), HEAD without a body, and a
+//! connection cut when a streamed body fails half-way.
+
+use std::io::{self, Read};
+use std::time::Duration;
+
+use tiny_http::{Header, Request, Response, StatusCode};
+
+use super::conn;
+
+/// How long a NAR stream may wait on a client that does not read.
+const STALLED_CLIENT: Duration = Duration::from_secs(60);
+
+pub enum Reply {
+    /// A short text body.
+    Text {
+        status: u16,
+        content_type: &'static str,
+        body: String,
+    },
+    /// A streamed body of known length (a NAR). `body` is `None` for HEAD.
+    Stream {
+        content_type: &'static str,
+        len: u64,
+        body: Option<Box<dyn Read + Send>>,
+        what: String,
+    },
+}
+
+impl Reply {
+    pub fn text(status: u16, content_type: &'static str, body: String) -> Reply {
+        Reply::Text {
+            status,
+            content_type,
+            body,
+        }
+    }
+
+    /// A status with a one-line plain text explanation.
+    pub fn status(status: u16, why: &str) -> Reply {
+        Reply::text(status, "text/plain", format!("{why}\n"))
+    }
+
+    pub fn not_found() -> Reply {
+        Reply::status(404, "not found")
+    }
+
+    pub fn status_code(&self) -> u16 {
+        match self {
+            Reply::Text { status, .. } => *status,
+            Reply::Stream { .. } => 200,
+        }
+    }
+}
+
+fn header(name: &str, value: &str) -> Header {
+    // Names and values here are our own ASCII constants and numbers.
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("ASCII header")
+}
+
+/// Writes `reply` to the client of `request`, which reached us on
+/// `local_port`. A streamed body that fails half-way cuts the connection,
+/// so the client never takes a short body for a whole one, nor waits for
+/// bytes that will not come.
+pub fn send(request: Request, reply: Reply, local_port: u16) {
+    let peer = request.remote_addr().copied();
+    match reply {
+        Reply::Text {
+            status,
+            content_type,
+            body,
+        } => {
+            let response = Response::from_string(body)
+                .with_status_code(StatusCode(status))
+                .with_header(header("Content-Type", content_type));
+            if let Err(e) = request.respond(response) {
+                log::debug!("reply to {peer:?}: {e}");
+            }
+        }
+        Reply::Stream {
+            content_type,
+            len,
+            body,
+            what,
+        } => {
+            if let Some(peer) = peer {
+                conn::set_write_timeout(local_port, peer, STALLED_CLIENT);
+            }
+            let streamed = body.is_some();
+            let body = body.unwrap_or_else(|| Box::new(io::empty()));
+            let response = Response::new(
+                StatusCode(200),
+                vec![
+                    header("Content-Type", content_type),
+                    header("Accept-Ranges", "none"),
+                ],
+                body,
+                Some(len as usize),
+                None,
+            )
+            .with_chunked_threshold(usize::MAX);
+            // tiny_http reports a client that went away as success; a body
+            // that failed as an error. Either way the body (and a dump
+            // child behind it) is dropped, and so killed, right here.
+            match request.respond(response) {
+                Ok(()) if streamed => log::debug!("sent {what} ({len} bytes) to {peer:?}"),
+                Ok(()) => {}
+                Err(e) => {
+                    log::warn!("sending {what} to {peer:?} failed: {e}");
+                    if let Some(peer) = peer {
+                        conn::cut(local_port, peer);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The index of the store directory: which valid store path (if any) has a
+//! given hash part, answered from memory.
+//!
+//! It is built by listing the store directory and confirming validity with
+//! one `nix-store --check-validity` per batch: a directory entry exists
+//! while a path is being built or substituted, before it is valid.
+//! `refresh` notices new and deleted paths (the directory's mtime changes)
+//! and paths that became valid since the last look.
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::narinfo::HashPart;
+use crate::store::nix::{self, NixError};
+
+/// How often entries that were not valid yet are checked again, when the
+/// directory itself has not changed.
+const RECHECK_PENDING: Duration = Duration::from_secs(2);
+
+/// Paths per `nix-store --check-validity` call, to stay far below the
+/// command line limit.
+const BATCH: usize = 1000;
+
+/// Hash part → basename, for valid paths and for entries still pending.
+#[derive(Default)]
+pub struct Index {
+    dir: PathBuf,
+    valid: HashMap<HashPart, Box<str>>,
+    pending: HashMap<HashPart, Box<str>>,
+    dir_mtime: Option<SystemTime>,
+    last_recheck: Option<Instant>,
+}
+
+/// What changed in one refresh.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub added: usize,
+    pub removed: Vec<HashPart>,
+}
+
+impl Index {
+    pub fn new(dir: &Path) -> Index {
+        Index {
+            dir: dir.to_owned(),
+            ..Index::default()
+        }
+    }
+
+    /// The basename of the valid path with this hash part.
+    pub fn get(&self, hash: &HashPart) -> Option<&str> {
+        self.valid.get(hash).map(|b| &**b)
+    }
+
+    pub fn len(&self) -> usize {
+        self.valid.len()
+    }
+
+    /// Forgets a path (it turned out not to be valid any more).
+    pub fn forget(&mut self, hash: &HashPart) {
+        if let Some(name) = self.valid.remove(hash) {
+            self.pending.insert(*hash, name);
+        }
+    }
+
+    /// Brings the index up to date with the store directory, validating
+    /// what is new. Cheap when nothing changed: one `stat`.
+    pub fn refresh(&mut self) -> Result<Changes, NixError> {
+        let mut changes = Changes::default();
+        let mtime = std::fs::metadata(&self.dir)
+            .and_then(|m| m.modified())
+            .map_err(|e| NixError::Io(format!("cannot stat {}: {e}", self.dir.display())))?;
+        if self.dir_mtime != Some(mtime) {
+            self.dir_mtime = Some(mtime);
+            let listed = list_store_dir(&self.dir)?;
+            changes.removed = (self.valid.keys())
+                .filter(|h| !listed.contains_key(h))
+                .copied()
+                .collect();
+            self.valid.retain(|h, _| listed.contains_key(h));
+            self.pending.retain(|h, _| listed.contains_key(h));
+            for (hash, name) in listed {
+                if !self.valid.contains_key(&hash) {
+                    self.pending.entry(hash).or_insert(name);
+                }
+            }
+            self.last_recheck = None;
+        }
+        if !self.pending.is_empty()
+            && self
+                .last_recheck
+                .is_none_or(|t| t.elapsed() >= RECHECK_PENDING)
+        {
+            changes.added = self.validate_pending()?;
+            self.last_recheck = Some(Instant::now());
+        }
+        Ok(changes)
+    }
+
+    /// Moves the pending entries that Nix says are valid into `valid`.
+    fn validate_pending(&mut self) -> Result<usize, NixError> {
+        let candidates: Vec<(HashPart, Box<str>)> =
+            self.pending.iter().map(|(h, n)| (*h, n.clone())).collect();
+        let mut added = 0;
+        for batch in candidates.chunks(BATCH) {
+            let names: Vec<&str> = batch.iter().map(|(_, n)| &**n).collect();
+            let invalid = nix::invalid_paths(&self.dir, &names)?;
+            for (hash, name) in batch {
+                if !invalid.contains(&**name) {
+                    self.pending.remove(hash);
+                    self.valid.insert(*hash, name.clone());
+                    added += 1;
+                }
+            }
+        }
+        Ok(added)
+    }
+}
+
+/// Lists the store directory: every entry that looks like a store path.
+fn list_store_dir(dir: &Path) -> Result<HashMap<HashPart, Box<str>>, NixError> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| NixError::Io(format!("cannot list {}: {e}", dir.display())))?;
+    let mut listed: HashMap<HashPart, Box<str>> = HashMap::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(hash) = HashPart::of_basename(name) else {
+            continue;
+        };
+        // A lock file `<path>.lock` shares its path's hash part: keep the path.
+        match listed.entry(hash) {
+            Entry::Vacant(slot) => {
+                slot.insert(name.into());
+            }
+            Entry::Occupied(mut slot) if slot.get().len() > name.len() => {
+                slot.insert(name.into());
+            }
+            Entry::Occupied(_) => {}
+        }
+    }
+    Ok(listed)
+}

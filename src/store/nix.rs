@@ -1,0 +1,258 @@
+//! The Nix command line, as far as Peerix asks it about the local store:
+//! which paths are valid, and a valid path's metadata. Only interfaces
+//! that are stable from Nix 2.4 to today (and in Lix) are used.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use crate::narinfo::{self, basename_of, STORE_DIR};
+
+/// A Nix command that could not be run or did not answer as expected.
+#[derive(Debug)]
+pub enum NixError {
+    /// The command could not be started, or the store directory read.
+    Io(String),
+    /// The command ran and failed.
+    Failed { command: String, stderr: String },
+    /// The command's output was not what this version of Peerix expects.
+    Output { command: String, problem: String },
+}
+
+impl fmt::Display for NixError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NixError::Io(m) => f.write_str(m),
+            NixError::Failed { command, stderr } => {
+                write!(f, "`{command}` failed: {}", stderr.trim())
+            }
+            NixError::Output { command, problem } => {
+                write!(f, "unexpected output from `{command}`: {problem}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for NixError {}
+
+/// A store path's metadata, as a narinfo needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathInfo {
+    /// Basename `<hash>-<name>`.
+    pub path: String,
+    pub nar_hash: [u8; 32],
+    pub nar_size: u64,
+    /// Basenames.
+    pub references: Vec<String>,
+    pub deriver: Option<String>,
+    pub sigs: Vec<String>,
+    pub ca: Option<String>,
+}
+
+fn run(program: &str, args: &[&str]) -> Result<Output, NixError> {
+    let command = || format!("{program} {}", args.join(" "));
+    let output = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| NixError::Io(format!("cannot run {program}: {e}")))?;
+    if !output.status.success() {
+        return Err(NixError::Failed {
+            command: command(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        });
+    }
+    Ok(output)
+}
+
+/// The subset of `names` (basenames in `store_dir`) that are not valid paths.
+pub fn invalid_paths(store_dir: &Path, names: &[&str]) -> Result<HashSet<String>, NixError> {
+    if names.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let paths: Vec<String> = names
+        .iter()
+        .map(|n| store_dir.join(n).to_string_lossy().into_owned())
+        .collect();
+    let mut args = vec!["--check-validity", "--print-invalid"];
+    args.extend(paths.iter().map(String::as_str));
+    let output = run("nix-store", &args)?;
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| l.rsplit('/').next())
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Asks Nix for a path's metadata: `nix-store --dump-db` for hash, size,
+/// deriver and references, and `nix path-info --sigs` for signatures and
+/// CA, run side by side. `Ok(None)` when the path is not valid.
+pub fn path_info(basename: &str) -> Result<Option<PathInfo>, NixError> {
+    let path = format!("{STORE_DIR}/{basename}");
+    let spawn = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| NixError::Io(format!("cannot run {program}: {e}")))
+    };
+    let db_args = ["--dump-db", &path];
+    let sigs_args = [
+        "--extra-experimental-features",
+        "nix-command",
+        "path-info",
+        "--sigs",
+        &path,
+    ];
+    let db = spawn("nix-store", &db_args)?;
+    let sigs = spawn("nix", &sigs_args)?;
+    let (db, sigs) = (db.wait_with_output(), sigs.wait_with_output());
+    let db = db.map_err(|e| NixError::Io(format!("nix-store --dump-db: {e}")))?;
+    let sigs = sigs.map_err(|e| NixError::Io(format!("nix path-info: {e}")))?;
+    if !db.status.success() {
+        let stderr = String::from_utf8_lossy(&db.stderr).into_owned();
+        if stderr.contains("is not valid") {
+            return Ok(None);
+        }
+        return Err(NixError::Failed {
+            command: format!("nix-store {}", db_args.join(" ")),
+            stderr,
+        });
+    }
+    if !sigs.status.success() {
+        return Err(NixError::Failed {
+            command: format!("nix {}", sigs_args.join(" ")),
+            stderr: String::from_utf8_lossy(&sigs.stderr).into_owned(),
+        });
+    }
+    let mut info = parse_dump_db(&String::from_utf8_lossy(&db.stdout)).map_err(|problem| {
+        NixError::Output {
+            command: "nix-store --dump-db".into(),
+            problem,
+        }
+    })?;
+    if info.path != basename {
+        return Err(NixError::Output {
+            command: "nix-store --dump-db".into(),
+            problem: format!("asked for {basename}, got {}", info.path),
+        });
+    }
+    (info.sigs, info.ca) = parse_sigs(&String::from_utf8_lossy(&sigs.stdout));
+    Ok(Some(info))
+}
+
+/// Parses one registration of `nix-store --dump-db`: the path, its NAR
+/// hash (hex), NAR size, deriver (or an empty line), the number of
+/// references, then the references, one line each.
+fn parse_dump_db(text: &str) -> Result<PathInfo, String> {
+    let mut lines = text.lines();
+    let mut next = |what: &str| lines.next().ok_or(format!("missing {what}"));
+    let path = basename_of(next("path")?)?.to_owned();
+    let hash = next("NAR hash")?;
+    let nar_hash = narinfo::parse_sha256(&format!("sha256:{hash}"))?;
+    let nar_size = next("NAR size")?
+        .parse()
+        .map_err(|_| "NAR size is not a number".to_string())?;
+    let deriver = match next("deriver")? {
+        "" => None,
+        d => Some(basename_of(d)?.to_owned()),
+    };
+    let count: usize = next("reference count")?
+        .parse()
+        .map_err(|_| "reference count is not a number".to_string())?;
+    let mut references = Vec::with_capacity(count.min(4096));
+    for _ in 0..count {
+        references.push(basename_of(next("reference")?)?.to_owned());
+    }
+    Ok(PathInfo {
+        path,
+        nar_hash,
+        nar_size,
+        references,
+        deriver,
+        sigs: Vec::new(),
+        ca: None,
+    })
+}
+
+/// Parses `nix path-info --sigs`: `PATH<TAB>[ultimate] [ca:…] [sig…]`.
+fn parse_sigs(text: &str) -> (Vec<String>, Option<String>) {
+    let fields = text
+        .lines()
+        .next()
+        .and_then(|l| l.split_once('\t'))
+        .map_or("", |(_, rest)| rest);
+    let mut sigs = Vec::new();
+    let mut ca = None;
+    for field in fields.split(' ').filter(|f| !f.is_empty()) {
+        if field == "ultimate" {
+            continue;
+        } else if let Some(c) = field.strip_prefix("ca:") {
+            ca = Some(c.to_owned());
+        } else if field.contains(':') {
+            sigs.push(field.to_owned());
+        }
+    }
+    (sigs, ca)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_dump_db_as_nix_prints_it() {
+        // `nix-store --dump-db` of a path with one reference (Nix 2.8).
+        let text = "/nix/store/awrccy8w2v4v74m9ipglpniq94nkh3x4-vec-top
+7c87fe167a557088463e1dfda6db5bb977e5749a8becb938be54b80e6b067692
+168
+/nix/store/pmmgx7l9m9i70nghxhk7dn97qpnswj2j-vec-top.drv
+1
+/nix/store/65hpr3iwgygz9ahgnagy7f6cnlmphkxm-vec-dep
+";
+        let info = parse_dump_db(text).unwrap();
+        assert_eq!(info.path, "awrccy8w2v4v74m9ipglpniq94nkh3x4-vec-top");
+        assert_eq!(info.nar_size, 168);
+        assert_eq!(
+            info.deriver.as_deref(),
+            Some("pmmgx7l9m9i70nghxhk7dn97qpnswj2j-vec-top.drv")
+        );
+        assert_eq!(
+            info.references,
+            ["65hpr3iwgygz9ahgnagy7f6cnlmphkxm-vec-dep"]
+        );
+        assert_eq!(
+            crate::nix32::encode(&info.nar_hash),
+            "14kn0rmhxf2lpqwbkv4bk9sfaxxrbgdsdz8x7r38hw2mg8bgx1vw"
+        );
+        // No deriver, no references (a `nix-store --add` path).
+        let text = "/nix/store/hp4xhizqijy1k440fq06xfq6xpl37pf6-h.txt
+1c37d01af40be2e80691de3cc3df44377a699afbb17c68f080964b2fd071fc13
+120
+
+0
+";
+        let info = parse_dump_db(text).unwrap();
+        assert_eq!(info.deriver, None);
+        assert!(info.references.is_empty());
+        assert!(parse_dump_db("/nix/store/x\n").is_err());
+        assert!(parse_dump_db(&text.replace("\n0\n", "\n3\n")).is_err());
+    }
+
+    #[test]
+    fn reads_sigs_and_ca() {
+        let (sigs, ca) = parse_sigs(
+            "/nix/store/hp4xhizqijy1k440fq06xfq6xpl37pf6-h.txt\tultimate ca:fixed:r:sha256:04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw a-1:AAAA b-1:BBBB\n",
+        );
+        assert_eq!(
+            ca.as_deref(),
+            Some("fixed:r:sha256:04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw")
+        );
+        assert_eq!(sigs, ["a-1:AAAA", "b-1:BBBB"]);
+        assert_eq!(parse_sigs("/nix/store/x\t\n"), (vec![], None));
+        assert_eq!(parse_sigs(""), (vec![], None));
+    }
+}
