@@ -1,0 +1,4 @@
+# The NixOS module (services.peerix); written by the deployment issue.
+{ ... }:
+{
+}
