@@ -2,12 +2,15 @@
 //! the HTTP server starts, and SIGINT or SIGTERM stops it cleanly.
 
 mod config;
+mod discovery;
 mod http;
 mod keys;
 mod narinfo;
 mod nix32;
+mod peer_client;
 mod signals;
 mod store;
+mod trust;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -42,11 +45,29 @@ fn main() -> ExitCode {
     if let Some(key) = &config.signing_key {
         log::info!("signing narinfo with key {}", key.public_key());
     }
+    let discovery = match discovery::Discovery::start(
+        discovery::Settings {
+            port: config.port,
+            broadcast: config.broadcast,
+            extra_hosts: config.extra_hosts.clone(),
+            timeout: config.timeout,
+        },
+        store.clone(),
+    ) {
+        Ok(d) => d,
+        Err(e) => {
+            log::error!("cannot start discovery on UDP port {}: {e}", config.port);
+            return ExitCode::FAILURE;
+        }
+    };
     let listen = config.listen_addrs();
     let app = Arc::new(http::App {
         store,
         key: config.signing_key,
         priority: config.priority,
+        discovery: discovery.clone(),
+        client: peer_client::PeerClient::new(),
+        trust: trust::Trust::from_nix(config.trusted_keys),
     });
     let server = match http::start(&listen, config.port, config.threads, app) {
         Ok(s) => s,
@@ -63,6 +84,7 @@ fn main() -> ExitCode {
 
     let signal = signals.wait();
     log::info!("{signal}: shutting down");
+    discovery.stop();
     server.stop();
     ExitCode::SUCCESS
 }

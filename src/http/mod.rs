@@ -3,6 +3,7 @@
 //! each worker routes it and writes the reply.
 
 mod conn;
+mod local_routes;
 mod peer_routes;
 mod reply;
 
@@ -14,8 +15,11 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 use tiny_http::{Method, Request, Server};
 
+use crate::discovery::Discovery;
 use crate::keys::SigningKey;
+use crate::peer_client::PeerClient;
 use crate::store::Store;
+use crate::trust::Trust;
 use reply::Reply;
 
 /// What every worker needs to answer a request; never changes.
@@ -23,6 +27,9 @@ pub struct App {
     pub store: Arc<Store>,
     pub key: Option<SigningKey>,
     pub priority: u32,
+    pub discovery: Arc<Discovery>,
+    pub client: PeerClient,
+    pub trust: Trust,
 }
 
 /// The running listener and workers.
@@ -143,7 +150,10 @@ fn work(app: &App, requests: Receiver<Request>, port: u16) {
         };
         let url = request.url();
         let path = url.split('?').next().unwrap_or_default().to_owned();
-        let reply = peer_routes::route(app, &path, head).unwrap_or_else(Reply::not_found);
+        let client = request.remote_addr().copied();
+        let reply = peer_routes::route(app, &path, head)
+            .or_else(|| local_routes::route(app, &path, head, client))
+            .unwrap_or_else(Reply::not_found);
         log::debug!(
             "{} {path} from {:?}: {}",
             request.method(),

@@ -104,7 +104,7 @@ fn nar_reply(app: &App, hash: &HashPart, head: bool) -> Reply {
     let body: Option<Box<dyn std::io::Read + Send>> = if head {
         None
     } else {
-        match Dump::start(&info.path, info.nar_size) {
+        match Dump::start(&info.path) {
             Ok(dump) => Some(Box::new(dump)),
             Err(e) => {
                 log::warn!("cannot start nix-store --dump for {}: {e}", info.path);

@@ -88,7 +88,13 @@ pub fn send(request: Request, reply: Reply, local_port: u16) {
                 conn::set_write_timeout(local_port, peer, STALLED_CLIENT);
             }
             let streamed = body.is_some();
-            let body = body.unwrap_or_else(|| Box::new(io::empty()));
+            let body: Box<dyn Read + Send> = match body {
+                Some(body) => Box::new(Exact {
+                    inner: body,
+                    left: len,
+                }),
+                None => Box::new(io::empty()),
+            };
             let response = Response::new(
                 StatusCode(200),
                 vec![
@@ -114,5 +120,60 @@ pub fn send(request: Request, reply: Reply, local_port: u16) {
                 }
             }
         }
+    }
+}
+
+/// A body that must be exactly `left` bytes long: ending early or running
+/// over is an error, so that the connection is cut instead of ending a 200
+/// that looks complete.
+struct Exact {
+    inner: Box<dyn Read + Send>,
+    left: u64,
+}
+
+impl Read for Exact {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            // Read on to see that the source ends here.
+            return match self.inner.read(&mut [0u8; 1])? {
+                0 => Ok(0),
+                _ => Err(io::Error::other("the body is longer than announced")),
+            };
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the body ended {} bytes short", self.left),
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(data: &'static [u8], len: u64) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        Exact {
+            inner: Box::new(data),
+            left: len,
+        }
+        .read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn exact_bodies_pass_and_others_fail() {
+        assert_eq!(read_all(b"abc", 3).unwrap(), b"abc");
+        assert!(read_all(b"ab", 3).is_err());
+        assert!(read_all(b"abcd", 3).is_err());
+        assert_eq!(read_all(b"", 0).unwrap(), b"");
     }
 }

@@ -1,0 +1,140 @@
+//! The peer table: the nodes this one has heard from lately, kept by the
+//! UDP thread alone. It says which peers will answer a query either way
+//! (ours, by node id) and whether a peer that is silent on a miss (an
+//! original Peerix, known by address) is about, which decides whether a
+//! miss can be answered before the timeout.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::wire::NodeId;
+
+/// A peer not heard from for this long is forgotten. Peers say hello
+/// every `HELLO_EVERY`, so a live one is heard well within it.
+pub const PEER_TTL: Duration = Duration::from_secs(95);
+
+/// Queries a peer of ours may leave unanswered before it is no longer
+/// waited for (it is waited for again as soon as it is heard).
+const MAX_STRIKES: u8 = 2;
+
+#[derive(Clone, Debug)]
+pub struct Peer {
+    /// Where its datagrams come from.
+    pub addr: SocketAddr,
+    pub http_port: Option<u16>,
+    pub last_heard: Instant,
+    strikes: u8,
+}
+
+#[derive(Default)]
+pub struct PeerTable {
+    ours: HashMap<NodeId, Peer>,
+    /// Original Peerix nodes, by the address their datagrams come from.
+    v1: HashMap<IpAddr, Instant>,
+}
+
+impl PeerTable {
+    /// Any datagram of ours from `node`; true when it is new.
+    pub fn heard(&mut self, node: NodeId, addr: SocketAddr, http_port: Option<u16>) -> bool {
+        let now = Instant::now();
+        let new = !self.ours.contains_key(&node);
+        let peer = self.ours.entry(node).or_insert(Peer {
+            addr,
+            http_port,
+            last_heard: now,
+            strikes: 0,
+        });
+        peer.addr = addr;
+        peer.http_port = http_port.or(peer.http_port);
+        peer.last_heard = now;
+        peer.strikes = 0;
+        self.v1.remove(&addr.ip());
+        new
+    }
+
+    /// A v1 datagram from `ip`: an original Peerix there, unless a node of
+    /// ours speaks from that address (ours send v1 queries too).
+    pub fn heard_v1(&mut self, ip: IpAddr) {
+        if !self.is_ours(ip) {
+            self.v1.insert(ip, Instant::now());
+        }
+    }
+
+    pub fn forget(&mut self, node: NodeId) {
+        self.ours.remove(&node);
+    }
+
+    /// True when a live node of ours sends from `ip`.
+    pub fn is_ours(&self, ip: IpAddr) -> bool {
+        self.ours.values().any(|p| p.addr.ip() == ip)
+    }
+
+    /// The live peers of ours that answer every query, hit or miss.
+    pub fn expected(&self) -> Vec<NodeId> {
+        self.ours
+            .iter()
+            .filter(|(_, p)| p.last_heard.elapsed() < PEER_TTL && p.strikes < MAX_STRIKES)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// True when a live original Peerix is about: it answers only hits.
+    pub fn has_v1(&self) -> bool {
+        self.v1.values().any(|t| t.elapsed() < PEER_TTL)
+    }
+
+    /// A peer did not answer a query in time.
+    pub fn strike(&mut self, node: NodeId) {
+        if let Some(peer) = self.ours.get_mut(&node) {
+            peer.strikes = peer.strikes.saturating_add(1);
+            if peer.strikes == MAX_STRIKES {
+                log::info!("peer {node:016x} at {} stopped answering", peer.addr);
+            }
+        }
+    }
+
+    /// Drops peers not heard from for `PEER_TTL`.
+    pub fn expire(&mut self) {
+        self.ours.retain(|node, p| {
+            let live = p.last_heard.elapsed() < PEER_TTL;
+            if !live {
+                log::info!("peer {node:016x} at {} is gone", p.addr);
+            }
+            live
+        });
+        self.v1.retain(|_, t| t.elapsed() < PEER_TTL);
+    }
+
+    pub fn len(&self) -> usize {
+        self.ours.len() + self.v1.len()
+    }
+
+    /// One line per peer, for logs and status.
+    pub fn describe(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .ours
+            .iter()
+            .map(|(id, p)| {
+                format!(
+                    "{id:016x} {} http {} heard {:.0?} ago{}",
+                    p.addr,
+                    p.http_port.map_or("?".into(), |p| p.to_string()),
+                    p.last_heard.elapsed(),
+                    if p.strikes >= MAX_STRIKES {
+                        " (not answering)"
+                    } else {
+                        ""
+                    }
+                )
+            })
+            .collect();
+        lines.extend(
+            self.v1
+                .iter()
+                .map(|(ip, t)| format!("v1 {ip} heard {:.0?} ago", t.elapsed())),
+        );
+        lines.sort();
+        lines
+    }
+}

@@ -1,0 +1,217 @@
+//! Where this node's queries go: the IPv4 broadcast address of every
+//! interface on a private network, the IPv6 link-local multicast group on
+//! every interface, and the `--extra-host` peers by unicast. Interfaces and
+//! host names are looked at again now and then on the targets thread, so
+//! that neither a slow DNS server nor a new interface ever blocks or
+//! escapes the UDP thread.
+
+use std::ffi::CStr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, ToSocketAddrs, UdpSocket};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// The link-local multicast group peers listen on ("peerix" in hex).
+pub const MULTICAST_V6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0x7065, 0x6572, 0x6978);
+
+/// How often interfaces and extra hosts are looked at again.
+const REFRESH_EVERY: Duration = Duration::from_secs(30);
+
+#[derive(Default, Debug)]
+pub struct Targets {
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// The current targets, replaced as a whole by the targets thread.
+pub type SharedTargets = Arc<RwLock<Arc<Targets>>>;
+
+pub struct Settings {
+    pub port: u16,
+    pub broadcast: bool,
+    pub extra_hosts: Vec<String>,
+}
+
+/// Computes the targets once, then keeps them fresh from a thread.
+pub fn start(settings: Settings, socket: UdpSocket) -> std::io::Result<SharedTargets> {
+    let shared: SharedTargets = Arc::new(RwLock::new(Arc::new(refresh(&settings, &socket))));
+    let weak = Arc::downgrade(&shared);
+    std::thread::Builder::new()
+        .name("discovery-targets".into())
+        .spawn(move || loop {
+            std::thread::sleep(REFRESH_EVERY);
+            let Some(shared) = weak.upgrade() else { return };
+            let targets = Arc::new(refresh(&settings, &socket));
+            if let Ok(mut current) = shared.write() {
+                *current = targets;
+            };
+        })?;
+    Ok(shared)
+}
+
+fn refresh(settings: &Settings, socket: &UdpSocket) -> Targets {
+    let mut addrs = Vec::new();
+    if settings.broadcast {
+        for interface in interfaces() {
+            match interface {
+                Interface::V4 { broadcast, .. } => {
+                    addrs.push(SocketAddr::new(broadcast.into(), settings.port))
+                }
+                Interface::V6 { index, .. } => {
+                    // Joining again reports "address in use": that is fine.
+                    let _ = socket.join_multicast_v6(&MULTICAST_V6, index);
+                    addrs.push(SocketAddrV6::new(MULTICAST_V6, settings.port, 0, index).into());
+                }
+            }
+        }
+    }
+    for host in &settings.extra_hosts {
+        match resolve(host, settings.port) {
+            Ok(found) => addrs.extend(found),
+            Err(e) => log::warn!("extra host {host}: {e}; skipped until the next look"),
+        }
+    }
+    addrs.sort();
+    addrs.dedup();
+    log::debug!("discovery targets: {addrs:?}");
+    Targets { addrs }
+}
+
+/// Resolves `HOST`, `HOST:PORT`, `[V6]:PORT` or a bare address.
+fn resolve(host: &str, default_port: u16) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, default_port)]);
+    }
+    if let Ok(addr) = host.parse::<SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') => (
+            name,
+            port.parse::<u16>()
+                .map_err(|_| format!("{port:?} is not a port"))?,
+        ),
+        _ => (host, default_port),
+    };
+    let found: Vec<SocketAddr> = (name, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve: {e}"))?
+        .collect();
+    if found.is_empty() {
+        return Err("resolves to no address".into());
+    }
+    Ok(found)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Interface {
+    V4 { name: String, broadcast: Ipv4Addr },
+    V6 { name: String, index: u32 },
+}
+
+/// True for the networks the original Peerix broadcasts on: RFC 1918 and
+/// link-local.
+fn is_private_v4(ip: Ipv4Addr) -> bool {
+    ip.is_private() || ip.is_link_local()
+}
+
+/// The up, non-loopback interfaces: with their broadcast address for IPv4
+/// on a private network, with their index for IPv6 with a link-local
+/// address and multicast.
+fn interfaces() -> Vec<Interface> {
+    let mut found = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list that we only read
+    // and then free with freeifaddrs; every pointer is checked for null and
+    // each sockaddr is read as the type its family says.
+    unsafe {
+        if libc::getifaddrs(&mut list) != 0 {
+            log::warn!(
+                "cannot list network interfaces: {}",
+                std::io::Error::last_os_error()
+            );
+            return found;
+        }
+        let mut cursor = list;
+        while let Some(ifa) = cursor.as_ref() {
+            cursor = ifa.ifa_next;
+            let flags = ifa.ifa_flags;
+            let up = flags & libc::IFF_UP as u32 != 0 && flags & libc::IFF_LOOPBACK as u32 == 0;
+            if !up || ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+                continue;
+            }
+            let name = CStr::from_ptr(ifa.ifa_name).to_string_lossy().into_owned();
+            match i32::from((*ifa.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let addr = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
+                    let bcast = ifa.ifa_ifu;
+                    if flags & libc::IFF_BROADCAST as u32 == 0
+                        || bcast.is_null()
+                        || !is_private_v4(ip)
+                    {
+                        continue;
+                    }
+                    let bcast = &*(bcast as *const libc::sockaddr_in);
+                    let broadcast = Ipv4Addr::from(u32::from_be(bcast.sin_addr.s_addr));
+                    found.push(Interface::V4 { name, broadcast });
+                }
+                libc::AF_INET6 => {
+                    let addr = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                    let ip = Ipv6Addr::from(addr.sin6_addr.s6_addr);
+                    let link_local = ip.segments()[0] & 0xffc0 == 0xfe80;
+                    if link_local && flags & libc::IFF_MULTICAST as u32 != 0 {
+                        found.push(Interface::V6 {
+                            name,
+                            index: addr.sin6_scope_id,
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        libc::freeifaddrs(list);
+    }
+    found.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+    found.dedup();
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_addresses_and_ports_without_dns() {
+        assert_eq!(
+            resolve("10.0.0.2", 12304).unwrap(),
+            ["10.0.0.2:12304".parse().unwrap()]
+        );
+        assert_eq!(
+            resolve("10.0.0.2:99", 12304).unwrap(),
+            ["10.0.0.2:99".parse().unwrap()]
+        );
+        assert_eq!(
+            resolve("fd00::2", 12304).unwrap(),
+            ["[fd00::2]:12304".parse().unwrap()]
+        );
+        assert_eq!(
+            resolve("[fd00::2]:7", 12304).unwrap(),
+            ["[fd00::2]:7".parse().unwrap()]
+        );
+        assert_eq!(
+            resolve("localhost:7", 1)
+                .unwrap()
+                .iter()
+                .all(|a| a.port() == 7),
+            true
+        );
+        assert!(resolve("localhost:notaport", 1).is_err());
+    }
+
+    #[test]
+    fn only_private_networks_are_broadcast_to() {
+        assert!(is_private_v4(Ipv4Addr::new(10, 1, 2, 3)));
+        assert!(is_private_v4(Ipv4Addr::new(192, 168, 1, 1)));
+        assert!(is_private_v4(Ipv4Addr::new(169, 254, 0, 1)));
+        assert!(!is_private_v4(Ipv4Addr::new(8, 8, 8, 8)));
+    }
+}

@@ -1,0 +1,185 @@
+//! Fetching from a peer over HTTP: its narinfo for a path (bounded in time
+//! and size, parsed strictly) and the NAR it points to. Every request has
+//! connect and read timeouts, so a peer that stalls is given up on. Only
+//! the peer that discovery found is ever asked, at its fixed routes: no
+//! host or URL is taken from a request or a narinfo.
+
+use std::fmt;
+use std::io::{self, Read};
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, ToSocketAddrs};
+use std::time::Duration;
+
+use crate::discovery::Found;
+use crate::narinfo::{self, HashPart, NarInfo};
+
+/// A connection to a LAN peer that takes longer than this is a dead peer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A NAR stream that moves no byte for this long is cut.
+const STALL_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug)]
+pub enum FetchError {
+    /// The peer could not be reached, or answered with an error status.
+    Http(String),
+    /// The peer answered something that is not a usable narinfo or NAR.
+    Invalid(String),
+}
+
+impl fmt::Display for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FetchError::Http(m) => write!(f, "request failed: {m}"),
+            FetchError::Invalid(m) => write!(f, "unusable answer: {m}"),
+        }
+    }
+}
+
+/// A NAR being received from a peer.
+pub struct NarStream {
+    pub len: u64,
+    pub body: Box<dyn Read + Send>,
+}
+
+pub struct PeerClient {
+    agent: ureq::Agent,
+}
+
+impl PeerClient {
+    pub fn new() -> PeerClient {
+        PeerClient {
+            agent: ureq::AgentBuilder::new()
+                .timeout_connect(CONNECT_TIMEOUT)
+                .timeout_read(STALL_TIMEOUT)
+                .timeout_write(STALL_TIMEOUT)
+                .redirects(0)
+                .resolver(ScopedResolver)
+                .user_agent(concat!("peerix/", env!("CARGO_PKG_VERSION")))
+                .build(),
+        }
+    }
+
+    /// The peer's narinfo URL for `hash`.
+    pub fn narinfo_url(found: &Found, hash: &HashPart) -> String {
+        let route = if found.v1 { "local" } else { "peer" };
+        format!("http://{}/{route}/{hash}.narinfo", host(found.addr))
+    }
+
+    /// Fetches and parses the peer's narinfo for `hash`; gives up after
+    /// `timeout`.
+    pub fn narinfo(
+        &self,
+        found: &Found,
+        hash: &HashPart,
+        timeout: Duration,
+    ) -> Result<NarInfo, FetchError> {
+        let response = self
+            .agent
+            .get(&PeerClient::narinfo_url(found, hash))
+            .timeout(timeout)
+            .call()
+            .map_err(|e| FetchError::Http(e.to_string()))?;
+        let mut text = String::new();
+        response
+            .into_reader()
+            .take(narinfo::MAX_LEN as u64 + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| FetchError::Http(format!("reading the narinfo: {e}")))?;
+        let info = NarInfo::parse(&text).map_err(|e| FetchError::Invalid(e.to_string()))?;
+        if info.hash_part() != *hash {
+            return Err(FetchError::Invalid(format!(
+                "asked for {hash}, the narinfo is for {}",
+                info.path
+            )));
+        }
+        Ok(info)
+    }
+
+    /// Starts receiving the NAR that the peer's narinfo `info` names. Its
+    /// URL must be a plain relative path: relative to `/peer/` on ours, to
+    /// the root on an original Peerix.
+    pub fn nar(&self, found: &Found, info: &NarInfo) -> Result<NarStream, FetchError> {
+        let url = &info.url;
+        let plain = !url.is_empty()
+            && !url.starts_with('/')
+            && !url.contains("..")
+            && url
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"._-+=/".contains(&c));
+        if !plain {
+            return Err(FetchError::Invalid(format!(
+                "NAR URL {url:?} is not a plain relative path"
+            )));
+        }
+        let base = if found.v1 { "" } else { "peer/" };
+        let response = self
+            .agent
+            .get(&format!("http://{}/{base}{url}", host(found.addr)))
+            .call()
+            .map_err(|e| FetchError::Http(e.to_string()))?;
+        let len = match response.header("Content-Length").map(str::parse::<u64>) {
+            Some(Ok(len)) => len,
+            Some(Err(_)) => return Err(FetchError::Invalid("bad Content-Length".into())),
+            // The original Peerix streams chunked: the NAR is NarSize long.
+            None if info.compression == "none" => info.nar_size,
+            None => return Err(FetchError::Invalid("no Content-Length".into())),
+        };
+        Ok(NarStream {
+            len,
+            body: Box::new(response.into_reader()),
+        })
+    }
+}
+
+/// The host part of a URL for `addr`. A URL cannot carry an IPv6 scope,
+/// so a scoped (link-local) address is written as a made-up name that
+/// `ScopedResolver` turns back into the address.
+fn host(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V6(v6) if v6.scope_id() != 0 => {
+            format!(
+                "ll-{:032x}-{}.peerix:{}",
+                u128::from(*v6.ip()),
+                v6.scope_id(),
+                v6.port()
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Resolves the names `host` makes, and everything else as usual.
+struct ScopedResolver;
+
+impl ureq::Resolver for ScopedResolver {
+    fn resolve(&self, netloc: &str) -> io::Result<Vec<SocketAddr>> {
+        let scoped = || {
+            let (name, port) = netloc.rsplit_once(':')?;
+            let (ip, scope) = name
+                .strip_prefix("ll-")?
+                .strip_suffix(".peerix")?
+                .split_once('-')?;
+            let ip = Ipv6Addr::from(u128::from_str_radix(ip, 16).ok()?);
+            Some(SocketAddrV6::new(ip, port.parse().ok()?, 0, scope.parse().ok()?).into())
+        };
+        match scoped() {
+            Some(addr) => Ok(vec![addr]),
+            None => netloc.to_socket_addrs().map(Iterator::collect),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ureq::Resolver;
+
+    #[test]
+    fn scoped_addresses_survive_the_url() {
+        let addr: SocketAddr = SocketAddrV6::new("fe80::1:2".parse().unwrap(), 12304, 0, 7).into();
+        let netloc = host(addr);
+        assert_eq!(ScopedResolver.resolve(&netloc).unwrap(), [addr]);
+        let plain: SocketAddr = "10.0.0.1:12304".parse().unwrap();
+        assert_eq!(host(plain), "10.0.0.1:12304");
+        assert_eq!(ScopedResolver.resolve(&host(plain)).unwrap(), [plain]);
+    }
+}
