@@ -29,8 +29,8 @@ pub struct Args {
     #[argh(option)]
     pub private_key: Option<PathBuf>,
 
-    /// how long to wait for peers to answer a query, in milliseconds (default 250)
-    #[argh(option, default = "250")]
+    /// how long to wait for peers to answer a query, in milliseconds (default 500)
+    #[argh(option, default = "500")]
     pub timeout: u64,
 
     /// a peer to ask by unicast, HOST or HOST:PORT; repeat for several

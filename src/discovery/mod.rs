@@ -32,6 +32,10 @@ const HELLO_EVERY: Duration = Duration::from_secs(30);
 /// The UDP thread's longest sleep: how often it prunes and says hello.
 const TICK: Duration = Duration::from_millis(250);
 
+/// After start, the time in which the peers' answers to our first hello
+/// come back; until then nobody's silence means a miss.
+const STARTUP: Duration = Duration::from_secs(2);
+
 /// A peer that says it has a path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Found {
@@ -144,6 +148,7 @@ impl Discovery {
             peers: PeerTable::default(),
             pending: HashMap::new(),
             last_hello: None,
+            started: Instant::now(),
         };
         std::thread::Builder::new()
             .name("discovery-udp".into())
@@ -176,18 +181,23 @@ impl Discovery {
         }
         .encode();
         let targets = self.targets.read().map(|t| t.clone()).unwrap_or_default();
-        for addr in &targets.addrs {
+        for addr in targets.all() {
             for datagram in [&v2, &v1] {
                 if let Err(e) = self.socket.send_to(datagram, addr) {
                     log::debug!("discovery: cannot send to {addr}: {e}");
                 }
             }
         }
-        log::debug!(
-            "discovery: asked {} targets for {hash} (query {id})",
-            targets.addrs.len()
-        );
+        // The UDP thread may have nobody to hear from: let it see the
+        // registration now.
+        self.wake();
+        log::debug!("discovery: asked for {hash} (query {id})");
         rx
+    }
+
+    /// This node's id on the wire.
+    pub fn node(&self) -> NodeId {
+        self.node
     }
 
     /// The configured discovery timeout.
@@ -234,6 +244,7 @@ struct UdpThread {
     peers: PeerTable,
     pending: HashMap<u32, Pending>,
     last_hello: Option<Instant>,
+    started: Instant,
 }
 
 impl UdpThread {
@@ -279,10 +290,18 @@ impl UdpThread {
         }
     }
 
+    /// Takes a query of ours. A miss can be told early unless a peer that
+    /// is silent on a miss may be about: an original Peerix heard lately,
+    /// an extra host not known as ours, or anybody at all in the first
+    /// moments after start, before the peers' hellos came back.
     fn register(&mut self, id: u32, hash: HashPart, answers: Sender<Answer>, deadline: Instant) {
         let waiting = self.peers.expected();
-        let can_miss_early =
-            !waiting.is_empty() && !self.peers.has_v1() && !self.silent_extra_host();
+        let can_miss_early = !self.peers.has_v1()
+            && !self.silent_extra_host()
+            && (!waiting.is_empty() || self.started.elapsed() > STARTUP);
+        if waiting.is_empty() && can_miss_early {
+            let _ = answers.send(Answer::AllMissed);
+        }
         self.pending.insert(
             id,
             Pending {
@@ -300,14 +319,10 @@ impl UdpThread {
     /// may be an original Peerix, which answers only hits.
     fn silent_extra_host(&self) -> bool {
         let targets = self.targets.read().map(|t| t.clone()).unwrap_or_default();
-        targets.addrs.iter().any(|a| {
-            let ip = a.ip().to_canonical();
-            let unicast = match ip {
-                IpAddr::V4(v4) => !v4.is_broadcast() && !v4.octets().ends_with(&[255]),
-                IpAddr::V6(v6) => !v6.is_multicast(),
-            };
-            unicast && !self.peers.is_ours(ip)
-        })
+        targets
+            .hosts
+            .iter()
+            .any(|a| !self.peers.is_ours(a.ip().to_canonical()))
     }
 
     fn send(&self, datagram: &Datagram, to: SocketAddr) {
@@ -323,7 +338,7 @@ impl UdpThread {
             message,
         };
         let targets = self.targets.read().map(|t| t.clone()).unwrap_or_default();
-        for addr in &targets.addrs {
+        for addr in targets.all() {
             self.send(&datagram, *addr);
         }
     }

@@ -106,10 +106,6 @@ impl PeerTable {
         self.v1.retain(|_, t| t.elapsed() < PEER_TTL);
     }
 
-    pub fn len(&self) -> usize {
-        self.ours.len() + self.v1.len()
-    }
-
     /// One line per peer, for logs and status.
     pub fn describe(&self) -> Vec<String> {
         let mut lines: Vec<String> = self

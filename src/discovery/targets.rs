@@ -18,7 +18,16 @@ const REFRESH_EVERY: Duration = Duration::from_secs(30);
 
 #[derive(Default, Debug)]
 pub struct Targets {
-    pub addrs: Vec<SocketAddr>,
+    /// Broadcast and multicast addresses: every peer of a network.
+    pub lan: Vec<SocketAddr>,
+    /// The extra hosts, resolved.
+    pub hosts: Vec<SocketAddr>,
+}
+
+impl Targets {
+    pub fn all(&self) -> impl Iterator<Item = &SocketAddr> {
+        self.lan.iter().chain(&self.hosts)
+    }
 }
 
 /// The current targets, replaced as a whole by the targets thread.
@@ -48,31 +57,32 @@ pub fn start(settings: Settings, socket: UdpSocket) -> std::io::Result<SharedTar
 }
 
 fn refresh(settings: &Settings, socket: &UdpSocket) -> Targets {
-    let mut addrs = Vec::new();
+    let mut lan = Vec::new();
     if settings.broadcast {
         for interface in interfaces() {
             match interface {
                 Interface::V4 { broadcast, .. } => {
-                    addrs.push(SocketAddr::new(broadcast.into(), settings.port))
+                    lan.push(SocketAddr::new(broadcast.into(), settings.port))
                 }
                 Interface::V6 { index, .. } => {
                     // Joining again reports "address in use": that is fine.
                     let _ = socket.join_multicast_v6(&MULTICAST_V6, index);
-                    addrs.push(SocketAddrV6::new(MULTICAST_V6, settings.port, 0, index).into());
+                    lan.push(SocketAddrV6::new(MULTICAST_V6, settings.port, 0, index).into());
                 }
             }
         }
     }
+    let mut hosts = Vec::new();
     for host in &settings.extra_hosts {
         match resolve(host, settings.port) {
-            Ok(found) => addrs.extend(found),
+            Ok(found) => hosts.extend(found),
             Err(e) => log::warn!("extra host {host}: {e}; skipped until the next look"),
         }
     }
-    addrs.sort();
-    addrs.dedup();
-    log::debug!("discovery targets: {addrs:?}");
-    Targets { addrs }
+    hosts.sort();
+    hosts.dedup();
+    log::debug!("discovery targets: LAN {lan:?}, hosts {hosts:?}");
+    Targets { lan, hosts }
 }
 
 /// Resolves `HOST`, `HOST:PORT`, `[V6]:PORT` or a bare address.
@@ -197,13 +207,10 @@ mod tests {
             resolve("[fd00::2]:7", 12304).unwrap(),
             ["[fd00::2]:7".parse().unwrap()]
         );
-        assert_eq!(
-            resolve("localhost:7", 1)
-                .unwrap()
-                .iter()
-                .all(|a| a.port() == 7),
-            true
-        );
+        assert!(resolve("localhost:7", 1)
+            .unwrap()
+            .iter()
+            .all(|a| a.port() == 7));
         assert!(resolve("localhost:notaport", 1).is_err());
     }
 

@@ -8,6 +8,8 @@
 //!   trying the next one when a peer fails; 404 when none can serve it, so
 //!   that Nix moves on to its next substituter.
 //!
+//! - `/status`: this node and the peers it knows, one line each.
+//!
 //! They answer loopback clients only (403 for others, which Nix takes for
 //! "not here"). A narinfo request is answered 200 or 404, never an error:
 //! an error aborts the build on Nix up to 2.31.
@@ -31,6 +33,8 @@ pub fn route(app: &App, path: &str, head: bool, client: Option<SocketAddr>) -> O
     let rest = path.strip_prefix('/')?;
     let route = if rest == "nix-cache-info" {
         Route::CacheInfo
+    } else if rest == "status" {
+        Route::Status
     } else if let Some(name) = rest.strip_suffix(".narinfo") {
         Route::NarInfo(name)
     } else if let Some(name) = rest
@@ -46,6 +50,7 @@ pub fn route(app: &App, path: &str, head: bool, client: Option<SocketAddr>) -> O
     }
     Some(match route {
         Route::CacheInfo => cache_info(app),
+        Route::Status => status(app),
         Route::NarInfo(name) => match HashPart::parse(name) {
             Some(hash) => narinfo(app, &hash),
             None => Reply::status(400, "expected a 32-character nix32 hash"),
@@ -59,8 +64,25 @@ pub fn route(app: &App, path: &str, head: bool, client: Option<SocketAddr>) -> O
 
 enum Route<'a> {
     CacheInfo,
+    Status,
     NarInfo(&'a str),
     Nar(&'a str),
+}
+
+/// `/status`: this node and the peers it knows, for people.
+fn status(app: &App) -> Reply {
+    let peers = app.discovery.peers();
+    let mut text = format!(
+        "peerix {}\nnode {:016x}\nstore: {} valid paths\npeers: {}\n",
+        env!("CARGO_PKG_VERSION"),
+        app.discovery.node(),
+        app.store.len(),
+        peers.len()
+    );
+    for peer in peers {
+        text.push_str(&format!("  {peer}\n"));
+    }
+    Reply::text(200, "text/plain", text)
 }
 
 /// Asks the peers for `hash` and hands on the first acceptable narinfo.

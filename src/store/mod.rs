@@ -80,6 +80,11 @@ impl Store {
         }
     }
 
+    /// The number of valid paths.
+    pub fn len(&self) -> usize {
+        self.index.read().map_or(0, |i| i.len())
+    }
+
     /// The basename of the valid path with this hash part, from memory.
     pub fn lookup(&self, hash: &HashPart) -> Option<String> {
         self.index.read().ok()?.get(hash).map(str::to_owned)
