@@ -99,7 +99,7 @@ fn narinfo(app: &App, hash: &HashPart) -> Reply {
         let url = PeerClient::narinfo_url(&found, hash);
         match app.client.narinfo(&found, hash, left.min(NARINFO_FETCH)) {
             Ok(mut info) if app.trust.accepts(&info) => {
-                log::info!("{hash}: found at {url} in {:.1?}", start.elapsed());
+                log::debug!("{hash}: found at {url} in {:.1?}", start.elapsed());
                 info.url = format!("nar/{hash}.nar");
                 return Reply::text(200, "text/x-nix-narinfo", info.render());
             }

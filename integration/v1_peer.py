@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""A stand-in for a node running the original Peerix (v1), for the tests.
+
+It speaks exactly the v1 wire format of ../shared/peerix-v1-wire.md and
+nothing else: no extension, silence on a miss.
+
+    v1_peer.py serve CACHE_DIR PORT [--garbage]
+        Answers v1 requests for the paths of CACHE_DIR (a `nix copy --to
+        file://CACHE_DIR?compression=none` cache) and serves them on
+        /local/<hash>.narinfo and /local/nar/<b64>.nar, chunked and without
+        Content-Length, as the original does. With --garbage it claims to
+        have every path and serves text that is not a narinfo.
+
+    v1_peer.py query HASH ADDRESS PORT
+        Sends one v1 request for HASH to ADDRESS:PORT (a broadcast address
+        or a host), waits 2 s for the first reply, fetches the narinfo the
+        reply names and the NAR its URL names, and prints
+        `narinfo <status>`, the narinfo text, then `nar <sha256> <length>`.
+        Exits 1 when nobody answers.
+"""
+
+import base64
+import hashlib
+import http.server
+import os
+import socket
+import struct
+import sys
+import threading
+import urllib.request
+
+
+def serve(cache, port, garbage):
+    def narinfo_text(hash_part):
+        try:
+            with open(os.path.join(cache, hash_part + ".narinfo")) as f:
+                return f.read()
+        except OSError:
+            return None
+
+    def store_path(text):
+        for line in text.splitlines():
+            if line.startswith("StorePath: "):
+                return line[len("StorePath: "):]
+        return None
+
+    def udp():
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        sock.bind(("0.0.0.0", port))
+        while True:
+            data, addr = sock.recvfrom(2048)
+            if len(data) != 37 or data[0] != 0:
+                continue
+            request_id = data[1:5]
+            hash_part = data[5:37].decode("ascii", "replace")
+            if garbage or narinfo_text(hash_part) is not None:
+                reply = (b"\x01" + request_id + struct.pack(">I", port)
+                         + ("local/%s.narinfo" % hash_part).encode())
+                sock.sendto(reply, addr)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            path = self.path
+            if path.startswith("/local/nar/") and path.endswith(".nar"):
+                b64 = path[len("/local/nar/"):-len(".nar")]
+                wanted = base64.b64decode(b64.replace("_", "/")).decode()
+                for name in os.listdir(cache):
+                    if not name.endswith(".narinfo"):
+                        continue
+                    text = narinfo_text(name[:-len(".narinfo")])
+                    if store_path(text) != wanted:
+                        continue
+                    url = [l[5:] for l in text.splitlines() if l.startswith("URL: ")][0]
+                    self.send_response(200)
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    with open(os.path.join(cache, url), "rb") as f:
+                        while True:
+                            chunk = f.read(65536)
+                            if not chunk:
+                                break
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    self.wfile.write(b"0\r\n\r\n")
+                    return
+            elif path.startswith("/local/") and path.endswith(".narinfo"):
+                hash_part = path[len("/local/"):-len(".narinfo")]
+                text = "this is not a narinfo\n" if garbage else narinfo_text(hash_part)
+                if text is not None:
+                    if not garbage:
+                        b64 = base64.b64encode(store_path(text).encode()).decode()
+                        lines = [("URL: local/nar/%s.nar" % b64.replace("/", "_"))
+                                 if l.startswith("URL: ") else l
+                                 for l in text.splitlines()]
+                        text = "\n".join(lines) + "\n"
+                    body = text.encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/x-nix-narinfo")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    threading.Thread(target=udp, daemon=True).start()
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    print("v1 peer serving %s on port %d" % (cache, port), flush=True)
+    server.serve_forever()
+
+
+def query(hash_part, address, port):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    sock.bind(("0.0.0.0", port))
+    sock.settimeout(2.0)
+    request_id = 4242
+    sock.sendto(b"\x00" + struct.pack(">I", request_id) + hash_part.encode(),
+                (address, port))
+    own = {a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None)}
+    while True:
+        try:
+            data, addr = sock.recvfrom(2048)
+        except socket.timeout:
+            print("no answer")
+            sys.exit(1)
+        if addr[0] in own or len(data) < 9 or data[0] != 1:
+            continue
+        if struct.unpack(">I", data[1:5])[0] != request_id:
+            continue
+        http_port = struct.unpack(">I", data[5:9])[0]
+        url = data[9:].decode()
+        base = "http://%s:%d/" % (addr[0], http_port)
+        with urllib.request.urlopen(base + url, timeout=5) as r:
+            text = r.read().decode()
+            print("narinfo %d" % r.status)
+            print(text, end="")
+        nar_url = [l[5:] for l in text.splitlines() if l.startswith("URL: ")][0]
+        with urllib.request.urlopen(base + nar_url, timeout=30) as r:
+            data = r.read()
+            print("nar %s %d" % (hashlib.sha256(data).hexdigest(), len(data)))
+        return
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "serve":
+        serve(sys.argv[2], int(sys.argv[3]), "--garbage" in sys.argv[4:])
+    elif sys.argv[1] == "query":
+        query(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    else:
+        sys.exit(__doc__)
