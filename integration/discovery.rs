@@ -1,0 +1,400 @@
+//! Discovery and the localhost substituter, end to end: real Nix on one test
+//! host substitutes through its local node from peers on other hosts (all in
+//! network namespaces this test makes), with signatures required.
+//!
+//! Covers: a closure split across two peers; fast misses when every peer is
+//! ours; a peer killed between narinfo and NAR; garbage from a peer;
+//! `--no-broadcast` with `--extra-host` by name and address, IPv4 and IPv6;
+//! local routes refused to other hosts; a node never answering itself;
+//! the v1 datagrams and routes against a peer that speaks only v1; many
+//! concurrent narinfo requests not queueing behind one another.
+
+mod support;
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use support::{current_nix, generate_key, Daemon, Host, Key, Net};
+
+/// The local node's substituter URL, as Nix on a host uses it.
+const LOCAL: &str = "http://127.0.0.1:12304";
+
+/// Starts a node on `host` signing with `key` and accepting narinfo signed
+/// by `trusted`, plus `extra` flags.
+fn node(host: &Host, key: &Key, trusted: &[&Key], extra: &[&str]) -> Daemon {
+    let mut args: Vec<&str> = vec!["--private-key", key.secret.to_str().unwrap()];
+    for k in trusted {
+        args.extend(["--trusted-key", &k.public]);
+    }
+    args.extend(extra);
+    host.spawn_peerix(&args)
+}
+
+/// Builds `count` small paths on `host`, each one referring to the one
+/// before it; returns their store paths, the last one first.
+fn build_chain(host: &Host, tag: &str, count: usize) -> Vec<String> {
+    let expr = format!(
+        r#"
+let
+  mk = n: prev: derivation {{
+    name = "peerix-disc-{tag}-${{toString n}}";
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" "export PATH=/usr/bin:/bin; mkdir $out; echo {tag} ${{toString n}} > $out/data; echo ${{prev}} > $out/prev" ];
+  }};
+  chain = n: if n == 0 then "none" else mk n (chain (n - 1));
+in chain {count}
+"#
+    );
+    let file = host.dir.join(format!("chain-{tag}.nix"));
+    std::fs::write(&file, expr).expect("write the chain expression");
+    let top = host.run(&format!("nix-build --no-out-link {}", file.display()));
+    let closure = host.run(&format!("nix-store -qR {top}"));
+    let mut paths: Vec<String> = vec![top.clone()];
+    paths.extend(closure.lines().filter(|p| **p != top).map(str::to_owned));
+    paths
+}
+
+/// The hash part of a store path.
+fn hash_of(path: &str) -> &str {
+    &path["/nix/store/".len().."/nix/store/".len() + 32]
+}
+
+/// `nix-store -r paths` on `host` through its local node, trusting `keys`
+/// (Nix 2.8 from Debian).
+fn substitute(host: &Host, paths: &[&str], keys: &[&Key]) -> Output {
+    let keys: Vec<&str> = keys.iter().map(|k| k.public.as_str()).collect();
+    let mut args = vec!["-r"];
+    args.extend(paths);
+    args.extend([
+        "--option",
+        "substituters",
+        LOCAL,
+        "--option",
+        "trusted-public-keys",
+    ]);
+    let keys = keys.join(" ");
+    args.extend([keys.as_str(), "--option", "narinfo-cache-negative-ttl", "0"]);
+    support::output_within(host.cmd("nix-store", &args), Duration::from_secs(300))
+        .expect("nix-store -r finished")
+}
+
+fn assert_ok(what: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The NAR hash Nix recorded for `path` on `host`.
+fn nar_hash(host: &Host, path: &str) -> String {
+    host.run(&format!("nix-store -q --hash {path}"))
+}
+
+/// Copies `path` with its closure into `to`'s store (signatures travel).
+fn copy_to(from: &Host, to: &Host, path: &str) {
+    let root = to.nix_dir.parent().expect("a host's /nix has a parent");
+    from.run(&format!(
+        "nix copy --no-check-sigs --to {} {path}",
+        root.display()
+    ));
+}
+
+/// Seconds a `curl` of `url` on `host` took, with its status.
+fn timed_get(host: &Host, url: &str) -> (u16, Duration) {
+    let start = Instant::now();
+    let response = host.curl(&[url]);
+    (response.status, start.elapsed())
+}
+
+#[test]
+fn a_closure_split_across_two_peers_is_substituted_on_a_third() {
+    let Some(net) = Net::new(3) else { return };
+    let (h1, h2, h3) = (net.host(1), net.host(2), net.host(3));
+    let keys = [generate_key(h1, "h1-1"), generate_key(h2, "h2-1")];
+    let x = build_chain(h1, "x", 3);
+    let y = build_chain(h2, "y", 2);
+    let _n1 = node(h1, &keys[0], &[], &[]);
+    let _n2 = node(h2, &keys[1], &[], &[]);
+    let n3 = node(h3, &generate_key(h3, "h3-1"), &[&keys[0], &keys[1]], &[]);
+
+    let out = substitute(h3, &[&x[0], &y[0]], &[&keys[0], &keys[1]]);
+    assert_ok("nix-store -r through the local node", &out);
+    for (source, path) in x.iter().map(|p| (h1, p)).chain(y.iter().map(|p| (h2, p))) {
+        assert_eq!(nar_hash(h3, path), nar_hash(source, path), "{path}");
+    }
+    let log = n3.log();
+    assert!(log.contains(&format!("{}: NAR of", hash_of(&x[2]))), "{log}");
+    assert!(log.contains(&format!("{}: NAR of", hash_of(&y[1]))), "{log}");
+
+    // With the current Nix too, into a fresh host store.
+    let Some(root) = current_nix::root() else {
+        eprintln!("skipping the current-Nix half: run integration/setup-current-nix");
+        return;
+    };
+    let z = build_chain(h1, "z", 2);
+    let keys_arg = format!("{} {}", keys[0].public, keys[1].public);
+    let mut cmd = current_nix::command(
+        &h3.netns,
+        &h3.nix_dir,
+        &root,
+        "nix-store",
+        &[
+            "-r",
+            &z[0],
+            &y[0],
+            "--option",
+            "substituters",
+            LOCAL,
+            "--option",
+            "trusted-public-keys",
+            &keys_arg,
+        ],
+    );
+    cmd.env("XDG_CACHE_HOME", h3.dir.join("cache-current"));
+    let out = support::output_within(cmd, Duration::from_secs(300)).expect("current nix-store");
+    assert_ok("current Nix: nix-store -r through the local node", &out);
+    assert_eq!(nar_hash(h3, &z[0]), nar_hash(h1, &z[0]));
+}
+
+#[test]
+fn a_miss_is_answered_well_before_the_timeout_when_all_peers_are_ours() {
+    let Some(net) = Net::new(3) else { return };
+    let key = generate_key(net.host(1), "k-1");
+    let _nodes: Vec<Daemon> = net
+        .hosts
+        .iter()
+        .map(|h| node(h, &key, &[], &["--timeout", "3000"]))
+        .collect();
+    let h3 = net.host(3);
+    // Wait until h3 has heard both peers.
+    assert!(support::wait_until(Duration::from_secs(5), || {
+        h3.curl(&[&format!("{LOCAL}/status")]).text().contains("peers: 2")
+    }));
+    let mut times = Vec::new();
+    for i in 0..20 {
+        let url = format!("{LOCAL}/{:032}.narinfo", i);
+        let (status, took) = timed_get(h3, &url);
+        assert_eq!(status, 404);
+        times.push(took);
+    }
+    times.sort();
+    eprintln!(
+        "miss through curl, 2 peers: median {:?}, max {:?}",
+        times[10], times[19]
+    );
+    // Timeout 3 s; every peer said "not here" long before.
+    assert!(times[19] < Duration::from_millis(1000), "{times:?}");
+}
+
+#[test]
+fn a_peer_killed_between_narinfo_and_nar_is_replaced_by_another() {
+    let Some(net) = Net::new(3) else { return };
+    let (h1, h2, h3) = (net.host(1), net.host(2), net.host(3));
+    let key = generate_key(h1, "shared-1");
+    let paths = build_chain(h1, "kill", 1);
+    let path = &paths[0];
+    copy_to(h1, h2, path);
+    let n1 = node(h1, &key, &[], &[]);
+    let n2 = node(h2, &key, &[], &[]);
+    let n3 = node(h3, &generate_key(h3, "h3-1"), &[&key], &["--timeout", "1000"]);
+    let hash = hash_of(path);
+
+    let narinfo = h3.curl(&[&format!("{LOCAL}/{hash}.narinfo")]);
+    assert_eq!(narinfo.status, 200, "{}", narinfo.text());
+    assert!(narinfo.text().contains(&format!("URL: nar/{hash}.nar")));
+    // Kill the peer that served the narinfo, hard, as a crash would.
+    let served_by_h1 = n3
+        .log()
+        .contains(&format!("{hash}: found at http://{}:", h1.addr4));
+    let (mut victim, mut survivor) = if served_by_h1 { (n1, n2) } else { (n2, n1) };
+    std::process::Command::new("kill")
+        .args(["-9", &victim.pid().to_string()])
+        .status()
+        .expect("kill -9");
+    victim.kill();
+    let nar = h3.curl(&[&format!("{LOCAL}/nar/{hash}.nar")]);
+    assert_eq!(nar.status, 200);
+    let want = h1.run(&format!("nix-store --dump {path} | sha256sum | cut -d' ' -f1"));
+    let got = {
+        let file = h3.dir.join("got.nar");
+        std::fs::write(&file, &nar.body).unwrap();
+        h3.run(&format!("sha256sum < {} | cut -d' ' -f1", file.display()))
+    };
+    assert_eq!(got, want, "NAR from the surviving peer");
+
+    // Nix itself, after the kill: gets the path.
+    let out = substitute(h3, &[path], &[&key]);
+    assert_ok("nix-store -r after a peer died", &out);
+
+    // With no peer left, the NAR route says 404 (not an error) promptly.
+    survivor.kill();
+    let (status, took) = timed_get(h3, &format!("{LOCAL}/nar/{}.nar", "0".repeat(32)));
+    assert_eq!(status, 404);
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let nar = h3.curl(&[&format!("{LOCAL}/nar/{hash}.nar")]);
+    assert_eq!(nar.status, 404);
+}
+
+/// The original Peerix stand-in, `integration/v1_peer.py`.
+fn v1_peer_script() -> String {
+    format!("{}/integration/v1_peer.py", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn garbage_from_a_peer_is_refused_and_the_next_peer_used() {
+    let Some(net) = Net::new(3) else { return };
+    let (h1, h2, h3) = (net.host(1), net.host(2), net.host(3));
+    let key = generate_key(h1, "h1-1");
+    let paths = build_chain(h1, "garbage", 1);
+    let _n1 = node(h1, &key, &[], &[]);
+    // h2 claims every path and serves text that is no narinfo.
+    let script = v1_peer_script();
+    let cache = h2.dir.join("empty-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let cache = cache.to_str().unwrap();
+    let _liar = h2.spawn_daemon(
+        h2.cmd("python3", &[&script, "serve", cache, "12304", "--garbage"]),
+        "v1-garbage",
+    );
+    let n3 = node(h3, &generate_key(h3, "h3-1"), &[&key], &["--timeout", "1000"]);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let out = substitute(h3, &[&paths[0]], &[&key]);
+    assert_ok("nix-store -r beside a lying peer", &out);
+    // A miss: the liar says "have", serves garbage; the answer is a 404 in
+    // bounded time (timeout + one narinfo fetch), never an error.
+    let (status, took) = timed_get(h3, &format!("{LOCAL}/{}.narinfo", "1".repeat(32)));
+    assert_eq!(status, 404);
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    assert!(n3.log().contains("invalid narinfo"), "{}", n3.log());
+}
+
+#[test]
+fn no_broadcast_asks_only_the_extra_hosts_by_name_and_address() {
+    let Some(net) = Net::new(3) else { return };
+    let (h1, h2, h3) = (net.host(1), net.host(2), net.host(3));
+    let key = generate_key(h1, "k-1");
+    let on_h1 = build_chain(h1, "extra1", 1);
+    let on_h2 = build_chain(h2, "extra2", 1);
+    let _n1 = node(h1, &key, &[], &["--no-broadcast"]);
+    let _n2 = node(h2, &key, &[], &["--no-broadcast"]);
+    // Names for h1 in h3's /etc/hosts (bind-mounted in its mount namespace).
+    let hosts = h3.dir.join("hosts");
+    std::fs::write(
+        &hosts,
+        format!("127.0.0.1 localhost\n{} peer-one\n{} peer-one-v6\n", h1.addr4, h1.addr6),
+    )
+    .unwrap();
+    let hosts = hosts.to_str().unwrap().to_owned();
+    let wrapper = ["sh", "-c", r#"mount --bind "$0" /etc/hosts && exec "$@""#, &hosts];
+    let v6 = format!("[{}]:12304", h1.addr6);
+    for extra in ["peer-one", "peer-one:12304", &h1.addr4.to_string(), &v6, "peer-one-v6"] {
+        let mut n3 = h3.spawn_peerix_with(
+            &wrapper,
+            &[],
+            &["--no-broadcast", "--extra-host", extra, "--trusted-key", &key.public],
+        );
+        let found = h3.curl(&[&format!("{LOCAL}/{}.narinfo", hash_of(&on_h1[0]))]);
+        assert_eq!(found.status, 200, "--extra-host {extra}: {}", n3.log());
+        let nar = h3.curl(&[&format!("{LOCAL}/nar/{}.nar", hash_of(&on_h1[0]))]);
+        assert_eq!(nar.status, 200, "--extra-host {extra}: {}", n3.log());
+        // h2 is not an extra host and nothing is broadcast: not found.
+        let missed = h3.curl(&[&format!("{LOCAL}/{}.narinfo", hash_of(&on_h2[0]))]);
+        assert_eq!(missed.status, 404, "--extra-host {extra}");
+        n3.kill();
+    }
+}
+
+#[test]
+fn local_routes_answer_loopback_only_and_a_node_never_answers_itself() {
+    let Some(net) = Net::new(2) else { return };
+    let (h1, h2) = (net.host(1), net.host(2));
+    let key = generate_key(h1, "k-1");
+    let paths = build_chain(h1, "self", 1);
+    let hash = hash_of(&paths[0]);
+    let _n1 = node(h1, &key, &[&key], &[]);
+    let _n2 = node(h2, &key, &[&key], &[]);
+    let remote = format!("http://{}:12304", h1.addr4);
+    for route in [
+        "/nix-cache-info".to_string(),
+        format!("/{hash}.narinfo"),
+        format!("/nar/{hash}.nar"),
+        "/status".into(),
+    ] {
+        let response = h2.curl(&[&format!("{remote}{route}")]);
+        assert_eq!(response.status, 403, "{route} from another host");
+    }
+    assert_eq!(h1.curl(&[&format!("{LOCAL}/nix-cache-info")]).status, 200);
+    // h1 holds the path: its own peer route serves it, but its local route
+    // does not find it, since it never answers its own query; h2 finds it.
+    assert_eq!(h1.curl(&[&format!("{remote}/peer/{hash}.narinfo")]).status, 200);
+    assert_eq!(h1.curl(&[&format!("{LOCAL}/{hash}.narinfo")]).status, 404);
+    assert_eq!(h2.curl(&[&format!("{LOCAL}/{hash}.narinfo")]).status, 200);
+}
+
+#[test]
+fn v1_peers_and_ours_find_each_others_paths() {
+    let Some(net) = Net::new(4) else { return };
+    let (h1, h2, h3, h4) = (net.host(1), net.host(2), net.host(3), net.host(4));
+    let upstream = generate_key(h2, "upstream-1");
+    // h2 runs the original Peerix over a file cache of its paths.
+    let theirs = build_chain(h2, "theirs", 2);
+    for p in &theirs {
+        support::sign(h2, &upstream, p);
+    }
+    let cache = h2.dir.join("v1-cache");
+    h2.run(&format!(
+        "nix copy --to 'file://{}?compression=none' {}",
+        cache.display(),
+        theirs[0]
+    ));
+    let script = v1_peer_script();
+    let _v1 = h2.spawn_daemon(
+        h2.cmd("python3", &[&script, "serve", cache.to_str().unwrap(), "12304"]),
+        "v1-peer",
+    );
+    // h1 runs ours with its own paths.
+    let key = generate_key(h1, "h1-1");
+    let ours = build_chain(h1, "ours", 1);
+    let _n1 = node(h1, &key, &[], &[]);
+    let n3 = node(h3, &generate_key(h3, "h3-1"), &[&upstream], &["--timeout", "1000"]);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Ours finds theirs: v1 request, v1 reply, /local/ routes, chunked NAR.
+    let out = substitute(h3, &[&theirs[0]], &[&upstream]);
+    assert_ok("nix-store -r from an original Peerix", &out);
+    assert_eq!(nar_hash(h3, &theirs[1]), nar_hash(h2, &theirs[1]));
+    assert!(n3.log().contains(&format!("{}: NAR of", hash_of(&theirs[0]))));
+
+    // Theirs finds ours: a v1 request broadcast from h4 reaches h1's node.
+    let broadcast = format!("{}", h1.addr4).rsplit_once('.').unwrap().0.to_string() + ".255";
+    let hash = hash_of(&ours[0]);
+    let out = h4.run(&format!("python3 {script} query {hash} {broadcast} 12304"));
+    assert!(out.starts_with("narinfo 200"), "{out}");
+    assert!(out.contains("URL: local/nar/"), "{out}");
+    let want = h1.run(&format!("nix-store --dump {} | sha256sum | cut -d' ' -f1", ours[0]));
+    assert!(out.contains(&format!("nar {want} ")), "{out}\nwant {want}");
+}
+
+#[test]
+fn concurrent_narinfo_requests_do_not_queue_behind_one_another() {
+    let Some(net) = Net::new(2) else { return };
+    let (h1, h2) = (net.host(1), net.host(2));
+    // An extra host that never answers (nothing runs on h1), as an original
+    // Peerix is on a miss: every miss costs the full timeout.
+    let key = generate_key(h2, "k-1");
+    let extra = h1.addr4.to_string();
+    let _n2 = node(h2, &key, &[], &["--timeout", "1000", "--extra-host", &extra]);
+    let start = Instant::now();
+    let script = format!(
+        "for i in $(seq 40); do curl -s -o /dev/null -w '%{{http_code}}\\n' {LOCAL}/$(printf '%032d' $i).narinfo & done; wait"
+    );
+    let statuses = h2.run(&script);
+    let took = start.elapsed();
+    assert_eq!(statuses.lines().filter(|s| *s == "404").count(), 40, "{statuses}");
+    // 40 misses of 1 s each, side by side: far less than 40 s.
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
