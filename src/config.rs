@@ -49,8 +49,9 @@ pub struct Args {
     #[argh(option, default = "20")]
     pub priority: u32,
 
-    /// HTTP worker threads, each serving one request at a time (default 48)
-    #[argh(option, default = "48")]
+    /// HTTP worker threads for the local Nix, and as many again for peers;
+    /// each serves one request at a time (default 32)
+    #[argh(option, default = "32")]
     pub threads: usize,
 
     /// a public key (NAME:BASE64) whose signatures on peers' narinfo the local

@@ -1,6 +1,8 @@
 //! The HTTP side of the node: one blocking tiny_http listener hands each
 //! request over a crossbeam channel to a fixed pool of worker threads, and
-//! each worker routes it and writes the reply.
+//! each worker routes it and writes the reply. Requests from loopback (the
+//! local Nix) and from the network (peers) go to two pools of their own, so
+//! that no amount of peer traffic can keep the local Nix waiting.
 
 mod conn;
 mod local_routes;
@@ -53,7 +55,8 @@ pub fn start(addrs: &[IpAddr], port: u16, workers: usize, app: Arc<App>) -> Resu
         })
         .ok_or_else(|| format!("cannot listen on {}", errors.join(", ")))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let (requests_tx, requests_rx) = crossbeam_channel::bounded::<Request>(workers * 2);
+    let (local_tx, local_rx) = crossbeam_channel::bounded::<Request>(workers * 2);
+    let (peers_tx, peers_rx) = crossbeam_channel::bounded::<Request>(workers * 2);
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
 
     let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
@@ -65,14 +68,16 @@ pub fn start(addrs: &[IpAddr], port: u16, workers: usize, app: Arc<App>) -> Resu
     };
     let mut threads = vec![spawn(
         "http-listener".into(),
-        Box::new(move || listen(listener, requests_tx, stop_rx)),
+        Box::new(move || listen(listener, [local_tx, peers_tx], stop_rx)),
     )?];
-    for i in 0..workers {
-        let (rx, app) = (requests_rx.clone(), app.clone());
-        threads.push(spawn(
-            format!("http-worker-{i}"),
-            Box::new(move || work(&app, rx, addr.port())),
-        )?);
+    for (pool, requests) in [("local", local_rx), ("peers", peers_rx)] {
+        for i in 0..workers {
+            let (rx, app) = (requests.clone(), app.clone());
+            threads.push(spawn(
+                format!("http-{pool}-{i}"),
+                Box::new(move || work(&app, rx, addr.port())),
+            )?);
+        }
     }
     Ok(Http {
         addr,
@@ -105,10 +110,11 @@ impl Http {
 }
 
 /// The listener thread: takes requests from tiny_http and queues them for
-/// the workers. tiny_http stops accepting for good after an accept error
-/// (say, out of file descriptors): then a new server is made on the same
-/// socket.
-fn listen(listener: TcpListener, requests: Sender<Request>, stop: Receiver<()>) {
+/// the workers, those from loopback for the local pool and the others for
+/// the peers' pool. tiny_http stops accepting for good after an accept
+/// error (say, out of file descriptors): then a new server is made on the
+/// same socket.
+fn listen(listener: TcpListener, [local, peers]: [Sender<Request>; 2], stop: Receiver<()>) {
     let new_server = || {
         let socket = listener.try_clone().map_err(|e| e.to_string())?;
         Server::from_listener(socket, None).map_err(|e| e.to_string())
@@ -120,7 +126,11 @@ fn listen(listener: TcpListener, requests: Sender<Request>, stop: Receiver<()>) 
     while stop.try_recv().is_err() {
         match server.recv_timeout(Duration::from_millis(200)) {
             Ok(Some(request)) => {
-                if requests.send(request).is_err() {
+                let from_loopback = request
+                    .remote_addr()
+                    .is_some_and(|a| a.ip().to_canonical().is_loopback());
+                let pool = if from_loopback { &local } else { &peers };
+                if pool.send(request).is_err() {
                     return;
                 }
             }
