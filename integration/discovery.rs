@@ -126,8 +126,14 @@ fn a_closure_split_across_two_peers_is_substituted_on_a_third() {
         assert_eq!(nar_hash(h3, path), nar_hash(source, path), "{path}");
     }
     let log = n3.log();
-    assert!(log.contains(&format!("{}: NAR of", hash_of(&x[2]))), "{log}");
-    assert!(log.contains(&format!("{}: NAR of", hash_of(&y[1]))), "{log}");
+    assert!(
+        log.contains(&format!("{}: NAR of", hash_of(&x[2]))),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("{}: NAR of", hash_of(&y[1]))),
+        "{log}"
+    );
 
     // With the current Nix too, into a fresh host store.
     let Some(root) = current_nix::root() else {
@@ -171,7 +177,9 @@ fn a_miss_is_answered_well_before_the_timeout_when_all_peers_are_ours() {
     let h3 = net.host(3);
     // Wait until h3 has heard both peers.
     assert!(support::wait_until(Duration::from_secs(5), || {
-        h3.curl(&[&format!("{LOCAL}/status")]).text().contains("peers: 2")
+        h3.curl(&[&format!("{LOCAL}/status")])
+            .text()
+            .contains("peers: 2")
     }));
     let mut times = Vec::new();
     for i in 0..20 {
@@ -199,7 +207,12 @@ fn a_peer_killed_between_narinfo_and_nar_is_replaced_by_another() {
     copy_to(h1, h2, path);
     let n1 = node(h1, &key, &[], &[]);
     let n2 = node(h2, &key, &[], &[]);
-    let n3 = node(h3, &generate_key(h3, "h3-1"), &[&key], &["--timeout", "1000"]);
+    let n3 = node(
+        h3,
+        &generate_key(h3, "h3-1"),
+        &[&key],
+        &["--timeout", "1000"],
+    );
     let hash = hash_of(path);
 
     let narinfo = h3.curl(&[&format!("{LOCAL}/{hash}.narinfo")]);
@@ -217,7 +230,9 @@ fn a_peer_killed_between_narinfo_and_nar_is_replaced_by_another() {
     victim.kill();
     let nar = h3.curl(&[&format!("{LOCAL}/nar/{hash}.nar")]);
     assert_eq!(nar.status, 200);
-    let want = h1.run(&format!("nix-store --dump {path} | sha256sum | cut -d' ' -f1"));
+    let want = h1.run(&format!(
+        "nix-store --dump {path} | sha256sum | cut -d' ' -f1"
+    ));
     let got = {
         let file = h3.dir.join("got.nar");
         std::fs::write(&file, &nar.body).unwrap();
@@ -259,7 +274,12 @@ fn garbage_from_a_peer_is_refused_and_the_next_peer_used() {
         h2.cmd("python3", &[&script, "serve", cache, "12304", "--garbage"]),
         "v1-garbage",
     );
-    let n3 = node(h3, &generate_key(h3, "h3-1"), &[&key], &["--timeout", "1000"]);
+    let n3 = node(
+        h3,
+        &generate_key(h3, "h3-1"),
+        &[&key],
+        &["--timeout", "1000"],
+    );
     std::thread::sleep(Duration::from_millis(500));
 
     let out = substitute(h3, &[&paths[0]], &[&key]);
@@ -285,17 +305,37 @@ fn no_broadcast_asks_only_the_extra_hosts_by_name_and_address() {
     let hosts = h3.dir.join("hosts");
     std::fs::write(
         &hosts,
-        format!("127.0.0.1 localhost\n{} peer-one\n{} peer-one-v6\n", h1.addr4, h1.addr6),
+        format!(
+            "127.0.0.1 localhost\n{} peer-one\n{} peer-one-v6\n",
+            h1.addr4, h1.addr6
+        ),
     )
     .unwrap();
     let hosts = hosts.to_str().unwrap().to_owned();
-    let wrapper = ["sh", "-c", r#"mount --bind "$0" /etc/hosts && exec "$@""#, &hosts];
+    let wrapper = [
+        "sh",
+        "-c",
+        r#"mount --bind "$0" /etc/hosts && exec "$@""#,
+        &hosts,
+    ];
     let v6 = format!("[{}]:12304", h1.addr6);
-    for extra in ["peer-one", "peer-one:12304", &h1.addr4.to_string(), &v6, "peer-one-v6"] {
+    for extra in [
+        "peer-one",
+        "peer-one:12304",
+        &h1.addr4.to_string(),
+        &v6,
+        "peer-one-v6",
+    ] {
         let mut n3 = h3.spawn_peerix_with(
             &wrapper,
             &[],
-            &["--no-broadcast", "--extra-host", extra, "--trusted-key", &key.public],
+            &[
+                "--no-broadcast",
+                "--extra-host",
+                extra,
+                "--trusted-key",
+                &key.public,
+            ],
         );
         let found = h3.curl(&[&format!("{LOCAL}/{}.narinfo", hash_of(&on_h1[0]))]);
         assert_eq!(found.status, 200, "--extra-host {extra}: {}", n3.log());
@@ -330,7 +370,10 @@ fn local_routes_answer_loopback_only_and_a_node_never_answers_itself() {
     assert_eq!(h1.curl(&[&format!("{LOCAL}/nix-cache-info")]).status, 200);
     // h1 holds the path: its own peer route serves it, but its local route
     // does not find it, since it never answers its own query; h2 finds it.
-    assert_eq!(h1.curl(&[&format!("{remote}/peer/{hash}.narinfo")]).status, 200);
+    assert_eq!(
+        h1.curl(&[&format!("{remote}/peer/{hash}.narinfo")]).status,
+        200
+    );
     assert_eq!(h1.curl(&[&format!("{LOCAL}/{hash}.narinfo")]).status, 404);
     assert_eq!(h2.curl(&[&format!("{LOCAL}/{hash}.narinfo")]).status, 200);
 }
@@ -353,29 +396,47 @@ fn v1_peers_and_ours_find_each_others_paths() {
     ));
     let script = v1_peer_script();
     let _v1 = h2.spawn_daemon(
-        h2.cmd("python3", &[&script, "serve", cache.to_str().unwrap(), "12304"]),
+        h2.cmd(
+            "python3",
+            &[&script, "serve", cache.to_str().unwrap(), "12304"],
+        ),
         "v1-peer",
     );
     // h1 runs ours with its own paths.
     let key = generate_key(h1, "h1-1");
     let ours = build_chain(h1, "ours", 1);
     let _n1 = node(h1, &key, &[], &[]);
-    let n3 = node(h3, &generate_key(h3, "h3-1"), &[&upstream], &["--timeout", "1000"]);
+    let n3 = node(
+        h3,
+        &generate_key(h3, "h3-1"),
+        &[&upstream],
+        &["--timeout", "1000"],
+    );
     std::thread::sleep(Duration::from_millis(300));
 
     // Ours finds theirs: v1 request, v1 reply, /local/ routes, chunked NAR.
     let out = substitute(h3, &[&theirs[0]], &[&upstream]);
     assert_ok("nix-store -r from an original Peerix", &out);
     assert_eq!(nar_hash(h3, &theirs[1]), nar_hash(h2, &theirs[1]));
-    assert!(n3.log().contains(&format!("{}: NAR of", hash_of(&theirs[0]))));
+    assert!(n3
+        .log()
+        .contains(&format!("{}: NAR of", hash_of(&theirs[0]))));
 
     // Theirs finds ours: a v1 request broadcast from h4 reaches h1's node.
-    let broadcast = format!("{}", h1.addr4).rsplit_once('.').unwrap().0.to_string() + ".255";
+    let broadcast = format!("{}", h1.addr4)
+        .rsplit_once('.')
+        .unwrap()
+        .0
+        .to_string()
+        + ".255";
     let hash = hash_of(&ours[0]);
     let out = h4.run(&format!("python3 {script} query {hash} {broadcast} 12304"));
     assert!(out.starts_with("narinfo 200"), "{out}");
     assert!(out.contains("URL: local/nar/"), "{out}");
-    let want = h1.run(&format!("nix-store --dump {} | sha256sum | cut -d' ' -f1", ours[0]));
+    let want = h1.run(&format!(
+        "nix-store --dump {} | sha256sum | cut -d' ' -f1",
+        ours[0]
+    ));
     assert!(out.contains(&format!("nar {want} ")), "{out}\nwant {want}");
 }
 
@@ -387,14 +448,23 @@ fn concurrent_narinfo_requests_do_not_queue_behind_one_another() {
     // Peerix is on a miss: every miss costs the full timeout.
     let key = generate_key(h2, "k-1");
     let extra = h1.addr4.to_string();
-    let _n2 = node(h2, &key, &[], &["--timeout", "1000", "--extra-host", &extra]);
+    let _n2 = node(
+        h2,
+        &key,
+        &[],
+        &["--timeout", "1000", "--extra-host", &extra],
+    );
     let start = Instant::now();
     let script = format!(
         "for i in $(seq 40); do curl -s -o /dev/null -w '%{{http_code}}\\n' {LOCAL}/$(printf '%032d' $i).narinfo & done; wait"
     );
     let statuses = h2.run(&script);
     let took = start.elapsed();
-    assert_eq!(statuses.lines().filter(|s| *s == "404").count(), 40, "{statuses}");
+    assert_eq!(
+        statuses.lines().filter(|s| *s == "404").count(),
+        40,
+        "{statuses}"
+    );
     // 40 misses of 1 s each, side by side: far less than 40 s.
     assert!(took < Duration::from_secs(5), "{took:?}");
 }

@@ -17,6 +17,8 @@
 
 #![allow(dead_code)]
 
+pub mod current_nix;
+
 use std::fs;
 use std::io::Read;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -31,8 +33,12 @@ const PREFIX: &str = "pxit";
 /// The port peerix listens on when no `--port` is given.
 pub const DEFAULT_PORT: u16 = 12304;
 /// `NIX_CONFIG` for every command run in a host: never substitute from the
-/// internet, and allow `nix store sign` / `nix path-info`.
-pub const NIX_CONFIG: &str = "substituters =\nexperimental-features = nix-command\n";
+/// internet, and allow `nix store sign` / `nix path-info`. Builds run as
+/// root, not as `nixbld*` users: hosts share the machine's users, and Nix kills
+/// every process of a build user when it starts a build, which would kill
+/// concurrent builds in other hosts.
+pub const NIX_CONFIG: &str =
+    "substituters =\nexperimental-features = nix-command\nbuild-users-group =\n";
 /// How long [`Host::run`] lets a command take before failing the test.
 const RUN_LIMIT: Duration = Duration::from_secs(180);
 
@@ -129,8 +135,11 @@ impl Net {
         remove_leftovers();
         let n = NETS.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
-        let prefix = format!("{PREFIX}{pid:x}n{n}");
-        assert!(prefix.len() + 2 <= 15, "prefix {prefix} too long for link names");
+        let prefix = format!("{PREFIX}{pid:x}n{n:x}");
+        assert!(
+            prefix.len() + 2 <= 15,
+            "prefix {prefix} too long for link names"
+        );
         let mut net = Net {
             dir: base_dir().join(&prefix),
             bridge: format!("{prefix}b"),
@@ -171,7 +180,11 @@ impl Net {
             ip(&[&ns[..], &["-6", "addr", "add", &a6, "dev", "eth0", "nodad"]].concat());
             ip(&[&ns[..], &["link", "set", "eth0", "up"]].concat());
             ip(&[&ns[..], &["link", "set", "lo", "up"]].concat());
-            for d in [&host.nix_dir, &host.dir.join("home"), &host.dir.join("cache")] {
+            for d in [
+                &host.nix_dir,
+                &host.dir.join("home"),
+                &host.dir.join("cache"),
+            ] {
                 fs::create_dir_all(d).expect("create a host directory");
             }
             host.run("nix-store --init");
@@ -191,7 +204,7 @@ impl Drop for Net {
             kill_netns(&host.netns);
         }
         let _ = quiet_ip(&["link", "del", &self.bridge]);
-        if let Err(e) = fs::remove_dir_all(&self.dir) {
+        if let Err(e) = fs::remove_dir_all(&self.dir).or_else(ignore_not_found) {
             eprintln!("warning: cannot remove {}: {e}", self.dir.display());
         }
     }
@@ -207,7 +220,11 @@ impl Host {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.netns])
             .args(["unshare", "-m", "--propagation", "private"])
-            .args(["sh", "-c", r#"mount --bind "$1" /nix && shift && exec "$@""#])
+            .args([
+                "sh",
+                "-c",
+                r#"mount --bind "$1" /nix && shift && exec "$@""#,
+            ])
             .arg("sh")
             .arg(&self.nix_dir)
             .arg(program)
@@ -261,9 +278,19 @@ impl Host {
 
     /// Like [`Host::spawn_peerix`], with `wrapper` put before the peerix
     /// binary (e.g. `["setpriv", "--reuid=65534", …]`) and extra environment.
-    pub fn spawn_peerix_with(&self, wrapper: &[&str], env: &[(&str, &str)], args: &[&str]) -> Daemon {
+    pub fn spawn_peerix_with(
+        &self,
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Daemon {
         let bin = env!("CARGO_BIN_EXE_peerix");
-        let argv: Vec<&str> = wrapper.iter().copied().chain([bin]).chain(args.iter().copied()).collect();
+        let argv: Vec<&str> = wrapper
+            .iter()
+            .copied()
+            .chain([bin])
+            .chain(args.iter().copied())
+            .collect();
         let mut cmd = self.cmd(argv[0], &argv[1..]);
         cmd.env("RUST_LOG", "debug");
         for (k, v) in env {
@@ -275,20 +302,34 @@ impl Host {
             Some(a) if a != "0.0.0.0" && a != "::" => a.to_string(),
             _ => self.addr4.to_string(),
         };
-        let port = flag_value(args, "--port").map_or(DEFAULT_PORT, |p| p.parse().expect("--port N"));
+        let port =
+            flag_value(args, "--port").map_or(DEFAULT_PORT, |p| p.parse().expect("--port N"));
         daemon.base_url = format!("http://{addr}:{port}");
         let probe = daemon.url("/peer/nix-cache-info");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = daemon.try_wait() {
-                panic!("peerix on {} exited early ({status}); log:\n{}", self.name, daemon.log());
+                panic!(
+                    "peerix on {} exited early ({status}); log:\n{}",
+                    self.name,
+                    daemon.log()
+                );
             }
-            let ok = self.cmd("curl", &["-sf", "--max-time", "1", "-o", "/dev/null", &probe]).status();
-            if ok.map_or(false, |s| s.success()) {
+            let ok = self
+                .cmd(
+                    "curl",
+                    &["-sf", "--max-time", "1", "-o", "/dev/null", &probe],
+                )
+                .status();
+            if ok.is_ok_and(|s| s.success()) {
                 return daemon;
             }
             if Instant::now() > deadline {
-                panic!("peerix on {} does not answer {probe}; log:\n{}", self.name, daemon.log());
+                panic!(
+                    "peerix on {} does not answer {probe}; log:\n{}",
+                    self.name,
+                    daemon.log()
+                );
             }
             thread::sleep(Duration::from_millis(100));
         }
@@ -299,14 +340,22 @@ impl Host {
     pub fn spawn_daemon(&self, mut cmd: Command, label: &str) -> Daemon {
         let log_path = self.dir.join(format!("{label}-{}.log", unique()));
         let log = fs::File::create(&log_path).expect("create a log file");
-        cmd.stdout(log.try_clone().expect("dup the log file")).stderr(log);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {label} on {}: {e}", self.name));
-        Daemon { child, log_path, base_url: String::new() }
+        cmd.stdout(log.try_clone().expect("dup the log file"))
+            .stderr(log);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {label} on {}: {e}", self.name));
+        Daemon {
+            child,
+            log_path,
+            base_url: String::new(),
+        }
     }
 
     /// Runs `curl args…` in the host (silent, `--path-as-is`, 60 s limit
-    /// unless `args` sets another) and returns what it got. With `-I`/`--head`
-    /// the headers also end up in `body`.
+    /// unless `args` sets another) and returns what it got. The body is kept
+    /// unless `args` has its own `-o FILE`. With `-I`/`--head` the headers
+    /// also end up in `body`.
     pub fn curl(&self, args: &[&str]) -> Response {
         let id = unique();
         let body_file = self.dir.join(format!("curl-{id}.body"));
@@ -316,7 +365,10 @@ impl Host {
             base.extend(["--max-time", "60"]);
         }
         let (b, h) = (body_file.to_str().unwrap(), head_file.to_str().unwrap());
-        base.extend(["-o", b, "-D", h]);
+        if !args.contains(&"-o") {
+            base.extend(["-o", b]);
+        }
+        base.extend(["-D", h]);
         let argv: Vec<&str> = base.into_iter().chain(args.iter().copied()).collect();
         let out = output_within(self.cmd("curl", &argv), Duration::from_secs(120))
             .unwrap_or_else(|| panic!("curl {args:?} on {} hung", self.name));
@@ -326,7 +378,10 @@ impl Host {
         let _ = fs::remove_file(&head_file);
         Response {
             exit: out.status.code().unwrap_or(-1),
-            status: String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0),
+            status: String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .unwrap_or(0),
             headers: parse_headers(&head),
             body,
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -344,7 +399,16 @@ impl Host {
         let port = port.to_string();
         let cmd = self.cmd(
             "timeout",
-            &[&secs, "bash", "-c", script, "bash", addr, &port, req_file.to_str().unwrap()],
+            &[
+                &secs,
+                "bash",
+                "-c",
+                script,
+                "bash",
+                addr,
+                &port,
+                req_file.to_str().unwrap(),
+            ],
         );
         let out = output_within(cmd, limit + Duration::from_secs(10)).expect("raw_http hung");
         let _ = fs::remove_file(&req_file);
@@ -379,7 +443,9 @@ impl Daemon {
         if let Some(status) = self.try_wait() {
             return status;
         }
-        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Some(status) = self.try_wait() {
@@ -407,7 +473,10 @@ impl Response {
     /// The value of the first header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The body as text (lossy).
@@ -455,13 +524,21 @@ in rec {{
     );
     let file = host.dir.join(format!("closure-{tag}.nix"));
     fs::write(&file, expr).expect("write the closure expression");
-    let built = host.run(&format!("nix-build --no-out-link {} -A dep -A big -A top", file.display()));
+    let built = host.run(&format!(
+        "nix-build --no-out-link {} -A dep -A big -A top",
+        file.display()
+    ));
     let paths: Vec<&str> = built.lines().collect();
     assert_eq!(paths.len(), 3, "nix-build printed {built}");
     let ca_file = host.dir.join(format!("ca-{tag}.txt"));
     fs::write(&ca_file, format!("content-addressed {tag}\n")).expect("write the ca file");
     let ca = host.run(&format!("nix-store --add {}", ca_file.display()));
-    Closure { dep: paths[0].into(), big: paths[1].into(), top: paths[2].into(), ca }
+    Closure {
+        dep: paths[0].into(),
+        big: paths[1].into(),
+        top: paths[2].into(),
+        ca,
+    }
 }
 
 /// Makes a signing key named `name` with `nix-store
@@ -474,13 +551,19 @@ pub fn generate_key(host: &Host, name: &str) -> Key {
         secret.display(),
         public.display()
     ));
-    let public = fs::read_to_string(&public).expect("read the public key").trim().to_string();
+    let public = fs::read_to_string(&public)
+        .expect("read the public key")
+        .trim()
+        .to_string();
     Key { secret, public }
 }
 
 /// Adds a signature by `key` to `path` (not its closure) in `host`'s store.
 pub fn sign(host: &Host, key: &Key, path: &str) {
-    host.run(&format!("nix store sign --key-file {} {path}", key.secret.display()));
+    host.run(&format!(
+        "nix store sign --key-file {} {path}",
+        key.secret.display()
+    ));
 }
 
 /// Runs `cmd` to completion, collecting stdout and stderr; `None` if it took
@@ -510,7 +593,11 @@ pub fn output_within(mut cmd: Command, limit: Duration) -> Option<Output> {
         thread::sleep(Duration::from_millis(10));
     };
     let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
-    status.map(|status| Output { status, stdout, stderr })
+    status.map(|status| Output {
+        status,
+        stdout,
+        stderr,
+    })
 }
 
 /// Child processes of `pid` (of all its threads) with their command names.
@@ -521,7 +608,10 @@ pub fn child_processes(pid: u32) -> Vec<(u32, String)> {
     };
     for task in tasks.flatten() {
         let list = fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        for child in list.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
+        for child in list
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+        {
             let comm = fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
             found.push((child, comm.trim().to_string()));
         }
@@ -548,7 +638,11 @@ pub fn base64(data: &[u8]) -> String {
     const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
         for i in 0..4 {
             if i <= chunk.len() {
@@ -604,7 +698,13 @@ fn probe_netns(name: &str) -> Result<(), String> {
         .args(["netns", "exec", name, "unshare", "-m", "true"])
         .output()
         .map_err(|e| e.to_string())
-        .and_then(|o| if o.status.success() { Ok(()) } else { Err(stderr_of(&o)) });
+        .and_then(|o| {
+            if o.status.success() {
+                Ok(())
+            } else {
+                Err(stderr_of(&o))
+            }
+        });
     let _ = quiet_ip(&["netns", "del", name]);
     entered
 }
@@ -623,7 +723,10 @@ fn ip(args: &[&str]) {
 
 /// Runs `ip args…`, returning its error output on failure.
 fn quiet_ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip").args(args).output().map_err(|e| format!("cannot run ip: {e}"))?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
@@ -631,6 +734,15 @@ fn quiet_ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// Turns "not found" into success, for removing what may not exist.
+fn ignore_not_found(e: std::io::Error) -> std::io::Result<()> {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => Ok(()),
+        _ => Err(e),
+    }
+}
+
+/// The trimmed stderr of a finished command.
 fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).trim().to_string()
 }
@@ -639,8 +751,13 @@ fn stderr_of(out: &Output) -> String {
 fn kill_netns(ns: &str) {
     let pids = || -> Vec<String> {
         let out = Command::new("ip").args(["netns", "pids", ns]).output();
-        out.map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(String::from).collect())
-            .unwrap_or_default()
+        out.map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
     };
     let gone = wait_until(Duration::from_secs(5), || {
         let left = pids();
@@ -665,15 +782,32 @@ fn pid_in_name(name: &str) -> Option<u32> {
 /// Removes namespaces, bridges and directories of earlier runs whose test
 /// process no longer exists (e.g. killed by a signal, so no `Drop` ran).
 fn remove_leftovers() {
-    let dead = |name: &str| pid_in_name(name).map_or(false, |pid| !Path::new(&format!("/proc/{pid}")).exists());
+    let dead = |name: &str| {
+        pid_in_name(name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    };
     let list = Command::new("ip").args(["netns", "list"]).output();
-    let list = list.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-    for ns in list.lines().filter_map(|l| l.split_whitespace().next()).filter(|n| dead(n)) {
+    let list = list
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    for ns in list
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| dead(n))
+    {
         kill_netns(ns);
     }
-    let links = Command::new("ip").args(["-o", "link", "show", "type", "bridge"]).output();
-    let links = links.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-    for link in links.lines().filter_map(|l| l.split(':').nth(1)).map(str::trim).filter(|n| dead(n)) {
+    let links = Command::new("ip")
+        .args(["-o", "link", "show", "type", "bridge"])
+        .output();
+    let links = links
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    for link in links
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(str::trim)
+        .filter(|n| dead(n))
+    {
         let _ = quiet_ip(&["link", "del", link]);
     }
     for entry in fs::read_dir(base_dir()).into_iter().flatten().flatten() {
