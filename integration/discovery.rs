@@ -135,6 +135,24 @@ fn a_closure_split_across_two_peers_is_substituted_on_a_third() {
         "{log}"
     );
 
+    // What the node counted, on /metrics and /status.
+    let metrics = h3.curl(&[&format!("{LOCAL}/metrics")]).text();
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    };
+    assert_eq!(value("peerix_narinfo_hits_total"), 5, "{metrics}");
+    assert_eq!(value("peerix_peers"), 2);
+    assert!(value("peerix_nar_bytes_total{source=\"peers\"}") > 0);
+    assert!(value("peerix_http_requests_total{route=\"nar\",status=\"200\"}") >= 5);
+    assert_eq!(value("peerix_discovery_seconds_count"), 5);
+    let status = h3.curl(&[&format!("{LOCAL}/status")]).text();
+    assert!(status.contains("peers: 2"), "{status}");
+    assert!(status.contains(&h1.addr4.to_string()), "{status}");
+    assert!(status.contains(&h2.addr4.to_string()), "{status}");
+
     // With the current Nix too, into a fresh host store.
     let Some(root) = current_nix::root() else {
         eprintln!("skipping the current-Nix half: run integration/setup-current-nix");

@@ -5,6 +5,7 @@ mod config;
 mod discovery;
 mod http;
 mod keys;
+mod metrics;
 mod narinfo;
 mod nix32;
 mod peer_client;
@@ -68,6 +69,7 @@ fn main() -> ExitCode {
         discovery: discovery.clone(),
         client: peer_client::PeerClient::new(),
         trust: trust::Trust::from_nix(config.trusted_keys),
+        metrics: metrics::Metrics::default(),
     });
     let server = match http::start(&listen, config.port, config.threads, app) {
         Ok(s) => s,

@@ -18,10 +18,14 @@ pub const PEER_TTL: Duration = Duration::from_secs(95);
 /// waited for (it is waited for again as soon as it is heard).
 const MAX_STRIKES: u8 = 2;
 
+/// Addresses remembered per peer (IPv4 and IPv6, a few interfaces).
+const MAX_ADDRS: usize = 8;
+
 #[derive(Clone, Debug)]
 pub struct Peer {
-    /// Where its datagrams come from.
-    pub addr: SocketAddr,
+    /// Where its datagrams come from, most recent first: a peer is heard
+    /// over IPv4 broadcast and IPv6 multicast alike.
+    pub addrs: Vec<SocketAddr>,
     pub http_port: Option<u16>,
     pub last_heard: Instant,
     strikes: u8,
@@ -40,12 +44,14 @@ impl PeerTable {
         let now = Instant::now();
         let new = !self.ours.contains_key(&node);
         let peer = self.ours.entry(node).or_insert(Peer {
-            addr,
+            addrs: Vec::new(),
             http_port,
             last_heard: now,
             strikes: 0,
         });
-        peer.addr = addr;
+        peer.addrs.retain(|a| a.ip() != addr.ip());
+        peer.addrs.insert(0, addr);
+        peer.addrs.truncate(MAX_ADDRS);
         peer.http_port = http_port.or(peer.http_port);
         peer.last_heard = now;
         peer.strikes = 0;
@@ -67,7 +73,9 @@ impl PeerTable {
 
     /// True when a live node of ours sends from `ip`.
     pub fn is_ours(&self, ip: IpAddr) -> bool {
-        self.ours.values().any(|p| p.addr.ip() == ip)
+        self.ours
+            .values()
+            .any(|p| p.addrs.iter().any(|a| a.ip() == ip))
     }
 
     /// The live peers of ours that answer every query, hit or miss.
@@ -89,7 +97,7 @@ impl PeerTable {
         if let Some(peer) = self.ours.get_mut(&node) {
             peer.strikes = peer.strikes.saturating_add(1);
             if peer.strikes == MAX_STRIKES {
-                log::info!("peer {node:016x} at {} stopped answering", peer.addr);
+                log::info!("peer {node:016x} at {} stopped answering", peer.addrs[0]);
             }
         }
     }
@@ -99,7 +107,7 @@ impl PeerTable {
         self.ours.retain(|node, p| {
             let live = p.last_heard.elapsed() < PEER_TTL;
             if !live {
-                log::info!("peer {node:016x} at {} is gone", p.addr);
+                log::info!("peer {node:016x} at {} is gone", p.addrs[0]);
             }
             live
         });
@@ -112,9 +120,10 @@ impl PeerTable {
             .ours
             .iter()
             .map(|(id, p)| {
+                let addrs: Vec<String> = p.addrs.iter().map(|a| a.ip().to_string()).collect();
                 format!(
                     "{id:016x} {} http {} heard {:.0?} ago{}",
-                    p.addr,
+                    addrs.join(" "),
                     p.http_port.map_or("?".into(), |p| p.to_string()),
                     p.last_heard.elapsed(),
                     if p.strikes >= MAX_STRIKES {
@@ -132,5 +141,31 @@ impl PeerTable {
         );
         lines.sort();
         lines
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_heard_on_v4_and_v6_is_ours_on_both() {
+        let mut table = PeerTable::default();
+        let v4: SocketAddr = "10.0.0.2:12304".parse().unwrap();
+        let v6: SocketAddr = "[fd00::2]:12304".parse().unwrap();
+        assert!(table.heard(7, v4, Some(12304)));
+        assert!(!table.heard(7, v6, None));
+        assert!(table.is_ours(v4.ip()) && table.is_ours(v6.ip()));
+        // Its v1 queries do not make it an original Peerix.
+        table.heard_v1(v4.ip());
+        assert!(!table.has_v1());
+        table.heard_v1("10.0.0.9".parse().unwrap());
+        assert!(table.has_v1());
+        assert_eq!(table.expected(), [7]);
+        table.strike(7);
+        table.strike(7);
+        assert!(table.expected().is_empty());
+        table.heard(7, v4, None);
+        assert_eq!(table.expected(), [7]);
     }
 }

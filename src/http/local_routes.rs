@@ -9,6 +9,7 @@
 //!   that Nix moves on to its next substituter.
 //!
 //! - `/status`: this node and the peers it knows, one line each.
+//! - `/metrics`: counters in the Prometheus text format.
 //!
 //! They answer loopback clients only (403 for others, which Nix takes for
 //! "not here"). A narinfo request is answered 200 or 404, never an error:
@@ -21,6 +22,7 @@ use super::peer_routes::cache_info;
 use super::reply::Reply;
 use super::App;
 use crate::discovery::Answer;
+use crate::metrics::NarSource;
 use crate::narinfo::HashPart;
 use crate::peer_client::PeerClient;
 
@@ -35,6 +37,8 @@ pub fn route(app: &App, path: &str, head: bool, client: Option<SocketAddr>) -> O
         Route::CacheInfo
     } else if rest == "status" {
         Route::Status
+    } else if rest == "metrics" {
+        Route::Metrics
     } else if let Some(name) = rest.strip_suffix(".narinfo") {
         Route::NarInfo(name)
     } else if let Some(name) = rest
@@ -51,6 +55,12 @@ pub fn route(app: &App, path: &str, head: bool, client: Option<SocketAddr>) -> O
     Some(match route {
         Route::CacheInfo => cache_info(app),
         Route::Status => status(app),
+        Route::Metrics => Reply::text(
+            200,
+            "text/plain; version=0.0.4",
+            app.metrics
+                .render(app.discovery.peers().len(), app.store.len()),
+        ),
         Route::NarInfo(name) => match HashPart::parse(name) {
             Some(hash) => narinfo(app, &hash),
             None => Reply::status(400, "expected a 32-character nix32 hash"),
@@ -65,6 +75,7 @@ pub fn route(app: &App, path: &str, head: bool, client: Option<SocketAddr>) -> O
 enum Route<'a> {
     CacheInfo,
     Status,
+    Metrics,
     NarInfo(&'a str),
     Nar(&'a str),
 }
@@ -100,6 +111,7 @@ fn narinfo(app: &App, hash: &HashPart) -> Reply {
         match app.client.narinfo(&found, hash, left.min(NARINFO_FETCH)) {
             Ok(mut info) if app.trust.accepts(&info) => {
                 log::debug!("{hash}: found at {url} in {:.1?}", start.elapsed());
+                app.metrics.lookup(true, start.elapsed());
                 info.url = format!("nar/{hash}.nar");
                 return Reply::text(200, "text/x-nix-narinfo", info.render());
             }
@@ -110,6 +122,7 @@ fn narinfo(app: &App, hash: &HashPart) -> Reply {
         }
     }
     log::debug!("{hash}: no peer has it ({:.1?})", start.elapsed());
+    app.metrics.lookup(false, start.elapsed());
     Reply::not_found()
 }
 
@@ -130,6 +143,7 @@ fn nar(app: &App, hash: &HashPart, head: bool) -> Reply {
                     content_type: "application/x-nix-nar",
                     len: stream.len,
                     body: (!head).then_some(stream.body),
+                    source: NarSource::Peer,
                     what: format!("the NAR of {hash} from {}", found.addr),
                 };
             }

@@ -19,6 +19,7 @@ use tiny_http::{Method, Request, Server};
 
 use crate::discovery::Discovery;
 use crate::keys::SigningKey;
+use crate::metrics::Metrics;
 use crate::peer_client::PeerClient;
 use crate::store::Store;
 use crate::trust::Trust;
@@ -32,6 +33,7 @@ pub struct App {
     pub discovery: Arc<Discovery>,
     pub client: PeerClient,
     pub trust: Trust,
+    pub metrics: Metrics,
 }
 
 /// The running listener and workers.
@@ -154,7 +156,13 @@ fn work(app: &App, requests: Receiver<Request>, port: u16) {
             Method::Get => false,
             Method::Head => true,
             _ => {
-                reply::send(request, Reply::status(405, "only GET and HEAD"), port);
+                app.metrics.request("other", 405);
+                reply::send(
+                    request,
+                    Reply::status(405, "only GET and HEAD"),
+                    port,
+                    &app.metrics,
+                );
                 continue;
             }
         };
@@ -170,6 +178,24 @@ fn work(app: &App, requests: Receiver<Request>, port: u16) {
             request.remote_addr(),
             reply.status_code()
         );
-        reply::send(request, reply, port);
+        app.metrics.request(route_name(&path), reply.status_code());
+        reply::send(request, reply, port, &app.metrics);
+    }
+}
+
+/// The route a path is for, as a metrics label.
+fn route_name(path: &str) -> &'static str {
+    match path {
+        "/nix-cache-info" => "cache_info",
+        "/status" => "status",
+        "/metrics" => "metrics",
+        "/peer/nix-cache-info" => "peer_cache_info",
+        p if p.starts_with("/peer/nar/") => "peer_nar",
+        p if p.starts_with("/peer/") => "peer_narinfo",
+        p if p.starts_with("/local/nar/") => "v1_nar",
+        p if p.starts_with("/local/") => "v1_narinfo",
+        p if p.starts_with("/nar/") => "nar",
+        p if p.ends_with(".narinfo") => "narinfo",
+        _ => "other",
     }
 }

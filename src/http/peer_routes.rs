@@ -12,6 +12,7 @@ use base64::Engine;
 
 use super::reply::Reply;
 use super::App;
+use crate::metrics::NarSource;
 use crate::narinfo::{basename_of, HashPart, NarInfo, STORE_DIR};
 use crate::store::{Dump, PathInfo};
 
@@ -116,6 +117,7 @@ fn nar_reply(app: &App, hash: &HashPart, head: bool) -> Reply {
         content_type: "application/x-nix-nar",
         len: info.nar_size,
         body,
+        source: NarSource::Store,
         what: format!("the NAR of {}", info.path),
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tiny_http::{Header, Request, Response, StatusCode};
 
 use super::conn;
+use crate::metrics::{Metrics, NarSource};
 
 /// How long a NAR stream may wait on a client that does not read.
 const STALLED_CLIENT: Duration = Duration::from_secs(60);
@@ -24,6 +25,7 @@ pub enum Reply {
         content_type: &'static str,
         len: u64,
         body: Option<Box<dyn Read + Send>>,
+        source: NarSource,
         what: String,
     },
 }
@@ -63,7 +65,7 @@ fn header(name: &str, value: &str) -> Header {
 /// `local_port`. A streamed body that fails half-way cuts the connection,
 /// so the client never takes a short body for a whole one, nor waits for
 /// bytes that will not come.
-pub fn send(request: Request, reply: Reply, local_port: u16) {
+pub fn send(request: Request, reply: Reply, local_port: u16, metrics: &Metrics) {
     let peer = request.remote_addr().copied();
     match reply {
         Reply::Text {
@@ -82,6 +84,7 @@ pub fn send(request: Request, reply: Reply, local_port: u16) {
             content_type,
             len,
             body,
+            source,
             what,
         } => {
             if let Some(peer) = peer {
@@ -95,6 +98,10 @@ pub fn send(request: Request, reply: Reply, local_port: u16) {
                 }),
                 None => Box::new(io::empty()),
             };
+            // Counted as offered: a client that leaves early is not told apart.
+            if streamed {
+                metrics.nar_bytes(source, len);
+            }
             let response = Response::new(
                 StatusCode(200),
                 vec![
