@@ -15,9 +15,13 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::narinfo::HashPart;
 use crate::store::nix::{self, NixError};
 
-/// How often entries that were not valid yet are checked again, when the
-/// directory itself has not changed.
-const RECHECK_PENDING: Duration = Duration::from_secs(2);
+/// Entries that were not valid yet (a path being built or substituted) are
+/// checked again after this, then after twice as long each time nothing
+/// became valid, up to `RECHECK_MAX`: a finished build is noticed within a
+/// fraction of a second, and a leftover directory that never becomes valid
+/// costs a `nix-store` call only every half minute.
+const RECHECK_FIRST: Duration = Duration::from_millis(250);
+const RECHECK_MAX: Duration = Duration::from_secs(30);
 
 /// Paths per `nix-store --check-validity` call, to stay far below the
 /// command line limit.
@@ -30,7 +34,9 @@ pub struct Index {
     valid: HashMap<HashPart, Box<str>>,
     pending: HashMap<HashPart, Box<str>>,
     dir_mtime: Option<SystemTime>,
-    last_recheck: Option<Instant>,
+    /// When pending entries are checked next, and the wait after that.
+    next_recheck: Option<Instant>,
+    recheck_wait: Duration,
 }
 
 /// What changed in one refresh.
@@ -85,15 +91,17 @@ impl Index {
                     self.pending.entry(hash).or_insert(name);
                 }
             }
-            self.last_recheck = None;
+            self.next_recheck = None;
+            self.recheck_wait = RECHECK_FIRST;
         }
-        if !self.pending.is_empty()
-            && self
-                .last_recheck
-                .is_none_or(|t| t.elapsed() >= RECHECK_PENDING)
-        {
+        if !self.pending.is_empty() && self.next_recheck.is_none_or(|t| Instant::now() >= t) {
             changes.added = self.validate_pending()?;
-            self.last_recheck = Some(Instant::now());
+            self.recheck_wait = if changes.added > 0 {
+                RECHECK_FIRST
+            } else {
+                (self.recheck_wait * 2).min(RECHECK_MAX)
+            };
+            self.next_recheck = Some(Instant::now() + self.recheck_wait);
         }
         Ok(changes)
     }

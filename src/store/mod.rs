@@ -18,7 +18,7 @@ use crate::narinfo::{HashPart, STORE_DIR};
 use index::Index;
 
 /// How often the store directory is looked at for new and deleted paths.
-const REFRESH_EVERY: Duration = Duration::from_millis(500);
+const REFRESH_EVERY: Duration = Duration::from_millis(250);
 
 /// Path infos kept in memory; beyond this the cache starts again empty.
 const INFO_CACHE_MAX: usize = 8192;
