@@ -496,3 +496,27 @@ fn concurrent_narinfo_requests_do_not_queue_behind_one_another() {
     // 40 misses of 1 s each, side by side: far less than 40 s.
     assert!(took < Duration::from_secs(5), "{took:?}");
 }
+
+#[test]
+fn malformed_datagrams_are_dropped_and_the_node_carries_on() {
+    let Some(net) = Net::new(2) else { return };
+    let (h1, h2) = (net.host(1), net.host(2));
+    let key = generate_key(h1, "k-1");
+    let paths = build_chain(h1, "dgram", 1);
+    let n1 = node(h1, &key, &[], &[]);
+    let _n2 = node(h2, &key, &[&key], &[]);
+    // Random and truncated datagrams, v1 and v2 look-alikes, an empty one.
+    let script = format!(
+        r#"for i in $(seq 200); do
+             head -c $((i % 70)) /dev/urandom > /dev/udp/{a}/12304
+             printf 'PX\002\001%s' "$(head -c 20 /dev/urandom | tr -d '\000')" > /dev/udp/{a}/12304
+             printf '\000\000\000\000\001short' > /dev/udp/{a}/12304
+           done; printf '' > /dev/udp/{a}/12304"#,
+        a = h1.addr4
+    );
+    h2.run(&format!("bash -c '{}'", script.replace('\'', "'\\''")));
+    // Still answering, over UDP and HTTP.
+    let found = h2.curl(&[&format!("{LOCAL}/{}.narinfo", hash_of(&paths[0]))]);
+    assert_eq!(found.status, 200, "{}", n1.log());
+    assert!(n1.log().contains("dropped a malformed datagram"));
+}

@@ -521,6 +521,61 @@ fn client_leaving_mid_nar_kills_the_dump() {
     );
 }
 
+/// SIGTERM while a 100 MiB NAR streams: the daemon exits 0 within seconds,
+/// its `nix-store --dump` child killed and reaped (none is left over, not
+/// even as an orphan), and its memory stayed flat while streaming.
+#[test]
+fn sigterm_mid_nar_stops_cleanly_with_flat_memory() {
+    let Some(net) = Net::new(2) else { return };
+    let (h1, h2) = (net.host(1), net.host(2));
+    let closure = build_closure(h1);
+    let mut daemon = node(h1, &generate_key(h1, "node-h1"));
+    // A whole 100 MiB NAR first, to see the resident memory it took.
+    let url = daemon.url(&format!("/peer/nar/{}.nar", hash_part(&closure.big)));
+    let got = h2.run(&format!("curl -sS {url} | wc -c"));
+    assert!(got.parse::<u64>().unwrap() > 100 << 20, "{got}");
+    let status = fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    eprintln!("peak resident memory after a 100 MiB NAR: {peak_kib} KiB");
+    assert!(peak_kib < 32 * 1024, "peak RSS {peak_kib} KiB");
+
+    let slow_curl = ["-sS", "--limit-rate", "200k", "-o", "/dev/null", &url];
+    let _slow = h2.spawn_daemon(h2.cmd("curl", &slow_curl), "curl");
+    let dump_pid = support::wait_until(Duration::from_secs(5), || {
+        daemon.children().iter().any(|(_, n)| n == "nix-store")
+    });
+    assert!(dump_pid, "no dump running: {}", daemon.log());
+    let dumps: Vec<u32> = daemon
+        .children()
+        .into_iter()
+        .filter(|(_, n)| n == "nix-store")
+        .map(|(p, _)| p)
+        .collect();
+    let started = std::time::Instant::now();
+    let exit = daemon.kill();
+    assert!(exit.success(), "exit {exit:?}: {}", daemon.log());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    for pid in dumps {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "nix-store {pid} outlived the daemon"
+        );
+    }
+    assert!(
+        daemon.log().contains("SIGTERM: shutting down"),
+        "{}",
+        daemon.log()
+    );
+}
+
 /// When the NAR comes out shorter than the NarSize announced (the store file
 /// was truncated behind Nix's back), the node cuts the connection: the client
 /// sees an error quickly, neither a complete 200 nor a hang.
