@@ -1,22 +1,11 @@
 //! peerix: the daemon. Flags become a configuration, the store is indexed,
 //! the HTTP server starts, and SIGINT or SIGTERM stops it cleanly.
 
-mod config;
-mod discovery;
-mod http;
-mod keys;
-mod metrics;
-mod narinfo;
-mod nix32;
-mod peer_client;
-mod signals;
-mod store;
-mod trust;
-
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use config::{Args, Config};
+use peerix::config::{Args, Config};
+use peerix::{discovery, http, metrics, peer_client, signals, store, trust};
 
 fn main() -> ExitCode {
     let args: Args = argh::from_env();
@@ -67,7 +56,7 @@ fn main() -> ExitCode {
         key: config.signing_key,
         priority: config.priority,
         discovery: discovery.clone(),
-        client: peer_client::PeerClient::new(),
+        client: peer_client::PeerClient::default(),
         trust: trust::Trust::from_nix(config.trusted_keys),
         metrics: metrics::Metrics::default(),
     });

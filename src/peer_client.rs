@@ -44,8 +44,8 @@ pub struct PeerClient {
     agent: ureq::Agent,
 }
 
-impl PeerClient {
-    pub fn new() -> PeerClient {
+impl Default for PeerClient {
+    fn default() -> PeerClient {
         PeerClient {
             agent: ureq::AgentBuilder::new()
                 .timeout_connect(CONNECT_TIMEOUT)
@@ -57,7 +57,9 @@ impl PeerClient {
                 .build(),
         }
     }
+}
 
+impl PeerClient {
     /// The peer's narinfo URL for `hash`.
     pub fn narinfo_url(found: &Found, hash: &HashPart) -> String {
         let route = if found.v1 { "local" } else { "peer" };

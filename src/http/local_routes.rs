@@ -59,7 +59,7 @@ pub fn route(app: &App, path: &str, head: bool, client: Option<SocketAddr>) -> O
             200,
             "text/plain; version=0.0.4",
             app.metrics
-                .render(app.discovery.peers().len(), app.store.len()),
+                .render(app.discovery.peers().len(), app.store.valid_paths()),
         ),
         Route::NarInfo(name) => match HashPart::parse(name) {
             Some(hash) => narinfo(app, &hash),
@@ -87,7 +87,7 @@ fn status(app: &App) -> Reply {
         "peerix {}\nnode {:016x}\nstore: {} valid paths\npeers: {}\n",
         env!("CARGO_PKG_VERSION"),
         app.discovery.node(),
-        app.store.len(),
+        app.store.valid_paths(),
         peers.len()
     );
     for peer in peers {

@@ -81,7 +81,7 @@ impl Store {
     }
 
     /// The number of valid paths.
-    pub fn len(&self) -> usize {
+    pub fn valid_paths(&self) -> usize {
         self.index.read().map_or(0, |i| i.len())
     }
 

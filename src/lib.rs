@@ -1,0 +1,15 @@
+//! Peerix: a peer-to-peer binary cache for Nix. The daemon is `src/main.rs`;
+//! the modules are a library so that fuzz targets and benchmarks can reach
+//! the parsers and the store index.
+
+pub mod config;
+pub mod discovery;
+pub mod http;
+pub mod keys;
+pub mod metrics;
+pub mod narinfo;
+pub mod nix32;
+pub mod peer_client;
+pub mod signals;
+pub mod store;
+pub mod trust;
