@@ -1,4 +1,472 @@
-# The NixOS module (services.peerix); written by the deployment issue.
-{ ... }:
+# The NixOS module: services.peerix.
+#
+# A drop-in for the original Peerix's module: every option of its README
+# (enable, package, openFirewall, user, group, privateKeyFile, publicKeyFile,
+# publicKey, extraHosts, disableBroadcast, and the older globalCacheTTL) is
+# accepted with the same meaning, so configurations written for it keep
+# evaluating. On top of that: the secret key is loaded at run time through
+# systemd credentials (and a key copied into the store is warned about), the
+# service runs as its own user in a hardened unit, and the daemon's other
+# flags have options of their own.
+{ config, lib, pkgs, ... }:
+
+let
+  inherit (lib)
+    concatMap
+    concatStringsSep
+    filter
+    literalExpression
+    mkIf
+    mkOption
+    optional
+    optionals
+    types
+    ;
+
+  cfg = config.services.peerix;
+
+  # A Nix public key as `nix-store --generate-binary-cache-key` writes it:
+  # NAME:BASE64 of 32 bytes (43 characters, the last with its two low bits
+  # clear, then one '='). A secret key (64 bytes) does not match, so one
+  # pasted by mistake into publicKey is refused before it reaches the
+  # world-readable nix.conf.
+  isPublicKey = key:
+    builtins.match "[^:[:space:]]+:[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=" key != null;
+
+  # The whitespace-separated words of a file's text.
+  words = text: filter (w: builtins.isString w && w != "") (builtins.split "[[:space:]]+" text);
+
+  keysFromFile = optionals (cfg.publicKeyFile != null) (words (builtins.readFile cfg.publicKeyFile));
+
+  publicKeys = lib.unique (
+    keysFromFile
+    ++ optional (cfg.publicKey != null) cfg.publicKey
+    ++ cfg.publicKeys
+  );
+
+  # The secret key's location, for messages. `toString` of a path value is
+  # where it lies on the evaluating machine, and does not copy it anywhere.
+  privateKeyLocation = toString cfg.privateKeyFile;
+
+  # A path value (`./peerix-private`) is copied into the store as soon as it
+  # is used in the unit, and a string under the store directory is there
+  # already: either way the secret is world-readable.
+  privateKeyInStore =
+    cfg.privateKeyFile != null
+    && (builtins.isPath cfg.privateKeyFile || lib.hasPrefix "${builtins.storeDir}/" privateKeyLocation);
+
+  credentialName = "peerix-private-key";
+
+  # How systemd reads ExecStart: words split at spaces, C-style quoting, and
+  # `%` (specifiers) and `$` (variables) expanded even inside quotes. Words of
+  # plain characters are left as they are, anything else is quoted.
+  escapeExecArg = arg:
+    let
+      s = toString arg;
+      quoted = if builtins.match "[A-Za-z0-9_./:@=+,-]+" s != null then s else builtins.toJSON s;
+    in
+    lib.replaceStrings [ "%" "$" ] [ "%%" "$$" ] quoted;
+
+  daemonArgs =
+    [
+      "--port"
+      (toString cfg.port)
+      "--timeout"
+      (toString cfg.timeout)
+      "--priority"
+      (toString cfg.priority)
+    ]
+    ++ optionals (cfg.bind != null) [ "--bind" cfg.bind ]
+    ++ optionals (cfg.threads != null) [ "--threads" (toString cfg.threads) ]
+    ++ concatMap (host: [ "--extra-host" host ]) cfg.extraHosts
+    ++ optional cfg.disableBroadcast "--no-broadcast"
+    ++ concatMap (key: [ "--trusted-key" key ]) cfg.trustedKeys
+    ++ optional cfg.verbose "--verbose"
+    ++ cfg.extraArgs;
+
+  execStart = concatStringsSep " " (
+    [ (escapeExecArg "${cfg.package}/bin/peerix") ]
+    ++ map escapeExecArg daemonArgs
+    # %d is the unit's credentials directory, where systemd put the key.
+    ++ optional (cfg.privateKeyFile != null) "--private-key %d/${credentialName}"
+  );
+
+  # Where the local Nix reaches the daemon, which answers it only from a
+  # loopback address.
+  bindIsWildcard = cfg.bind == null || builtins.elem cfg.bind [ "0.0.0.0" "::" ];
+  bindIsLoopback = cfg.bind != null && (cfg.bind == "::1" || lib.hasPrefix "127." cfg.bind);
+  substituterHost =
+    if cfg.bind == "::1" then "[::1]"
+    else if bindIsLoopback then cfg.bind
+    else "127.0.0.1";
+  substituter = "http://${substituterHost}:${toString cfg.port}";
+
+  userName = toString cfg.user;
+  groupName = toString cfg.group;
+
+  nixSettings = config.nix.settings;
+  allowedUsers = nixSettings.allowed-users or [ "*" ];
+  trustedUsers = nixSettings.trusted-users or [ ];
+  mayUseNixDaemon = lib.any (entry: builtins.elem entry (allowedUsers ++ trustedUsers)) [
+    "*"
+    userName
+    "@${groupName}"
+  ];
+
+  # Whether the firewall lets peers reach the port (UDP), by this module or
+  # by other definitions.
+  firewall = config.networking.firewall;
+  portOpen = ports: ranges:
+    builtins.elem cfg.port ports || lib.any (r: r.from <= cfg.port && cfg.port <= r.to) ranges;
+  udpPortOpen =
+    !(firewall.enable or false)
+    || lib.any (f: portOpen (f.allowedUDPPorts or [ ]) (f.allowedUDPPortRanges or [ ]))
+      ([ firewall ] ++ builtins.attrValues (firewall.interfaces or { }));
+
+  runtimeDir = "/run/peerix";
+in
 {
+  options.services.peerix = {
+    enable = lib.mkEnableOption "Peerix, a peer-to-peer Nix binary cache: this machine serves its store to the LAN and substitutes from its peers";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.callPackage ./default.nix { };
+      defaultText = literalExpression "pkgs.callPackage \"\${peerix}/default.nix\" { }";
+      example = literalExpression "peerix.packages.x86_64-linux.peerix";
+      description = "The Peerix package to run.";
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Whether to open `port` in the firewall, TCP (HTTP, peers fetch
+        narinfo and NARs) and UDP (discovery). Without it, peers can neither
+        fetch from this machine nor answer its broadcast queries (the answers
+        come from their own address, which the firewall does not take for
+        replies), so only `extraHosts` reached by unicast remain; evaluation
+        warns about it unless broadcast is disabled or the UDP port is
+        opened by other means. (The original Peerix opened it by default.)
+      '';
+    };
+
+    port = mkOption {
+      type = types.port;
+      default = 12304;
+      description = ''
+        TCP (HTTP) and UDP port of the daemon, the same on every peer of the
+        LAN. The local Nix uses `http://127.0.0.1:<port>` as a substituter.
+      '';
+    };
+
+    bind = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "0.0.0.0";
+      description = ''
+        Address the HTTP server listens on: `null` means every address (IPv6
+        and IPv4), `"0.0.0.0"` every IPv4 address. The local Nix must reach
+        it from a loopback address, so any other specific address makes the
+        node useless to it (evaluation warns); a loopback address makes a
+        node that fetches from its peers but serves none.
+      '';
+    };
+
+    user = mkOption {
+      type = types.either types.str types.int;
+      default = "peerix";
+      description = ''
+        User the daemon runs as. The default `peerix` is created by this
+        module as a system user. The daemon reads the store through the
+        nix-daemon, so the user is added to `nix.settings.allowed-users`
+        (a warning says so if another definition of that list leaves it
+        out). The original Peerix defaulted to `nobody`, which systemd and
+        this module advise against.
+      '';
+    };
+
+    group = mkOption {
+      type = types.either types.str types.int;
+      default = "peerix";
+      description = "Group the daemon runs as; `peerix` (the default) is created by this module.";
+    };
+
+    privateKeyFile = mkOption {
+      type = types.nullOr (types.either types.path types.str);
+      default = null;
+      example = "/var/lib/peerix/private";
+      description = ''
+        The secret key this node signs the narinfo it serves with, as written
+        by `nix-store --generate-binary-cache-key`. Give it as a string: the
+        file is read at run time by systemd (`LoadCredential`), so it can
+        stay `root:root 0600` and never enters the Nix store.
+
+        A path value such as `./peerix-private` (or anything under
+        `/nix/store`, such as a file of a flake) still works, but the key is
+        then copied into the world-readable store, where every local user
+        and the peers this node serves could read it; evaluation warns about
+        it.
+      '';
+    };
+
+    publicKeyFile = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = literalExpression "./peerix-public";
+      description = ''
+        A file with the public key(s) of the Peerix nodes (this one's and
+        its peers', separated by whitespace), added to
+        `nix.settings.trusted-public-keys`. The file is read when the
+        configuration is evaluated, so it must exist there: a path value
+        such as `./peerix-public` is the usual choice, and public keys are
+        not secret. A file that exists only on the running machine cannot be
+        used, because `trusted-public-keys` is written into `/etc/nix/nix.conf`
+        when the system is built (and read by the nix-daemon when it starts):
+        give such keys in `publicKey` or `publicKeys` instead.
+      '';
+    };
+
+    publicKey = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "peerix-1:b3Ekph8cDo3nfbxtCHPPL0oKrjyxqpTMBrYaPqQpSFE=";
+      description = ''
+        A public key (NAME:BASE64, the content of the file written by
+        `nix-store --generate-binary-cache-key`) added to
+        `nix.settings.trusted-public-keys`, so that the local Nix accepts
+        what peers signed with it.
+      '';
+    };
+
+    publicKeys = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      description = ''
+        More public keys, like `publicKey`: typically one per peer when the
+        peers do not share a single key pair.
+      '';
+    };
+
+    trustedKeys = mkOption {
+      type = types.listOf types.str;
+      default = publicKeys;
+      defaultText = literalExpression "the keys of publicKey, publicKeys and publicKeyFile";
+      description = ''
+        Keys passed to the daemon with `--trusted-key`: signatures on peers'
+        narinfo that the local Nix accepts. The daemon also reads the
+        `trusted-public-keys` of the Nix configuration when it starts, so
+        this only needs changing for keys Nix trusts by means the daemon
+        cannot see. A narinfo not signed by any key Nix accepts is never
+        handed to Nix (Nix would remember the refusal for 30 days).
+      '';
+    };
+
+    extraHosts = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "my-nixos-computer-hostname" "42.42.42.1" "[fd00::7]:12304" ];
+      description = ''
+        Peers to ask by unicast, `HOST` or `HOST:PORT`, beside (or, with
+        `disableBroadcast`, instead of) the LAN broadcast. Names are resolved
+        again every 30 seconds.
+      '';
+    };
+
+    disableBroadcast = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Whether to ask only `extraHosts`, without broadcasting queries on the LAN.";
+    };
+
+    timeout = mkOption {
+      type = types.ints.between 1 60000;
+      default = 500;
+      description = ''
+        How long to wait for peers that do not answer, in milliseconds. Peers
+        running this daemon answer misses at once, so this matters only
+        when a silent peer (a dead node, an original Peerix) is about.
+      '';
+    };
+
+    priority = mkOption {
+      type = types.ints.unsigned;
+      default = 20;
+      description = ''
+        Substituter priority told to the local Nix; lower is tried first
+        (cache.nixos.org has 40).
+      '';
+    };
+
+    threads = mkOption {
+      type = types.nullOr (types.ints.between 1 1024);
+      default = null;
+      description = "HTTP worker threads for the local Nix, and as many again for peers; `null` keeps the daemon's default (32).";
+    };
+
+    verbose = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Whether to log every request and peer exchange (debug level) to the journal.";
+    };
+
+    extraArgs = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      description = "Further command-line arguments for the daemon.";
+    };
+
+    globalCacheTTL = mkOption {
+      type = types.nullOr types.int;
+      default = null;
+      visible = false;
+      description = ''
+        Accepted for compatibility with the original Peerix and ignored (with
+        a warning): it set Nix's narinfo cache TTLs for every substituter,
+        which this daemon does not need.
+      '';
+    };
+  };
+
+  config = mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = cfg.privateKeyFile == null || lib.hasPrefix "/" privateKeyLocation;
+        message = "services.peerix.privateKeyFile must be an absolute path, such as \"/var/lib/peerix/private\"; it is ${builtins.toJSON privateKeyLocation}.";
+      }
+      {
+        assertion = builtins.all isPublicKey (publicKeys ++ cfg.trustedKeys);
+        message = ''
+          services.peerix: not a Nix public key (NAME:BASE64 of 32 bytes, as in the public file written by
+          `nix-store --generate-binary-cache-key`): ${concatStringsSep ", " (map builtins.toJSON (lib.unique (filter (k: !isPublicKey k) (publicKeys ++ cfg.trustedKeys))))}.
+          (A secret key here would be published in the world-readable /etc/nix/nix.conf: if that is what it is, make a new key pair.)'';
+      }
+      {
+        assertion = builtins.all (host: builtins.match "[^[:space:]]+" host != null) cfg.extraHosts;
+        message = "services.peerix.extraHosts: a host is empty or contains white space.";
+      }
+    ];
+
+    warnings =
+      optional privateKeyInStore ''
+        services.peerix.privateKeyFile = ${privateKeyLocation}: ${
+          if builtins.isPath cfg.privateKeyFile
+          then "this path value is copied into the Nix store"
+          else "this file is in the Nix store"
+        }, which every user of this machine can read, and from which a peer that learns its store path can fetch it. Treat the key as leaked:
+          1. make a new key pair on the machine, as root: mkdir -p -m 0700 /var/lib/peerix && nix-store --generate-binary-cache-key "$(hostname)-peerix-2" /var/lib/peerix/private /var/lib/peerix/public
+             (the secret is written 0600 and stays root's: systemd hands the service a copy),
+          2. set services.peerix.privateKeyFile = "/var/lib/peerix/private"; as a string, in quotes, so it is read at run time (systemd LoadCredential) and never copied,
+          3. replace the old public key with the new one wherever it is trusted (publicKey, publicKeys, publicKeyFile, peers' trusted-public-keys),
+          4. remove the secret from the configuration's sources, and run nix-collect-garbage once nothing refers to the old store path.''
+      ++ optional (cfg.globalCacheTTL != null) ''
+        services.peerix.globalCacheTTL is ignored: it changed the narinfo cache TTLs of every substituter, which this Peerix does not need (it never hands Nix a narinfo that names a peer). Remove it; to change the TTLs anyway, set nix.settings.narinfo-cache-negative-ttl and narinfo-cache-positive-ttl.''
+      ++ optional (userName == "nobody" || groupName == "nogroup" || groupName == "nobody") ''
+        services.peerix runs as ${userName}:${groupName}. `nobody` is shared with other services and with unmapped files (NFS, user namespaces); remove services.peerix.user and services.peerix.group to use the dedicated `peerix` user this module creates.''
+      ++ optional (!mayUseNixDaemon) ''
+        services.peerix: the user ${userName} is not in nix.settings.allowed-users (nor trusted-users), so the daemon cannot read the store through the nix-daemon. Add "${userName}" to nix.settings.allowed-users.''
+      ++ optional (!cfg.disableBroadcast && !udpPortOpen) ''
+        services.peerix: the firewall is closed on port ${toString cfg.port}, so peers' answers to this node's broadcast queries are dropped (they come from the peers' own addresses, which the firewall does not take for replies) and peers cannot fetch from it: set services.peerix.openFirewall = true; (the original Peerix opened it by default).''
+      ++ optional (!bindIsWildcard && !bindIsLoopback) ''
+        services.peerix.bind = "${cfg.bind}": the local Nix cannot use this node, which answers it only on a loopback address. Use null (every address), "0.0.0.0" (every IPv4 address) or a loopback address (to fetch from peers without serving them).''
+      ++ optional (cfg.disableBroadcast && cfg.extraHosts == [ ]) ''
+        services.peerix: disableBroadcast is set and extraHosts is empty, so this node asks no peer at all (it still serves its store).'';
+
+    users.users.peerix = mkIf (cfg.user == "peerix") {
+      isSystemUser = true;
+      group = groupName;
+      description = "Peerix daemon";
+    };
+    users.groups.peerix = mkIf (cfg.group == "peerix") { };
+
+    nix.settings = {
+      substituters = [ substituter ];
+      trusted-public-keys = publicKeys;
+      # Beside the option's default ([ "*" ]) rather than in place of it: a
+      # plain definition would drop the default and lock every other user
+      # out of the nix-daemon.
+      allowed-users = lib.mkOptionDefault [ userName ];
+    };
+
+    networking.firewall = mkIf cfg.openFirewall {
+      allowedTCPPorts = [ cfg.port ];
+      allowedUDPPorts = [ cfg.port ];
+    };
+
+    systemd.services.peerix = {
+      description = "Peerix, a peer-to-peer Nix binary cache";
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" "nix-daemon.socket" ];
+
+      # nix-store and nix of the system's Nix, the one its nix-daemon runs
+      # (the package's wrapper only falls back to its own).
+      path = [ config.nix.package ];
+      environment = {
+        HOME = runtimeDir;
+        XDG_CACHE_HOME = "${runtimeDir}/cache";
+        XDG_CONFIG_HOME = "${runtimeDir}/config";
+        XDG_DATA_HOME = "${runtimeDir}/data";
+        XDG_STATE_HOME = "${runtimeDir}/state";
+        NIX_REMOTE = "daemon";
+      };
+
+      serviceConfig = {
+        Type = "exec";
+        ExecStart = execStart;
+        Restart = "on-failure";
+        RestartSec = "5s";
+        # 2: the daemon refused its configuration (a missing or malformed
+        # key file, say); restarting would not help.
+        RestartPreventExitStatus = 2;
+
+        User = userName;
+        Group = groupName;
+        RuntimeDirectory = "peerix";
+        RuntimeDirectoryMode = "0700";
+        UMask = "0077";
+        LoadCredential = optional (cfg.privateKeyFile != null) "${credentialName}:${cfg.privateKeyFile}";
+
+        # Everything read-only but the runtime directory; the store is read,
+        # and changed only by the nix-daemon, through its socket.
+        ProtectSystem = "strict";
+        ProtectHome = true;
+        PrivateTmp = true;
+        PrivateDevices = true;
+        PrivateMounts = true;
+        ProtectProc = "invisible";
+        ProtectHostname = true;
+        ProtectClock = true;
+        ProtectKernelTunables = true;
+        ProtectKernelModules = true;
+        ProtectKernelLogs = true;
+        ProtectControlGroups = true;
+        NoExecPaths = [ "/" ];
+        ExecPaths = [ "/nix/store" ];
+
+        NoNewPrivileges = true;
+        # No capability, unless a port below 1024 needs one.
+        CapabilityBoundingSet = if cfg.port < 1024 then "CAP_NET_BIND_SERVICE" else "";
+        AmbientCapabilities = optional (cfg.port < 1024) "CAP_NET_BIND_SERVICE";
+        RestrictSUIDSGID = true;
+        RemoveIPC = true;
+        RestrictRealtime = true;
+        RestrictNamespaces = true;
+        LockPersonality = true;
+        MemoryDenyWriteExecute = true;
+
+        # IPv4 and IPv6 for HTTP and discovery (broadcast and multicast need
+        # no capability), netlink to list the interfaces, unix sockets for
+        # the nix-daemon.
+        RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_NETLINK" "AF_UNIX" ];
+        # @system-service allows what a service needs, spawning nix-store
+        # included (@process); the rest is taken away from it. A call outside
+        # the list fails with EPERM instead of killing the process (Nix tries
+        # setrlimit at start and does without).
+        SystemCallFilter = [ "@system-service" "~@privileged" "~@resources" ];
+        SystemCallErrorNumber = "EPERM";
+        SystemCallArchitectures = "native";
+      };
+    };
+  };
 }
