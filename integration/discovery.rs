@@ -116,7 +116,7 @@ fn a_closure_split_across_two_peers_is_substituted_on_a_third() {
     let keys = [generate_key(h1, "h1-1"), generate_key(h2, "h2-1")];
     let x = build_chain(h1, "x", 3);
     let y = build_chain(h2, "y", 2);
-    let _n1 = node(h1, &keys[0], &[], &[]);
+    let n1 = node(h1, &keys[0], &[], &[]);
     let _n2 = node(h2, &keys[1], &[], &[]);
     let n3 = node(h3, &generate_key(h3, "h3-1"), &[&keys[0], &keys[1]], &[]);
 
@@ -162,9 +162,13 @@ fn a_closure_split_across_two_peers_is_substituted_on_a_third() {
     // h1's node notices new paths within a second (the store index).
     for path in &z {
         let peer_url = format!("http://{}:12304/peer/{}.narinfo", h1.addr4, hash_of(path));
-        assert!(support::wait_until(Duration::from_secs(5), || {
-            h1.curl(&[&peer_url]).status == 200
-        }));
+        assert!(
+            support::wait_until(Duration::from_secs(5), || {
+                h1.curl(&[&peer_url]).status == 200
+            }),
+            "{path} not served by h1: {}",
+            n1.log()
+        );
     }
     let keys_arg = format!("{} {}", keys[0].public, keys[1].public);
     let mut cmd = current_nix::command(

@@ -4,7 +4,6 @@
 //! local Nix) and from the network (peers) go to two pools of their own, so
 //! that no amount of peer traffic can keep the local Nix waiting.
 
-mod conn;
 mod local_routes;
 mod peer_routes;
 mod reply;
@@ -14,8 +13,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
-use tiny_http::{Method, Request, Server};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use tiny_http::{Limits, Method, Request, Server};
 
 use crate::discovery::Discovery;
 use crate::keys::SigningKey;
@@ -59,7 +58,9 @@ pub fn start(addrs: &[IpAddr], port: u16, workers: usize, app: Arc<App>) -> Resu
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let (local_tx, local_rx) = crossbeam_channel::bounded::<Request>(workers * 2);
     let (peers_tx, peers_rx) = crossbeam_channel::bounded::<Request>(workers * 2);
-    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+    // Never sent on: dropping the sender is the signal, seen by the listener
+    // and by every body being streamed.
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
 
     let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new()
@@ -70,14 +71,17 @@ pub fn start(addrs: &[IpAddr], port: u16, workers: usize, app: Arc<App>) -> Resu
     };
     let mut threads = vec![spawn(
         "http-listener".into(),
-        Box::new(move || listen(listener, [local_tx, peers_tx], stop_rx)),
+        Box::new({
+            let stop = stop_rx.clone();
+            move || listen(listener, [local_tx, peers_tx], stop)
+        }),
     )?];
     for (pool, requests) in [("local", local_rx), ("peers", peers_rx)] {
         for i in 0..workers {
-            let (rx, app) = (requests.clone(), app.clone());
+            let (rx, app, stop) = (requests.clone(), app.clone(), stop_rx.clone());
             threads.push(spawn(
                 format!("http-{pool}-{i}"),
-                Box::new(move || work(&app, rx, addr.port())),
+                Box::new(move || work(&app, rx, &stop)),
             )?);
         }
     }
@@ -93,12 +97,11 @@ impl Http {
         self.addr
     }
 
-    /// Stops accepting, cuts open connections (so streams end and their
-    /// `nix-store` children are killed and reaped) and waits for the
-    /// workers, at most a few seconds.
+    /// Stops accepting, ends the bodies being streamed (their connections
+    /// are cut and their `nix-store` children killed and reaped) and waits
+    /// for the workers, at most a few seconds.
     pub fn stop(self) {
-        let _ = self.stop.send(());
-        conn::cut_all(self.addr.port());
+        drop(self.stop);
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         for thread in self.threads {
             while !thread.is_finished() && std::time::Instant::now() < deadline {
@@ -111,21 +114,27 @@ impl Http {
     }
 }
 
+/// What one connection may take (tiny_http as patched in src/vendor): an
+/// idle or slow client is dropped after `read_timeout`, a client that stops
+/// reading a body after `write_timeout`; peers may hold at most
+/// `max_connections` (the local Nix is not counted); a request head is at
+/// most 16 KiB.
+const LIMITS: Limits = Limits {
+    max_connections: 256,
+    read_timeout: Some(Duration::from_secs(30)),
+    write_timeout: Some(Duration::from_secs(60)),
+    max_head_bytes: 16 * 1024,
+};
+
 /// The listener thread: takes requests from tiny_http and queues them for
 /// the workers, those from loopback for the local pool and the others for
-/// the peers' pool. tiny_http stops accepting for good after an accept
-/// error (say, out of file descriptors): then a new server is made on the
-/// same socket.
+/// the peers' pool.
 fn listen(listener: TcpListener, [local, peers]: [Sender<Request>; 2], stop: Receiver<()>) {
-    let new_server = || {
-        let socket = listener.try_clone().map_err(|e| e.to_string())?;
-        Server::from_listener(socket, None).map_err(|e| e.to_string())
-    };
-    let mut server = match new_server() {
+    let server = match Server::from_listener_with_limits(listener, None, LIMITS) {
         Ok(s) => s,
         Err(e) => return log::error!("cannot start the HTTP server: {e}"),
     };
-    while stop.try_recv().is_err() {
+    while matches!(stop.try_recv(), Err(TryRecvError::Empty)) {
         match server.recv_timeout(Duration::from_millis(200)) {
             Ok(Some(request)) => {
                 let from_loopback = request
@@ -138,19 +147,15 @@ fn listen(listener: TcpListener, [local, peers]: [Sender<Request>; 2], stop: Rec
             }
             Ok(None) => {}
             Err(e) => {
-                log::error!("HTTP server stopped accepting ({e}); starting it again");
+                log::error!("HTTP server: {e}");
                 std::thread::sleep(Duration::from_millis(100));
-                match new_server() {
-                    Ok(s) => server = s,
-                    Err(e) => log::error!("cannot restart the HTTP server: {e}"),
-                }
             }
         }
     }
 }
 
 /// A worker thread: answers requests until the listener goes away.
-fn work(app: &App, requests: Receiver<Request>, port: u16) {
+fn work(app: &App, requests: Receiver<Request>, stop: &Receiver<()>) {
     for request in requests {
         let head = match request.method() {
             Method::Get => false,
@@ -160,8 +165,8 @@ fn work(app: &App, requests: Receiver<Request>, port: u16) {
                 reply::send(
                     request,
                     Reply::status(405, "only GET and HEAD"),
-                    port,
                     &app.metrics,
+                    stop,
                 );
                 continue;
             }
@@ -179,7 +184,7 @@ fn work(app: &App, requests: Receiver<Request>, port: u16) {
             reply.status_code()
         );
         app.metrics.request(route_name(&path), reply.status_code());
-        reply::send(request, reply, port, &app.metrics);
+        reply::send(request, reply, &app.metrics, stop);
     }
 }
 

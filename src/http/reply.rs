@@ -1,17 +1,14 @@
 //! What a route answers, and how it is written to the client: status codes,
 //! bodies of known length (never chunked), HEAD without a body, and a
-//! connection cut when a streamed body fails half-way.
+//! connection cut when a streamed body fails half-way (tiny_http, as
+//! patched in src/vendor, shuts the socket down when a response fails).
 
 use std::io::{self, Read};
-use std::time::Duration;
 
+use crossbeam_channel::{Receiver, TryRecvError};
 use tiny_http::{Header, Request, Response, StatusCode};
 
-use super::conn;
 use crate::metrics::{Metrics, NarSource};
-
-/// How long a NAR stream may wait on a client that does not read.
-const STALLED_CLIENT: Duration = Duration::from_secs(60);
 
 pub enum Reply {
     /// A short text body.
@@ -61,11 +58,11 @@ fn header(name: &str, value: &str) -> Header {
     Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("ASCII header")
 }
 
-/// Writes `reply` to the client of `request`, which reached us on
-/// `local_port`. A streamed body that fails half-way cuts the connection,
+/// Writes `reply` to the client of `request`. A streamed body that fails
+/// half-way, or is stopped because the daemon stops, cuts the connection,
 /// so the client never takes a short body for a whole one, nor waits for
 /// bytes that will not come.
-pub fn send(request: Request, reply: Reply, local_port: u16, metrics: &Metrics) {
+pub fn send(request: Request, reply: Reply, metrics: &Metrics, stop: &Receiver<()>) {
     let peer = request.remote_addr().copied();
     match reply {
         Reply::Text {
@@ -87,14 +84,12 @@ pub fn send(request: Request, reply: Reply, local_port: u16, metrics: &Metrics) 
             source,
             what,
         } => {
-            if let Some(peer) = peer {
-                conn::set_write_timeout(local_port, peer, STALLED_CLIENT);
-            }
             let streamed = body.is_some();
             let body: Box<dyn Read + Send> = match body {
                 Some(body) => Box::new(Exact {
                     inner: body,
                     left: len,
+                    stop: stop.clone(),
                 }),
                 None => Box::new(io::empty()),
             };
@@ -119,12 +114,7 @@ pub fn send(request: Request, reply: Reply, local_port: u16, metrics: &Metrics) 
             match request.respond(response) {
                 Ok(()) if streamed => log::debug!("sent {what} ({len} bytes) to {peer:?}"),
                 Ok(()) => {}
-                Err(e) => {
-                    log::warn!("sending {what} to {peer:?} failed: {e}");
-                    if let Some(peer) = peer {
-                        conn::cut(local_port, peer);
-                    }
-                }
+                Err(e) => log::warn!("sending {what} to {peer:?} failed: {e}; connection cut"),
             }
         }
     }
@@ -132,14 +122,18 @@ pub fn send(request: Request, reply: Reply, local_port: u16, metrics: &Metrics) 
 
 /// A body that must be exactly `left` bytes long: ending early or running
 /// over is an error, so that the connection is cut instead of ending a 200
-/// that looks complete.
+/// that looks complete. It also ends with an error when the daemon stops.
 struct Exact {
     inner: Box<dyn Read + Send>,
     left: u64,
+    stop: Receiver<()>,
 }
 
 impl Read for Exact {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Err(TryRecvError::Disconnected) = self.stop.try_recv() {
+            return Err(io::Error::other("the daemon is stopping"));
+        }
         if self.left == 0 {
             // Read on to see that the source ends here.
             return match self.inner.read(&mut [0u8; 1])? {
@@ -167,10 +161,12 @@ mod tests {
     use super::*;
 
     fn read_all(data: &'static [u8], len: u64) -> io::Result<Vec<u8>> {
+        let (_running, stop) = crossbeam_channel::bounded::<()>(0);
         let mut out = Vec::new();
         Exact {
             inner: Box::new(data),
             left: len,
+            stop,
         }
         .read_to_end(&mut out)?;
         Ok(out)
@@ -182,5 +178,19 @@ mod tests {
         assert!(read_all(b"ab", 3).is_err());
         assert!(read_all(b"abcd", 3).is_err());
         assert_eq!(read_all(b"", 0).unwrap(), b"");
+    }
+
+    #[test]
+    fn a_stopping_daemon_ends_the_body() {
+        let (running, stop) = crossbeam_channel::bounded::<()>(0);
+        let mut body = Exact {
+            inner: Box::new(&b"abcdef"[..]),
+            left: 6,
+            stop,
+        };
+        let mut buf = [0u8; 2];
+        assert_eq!(body.read(&mut buf).unwrap(), 2);
+        drop(running);
+        assert!(body.read(&mut buf).is_err());
     }
 }

@@ -5,7 +5,8 @@
 //! one `nix-store --check-validity` per batch: a directory entry exists
 //! while a path is being built or substituted, before it is valid.
 //! `refresh` notices new and deleted paths (the directory's mtime changes)
-//! and paths that became valid since the last look.
+//! and paths that became valid since the last look (Nix's database
+//! changed, or, where it cannot be seen, after a growing wait).
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -34,6 +35,9 @@ pub struct Index {
     valid: HashMap<HashPart, Box<str>>,
     pending: HashMap<HashPart, Box<str>>,
     dir_mtime: Option<SystemTime>,
+    /// Nix's database, whose files change when a path becomes valid.
+    db_files: Vec<PathBuf>,
+    db_mtimes: Vec<Option<SystemTime>>,
     /// When pending entries are checked next, and the wait after that.
     next_recheck: Option<Instant>,
     recheck_wait: Duration,
@@ -47,9 +51,15 @@ pub struct Changes {
 }
 
 impl Index {
-    pub fn new(dir: &Path) -> Index {
+    /// The index of the store directory `dir`, whose Nix database is in
+    /// `db_dir` (`/nix/var/nix/db`).
+    pub fn new(dir: &Path, db_dir: &Path) -> Index {
         Index {
             dir: dir.to_owned(),
+            db_files: ["db.sqlite", "db.sqlite-wal"]
+                .iter()
+                .map(|f| db_dir.join(f))
+                .collect(),
             ..Index::default()
         }
     }
@@ -93,6 +103,13 @@ impl Index {
             }
             self.next_recheck = None;
             self.recheck_wait = RECHECK_FIRST;
+        }
+        let db_mtimes: Vec<Option<SystemTime>> = (self.db_files.iter())
+            .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+            .collect();
+        if db_mtimes != self.db_mtimes {
+            self.db_mtimes = db_mtimes;
+            self.next_recheck = None;
         }
         if !self.pending.is_empty() && self.next_recheck.is_none_or(|t| Instant::now() >= t) {
             changes.added = self.validate_pending()?;

@@ -32,7 +32,7 @@ impl Store {
     /// Indexes the store directory (validating every entry once) and keeps
     /// the index fresh from a background thread.
     pub fn open() -> Result<Arc<Store>, NixError> {
-        let mut index = Index::new(Path::new(STORE_DIR));
+        let mut index = Index::new(Path::new(STORE_DIR), Path::new("/nix/var/nix/db"));
         index.refresh()?;
         log::info!("store: {} valid paths in {STORE_DIR}", index.len());
         let store = Arc::new(Store {

@@ -34,6 +34,15 @@ pub struct ClientConnection {
 
     // true if the connection goes through SSL
     secure: bool,
+
+    // peerix patch: the connection, handed to each request so that a failed
+    // response can cut it (see `Request::respond`).
+    control: Option<crate::connection::Connection>,
+
+    // peerix patch: bytes left for the request line and headers of the
+    // request being read; a client that sends more gets 431 and is dropped.
+    head_budget: usize,
+    max_head_bytes: usize,
 }
 
 /// Error that can happen when reading a request.
@@ -41,6 +50,8 @@ pub struct ClientConnection {
 enum ReadError {
     WrongRequestLine,
     WrongHeader(HTTPVersion),
+    /// peerix patch: the request line and headers are longer than allowed.
+    HeadTooLarge,
     /// the client sent an unrecognized `Expect` header
     ExpectationFailed(HTTPVersion),
     ReadIoError(IoError),
@@ -51,6 +62,8 @@ impl ClientConnection {
     pub fn new(
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
+        control: Option<crate::connection::Connection>,
+        max_head_bytes: usize,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
@@ -65,6 +78,9 @@ impl ClientConnection {
             next_header_source: first_header,
             no_more_requests: false,
             secure,
+            control,
+            head_budget: max_head_bytes,
+            max_head_bytes,
         }
     }
 
@@ -77,7 +93,7 @@ impl ClientConnection {
     ///
     /// Reads until `CRLF` is reached. The next read will start
     ///  at the first byte of the new line.
-    fn read_next_line(&mut self) -> IoResult<AsciiString> {
+    fn read_next_line(&mut self) -> Result<AsciiString, ReadError> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
 
@@ -85,14 +101,29 @@ impl ClientConnection {
             let byte = self.next_header_source.by_ref().bytes().next();
 
             let byte = match byte {
-                Some(b) => b?,
-                None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
+                Some(b) => b.map_err(ReadError::ReadIoError)?,
+                None => {
+                    return Err(ReadError::ReadIoError(IoError::new(
+                        ErrorKind::ConnectionAborted,
+                        "Unexpected EOF",
+                    )))
+                }
             };
+
+            // peerix patch: bounded request heads.
+            if self.head_budget == 0 {
+                return Err(ReadError::HeadTooLarge);
+            }
+            self.head_budget -= 1;
 
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
-                return AsciiString::from_ascii(buf)
-                    .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
+                return AsciiString::from_ascii(buf).map_err(|_| {
+                    ReadError::ReadIoError(IoError::new(
+                        ErrorKind::InvalidInput,
+                        "Header is not in ASCII",
+                    ))
+                });
             }
 
             prev_byte_was_cr = byte == b'\r';
@@ -106,8 +137,9 @@ impl ClientConnection {
     fn read(&mut self) -> Result<Request, ReadError> {
         let (method, path, version, headers) = {
             // reading the request line
+            self.head_budget = self.max_head_bytes;
             let (method, path, version) = {
-                let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                let line = self.read_next_line()?;
 
                 parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion
@@ -118,7 +150,7 @@ impl ClientConnection {
             let headers = {
                 let mut headers = Vec::new();
                 loop {
-                    let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                    let line = self.read_next_line()?;
 
                     if line.is_empty() {
                         break;
@@ -165,7 +197,8 @@ impl ClientConnection {
         })?;
 
         // return the request
-        Ok(request)
+        let control = self.control.as_ref().and_then(|c| c.try_clone().ok());
+        Ok(request.with_abort(control))
     }
 }
 
@@ -201,6 +234,15 @@ impl Iterator for ClientConnection {
                     response.raw_print(writer, ver, &[], false, None).ok();
                     return None; // we don't know where the next request would start,
                                  // se we have to close
+                }
+
+                Err(ReadError::HeadTooLarge) => {
+                    let writer = self.sink.next().unwrap();
+                    let response = Response::new_empty(StatusCode(431));
+                    response
+                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
+                        .ok();
+                    return None; // the rest of the head is not read: close
                 }
 
                 Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {

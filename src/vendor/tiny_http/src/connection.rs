@@ -95,6 +95,19 @@ impl Connection {
         }
     }
 
+    /// peerix patch: read and write timeouts on the socket.
+    pub(crate) fn set_timeouts(
+        &self,
+        read: Option<std::time::Duration>,
+        write: Option<std::time::Duration>,
+    ) -> std::io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.set_read_timeout(read).and(s.set_write_timeout(write)),
+            #[cfg(unix)]
+            Self::Unix(s) => s.set_read_timeout(read).and(s.set_write_timeout(write)),
+        }
+    }
+
     pub(crate) fn try_clone(&self) -> std::io::Result<Self> {
         match self {
             Self::Tcp(s) => s.try_clone().map(Self::from),

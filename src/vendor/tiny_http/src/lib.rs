@@ -99,7 +99,7 @@ use std::io::Error as IoError;
 use std::io::ErrorKind as IoErrorKind;
 use std::io::Result as IoResult;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -124,6 +124,47 @@ mod response;
 mod ssl;
 mod test;
 mod util;
+
+/// peerix patch: limits that keep a slow, idle or hostile client, or a flood
+/// of them, from holding the server. Each accepted connection gets the read
+/// and write timeouts; beyond `max_connections` open connections from other
+/// hosts a new one from another host is closed at once (loopback clients are
+/// neither counted nor refused); a request line and headers longer than
+/// `max_head_bytes` get 431 and the connection is closed.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub read_timeout: Option<Duration>,
+    pub write_timeout: Option<Duration>,
+    pub max_head_bytes: usize,
+}
+
+impl Default for Limits {
+    /// No timeouts and no connection limit, as tiny_http 0.12 had; request
+    /// heads bounded to 64 KiB.
+    fn default() -> Limits {
+        Limits {
+            max_connections: usize::MAX,
+            read_timeout: None,
+            write_timeout: None,
+            max_head_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// peerix patch: true for a client on this machine.
+fn is_loopback(addr: Option<std::net::SocketAddr>) -> bool {
+    addr.map_or(true, |a| a.ip().to_canonical().is_loopback())
+}
+
+/// peerix patch: counts a connection as open until its task ends.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
 
 /// The main class of this library.
 ///
@@ -161,6 +202,7 @@ impl From<Request> for Message {
 
 // this trait is to make sure that Server implements Share and Send
 #[doc(hidden)]
+#[allow(dead_code)]
 trait MustBeShareDummy: Sync + Send {}
 #[doc(hidden)]
 impl MustBeShareDummy for Server {}
@@ -243,6 +285,15 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Server::from_listener_with_limits(listener, ssl_config, Limits::default())
+    }
+
+    /// peerix patch: `from_listener` with [`Limits`].
+    pub fn from_listener_with_limits<L: Into<Listener>>(
+        listener: L,
+        ssl_config: Option<SslConfig>,
+        limits: Limits,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
@@ -290,10 +341,34 @@ impl Server {
             let tasks_pool = util::TaskPool::new();
 
             log::debug!("Running accept thread");
+            // peerix patch: open connections, and when one was last refused.
+            let open = Arc::new(AtomicUsize::new(0));
+            let mut last_refusal_log: Option<std::time::Instant> = None;
+            let mut refused = 0u64;
+            let mut counted = false;
             while !inside_close_trigger.load(Relaxed) {
                 let new_client = match server.accept() {
-                    Ok((sock, _)) => {
+                    Ok((sock, addr))
+                        if !is_loopback(addr) && open.load(Relaxed) >= limits.max_connections =>
+                    {
+                        drop(sock);
+                        refused += 1;
+                        if last_refusal_log.map_or(true, |t| t.elapsed() >= Duration::from_secs(1)) {
+                            log::warn!(
+                                "{} open connections: refused {} new ones",
+                                limits.max_connections,
+                                refused
+                            );
+                            last_refusal_log = Some(std::time::Instant::now());
+                            refused = 0;
+                        }
+                        continue;
+                    }
+                    Ok((sock, addr)) => {
                         use util::RefinedTcpStream;
+                        counted = !is_loopback(addr);
+                        let _ = sock.set_timeouts(limits.read_timeout, limits.write_timeout);
+                        let control = sock.try_clone().ok();
                         let (read_closable, write_closable) = match ssl {
                             None => RefinedTcpStream::new(sock),
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
@@ -311,7 +386,12 @@ impl Server {
                             Some(ref _ssl) => unreachable!(),
                         };
 
-                        Ok(ClientConnection::new(write_closable, read_closable))
+                        Ok(ClientConnection::new(
+                            write_closable,
+                            read_closable,
+                            control,
+                            limits.max_head_bytes,
+                        ))
                     }
                     Err(e) => Err(e),
                 };
@@ -320,7 +400,13 @@ impl Server {
                     Ok(client) => {
                         let messages = inside_messages.clone();
                         let mut client = Some(client);
+                        // Loopback clients (the local Nix) are not counted.
+                        let open = counted.then(|| {
+                            open.fetch_add(1, Relaxed);
+                            OpenGuard(open.clone())
+                        });
                         tasks_pool.spawn(Box::new(move || {
+                            let _open = &open;
                             if let Some(client) = client.take() {
                                 // Synchronization is needed for HTTPS requests to avoid a deadlock
                                 if client.secure() {
@@ -338,10 +424,12 @@ impl Server {
                         }));
                     }
 
+                    // peerix patch: an accept error (say, out of file
+                    // descriptors under a flood) no longer stops the server
+                    // for good: wait a little and accept again.
                     Err(e) => {
                         log::error!("Error accepting new client: {}", e);
-                        inside_messages.push(e.into());
-                        break;
+                        thread::sleep(Duration::from_millis(100));
                     }
                 }
             }

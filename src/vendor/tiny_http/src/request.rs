@@ -74,6 +74,11 @@ pub struct Request {
 
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
+
+    // peerix patch: the connection, to shut down when a response fails half
+    // way, so that the client neither takes a short body for a whole one nor
+    // waits for bytes that will not come.
+    abort: Option<crate::connection::Connection>,
 }
 
 struct NotifyOnDrop<R> {
@@ -238,6 +243,7 @@ where
         body_length: content_length,
         must_send_continue: expects_continue,
         notify_when_responded: None,
+        abort: None,
     })
 }
 
@@ -434,6 +440,10 @@ impl Request {
         R: Read,
     {
         let res = self.respond_impl(response);
+        if let (Err(e), Some(connection)) = (&res, &self.abort) {
+            log::debug!("cutting the connection to {:?}: {}", self.remote_addr, e);
+            let _ = connection.shutdown(std::net::Shutdown::Both);
+        }
         if let Some(sender) = self.notify_when_responded.take() {
             sender.send(()).unwrap();
         }
@@ -467,6 +477,12 @@ impl Request {
             ErrorKind::ConnectionReset => Ok(()),
             _ => Err(err),
         })
+    }
+
+    /// peerix patch: the connection to shut down if responding fails.
+    pub(crate) fn with_abort(mut self, connection: Option<crate::connection::Connection>) -> Self {
+        self.abort = connection;
+        self
     }
 
     pub(crate) fn with_notify_sender(mut self, sender: Sender<()>) -> Self {
