@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
+use crate::auth::NetworkKey;
 use crate::keys::{KeyError, PublicKey, SigningKey};
+use crate::share::Policy;
 
 /// The port of the original Peerix, for TCP (HTTP) and UDP alike.
 pub const DEFAULT_PORT: u16 = 12304;
@@ -58,6 +60,22 @@ pub struct Args {
     /// Nix accepts, beyond its own trusted-public-keys; repeat for several
     #[argh(option)]
     pub trusted_key: Vec<String>,
+
+    /// share only paths signed by this public key (NAME:BASE64), e.g.
+    /// cache.nixos.org's; repeat for several (default: share every path)
+    #[argh(option)]
+    pub share_signed_by: Vec<String>,
+
+    /// never share paths whose name (after the hash) matches this pattern
+    /// (`*` and `?`), nor paths that depend on them; repeat for several
+    #[argh(option)]
+    pub never_share: Vec<String>,
+
+    /// a secret shared by the nodes of this network: every datagram and
+    /// every request between peers is authenticated with it, and nodes
+    /// without it get nothing (original Peerix nodes included)
+    #[argh(option)]
+    pub network_key_file: Option<PathBuf>,
 }
 
 /// The validated configuration the daemon runs with.
@@ -72,6 +90,8 @@ pub struct Config {
     pub priority: u32,
     pub threads: usize,
     pub trusted_keys: Vec<PublicKey>,
+    pub share: Policy,
+    pub network_key: Option<NetworkKey>,
 }
 
 /// A configuration the daemon cannot start with.
@@ -96,14 +116,28 @@ impl Config {
             Some(path) => Some(SigningKey::from_file(path).map_err(ConfigError::Key)?),
             None => None,
         };
-        let trusted_keys = args
-            .trusted_key
-            .iter()
-            .map(|k| {
-                PublicKey::parse(k)
-                    .map_err(|e| ConfigError::Invalid(format!("--trusted-key {k:?}: {e}")))
-            })
-            .collect::<Result<_, _>>()?;
+        let public_keys = |flag: &str, keys: &[String]| {
+            keys.iter()
+                .map(|k| {
+                    PublicKey::parse(k)
+                        .map_err(|e| ConfigError::Invalid(format!("--{flag} {k:?}: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let trusted_keys = public_keys("trusted-key", &args.trusted_key)?;
+        let share = Policy {
+            signed_by: public_keys("share-signed-by", &args.share_signed_by)?,
+            never: args.never_share.clone(),
+        };
+        if let Some(p) = share.never.iter().find(|p| p.is_empty() || p.contains('/')) {
+            return Err(ConfigError::Invalid(format!(
+                "--never-share {p:?}: a pattern is a store path name, with * and ?"
+            )));
+        }
+        let network_key = match &args.network_key_file {
+            Some(path) => Some(NetworkKey::from_file(path).map_err(ConfigError::Invalid)?),
+            None => None,
+        };
         if args.threads == 0 || args.threads > 1024 {
             return Err(ConfigError::Invalid(
                 "--threads must be between 1 and 1024".into(),
@@ -127,6 +161,8 @@ impl Config {
             priority: args.priority,
             threads: args.threads,
             trusted_keys,
+            share,
+            network_key,
         })
     }
 

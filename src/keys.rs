@@ -46,6 +46,29 @@ impl fmt::Display for KeyError {
 
 impl std::error::Error for KeyError {}
 
+/// Warns when a secret key file can be read by others than its owner, or
+/// lies in the (world-readable) Nix store. Never shows the key itself.
+pub fn warn_if_exposed(path: &Path, what: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let resolved = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    if resolved.starts_with("/nix/store") {
+        log::warn!(
+            "the {what} {} is in the Nix store, where every user and every peer that \
+             asks for its path can read it: make a new key outside the store",
+            path.display()
+        );
+    } else if let Ok(meta) = std::fs::metadata(&resolved) {
+        let mode = meta.permissions().mode();
+        if mode & 0o044 != 0 {
+            log::warn!(
+                "the {what} {} can be read by others (mode {:o}): chmod 600 it",
+                path.display(),
+                mode & 0o777
+            );
+        }
+    }
+}
+
 /// Splits `name:base64` and decodes the base64 part into exactly `N` bytes.
 fn split_key<const N: usize>(text: &str) -> Result<(&str, [u8; N]), String> {
     let text = text.strip_suffix('\n').unwrap_or(text);
@@ -77,6 +100,7 @@ impl SigningKey {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
+        warn_if_exposed(path, "private key");
         SigningKey::parse(&text).map_err(|e| match e {
             KeyError::Malformed { reason, .. } => KeyError::Malformed {
                 path: Some(path.to_owned()),

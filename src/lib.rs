@@ -2,6 +2,7 @@
 //! the modules are a library so that fuzz targets and benchmarks can reach
 //! the parsers and the store index.
 
+pub mod auth;
 pub mod config;
 pub mod discovery;
 pub mod http;
@@ -10,6 +11,7 @@ pub mod metrics;
 pub mod narinfo;
 pub mod nix32;
 pub mod peer_client;
+pub mod share;
 pub mod signals;
 pub mod store;
 pub mod trust;

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     // the signals reach only `signals::wait`.
     let signals = signals::block_termination();
 
-    let store = match store::Store::open() {
+    let store = match store::Store::open(config.share.clone()) {
         Ok(s) => s,
         Err(e) => {
             log::error!("cannot read the Nix store: {e}");
@@ -35,12 +35,18 @@ fn main() -> ExitCode {
     if let Some(key) = &config.signing_key {
         log::info!("signing narinfo with key {}", key.public_key());
     }
+    let listen = config.listen_addrs();
+    let network_key = config.network_key.map(Arc::new);
+    if network_key.is_some() {
+        log::info!("network key: peers are authenticated; original Peerix nodes are not spoken to");
+    }
     let discovery = match discovery::Discovery::start(
         discovery::Settings {
             port: config.port,
             broadcast: config.broadcast,
             extra_hosts: config.extra_hosts.clone(),
             timeout: config.timeout,
+            network_key: network_key.clone(),
         },
         store.clone(),
     ) {
@@ -50,13 +56,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let listen = config.listen_addrs();
     let app = Arc::new(http::App {
         store,
         key: config.signing_key,
         priority: config.priority,
         discovery: discovery.clone(),
-        client: peer_client::PeerClient::default(),
+        client: peer_client::PeerClient::new(network_key.clone()),
+        network_key,
         trust: trust::Trust::from_nix(config.trusted_keys),
         metrics: metrics::Metrics::default(),
     });

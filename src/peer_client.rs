@@ -7,8 +7,10 @@
 use std::fmt;
 use std::io::{self, Read};
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::auth::NetworkKey;
 use crate::discovery::Found;
 use crate::narinfo::{self, HashPart, NarInfo};
 
@@ -42,11 +44,14 @@ pub struct NarStream {
 
 pub struct PeerClient {
     agent: ureq::Agent,
+    /// Authenticates requests to peers, when the network has a key.
+    key: Option<Arc<NetworkKey>>,
 }
 
-impl Default for PeerClient {
-    fn default() -> PeerClient {
+impl PeerClient {
+    pub fn new(key: Option<Arc<NetworkKey>>) -> PeerClient {
         PeerClient {
+            key,
             agent: ureq::AgentBuilder::new()
                 .timeout_connect(CONNECT_TIMEOUT)
                 .timeout_read(STALL_TIMEOUT)
@@ -57,13 +62,29 @@ impl Default for PeerClient {
                 .build(),
         }
     }
-}
 
-impl PeerClient {
-    /// The peer's narinfo URL for `hash`.
-    pub fn narinfo_url(found: &Found, hash: &HashPart) -> String {
+    /// A GET request for `path` on the peer at `addr`, authenticated when
+    /// there is a network key.
+    fn get(&self, addr: SocketAddr, path: &str) -> ureq::Request {
+        let request = self.agent.get(&format!("http://{}{path}", host(addr)));
+        match &self.key {
+            Some(key) => request.set("Authorization", &key.authorization("GET", path)),
+            None => request,
+        }
+    }
+    /// The peer's narinfo path for `hash`.
+    fn narinfo_path(found: &Found, hash: &HashPart) -> String {
         let route = if found.v1 { "local" } else { "peer" };
-        format!("http://{}/{route}/{hash}.narinfo", host(found.addr))
+        format!("/{route}/{hash}.narinfo")
+    }
+
+    /// The peer's narinfo URL for `hash`, for messages.
+    pub fn narinfo_url(found: &Found, hash: &HashPart) -> String {
+        format!(
+            "http://{}{}",
+            host(found.addr),
+            PeerClient::narinfo_path(found, hash)
+        )
     }
 
     /// Fetches and parses the peer's narinfo for `hash`; gives up after
@@ -75,8 +96,7 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<NarInfo, FetchError> {
         let response = self
-            .agent
-            .get(&PeerClient::narinfo_url(found, hash))
+            .get(found.addr, &PeerClient::narinfo_path(found, hash))
             .timeout(timeout)
             .call()
             .map_err(|e| FetchError::Http(e.to_string()))?;
@@ -112,10 +132,9 @@ impl PeerClient {
                 "NAR URL {url:?} is not a plain relative path"
             )));
         }
-        let base = if found.v1 { "" } else { "peer/" };
+        let base = if found.v1 { "/" } else { "/peer/" };
         let response = self
-            .agent
-            .get(&format!("http://{}/{base}{url}", host(found.addr)))
+            .get(found.addr, &format!("{base}{url}"))
             .call()
             .map_err(|e| FetchError::Http(e.to_string()))?;
         let len = match response.header("Content-Length").map(str::parse::<u64>) {

@@ -7,6 +7,14 @@
 //! a per-query crossbeam channel. A worker asks with [`Discovery::ask`]: the
 //! query is registered with the UDP thread first, then sent (from a clone
 //! of the socket) to every target, so no answer can arrive unannounced.
+//!
+//! When the share policy has not judged a path yet (that takes the Nix
+//! CLI), the UDP thread hands the query to the verdicts thread, which
+//! answers it when it knows. With a network key every datagram of ours is
+//! sealed and checked (`auth.rs`), and v1 is not spoken: it cannot be
+//! authenticated. Each source gets at most `RATE` answers a second.
+
+mod rate;
 
 mod peers;
 mod targets;
@@ -20,9 +28,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::auth::NetworkKey;
 use crate::narinfo::HashPart;
 use crate::store::Store;
 use peers::PeerTable;
+use rate::RateLimit;
 use targets::SharedTargets;
 use wire::{Datagram, Message, NodeId};
 
@@ -59,17 +69,99 @@ pub struct Settings {
     pub broadcast: bool,
     pub extra_hosts: Vec<String>,
     pub timeout: Duration,
+    pub network_key: Option<Arc<NetworkKey>>,
+}
+
+/// Queries waiting for the share policy's verdict, at most; more are
+/// dropped (the asker's timeout covers it).
+const DEFERRED_MAX: usize = 256;
+
+/// Sends this node's datagrams: encodes them, and seals ours with the
+/// network key when there is one. Shared by the workers, the UDP thread
+/// and the verdicts thread.
+struct Outbox {
+    node: NodeId,
+    port: u16,
+    socket: UdpSocket,
+    key: Option<Arc<NetworkKey>>,
+}
+
+impl Outbox {
+    fn send(&self, datagram: &Datagram, to: SocketAddr) {
+        let mut bytes = datagram.encode();
+        if let (Some(key), Datagram::V2 { .. }) = (&self.key, datagram) {
+            key.seal(&mut bytes);
+        }
+        if let Err(e) = self.socket.send_to(&bytes, to) {
+            log::debug!("discovery: cannot send to {to}: {e}");
+        }
+    }
+
+    /// A datagram of ours.
+    fn v2(&self, id: u32, message: Message) -> Datagram {
+        Datagram::V2 {
+            node: self.node,
+            id,
+            message,
+        }
+    }
+
+    /// The answer to a query for `hash`, from `shared`: whether this node
+    /// offers the path.
+    fn answer(&self, query: &Query, shared: bool) {
+        let datagram = match query.v1 {
+            true if shared => Datagram::V1Reply {
+                id: query.id,
+                port: self.port,
+                hash: query.hash,
+            },
+            true => return, // an original Peerix expects silence on a miss
+            false if shared => self.v2(
+                query.id,
+                Message::Have {
+                    hash: query.hash,
+                    port: self.port,
+                },
+            ),
+            false => self.v2(query.id, Message::NotHere { hash: query.hash }),
+        };
+        log::debug!(
+            "discovery: {} asks for {}: {}",
+            query.from,
+            query.hash,
+            if shared { "have" } else { "not here" }
+        );
+        self.send(&datagram, query.from);
+    }
+
+    /// Wakes the UDP thread from its receive with an empty datagram to
+    /// itself, which it ignores.
+    fn wake(&self) {
+        let _ = self
+            .socket
+            .send_to(&[], (IpAddr::from(Ipv6Addr::LOCALHOST), self.port))
+            .or_else(|_| {
+                self.socket
+                    .send_to(&[], (IpAddr::from([127, 0, 0, 1]), self.port))
+            });
+    }
+}
+
+/// A peer's query, to answer.
+struct Query {
+    hash: HashPart,
+    id: u32,
+    from: SocketAddr,
+    v1: bool,
 }
 
 /// The handle workers ask through.
 pub struct Discovery {
-    node: NodeId,
-    socket: UdpSocket,
+    outbox: Arc<Outbox>,
     commands: Sender<Command>,
     targets: SharedTargets,
     next_id: AtomicU32,
     timeout: Duration,
-    port: u16,
 }
 
 enum Command {
@@ -128,23 +220,30 @@ impl Discovery {
             },
             socket.try_clone()?,
         )?;
+        let outbox = Arc::new(Outbox {
+            node,
+            port: settings.port,
+            socket: socket.try_clone()?,
+            key: settings.network_key.clone(),
+        });
         let (commands, commands_rx) = crossbeam_channel::unbounded();
         let discovery = Arc::new(Discovery {
-            node,
-            socket: socket.try_clone()?,
+            outbox: outbox.clone(),
             commands,
             targets: targets.clone(),
             next_id: AtomicU32::new(random_u64() as u32),
             timeout: settings.timeout,
-            port: settings.port,
         });
+        let (deferred, deferred_rx) = crossbeam_channel::bounded::<Query>(DEFERRED_MAX);
         let thread = UdpThread {
-            node,
-            port: settings.port,
+            outbox: outbox.clone(),
             socket,
-            store,
+            store: store.clone(),
             targets,
             commands: commands_rx,
+            deferred,
+            key: settings.network_key,
+            rate: RateLimit::default(),
             peers: PeerTable::default(),
             pending: HashMap::new(),
             last_hello: None,
@@ -153,6 +252,16 @@ impl Discovery {
         std::thread::Builder::new()
             .name("discovery-udp".into())
             .spawn(move || thread.run())?;
+        std::thread::Builder::new()
+            .name("discovery-verdicts".into())
+            .spawn(move || {
+                for query in deferred_rx {
+                    match store.shareable(&query.hash) {
+                        Ok(shared) => outbox.answer(&query, shared),
+                        Err(e) => log::warn!("discovery: cannot judge {}: {e}", query.hash),
+                    }
+                }
+            })?;
         log::info!("discovery: node {node:016x} on UDP port {}", settings.port);
         Ok(discovery)
     }
@@ -173,31 +282,25 @@ impl Discovery {
         if registered.is_err() {
             return rx;
         }
-        let v1 = Datagram::V1Request { id, hash: *hash }.encode();
-        let v2 = Datagram::V2 {
-            node: self.node,
-            id,
-            message: Message::Query { hash: *hash },
-        }
-        .encode();
+        let v2 = self.outbox.v2(id, Message::Query { hash: *hash });
+        // v1 cannot be authenticated: with a network key only ours is spoken.
+        let v1 = (self.outbox.key.is_none()).then_some(Datagram::V1Request { id, hash: *hash });
         let targets = self.targets.read().map(|t| t.clone()).unwrap_or_default();
         for addr in targets.all() {
-            for datagram in [&v2, &v1] {
-                if let Err(e) = self.socket.send_to(datagram, addr) {
-                    log::debug!("discovery: cannot send to {addr}: {e}");
-                }
+            for datagram in std::iter::once(&v2).chain(&v1) {
+                self.outbox.send(datagram, *addr);
             }
         }
         // The UDP thread may have nobody to hear from: let it see the
         // registration now.
-        self.wake();
+        self.outbox.wake();
         log::debug!("discovery: asked for {hash} (query {id})");
         rx
     }
 
     /// This node's id on the wire.
     pub fn node(&self) -> NodeId {
-        self.node
+        self.outbox.node
     }
 
     /// The configured discovery timeout.
@@ -211,36 +314,27 @@ impl Discovery {
         if self.commands.send(Command::Status(tx)).is_err() {
             return Vec::new();
         }
-        self.wake();
+        self.outbox.wake();
         rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default()
     }
 
     /// Says goodbye to the peers and stops the UDP thread.
     pub fn stop(&self) {
         let _ = self.commands.send(Command::Stop);
-        self.wake();
-    }
-
-    /// Wakes the UDP thread from its receive with an empty datagram to
-    /// itself, which it ignores.
-    fn wake(&self) {
-        let _ = self
-            .socket
-            .send_to(&[], (IpAddr::from(Ipv6Addr::LOCALHOST), self.port))
-            .or_else(|_| {
-                self.socket
-                    .send_to(&[], (IpAddr::from([127, 0, 0, 1]), self.port))
-            });
+        self.outbox.wake();
     }
 }
 
 struct UdpThread {
-    node: NodeId,
-    port: u16,
+    outbox: Arc<Outbox>,
     socket: UdpSocket,
     store: Arc<Store>,
     targets: SharedTargets,
     commands: Receiver<Command>,
+    /// Queries for the verdicts thread.
+    deferred: Sender<Query>,
+    key: Option<Arc<NetworkKey>>,
+    rate: RateLimit,
     peers: PeerTable,
     pending: HashMap<u32, Pending>,
     last_hello: Option<Instant>,
@@ -325,29 +419,28 @@ impl UdpThread {
             .any(|a| !self.peers.is_ours(a.ip().to_canonical()))
     }
 
-    fn send(&self, datagram: &Datagram, to: SocketAddr) {
-        if let Err(e) = self.socket.send_to(&datagram.encode(), to) {
-            log::debug!("discovery: cannot send to {to}: {e}");
-        }
-    }
-
     fn broadcast(&self, message: Message) {
-        let datagram = Datagram::V2 {
-            node: self.node,
-            id: 0,
-            message,
-        };
+        let datagram = self.outbox.v2(0, message);
         let targets = self.targets.read().map(|t| t.clone()).unwrap_or_default();
         for addr in targets.all() {
-            self.send(&datagram, *addr);
+            self.outbox.send(&datagram, *addr);
         }
     }
 
-    fn v2(&self, id: u32, message: Message) -> Datagram {
-        Datagram::V2 {
-            node: self.node,
-            id,
-            message,
+    /// Answers a peer's query: from memory when the share policy's verdict
+    /// is known, else through the verdicts thread.
+    fn answer(&mut self, query: Query) {
+        if !self.rate.allow(query.from.ip()) {
+            log::debug!("discovery: {} asks too fast; query dropped", query.from);
+            return;
+        }
+        match self.store.shareable_known(&query.hash) {
+            Some(shared) => self.outbox.answer(&query, shared),
+            None => {
+                if self.deferred.try_send(query).is_err() {
+                    log::debug!("discovery: too many queries wait for a verdict; one dropped");
+                }
+            }
         }
     }
 
@@ -360,14 +453,23 @@ impl UdpThread {
             other => other, // keeps an IPv6 scope id
         };
         if data.is_empty() {
-            return; // a wake-up from `Discovery::wake`
+            return; // a wake-up from `Outbox::wake`
         }
-        let Some(datagram) = Datagram::parse(data) else {
+        let drop = |why: &dyn std::fmt::Display| {
             log::debug!(
-                "discovery: dropped a malformed datagram of {} bytes from {from}",
+                "discovery: dropped a malformed datagram of {} bytes from {from}: {why}",
                 data.len()
             );
-            return;
+        };
+        let data = match &self.key {
+            Some(key) => match key.open(data) {
+                Ok(body) => body,
+                Err(e) => return drop(&e),
+            },
+            None => data,
+        };
+        let Some(datagram) = Datagram::parse(data) else {
+            return drop(&"not a Peerix datagram");
         };
         match datagram {
             Datagram::V1Request { id, hash } => {
@@ -376,16 +478,13 @@ impl UdpThread {
                 }
                 self.peers.heard_v1(from.ip());
                 // Nodes of ours asked in v2 as well and get that answer.
-                if !self.peers.is_ours(from.ip()) && self.store.lookup(&hash).is_some() {
-                    log::debug!("discovery: v1 {from} asks for {hash}: have it");
-                    self.send(
-                        &Datagram::V1Reply {
-                            id,
-                            port: self.port,
-                            hash,
-                        },
+                if !self.peers.is_ours(from.ip()) {
+                    self.answer(Query {
+                        hash,
+                        id,
                         from,
-                    );
+                        v1: true,
+                    });
                 }
             }
             Datagram::V1Reply { id, port, hash } => {
@@ -398,7 +497,7 @@ impl UdpThread {
                     let _ = p.answers.send(Answer::Have(Found { addr, v1: true }));
                 }
             }
-            Datagram::V2 { node, .. } if node == self.node => {}
+            Datagram::V2 { node, .. } if node == self.outbox.node => {}
             Datagram::V2 { node, id, message } => self.handle_v2(node, id, message, from),
         }
     }
@@ -417,18 +516,12 @@ impl UdpThread {
             log::info!("peer {node:016x} at {from} is here");
         }
         match message {
-            Message::Query { hash } => {
-                let reply = if self.store.lookup(&hash).is_some() {
-                    Message::Have {
-                        hash,
-                        port: self.port,
-                    }
-                } else {
-                    Message::NotHere { hash }
-                };
-                log::debug!("discovery: {from} asks for {hash}: {reply:?}");
-                self.send(&self.v2(id, reply), from);
-            }
+            Message::Query { hash } => self.answer(Query {
+                hash,
+                id,
+                from,
+                v1: false,
+            }),
             Message::Have { hash, port } => {
                 if let Some(p) = self.pending.get_mut(&id).filter(|p| p.hash == hash) {
                     p.waiting.retain(|n| *n != node);
@@ -450,17 +543,12 @@ impl UdpThread {
             }
             Message::Hello {
                 want_reply: true, ..
-            } => {
-                self.send(
-                    &self.v2(
-                        0,
-                        Message::Hello {
-                            want_reply: false,
-                            port: self.port,
-                        },
-                    ),
-                    from,
-                );
+            } if self.rate.allow(from.ip()) => {
+                let hello = Message::Hello {
+                    want_reply: false,
+                    port: self.outbox.port,
+                };
+                self.outbox.send(&self.outbox.v2(0, hello), from);
             }
             Message::Hello { .. } | Message::Bye => {}
         }
@@ -487,10 +575,11 @@ impl UdpThread {
             let first = self.last_hello.is_none();
             self.broadcast(Message::Hello {
                 want_reply: first,
-                port: self.port,
+                port: self.outbox.port,
             });
             self.last_hello = Some(now);
             self.peers.expire();
+            self.rate.forget_idle();
         }
     }
 }

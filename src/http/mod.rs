@@ -16,6 +16,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use tiny_http::{Limits, Method, Request, Server};
 
+use crate::auth::NetworkKey;
 use crate::discovery::Discovery;
 use crate::keys::SigningKey;
 use crate::metrics::Metrics;
@@ -33,6 +34,8 @@ pub struct App {
     pub client: PeerClient,
     pub trust: Trust,
     pub metrics: Metrics,
+    /// When set, requests for the peer routes must be authenticated.
+    pub network_key: Option<Arc<NetworkKey>>,
 }
 
 /// The running listener and workers.
@@ -174,9 +177,18 @@ fn work(app: &App, requests: Receiver<Request>, stop: &Receiver<()>) {
         let url = request.url();
         let path = url.split('?').next().unwrap_or_default().to_owned();
         let client = request.remote_addr().copied();
-        let reply = peer_routes::route(app, &path, head)
-            .or_else(|| local_routes::route(app, &path, head, client))
-            .unwrap_or_else(Reply::not_found);
+        let authorization = request
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("Authorization"))
+            .map(|h| h.value.as_str().to_owned());
+        let method = if head { "HEAD" } else { "GET" };
+        let reply = peer_routes::route(app, &path, head, || match &app.network_key {
+            None => Ok(()),
+            Some(key) => key.check_authorization(method, &path, authorization.as_deref()),
+        })
+        .or_else(|| local_routes::route(app, &path, head, client))
+        .unwrap_or_else(Reply::not_found);
         log::debug!(
             "{} {path} from {:?}: {}",
             request.method(),

@@ -5,19 +5,39 @@
 //! - `/local/<hash>.narinfo`, `/local/nar/<b64>.nar`: the original Peerix's,
 //!   so that nodes still running it can fetch from ours.
 //!
-//! Only valid paths of this store are ever served.
+//! Only valid paths of this store that the share policy offers are ever
+//! served. With a network key, requests must carry a valid
+//! `Authorization` (see `auth.rs`), and the original's routes are off: its
+//! nodes cannot authenticate.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
 use super::reply::Reply;
 use super::App;
+use crate::auth::AuthError;
 use crate::metrics::NarSource;
 use crate::narinfo::{basename_of, HashPart, NarInfo, STORE_DIR};
 use crate::store::{Dump, PathInfo};
 
-/// Answers `path` (without query) if it is one of the peer routes.
-pub fn route(app: &App, path: &str, head: bool) -> Option<Reply> {
+/// Answers `path` (without query) if it is one of the peer routes;
+/// `authenticated` checks the request against the network key.
+pub fn route(
+    app: &App,
+    path: &str,
+    head: bool,
+    authenticated: impl FnOnce() -> Result<(), AuthError>,
+) -> Option<Reply> {
+    if !path.starts_with("/peer/") && !path.starts_with("/local/") {
+        return None;
+    }
+    if app.network_key.is_some() && path.starts_with("/local/") {
+        return Some(Reply::not_found());
+    }
+    if let Err(e) = authenticated() {
+        log::debug!("refused {path}: {e}");
+        return Some(Reply::status(403, "this network needs its key"));
+    }
     if let Some(rest) = path.strip_prefix("/peer/") {
         return Some(match rest {
             "nix-cache-info" => cache_info(app),
@@ -72,10 +92,15 @@ pub fn cache_info(app: &App) -> Reply {
     )
 }
 
-/// The path info of a hash this store holds; `Err` is the reply to give
-/// when there is none.
+/// The path info of a hash this store holds and shares; `Err` is the reply
+/// to give when there is none. A path the share policy withholds is not
+/// found, whatever the route.
 fn path_info(app: &App, hash: &HashPart) -> Result<std::sync::Arc<PathInfo>, Reply> {
-    match app.store.path_info(hash) {
+    let shared = app.store.shareable(hash);
+    match shared.and_then(|shared| match shared {
+        true => app.store.path_info(hash),
+        false => Ok(None),
+    }) {
         Ok(Some(info)) => Ok(info),
         Ok(None) => Err(Reply::not_found()),
         Err(e) => {

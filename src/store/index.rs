@@ -98,7 +98,9 @@ impl Index {
             self.pending.retain(|h, _| listed.contains_key(h));
             for (hash, name) in listed {
                 if !self.valid.contains_key(&hash) {
-                    self.pending.entry(hash).or_insert(name);
+                    // Overwrite: what was listed as `<path>.lock` while the
+                    // path was being built is the path itself now.
+                    self.pending.insert(hash, name);
                 }
             }
             self.next_recheck = None;
@@ -166,4 +168,38 @@ fn list_store_dir(dir: &Path) -> Result<HashMap<HashPart, Box<str>>, NixError> {
         }
     }
     Ok(listed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listing_keeps_paths_over_their_lock_files_and_skips_the_rest() {
+        let dir = std::env::temp_dir().join(format!("peerix-index-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let hash = "65hpr3iwgygz9ahgnagy7f6cnlmphkxm";
+        for name in [
+            format!("{hash}-hello.lock"),
+            format!("{hash}-hello"),
+            "awrccy8w2v4v74m9ipglpniq94nkh3x4-being-built.lock".into(),
+            ".links".into(),
+            "not-a-store-path".into(),
+        ] {
+            std::fs::write(dir.join(name), "").unwrap();
+        }
+        let listed = list_store_dir(&dir).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(listed.len(), 2, "{listed:?}");
+        assert_eq!(
+            &*listed[&HashPart::parse(hash).unwrap()],
+            format!("{hash}-hello")
+        );
+        let building = HashPart::parse("awrccy8w2v4v74m9ipglpniq94nkh3x4").unwrap();
+        assert_eq!(
+            &*listed[&building],
+            "awrccy8w2v4v74m9ipglpniq94nkh3x4-being-built.lock"
+        );
+    }
 }

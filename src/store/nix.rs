@@ -2,7 +2,7 @@
 //! which paths are valid, and a valid path's metadata. Only interfaces
 //! that are stable from Nix 2.4 to today (and in Lix) are used.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -85,70 +85,119 @@ pub fn invalid_paths(store_dir: &Path, names: &[&str]) -> Result<HashSet<String>
         .collect())
 }
 
-/// Asks Nix for a path's metadata: `nix-store --dump-db` for hash, size,
-/// deriver and references, and `nix path-info --sigs` for signatures and
-/// CA, run side by side. `Ok(None)` when the path is not valid.
-pub fn path_info(basename: &str) -> Result<Option<PathInfo>, NixError> {
-    let path = format!("{STORE_DIR}/{basename}");
+/// Asks Nix for the metadata of valid paths (basenames): `nix-store
+/// --dump-db` for hash, size, deriver and references, and `nix path-info
+/// --sigs` for signatures and CA, run side by side, once for all of them.
+/// `Ok(None)` when one of them is not valid.
+pub fn path_infos(basenames: &[&str]) -> Result<Option<Vec<PathInfo>>, NixError> {
+    let paths: Vec<String> = basenames
+        .iter()
+        .map(|b| format!("{STORE_DIR}/{b}"))
+        .collect();
     let spawn = |program: &str, args: &[&str]| {
         Command::new(program)
             .args(args)
+            .args(&paths)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| NixError::Io(format!("cannot run {program}: {e}")))
     };
-    let db_args = ["--dump-db", &path];
     let sigs_args = [
         "--extra-experimental-features",
         "nix-command",
         "path-info",
         "--sigs",
-        &path,
     ];
-    let db = spawn("nix-store", &db_args)?;
+    let db = spawn("nix-store", &["--dump-db"])?;
     let sigs = spawn("nix", &sigs_args)?;
     let (db, sigs) = (db.wait_with_output(), sigs.wait_with_output());
     let db = db.map_err(|e| NixError::Io(format!("nix-store --dump-db: {e}")))?;
     let sigs = sigs.map_err(|e| NixError::Io(format!("nix path-info: {e}")))?;
-    if !db.status.success() {
-        let stderr = String::from_utf8_lossy(&db.stderr).into_owned();
+    for (output, command) in [
+        (&db, "nix-store --dump-db"),
+        (&sigs, "nix path-info --sigs"),
+    ] {
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+            if stderr.contains("is not valid") {
+                return Ok(None);
+            }
+            return Err(NixError::Failed {
+                command: command.into(),
+                stderr,
+            });
+        }
+    }
+    let unexpected = |problem: String| NixError::Output {
+        command: "nix-store --dump-db".into(),
+        problem,
+    };
+    let text = String::from_utf8_lossy(&db.stdout);
+    let mut lines = text.lines().peekable();
+    let mut infos = Vec::with_capacity(basenames.len());
+    while lines.peek().is_some() {
+        infos.push(parse_dump_db(&mut lines).map_err(unexpected)?);
+    }
+    let sigs = parse_sigs(&String::from_utf8_lossy(&sigs.stdout));
+    for (info, wanted) in infos.iter_mut().zip(basenames) {
+        if info.path != *wanted {
+            return Err(unexpected(format!("asked for {wanted}, got {}", info.path)));
+        }
+        if let Some((sigs, ca)) = sigs.get(&info.path) {
+            (info.sigs, info.ca) = (sigs.clone(), ca.clone());
+        }
+    }
+    if infos.len() != basenames.len() {
+        return Err(unexpected(format!(
+            "{} paths for {} asked",
+            infos.len(),
+            basenames.len()
+        )));
+    }
+    Ok(Some(infos))
+}
+
+/// The metadata of one valid path; see `path_infos`.
+pub fn path_info(basename: &str) -> Result<Option<PathInfo>, NixError> {
+    Ok(path_infos(&[basename])?.and_then(|mut infos| infos.pop()))
+}
+
+/// The basenames of the closure of a valid path (`nix-store -qR`), the path
+/// itself included; `Ok(None)` when it is not valid.
+pub fn closure(basename: &str) -> Result<Option<Vec<String>>, NixError> {
+    let path = format!("{STORE_DIR}/{basename}");
+    let output = Command::new("nix-store")
+        .args(["-qR", &path])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| NixError::Io(format!("cannot run nix-store: {e}")))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
         if stderr.contains("is not valid") {
             return Ok(None);
         }
         return Err(NixError::Failed {
-            command: format!("nix-store {}", db_args.join(" ")),
+            command: format!("nix-store -qR {path}"),
             stderr,
         });
     }
-    if !sigs.status.success() {
-        return Err(NixError::Failed {
-            command: format!("nix {}", sigs_args.join(" ")),
-            stderr: String::from_utf8_lossy(&sigs.stderr).into_owned(),
-        });
-    }
-    let mut info = parse_dump_db(&String::from_utf8_lossy(&db.stdout)).map_err(|problem| {
-        NixError::Output {
-            command: "nix-store --dump-db".into(),
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| basename_of(l).map(str::to_owned))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+        .map_err(|problem| NixError::Output {
+            command: "nix-store -qR".into(),
             problem,
-        }
-    })?;
-    if info.path != basename {
-        return Err(NixError::Output {
-            command: "nix-store --dump-db".into(),
-            problem: format!("asked for {basename}, got {}", info.path),
-        });
-    }
-    (info.sigs, info.ca) = parse_sigs(&String::from_utf8_lossy(&sigs.stdout));
-    Ok(Some(info))
+        })
 }
 
 /// Parses one registration of `nix-store --dump-db`: the path, its NAR
 /// hash (hex), NAR size, deriver (or an empty line), the number of
 /// references, then the references, one line each.
-fn parse_dump_db(text: &str) -> Result<PathInfo, String> {
-    let mut lines = text.lines();
+fn parse_dump_db<'a>(lines: &mut impl Iterator<Item = &'a str>) -> Result<PathInfo, String> {
     let mut next = |what: &str| lines.next().ok_or(format!("missing {what}"));
     let path = basename_of(next("path")?)?.to_owned();
     let hash = next("NAR hash")?;
@@ -178,25 +227,29 @@ fn parse_dump_db(text: &str) -> Result<PathInfo, String> {
     })
 }
 
-/// Parses `nix path-info --sigs`: `PATH<TAB>[ultimate] [ca:…] [sig…]`.
-fn parse_sigs(text: &str) -> (Vec<String>, Option<String>) {
-    let fields = text
-        .lines()
-        .next()
-        .and_then(|l| l.split_once('\t'))
-        .map_or("", |(_, rest)| rest);
-    let mut sigs = Vec::new();
-    let mut ca = None;
-    for field in fields.split(' ').filter(|f| !f.is_empty()) {
-        if field == "ultimate" {
+/// Parses `nix path-info --sigs`: per path, `PATH<TAB>[ultimate] [ca:…]
+/// [sig…]`; by basename.
+fn parse_sigs(text: &str) -> HashMap<String, (Vec<String>, Option<String>)> {
+    let mut found = HashMap::new();
+    for line in text.lines() {
+        let (path, fields) = line.split_once('\t').unwrap_or((line, ""));
+        let Ok(basename) = basename_of(path.trim()) else {
             continue;
-        } else if let Some(c) = field.strip_prefix("ca:") {
-            ca = Some(c.to_owned());
-        } else if field.contains(':') {
-            sigs.push(field.to_owned());
+        };
+        let mut sigs = Vec::new();
+        let mut ca = None;
+        for field in fields.split(' ').filter(|f| !f.is_empty()) {
+            if field == "ultimate" {
+                continue;
+            } else if let Some(c) = field.strip_prefix("ca:") {
+                ca = Some(c.to_owned());
+            } else if field.contains(':') {
+                sigs.push(field.to_owned());
+            }
         }
+        found.insert(basename.to_owned(), (sigs, ca));
     }
-    (sigs, ca)
+    found
 }
 
 #[cfg(test)]
@@ -213,7 +266,7 @@ mod tests {
 1
 /nix/store/65hpr3iwgygz9ahgnagy7f6cnlmphkxm-vec-dep
 ";
-        let info = parse_dump_db(text).unwrap();
+        let info = parse_dump_db(&mut text.lines()).unwrap();
         assert_eq!(info.path, "awrccy8w2v4v74m9ipglpniq94nkh3x4-vec-top");
         assert_eq!(info.nar_size, 168);
         assert_eq!(
@@ -235,24 +288,29 @@ mod tests {
 
 0
 ";
-        let info = parse_dump_db(text).unwrap();
+        let info = parse_dump_db(&mut text.lines()).unwrap();
         assert_eq!(info.deriver, None);
         assert!(info.references.is_empty());
-        assert!(parse_dump_db("/nix/store/x\n").is_err());
-        assert!(parse_dump_db(&text.replace("\n0\n", "\n3\n")).is_err());
+        assert!(parse_dump_db(&mut "/nix/store/x\n".lines()).is_err());
+        assert!(parse_dump_db(&mut text.replace("\n0\n", "\n3\n").lines()).is_err());
     }
 
     #[test]
     fn reads_sigs_and_ca() {
-        let (sigs, ca) = parse_sigs(
-            "/nix/store/hp4xhizqijy1k440fq06xfq6xpl37pf6-h.txt\tultimate ca:fixed:r:sha256:04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw a-1:AAAA b-1:BBBB\n",
+        let all = parse_sigs(
+            "/nix/store/hp4xhizqijy1k440fq06xfq6xpl37pf6-h.txt\tultimate ca:fixed:r:sha256:04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw a-1:AAAA b-1:BBBB\n\
+             /nix/store/awrccy8w2v4v74m9ipglpniq94nkh3x4-vec-top\t\n",
         );
+        let (sigs, ca) = all["hp4xhizqijy1k440fq06xfq6xpl37pf6-h.txt"].clone();
         assert_eq!(
             ca.as_deref(),
             Some("fixed:r:sha256:04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw")
         );
         assert_eq!(sigs, ["a-1:AAAA", "b-1:BBBB"]);
-        assert_eq!(parse_sigs("/nix/store/x\t\n"), (vec![], None));
-        assert_eq!(parse_sigs(""), (vec![], None));
+        assert_eq!(
+            all["awrccy8w2v4v74m9ipglpniq94nkh3x4-vec-top"],
+            (vec![], None)
+        );
+        assert!(parse_sigs("").is_empty());
     }
 }
