@@ -271,7 +271,7 @@ impl Host {
 
     /// Starts `peerix args…` in the host (`RUST_LOG=debug`, stdout and stderr
     /// to a log file) and waits up to 10 s until its `/peer/nix-cache-info`
-    /// answers. Panics with the log if it exits or never answers.
+    /// answers (whatever the status). Panics with the log if it exits or never answers.
     pub fn spawn_peerix(&self, args: &[&str]) -> Daemon {
         self.spawn_peerix_with(&[], &[], args)
     }
@@ -315,10 +315,11 @@ impl Host {
                     daemon.log()
                 );
             }
+            // Any HTTP answer will do: with a network key it is 403.
             let ok = self
                 .cmd(
                     "curl",
-                    &["-sf", "--max-time", "1", "-o", "/dev/null", &probe],
+                    &["-s", "--max-time", "1", "-o", "/dev/null", &probe],
                 )
                 .status();
             if ok.is_ok_and(|s| s.success()) {
@@ -814,5 +815,57 @@ fn remove_leftovers() {
         if dead(&entry.file_name().to_string_lossy()) {
             let _ = fs::remove_dir_all(entry.path());
         }
+    }
+}
+
+impl Net {
+    /// Like [`Net::new`], for more than 9 hosts (up to 250): `hosts` hosts on
+    /// one bridge, named `h1`, `h2`, … (for benchmarks of large LANs).
+    pub fn with_hosts(hosts: usize) -> Option<Net> {
+        assert!((1..=250).contains(&hosts), "1 to 250 hosts per Net");
+        let mut net = Net::new(hosts.min(9))?;
+        for i in net.hosts.len()..hosts {
+            net.add_host(i);
+        }
+        Some(net)
+    }
+
+    /// Adds host number `i + 1` (index `i`) to the bridge, set up the way
+    /// [`Net::new`] sets up its hosts (same subnets as `h1`).
+    fn add_host(&mut self, i: usize) {
+        let first = &self.hosts[0];
+        let [_, x, y, _] = first.addr4.octets();
+        let host = Host {
+            name: format!("h{}", i + 1),
+            netns: format!("{}-h{}", self.prefix, i + 1),
+            addr4: Ipv4Addr::new(10, x, y, i as u8 + 1),
+            addr6: Ipv6Addr::new(0xfd70, x as u16, y as u16, 0, 0, 0, 0, i as u16 + 1),
+            dir: self.dir.join(format!("h{}", i + 1)),
+            nix_dir: self.dir.join(format!("h{}", i + 1)).join("nix"),
+        };
+        let veth = format!("{}v{}", self.prefix, i + 1);
+        assert!(veth.len() <= 15, "link name {veth} too long");
+        ip(&["netns", "add", &host.netns]);
+        self.hosts.push(host);
+        let host = self.hosts.last().unwrap();
+        let peer = ["peer", "name", "eth0", "netns", &host.netns];
+        ip(&[&["link", "add", &veth, "type", "veth"][..], &peer].concat());
+        ip(&["link", "set", &veth, "master", &self.bridge]);
+        ip(&["link", "set", &veth, "up"]);
+        let ns = ["-n", host.netns.as_str()];
+        let a4 = format!("{}/24", host.addr4);
+        let a6 = format!("{}/64", host.addr6);
+        ip(&[&ns[..], &["addr", "add", &a4, "brd", "+", "dev", "eth0"]].concat());
+        ip(&[&ns[..], &["-6", "addr", "add", &a6, "dev", "eth0", "nodad"]].concat());
+        ip(&[&ns[..], &["link", "set", "eth0", "up"]].concat());
+        ip(&[&ns[..], &["link", "set", "lo", "up"]].concat());
+        for d in [
+            &host.nix_dir,
+            &host.dir.join("home"),
+            &host.dir.join("cache"),
+        ] {
+            fs::create_dir_all(d).expect("create a host directory");
+        }
+        host.run("nix-store --init");
     }
 }

@@ -118,15 +118,16 @@ impl Http {
 }
 
 /// What one connection may take (tiny_http as patched in src/vendor): an
-/// idle or slow client is dropped after `read_timeout`, a client that stops
-/// reading a body after `write_timeout`; peers may hold at most
-/// `max_connections` (the local Nix is not counted); a request head is at
-/// most 16 KiB.
+/// idle client is dropped after `read_timeout`, a client that stops reading
+/// a body after `write_timeout`; peers may hold at most `max_connections`
+/// (the local Nix is not counted); a request head is at most 16 KiB and
+/// must come within 10 s of its first byte.
 const LIMITS: Limits = Limits {
     max_connections: 256,
     read_timeout: Some(Duration::from_secs(30)),
     write_timeout: Some(Duration::from_secs(60)),
     max_head_bytes: 16 * 1024,
+    head_timeout: Some(Duration::from_secs(10)),
 };
 
 /// The listener thread: takes requests from tiny_http and queues them for

@@ -43,6 +43,12 @@ pub struct ClientConnection {
     // request being read; a client that sends more gets 431 and is dropped.
     head_budget: usize,
     max_head_bytes: usize,
+
+    // peerix patch: when the first byte of the request head being read came,
+    // and how long the whole head may take (a client trickling a byte at a
+    // time never trips a read timeout).
+    head_started: Option<std::time::Instant>,
+    head_timeout: Option<std::time::Duration>,
 }
 
 /// Error that can happen when reading a request.
@@ -52,6 +58,8 @@ enum ReadError {
     WrongHeader(HTTPVersion),
     /// peerix patch: the request line and headers are longer than allowed.
     HeadTooLarge,
+    /// peerix patch: the request head took longer than allowed.
+    HeadTimeout,
     /// the client sent an unrecognized `Expect` header
     ExpectationFailed(HTTPVersion),
     ReadIoError(IoError),
@@ -64,6 +72,7 @@ impl ClientConnection {
         mut read_socket: RefinedTcpStream,
         control: Option<crate::connection::Connection>,
         max_head_bytes: usize,
+        head_timeout: Option<std::time::Duration>,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
@@ -81,6 +90,8 @@ impl ClientConnection {
             control,
             head_budget: max_head_bytes,
             max_head_bytes,
+            head_started: None,
+            head_timeout,
         }
     }
 
@@ -110,11 +121,15 @@ impl ClientConnection {
                 }
             };
 
-            // peerix patch: bounded request heads.
+            // peerix patch: bounded request heads, in bytes and in time.
             if self.head_budget == 0 {
                 return Err(ReadError::HeadTooLarge);
             }
             self.head_budget -= 1;
+            let started = *self.head_started.get_or_insert_with(std::time::Instant::now);
+            if self.head_timeout.map_or(false, |t| started.elapsed() > t) {
+                return Err(ReadError::HeadTimeout);
+            }
 
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
@@ -138,6 +153,7 @@ impl ClientConnection {
         let (method, path, version, headers) = {
             // reading the request line
             self.head_budget = self.max_head_bytes;
+            self.head_started = None;
             let (method, path, version) = {
                 let line = self.read_next_line()?;
 
@@ -234,6 +250,15 @@ impl Iterator for ClientConnection {
                     response.raw_print(writer, ver, &[], false, None).ok();
                     return None; // we don't know where the next request would start,
                                  // se we have to close
+                }
+
+                Err(ReadError::HeadTimeout) => {
+                    let writer = self.sink.next().unwrap();
+                    let response = Response::new_empty(StatusCode(408));
+                    response
+                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
+                        .ok();
+                    return None;
                 }
 
                 Err(ReadError::HeadTooLarge) => {

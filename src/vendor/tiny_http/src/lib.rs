@@ -130,13 +130,16 @@ mod util;
 /// and write timeouts; beyond `max_connections` open connections from other
 /// hosts a new one from another host is closed at once (loopback clients are
 /// neither counted nor refused); a request line and headers longer than
-/// `max_head_bytes` get 431 and the connection is closed.
+/// `max_head_bytes`, or taking longer than `head_timeout` from its first
+/// byte, gets 431 or 408 and the connection is closed.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub max_connections: usize,
     pub read_timeout: Option<Duration>,
     pub write_timeout: Option<Duration>,
     pub max_head_bytes: usize,
+    /// How long a request head may take from its first byte (408 after).
+    pub head_timeout: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -148,6 +151,7 @@ impl Default for Limits {
             read_timeout: None,
             write_timeout: None,
             max_head_bytes: 64 * 1024,
+            head_timeout: None,
         }
     }
 }
@@ -391,6 +395,7 @@ impl Server {
                             read_closable,
                             control,
                             limits.max_head_bytes,
+                            limits.head_timeout,
                         ))
                     }
                     Err(e) => Err(e),

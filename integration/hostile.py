@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Hostile clients for the trust tests: each runs for a bounded time or
+count, against one address of a test host, and prints what it did.
+
+    hostile.py udp-garbage ADDR PORT COUNT
+        random, truncated and look-alike datagrams (v1 and v2 shapes)
+    hostile.py query-flood ADDR PORT SECONDS
+        well-formed v2 queries as fast as it can; prints how many it sent
+        and how many answers came back
+    hostile.py slowloris ADDR PORT CONNECTIONS SECONDS
+        opens connections and sends a request head a byte at a time, never
+        finishing it; prints how many the server closed by itself
+    hostile.py http-junk ADDR PORT
+        oversized and malformed requests; prints each status line received
+    hostile.py listen PORT FILE SECONDS
+        a TCP listener that appends a line to FILE for each connection
+        (to see that nothing reaches it)
+"""
+
+import os
+import random
+import socket
+import struct
+import sys
+import time
+
+
+def family(addr):
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+def udp_garbage(addr, port, count):
+    s = socket.socket(family(addr), socket.SOCK_DGRAM)
+    nix32 = b"0123456789abcdfghijklmnpqrsvwxyz"
+    for i in range(count):
+        kind = i % 5
+        if kind == 0:
+            data = os.urandom(random.randrange(0, 200))
+        elif kind == 1:
+            data = b"\x00" + os.urandom(random.randrange(0, 60))
+        elif kind == 2:
+            data = b"\x01" + struct.pack(">II", i, 12304) + b"local/" + os.urandom(30)
+        elif kind == 3:
+            data = b"PX\x02" + bytes([random.randrange(0, 8)]) + os.urandom(random.randrange(0, 80))
+        else:
+            h = bytes(random.choice(nix32) for _ in range(32))
+            good = b"PX\x02\x01" + os.urandom(12) + h
+            data = good[: random.randrange(0, len(good))]
+        s.sendto(data, (addr, port))
+    print("sent %d datagrams" % count)
+
+
+def query_flood(addr, port, seconds):
+    s = socket.socket(family(addr), socket.SOCK_DGRAM)
+    s.setblocking(False)
+    nix32 = b"0123456789abcdfghijklmnpqrsvwxyz"
+    node = os.urandom(8)
+    sent = answers = 0
+    end = time.time() + seconds
+    while time.time() < end:
+        h = bytes(random.choice(nix32) for _ in range(32))
+        s.sendto(b"PX\x02\x01" + node + struct.pack(">I", sent) + h, (addr, port))
+        sent += 1
+        try:
+            while True:
+                s.recv(2048)
+                answers += 1
+        except BlockingIOError:
+            pass
+        if sent % 100 == 0:
+            time.sleep(0.001)
+    time.sleep(0.5)
+    try:
+        while True:
+            s.recv(2048)
+            answers += 1
+    except BlockingIOError:
+        pass
+    print("sent %d answers %d" % (sent, answers))
+
+
+def slowloris(addr, port, connections, seconds):
+    socks = []
+    for _ in range(connections):
+        try:
+            c = socket.create_connection((addr, port), timeout=2)
+            c.setblocking(False)
+            c.send(b"GET /peer/")
+            socks.append(c)
+        except OSError:
+            pass
+    opened = len(socks)
+    closed = 0
+    end = time.time() + seconds
+    while time.time() < end and socks:
+        alive = []
+        for c in socks:
+            try:
+                c.send(b"a")
+                try:
+                    if c.recv(1024) == b"":
+                        raise ConnectionResetError
+                except BlockingIOError:
+                    pass
+                alive.append(c)
+            except OSError:
+                closed += 1
+                c.close()
+        socks = alive
+        time.sleep(0.5)
+    for c in socks:
+        c.close()
+    print("opened %d closed-by-server %d" % (opened, closed))
+
+
+def http_junk(addr, port):
+    requests = [
+        b"GET /" + b"a" * 100000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /peer/nix-cache-info HTTP/1.1\r\n" + b"X-Big: " + b"b" * 100000 + b"\r\n\r\n",
+        b"GET /peer/nix-cache-info HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(5000)) + b"\r\n",
+        b"\x00\x01\x02garbage\r\n\r\n",
+        b"GET /peer/nix-cache-info HTTP/9.9\r\n\r\n",
+        b"POST /peer/nix-cache-info HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+        b"GET /peer/../../etc/passwd HTTP/1.1\r\n\r\n",
+        b"GET /nar/../../../etc/passwd HTTP/1.1\r\n\r\n",
+    ]
+    for r in requests:
+        try:
+            c = socket.create_connection((addr, port), timeout=5)
+            c.sendall(r)
+            data = c.recv(200)
+            print(data.split(b"\r\n")[0].decode("latin-1") or "(closed)")
+        except OSError as e:
+            print("(%s)" % e.__class__.__name__)
+        finally:
+            c.close()
+
+
+def listen(port, path, seconds):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("::", port))
+    s.listen(16)
+    s.settimeout(0.2)
+    end = time.time() + seconds
+    print("listening", flush=True)
+    while time.time() < end:
+        try:
+            c, a = s.accept()
+            with open(path, "a") as f:
+                f.write("connection from %s\n" % (a,))
+            c.close()
+        except socket.timeout:
+            pass
+
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "udp-garbage":
+        udp_garbage(args[0], int(args[1]), int(args[2]))
+    elif cmd == "query-flood":
+        query_flood(args[0], int(args[1]), float(args[2]))
+    elif cmd == "slowloris":
+        slowloris(args[0], int(args[1]), int(args[2]), float(args[3]))
+    elif cmd == "http-junk":
+        http_junk(args[0], int(args[1]))
+    elif cmd == "listen":
+        listen(int(args[0]), args[1], float(args[2]))
+    else:
+        sys.exit(__doc__)
