@@ -81,6 +81,8 @@ let
     ++ concatMap (host: [ "--extra-host" host ]) cfg.extraHosts
     ++ optional cfg.disableBroadcast "--no-broadcast"
     ++ concatMap (key: [ "--trusted-key" key ]) cfg.trustedKeys
+    ++ concatMap (key: [ "--share-signed-by" key ]) cfg.shareOnlySignedBy
+    ++ concatMap (pattern: [ "--never-share" pattern ]) cfg.neverShare
     ++ optional cfg.verbose "--verbose"
     ++ cfg.extraArgs;
 
@@ -89,7 +91,10 @@ let
     ++ map escapeExecArg daemonArgs
     # %d is the unit's credentials directory, where systemd put the key.
     ++ optional (cfg.privateKeyFile != null) "--private-key %d/${credentialName}"
+    ++ optional (cfg.networkKeyFile != null) "--network-key-file %d/${networkCredentialName}"
   );
+
+  networkCredentialName = "peerix-network-key";
 
   # Where the local Nix reaches the daemon, which answers it only from a
   # loopback address.
@@ -310,6 +315,45 @@ in
       description = "Whether to log every request and peer exchange (debug level) to the journal.";
     };
 
+    shareOnlySignedBy = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=" ];
+      description = ''
+        When not empty, only store paths that carry a valid signature by one
+        of these public keys are offered to peers (e.g. only what came from
+        cache.nixos.org, which is public anyway). Empty: every path is
+        offered, as the original Peerix did.
+      '';
+    };
+
+    neverShare = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "*-secret*" "*.key" "*-source" ];
+      description = ''
+        Store path names (the part after the hash; `*` and `?` match) never
+        offered to peers, nor are the paths that depend on them. A path
+        outside the policy is invisible to peers: no answer to their
+        queries, 404 on every route.
+      '';
+    };
+
+    networkKeyFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/var/lib/peerix/network-key";
+      description = ''
+        A file with a secret shared by the nodes of this network (at least
+        16 bytes, e.g. `head -c 32 /dev/urandom | base64`), read at run time
+        (systemd `LoadCredential`). Every datagram and every request between
+        peers is then authenticated, and nodes without it get nothing. It
+        authenticates but does not encrypt: the paths asked for and the NARs
+        sent can still be seen on the network. Original Peerix nodes cannot
+        take part.
+      '';
+    };
+
     extraArgs = mkOption {
       type = types.listOf types.str;
       default = [ ];
@@ -333,6 +377,14 @@ in
       {
         assertion = cfg.privateKeyFile == null || lib.hasPrefix "/" privateKeyLocation;
         message = "services.peerix.privateKeyFile must be an absolute path, such as \"/var/lib/peerix/private\"; it is ${builtins.toJSON privateKeyLocation}.";
+      }
+      {
+        assertion = cfg.networkKeyFile == null || !(lib.hasPrefix "${builtins.storeDir}/" cfg.networkKeyFile);
+        message = "services.peerix.networkKeyFile is in the Nix store, where anyone can read it: keep the secret in a file outside the store, such as \"/var/lib/peerix/network-key\".";
+      }
+      {
+        assertion = builtins.all isPublicKey cfg.shareOnlySignedBy;
+        message = "services.peerix.shareOnlySignedBy: not a Nix public key (NAME:BASE64 of 32 bytes): ${concatStringsSep ", " (filter (k: !isPublicKey k) cfg.shareOnlySignedBy)}.";
       }
       {
         assertion = builtins.all isPublicKey (publicKeys ++ cfg.trustedKeys);
@@ -425,7 +477,9 @@ in
         RuntimeDirectory = "peerix";
         RuntimeDirectoryMode = "0700";
         UMask = "0077";
-        LoadCredential = optional (cfg.privateKeyFile != null) "${credentialName}:${cfg.privateKeyFile}";
+        LoadCredential =
+          optional (cfg.privateKeyFile != null) "${credentialName}:${cfg.privateKeyFile}"
+          ++ optional (cfg.networkKeyFile != null) "${networkCredentialName}:${cfg.networkKeyFile}";
 
         # Everything read-only but the runtime directory; the store is read,
         # and changed only by the nix-daemon, through its socket.

@@ -116,6 +116,17 @@ let
       };
     };
 
+    # Trust on a shared LAN: what to share, and a network key.
+    trust = eval {
+      services.peerix = {
+        enable = true;
+        openFirewall = true;
+        shareOnlySignedBy = [ peerB ];
+        neverShare = [ "*-secret*" "*.key" ];
+        networkKeyFile = "/var/lib/peerix/network-key";
+      };
+    };
+
     # Options of older versions of the original, and nobody.
     legacy = eval {
       services.peerix = {
@@ -281,6 +292,17 @@ let
       "arguments escaped for systemd" =
         hasInfix ''--extra-host "[fd00::7]:12305"'' (execStart c)
         && hasInfix ''--weird "100%%" "$$HOME" "two words"'' (execStart c);
+    };
+
+    trust = let c = configs.trust; in {
+      "share policy flags" =
+        hasInfix "--share-signed-by ${peerB}" (execStart c)
+        && hasInfix ''--never-share "*-secret*" --never-share "*.key"'' (execStart c);
+      "the network key is loaded at run time" =
+        loadCredential c == [ "peerix-network-key:/var/lib/peerix/network-key" ]
+        && hasInfix "--network-key-file %d/peerix-network-key" (execStart c)
+        && !(hasInfix "/var/lib/peerix/network-key" (execStart c));
+      "no warning, no failed assertion" = peerixWarnings c == [ ] && failedAssertions c == [ ];
     };
 
     legacy = let c = configs.legacy; in {
