@@ -31,6 +31,7 @@ impl Dump {
             .stdout
             .take()
             .ok_or_else(|| io::Error::other("nix-store --dump has no stdout"))?;
+        widen_pipe(&stdout);
         log::debug!("dump {full}: started pid {}", child.id());
         Ok(Dump {
             child,
@@ -58,6 +59,17 @@ impl Dump {
             )));
         }
         Ok(())
+    }
+}
+
+/// Asks for a 1 MiB pipe (Linux; the default is 64 KiB), so that the dump
+/// and the socket are copied in large pieces. Failing that, the default
+/// does, more slowly.
+fn widen_pipe(pipe: &ChildStdout) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a descriptor we own; F_SETPIPE_SZ takes an int.
+    unsafe {
+        libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
     }
 }
 
