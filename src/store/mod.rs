@@ -9,8 +9,10 @@ mod nix;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
 
 pub use dump::Dump;
 pub use nix::{NixError, PathInfo};
@@ -25,8 +27,22 @@ const REFRESH_EVERY: Duration = Duration::from_millis(250);
 /// Path infos kept in memory; beyond this the cache starts again empty.
 const INFO_CACHE_MAX: usize = 8192;
 
-/// Paths per `nix-store --dump-db` call when a closure is checked.
+/// Paths per `nix-store --dump-db` call.
 const INFO_BATCH: usize = 500;
+
+/// Paths of the closures of asked paths whose infos are fetched ahead, at
+/// most per batch: Nix asks for a path's references next.
+const PREFETCH_MAX: usize = 2000;
+
+/// The longest a worker waits for a path's info.
+const INFO_WAIT: Duration = Duration::from_secs(20);
+
+/// A worker's question to the path-info thread.
+struct InfoRequest {
+    hash: HashPart,
+    name: String,
+    reply: Sender<Result<Option<Arc<PathInfo>>, NixError>>,
+}
 
 pub struct Store {
     index: RwLock<Index>,
@@ -34,6 +50,8 @@ pub struct Store {
     policy: Policy,
     /// Whether the policy lets a path (with its closure) be shared.
     verdicts: Mutex<HashMap<HashPart, bool>>,
+    /// To the path-info thread, which asks Nix for many paths at once.
+    info_requests: Sender<InfoRequest>,
 }
 
 impl Store {
@@ -43,12 +61,19 @@ impl Store {
         let mut index = Index::new(Path::new(STORE_DIR), Path::new("/nix/var/nix/db"));
         index.refresh()?;
         log::info!("store: {} valid paths in {STORE_DIR}", index.len());
+        let (info_requests, info_rx) = crossbeam_channel::unbounded();
         let store = Arc::new(Store {
             index: RwLock::new(index),
             infos: Mutex::new(HashMap::new()),
             policy,
             verdicts: Mutex::new(HashMap::new()),
+            info_requests,
         });
+        let weak = Arc::downgrade(&store);
+        std::thread::Builder::new()
+            .name("store-infos".into())
+            .spawn(move || serve_infos(weak, info_rx))
+            .map_err(|e| NixError::Io(format!("cannot start the store thread: {e}")))?;
         let weak = Arc::downgrade(&store);
         std::thread::Builder::new()
             .name("store-refresh".into())
@@ -142,7 +167,7 @@ impl Store {
     }
 
     fn judge(&self, name: &str) -> Result<bool, NixError> {
-        let Some(closure) = nix::closure(name)? else {
+        let Some(closure) = nix::closure(&[name])? else {
             return Ok(false);
         };
         if !closure.iter().all(|p| self.policy.name_allowed(p)) {
@@ -162,29 +187,120 @@ impl Store {
     }
 
     /// The metadata of the valid path with this hash part: from the cache,
-    /// or from one round of Nix CLI calls. `Ok(None)` when this store does
-    /// not hold it.
+    /// or from the path-info thread, which asks Nix for all the paths asked
+    /// at the same time at once. `Ok(None)` when this store does not hold it.
     pub fn path_info(&self, hash: &HashPart) -> Result<Option<Arc<PathInfo>>, NixError> {
-        if let Some(info) = self.infos.lock().ok().and_then(|i| i.get(hash).cloned()) {
+        if let Some(info) = self.cached_info(hash) {
             return Ok(Some(info));
         }
         let Some(name) = self.lookup(hash) else {
             return Ok(None);
         };
-        let Some(info) = nix::path_info(&name)? else {
-            log::debug!("store: {name} is no longer valid");
-            if let Ok(mut index) = self.index.write() {
-                index.forget(hash);
-            }
-            return Ok(None);
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let request = InfoRequest {
+            hash: *hash,
+            name,
+            reply,
         };
+        let gone = || NixError::Io("the path-info thread is gone".into());
+        self.info_requests.send(request).map_err(|_| gone())?;
+        answer
+            .recv_timeout(INFO_WAIT)
+            .map_err(|_| NixError::Io(format!("no path info for {hash} after {INFO_WAIT:?}")))?
+    }
+
+    fn cached_info(&self, hash: &HashPart) -> Option<Arc<PathInfo>> {
+        self.infos.lock().ok()?.get(hash).cloned()
+    }
+
+    fn cache_info(&self, info: PathInfo) -> Option<Arc<PathInfo>> {
+        let hash = HashPart::of_basename(&info.path)?;
         let info = Arc::new(info);
         if let Ok(mut infos) = self.infos.lock() {
             if infos.len() >= INFO_CACHE_MAX {
                 infos.clear();
             }
-            infos.insert(*hash, info.clone());
+            infos.insert(hash, info.clone());
         }
-        Ok(Some(info))
+        Some(info)
+    }
+
+    /// Answers a batch of requests with as few Nix calls as it can, then
+    /// fetches ahead the infos of their closures.
+    fn answer_infos(&self, batch: Vec<InfoRequest>) {
+        let mut names: Vec<&str> = (batch.iter())
+            .filter(|r| self.cached_info(&r.hash).is_none())
+            .map(|r| r.name.as_str())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let mut failed: HashMap<&str, NixError> = HashMap::new();
+        match nix::path_infos(&names) {
+            Ok(Some(infos)) => infos.into_iter().for_each(|i| drop(self.cache_info(i))),
+            // One of them is not valid (any more): ask one by one.
+            Ok(None) => {
+                for name in &names {
+                    match nix::path_info(name) {
+                        Ok(Some(info)) => drop(self.cache_info(info)),
+                        Ok(None) => log::debug!("store: {name} is no longer valid"),
+                        Err(e) => drop(failed.insert(name, e)),
+                    }
+                }
+            }
+            Err(e) => names.iter().for_each(|n| drop(failed.insert(n, e.clone()))),
+        }
+        for request in &batch {
+            let answer = match (self.cached_info(&request.hash), failed.get(&*request.name)) {
+                (Some(info), _) => Ok(Some(info)),
+                (None, Some(e)) => Err(e.clone()),
+                (None, None) => {
+                    if let Ok(mut index) = self.index.write() {
+                        index.forget(&request.hash);
+                    }
+                    Ok(None)
+                }
+            };
+            let _ = request.reply.send(answer);
+        }
+        self.prefetch(&names);
+    }
+
+    /// Caches the infos of the closures of `names` (Nix asks for the
+    /// references of a path next), up to `PREFETCH_MAX` paths.
+    fn prefetch(&self, names: &[&str]) {
+        let Ok(Some(closure)) = nix::closure(names) else {
+            return;
+        };
+        let missing: Vec<&str> = (closure.iter())
+            .filter(|n| HashPart::of_basename(n).is_some_and(|h| self.cached_info(&h).is_none()))
+            .map(String::as_str)
+            .take(PREFETCH_MAX)
+            .collect();
+        for chunk in missing.chunks(INFO_BATCH) {
+            if let Ok(Some(infos)) = nix::path_infos(chunk) {
+                infos.into_iter().for_each(|i| drop(self.cache_info(i)));
+            }
+        }
+        if !missing.is_empty() {
+            log::debug!("store: fetched ahead the infos of {} paths", missing.len());
+        }
+    }
+}
+
+/// The path-info thread: takes every request waiting, answers them
+/// together, and goes on while the store lives.
+fn serve_infos(store: Weak<Store>, requests: Receiver<InfoRequest>) {
+    while let Ok(first) = requests.recv() {
+        let mut batch = vec![first];
+        while batch.len() < INFO_BATCH {
+            match requests.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        match store.upgrade() {
+            Some(store) => store.answer_infos(batch),
+            None => return,
+        }
     }
 }

@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use crate::narinfo::{self, basename_of, STORE_DIR};
 
 /// A Nix command that could not be run or did not answer as expected.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum NixError {
     /// The command could not be started, or the store directory read.
     Io(String),
@@ -90,6 +90,10 @@ pub fn invalid_paths(store_dir: &Path, names: &[&str]) -> Result<HashSet<String>
 /// --sigs` for signatures and CA, run side by side, once for all of them.
 /// `Ok(None)` when one of them is not valid.
 pub fn path_infos(basenames: &[&str]) -> Result<Option<Vec<PathInfo>>, NixError> {
+    // Without arguments `nix-store --dump-db` dumps the whole database.
+    if basenames.is_empty() {
+        return Ok(Some(Vec::new()));
+    }
     let paths: Vec<String> = basenames
         .iter()
         .map(|b| format!("{STORE_DIR}/{b}"))
@@ -164,12 +168,19 @@ pub fn path_info(basename: &str) -> Result<Option<PathInfo>, NixError> {
     Ok(path_infos(&[basename])?.and_then(|mut infos| infos.pop()))
 }
 
-/// The basenames of the closure of a valid path (`nix-store -qR`), the path
-/// itself included; `Ok(None)` when it is not valid.
-pub fn closure(basename: &str) -> Result<Option<Vec<String>>, NixError> {
-    let path = format!("{STORE_DIR}/{basename}");
+/// The basenames of the closure of valid paths (`nix-store -qR`), the
+/// paths themselves included; `Ok(None)` when one of them is not valid.
+pub fn closure(basenames: &[&str]) -> Result<Option<Vec<String>>, NixError> {
+    if basenames.is_empty() {
+        return Ok(Some(Vec::new()));
+    }
+    let paths: Vec<String> = basenames
+        .iter()
+        .map(|b| format!("{STORE_DIR}/{b}"))
+        .collect();
     let output = Command::new("nix-store")
-        .args(["-qR", &path])
+        .arg("-qR")
+        .args(&paths)
         .stdin(Stdio::null())
         .output()
         .map_err(|e| NixError::Io(format!("cannot run nix-store: {e}")))?;
@@ -179,7 +190,7 @@ pub fn closure(basename: &str) -> Result<Option<Vec<String>>, NixError> {
             return Ok(None);
         }
         return Err(NixError::Failed {
-            command: format!("nix-store -qR {path}"),
+            command: format!("nix-store -qR {}", paths.join(" ")),
             stderr,
         });
     }
