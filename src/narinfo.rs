@@ -213,9 +213,12 @@ impl NarInfo {
         let (mut path, mut url, mut compression) = (None, None, None);
         let (mut nar_hash, mut nar_size, mut references) = (None, None, Vec::new());
         let (mut deriver, mut sigs, mut ca) = (None, Vec::new(), None);
-        for line in text.lines() {
+        for line in text.split('\n') {
             if line.is_empty() {
                 continue;
+            }
+            if line.chars().any(char::is_control) {
+                return Err(err(format!("control character in {:?}", clip(line))));
             }
             let (key, value) = line
                 .split_once(": ")
@@ -228,9 +231,9 @@ impl NarInfo {
                 "NarHash" => nar_hash = Some(parse_sha256(value).map_err(err)?),
                 "NarSize" => {
                     nar_size = Some(
-                        value
-                            .parse::<u64>()
-                            .ok()
+                        Some(value)
+                            .filter(|v| v.bytes().all(|c| c.is_ascii_digit()))
+                            .and_then(|v| v.parse::<u64>().ok())
                             .filter(|&n| n > 0)
                             .ok_or_else(|| err(format!("NarSize {:?}", clip(value))))?,
                     )
@@ -288,7 +291,7 @@ pub fn parse_sha256(text: &str) -> Result<[u8; 32], String> {
         .ok_or_else(bad)?;
     match digest.len() {
         52 => nix32::decode::<32>(digest).ok_or_else(bad),
-        64 => {
+        64 if digest.bytes().all(|c| c.is_ascii_hexdigit()) => {
             let mut out = [0u8; 32];
             for (i, byte) in out.iter_mut().enumerate() {
                 *byte = u8::from_str_radix(digest.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16)
@@ -399,6 +402,11 @@ Sig: test-upstream-1:HlHn9ZyiYEa4PaQsRuSGFxur+CjjWVblTMAff9j5jmi5acjU82zth/yAOIj
         assert_eq!(nix32, hex);
         assert_eq!(nix32, sri);
         assert!(parse_sha256("md5:abc").is_err());
+        assert!(parse_sha256(&format!(
+            "sha256:+{}",
+            &"7c87fe167a557088463e1dfda6db5bb977e5749a8becb938be54b80e6b067692"[1..]
+        ))
+        .is_err());
         assert!(parse_sha256(
             "sha256:zz87fe167a557088463e1dfda6db5bb977e5749a8becb938be54b80e6b067692"
         )
@@ -414,6 +422,10 @@ Sig: test-upstream-1:HlHn9ZyiYEa4PaQsRuSGFxur+CjjWVblTMAff9j5jmi5acjU82zth/yAOIj
             &FROM_NIX.replace("StorePath: /nix/store/", "StorePath: /etc/"),
             &FROM_NIX.replace("NarSize: 168", "NarSize: 0"),
             &FROM_NIX.replace("NarSize: 168", "NarSize: -1"),
+            &FROM_NIX.replace("NarSize: 168", "NarSize: +168"),
+            &FROM_NIX.replace("URL: nar/", "URL: \rnar/"),
+            &FROM_NIX.replace("Compression: xz\n", "Compression: xz\r\r\n"),
+            &format!("{FROM_NIX}Sig: s\r"),
             &FROM_NIX.replace("sha256:14kn", "sha256:14k"),
             &FROM_NIX.replace("References: 65hp", "References: ../../etc"),
             &FROM_NIX.replace("URL: nar/", "X: "),

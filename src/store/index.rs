@@ -24,9 +24,11 @@ use crate::store::nix::{self, NixError};
 const RECHECK_FIRST: Duration = Duration::from_millis(250);
 const RECHECK_MAX: Duration = Duration::from_secs(30);
 
-/// Paths per `nix-store --check-validity` call, to stay far below the
-/// command line limit.
-const BATCH: usize = 1000;
+/// Bytes of arguments per `nix-store --check-validity` call: far below the
+/// command line limit, and large enough that Nix's start-up (tens of
+/// milliseconds) is paid a few times for a store of 100 000 paths, not
+/// a hundred times.
+const BATCH_BYTES: usize = 512 * 1024;
 
 /// Hash part → basename, for valid paths and for entries still pending.
 #[derive(Default)]
@@ -125,23 +127,59 @@ impl Index {
         Ok(changes)
     }
 
-    /// Moves the pending entries that Nix says are valid into `valid`.
+    /// Moves the pending entries that Nix says are valid into `valid`,
+    /// two `nix-store --check-validity` calls at a time.
     fn validate_pending(&mut self) -> Result<usize, NixError> {
-        let candidates: Vec<(HashPart, Box<str>)> =
-            self.pending.iter().map(|(h, n)| (*h, n.clone())).collect();
-        let mut added = 0;
-        for batch in candidates.chunks(BATCH) {
-            let names: Vec<&str> = batch.iter().map(|(_, n)| &**n).collect();
-            let invalid = nix::invalid_paths(&self.dir, &names)?;
-            for (hash, name) in batch {
-                if !invalid.contains(&**name) {
-                    self.pending.remove(hash);
-                    self.valid.insert(*hash, name.clone());
-                    added += 1;
-                }
+        let entries: Vec<(HashPart, Box<str>)> =
+            std::mem::take(&mut self.pending).into_iter().collect();
+        let mut batches = Vec::new();
+        let (mut start, mut bytes) = (0, 0);
+        for (i, (_, name)) in entries.iter().enumerate() {
+            bytes += self.dir.as_os_str().len() + name.len() + 2;
+            if bytes > BATCH_BYTES {
+                batches.push(&entries[start..i]);
+                (start, bytes) = (i, 0);
             }
         }
-        Ok(added)
+        batches.push(&entries[start..]);
+        let dir = &self.dir;
+        let check = |batch: &[(HashPart, Box<str>)]| {
+            let names: Vec<&str> = batch.iter().map(|(_, n)| &**n).collect();
+            nix::invalid_paths(dir, &names)
+        };
+        let mut results = Vec::with_capacity(batches.len());
+        for pair in batches.chunks(2) {
+            std::thread::scope(|scope| {
+                let second = pair.get(1).map(|b| scope.spawn(|| check(b)));
+                results.push(check(pair[0]));
+                if let Some(second) = second {
+                    results.push(second.join().unwrap_or_else(|_| {
+                        Err(NixError::Io("nix-store --check-validity panicked".into()))
+                    }));
+                }
+            });
+        }
+        let lengths: Vec<usize> = batches.iter().map(|b| b.len()).collect();
+        let (mut added, mut failure) = (0, None);
+        let mut entries = entries.into_iter();
+        for (len, result) in lengths.into_iter().zip(results) {
+            let invalid = result.as_ref().ok();
+            for (hash, name) in entries.by_ref().take(len) {
+                if invalid.is_some_and(|invalid| !invalid.contains(&*name)) {
+                    self.valid.insert(hash, name);
+                    added += 1;
+                } else {
+                    self.pending.insert(hash, name);
+                }
+            }
+            if let Err(e) = result {
+                failure = Some(e);
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(added),
+        }
     }
 }
 

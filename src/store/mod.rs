@@ -61,6 +61,7 @@ impl Store {
         let mut index = Index::new(Path::new(STORE_DIR), Path::new("/nix/var/nix/db"));
         index.refresh()?;
         log::info!("store: {} valid paths in {STORE_DIR}", index.len());
+        release_free_memory();
         let (info_requests, info_rx) = crossbeam_channel::unbounded();
         let store = Arc::new(Store {
             index: RwLock::new(index),
@@ -284,6 +285,17 @@ impl Store {
         if !missing.is_empty() {
             log::debug!("store: fetched ahead the infos of {} paths", missing.len());
         }
+    }
+}
+
+/// Gives the memory freed after building the index (the listing, the
+/// batches) back to the system, so that it does not stay in the resident
+/// size of a daemon that idles for days.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap pages.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
