@@ -71,6 +71,11 @@ pub struct Args {
     #[argh(option)]
     pub never_share: Vec<String>,
 
+    /// answers a second to one peer's queries, at most (twice that at once);
+    /// 0 for no limit (default 200)
+    #[argh(option, default = "200")]
+    pub answer_rate: u32,
+
     /// a secret shared by the nodes of this network: every datagram and
     /// every request between peers is authenticated with it, and nodes
     /// without it get nothing (original Peerix nodes included)
@@ -92,6 +97,7 @@ pub struct Config {
     pub trusted_keys: Vec<PublicKey>,
     pub share: Policy,
     pub network_key: Option<NetworkKey>,
+    pub answer_rate: u32,
 }
 
 /// A configuration the daemon cannot start with.
@@ -163,6 +169,7 @@ impl Config {
             trusted_keys,
             share,
             network_key,
+            answer_rate: args.answer_rate,
         })
     }
 

@@ -47,6 +47,7 @@ fn main() -> ExitCode {
             extra_hosts: config.extra_hosts.clone(),
             timeout: config.timeout,
             network_key: network_key.clone(),
+            answer_rate: config.answer_rate,
         },
         store.clone(),
     ) {

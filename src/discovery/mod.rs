@@ -12,7 +12,7 @@
 //! CLI), the UDP thread hands the query to the verdicts thread, which
 //! answers it when it knows. With a network key every datagram of ours is
 //! sealed and checked (`auth.rs`), and v1 is not spoken: it cannot be
-//! authenticated. Each source gets at most `RATE` answers a second.
+//! authenticated. Each source gets at most `--answer-rate` answers a second.
 
 mod rate;
 
@@ -70,6 +70,8 @@ pub struct Settings {
     pub extra_hosts: Vec<String>,
     pub timeout: Duration,
     pub network_key: Option<Arc<NetworkKey>>,
+    /// Answers a second to one source; 0 for no limit.
+    pub answer_rate: u32,
 }
 
 /// Queries waiting for the share policy's verdict, at most; more are
@@ -243,7 +245,7 @@ impl Discovery {
             commands: commands_rx,
             deferred,
             key: settings.network_key,
-            rate: RateLimit::default(),
+            rate: RateLimit::new(settings.answer_rate),
             peers: PeerTable::default(),
             pending: HashMap::new(),
             last_hello: None,

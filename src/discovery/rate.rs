@@ -6,31 +6,44 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-/// Answers per second to one source, sustained.
-pub const RATE: f64 = 200.0;
-/// Answers one source may get at once (Nix asks for many paths together).
-const BURST: f64 = 400.0;
 /// Sources remembered at most; beyond, the table starts afresh.
 const MAX_SOURCES: usize = 4096;
 
-/// A token bucket per source address.
-#[derive(Default)]
+/// A token bucket per source address: `rate` answers a second, sustained,
+/// and twice that at once (Nix asks for many paths together).
 pub struct RateLimit {
+    rate: f64,
     buckets: HashMap<IpAddr, (f64, Instant)>,
 }
 
 impl RateLimit {
+    /// At most `rate` answers a second to each source; 0 for no limit.
+    pub fn new(rate: u32) -> RateLimit {
+        RateLimit {
+            rate: f64::from(rate),
+            buckets: HashMap::new(),
+        }
+    }
+
+    fn burst(&self) -> f64 {
+        2.0 * self.rate
+    }
+
     /// Takes one token of `ip`'s bucket; false when it is empty.
     pub fn allow(&mut self, ip: IpAddr) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
         if self.buckets.len() >= MAX_SOURCES && !self.buckets.contains_key(&ip) {
             self.forget_idle();
             if self.buckets.len() >= MAX_SOURCES {
                 self.buckets.clear();
             }
         }
+        let (rate, burst) = (self.rate, self.burst());
         let now = Instant::now();
-        let (tokens, last) = self.buckets.entry(ip).or_insert((BURST, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * RATE).min(BURST);
+        let (tokens, last) = self.buckets.entry(ip).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
         *last = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
@@ -42,7 +55,10 @@ impl RateLimit {
 
     /// Drops the buckets of sources quiet long enough to be full again.
     pub fn forget_idle(&mut self) {
-        let full_after = Duration::from_secs_f64(BURST / RATE);
+        if self.rate == 0.0 {
+            return;
+        }
+        let full_after = Duration::from_secs_f64(self.burst() / self.rate);
         self.buckets
             .retain(|_, (_, last)| last.elapsed() < full_after);
     }
@@ -54,11 +70,13 @@ mod tests {
 
     #[test]
     fn a_flood_is_cut_to_the_burst_and_others_are_not_affected() {
-        let mut limit = RateLimit::default();
+        let mut limit = RateLimit::new(200);
         let (flooder, other): (IpAddr, IpAddr) =
             ("10.0.0.66".parse().unwrap(), "10.0.0.2".parse().unwrap());
         let allowed = (0..10_000).filter(|_| limit.allow(flooder)).count();
         assert!((400..=410).contains(&allowed), "{allowed}");
         assert!(limit.allow(other));
+        let mut unlimited = RateLimit::new(0);
+        assert!((0..10_000).all(|_| unlimited.allow(flooder)));
     }
 }
