@@ -1081,8 +1081,9 @@ fn index(m: Mode) -> Vec<Row> {
 
     // Lookups: queries for absent hashes (answered "not here" from the
     // index) against both nodes, one at a time and as a flood.
-    let _full_node = node(full, &key, &[]);
-    let _empty_node = node(empty, &key, &[]);
+    // No answer-rate limit: one client asks back to back.
+    let _full_node = node(full, &key, &["--answer-rate", "0"]);
+    let _empty_node = node(empty, &key, &["--answer-rate", "0"]);
     let rtt = |h: &Host| -> Vec<f64> {
         let out = run_client(
             client_host,

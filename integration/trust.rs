@@ -320,11 +320,12 @@ fn under_hostile_input_the_node_serves_on_without_leaks_or_amplification() {
     let key = generate_key(h1, "h1-1");
     let paths = build(h1, &["victim-dep", "victim"], true);
     let _n1 = node(h1, &key, &[]);
-    // h2 is attacked from h3, while Nix on h2 substitutes through it.
+    // h2 is attacked from h3, while Nix on h2 substitutes through it. Its
+    // answer rate is lowered to 200 a second so the bound below is sharp.
     let mut n2 = node(
         h2,
         &generate_key(h2, "h2-1"),
-        &["--trusted-key", &key.public],
+        &["--trusted-key", &key.public, "--answer-rate", "200"],
     );
     let pid = n2.pid();
     std::thread::sleep(Duration::from_millis(500));

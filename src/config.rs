@@ -72,8 +72,8 @@ pub struct Args {
     pub never_share: Vec<String>,
 
     /// answers a second to one peer's queries, at most (twice that at once);
-    /// 0 for no limit (default 200)
-    #[argh(option, default = "200")]
+    /// 0 for no limit (default 5000)
+    #[argh(option, default = "5000")]
     pub answer_rate: u32,
 
     /// a secret shared by the nodes of this network: every datagram and
