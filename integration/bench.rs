@@ -29,7 +29,7 @@ use std::process::{Command, ExitCode};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{generate_key, output_within, wait_until, Daemon, Host, Key, Net};
+use support::{build_chain, generate_key, output_within, wait_until, Daemon, Host, Key, Net};
 
 /// The local node's address inside a host, as the local Nix reaches it.
 const LOCAL: &str = "127.0.0.1:12304";
@@ -653,32 +653,6 @@ fn next_id() -> usize {
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
-}
-
-/// Builds `count` small paths on `host`, each referring to the one before;
-/// their store paths, the last one (the closure's top) first.
-fn build_chain(host: &Host, tag: &str, count: usize) -> Vec<String> {
-    let expr = format!(
-        r#"
-let
-  mk = n: prev: derivation {{
-    name = "peerix-bench-{tag}-${{toString n}}";
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" "export PATH=/usr/bin:/bin; mkdir $out; echo {tag} ${{toString n}} > $out/data; echo ${{prev}} > $out/prev" ];
-  }};
-  chain = n: if n == 0 then "none" else mk n (chain (n - 1));
-in chain {count}
-"#
-    );
-    let file = host.dir.join(format!("chain-{tag}.nix"));
-    fs::write(&file, expr).expect("write the chain expression");
-    let top = host.run(&format!("nix-build --no-out-link {}", file.display()));
-    let closure = host.run(&format!("nix-store -qR {top}"));
-    let mut paths = vec![top.clone()];
-    paths.extend(closure.lines().filter(|p| **p != top).map(str::to_owned));
-    assert_eq!(paths.len(), count);
-    paths
 }
 
 /// Adds a file of `bytes` random bytes to `host`'s store; its path.
@@ -1339,7 +1313,7 @@ fn closure(m: Mode) -> Vec<Row> {
 /// 20 hosts, all running a node: miss latency and UDP datagrams per query.
 fn lan20(m: Mode) -> Vec<Row> {
     let hosts = 20;
-    let net = Net::with_hosts(hosts).expect("test hosts");
+    let net = Net::new(hosts).expect("test hosts");
     let local = net.host(1);
     let key = generate_key(local, "bench-1");
     let mut nodes: Vec<Daemon> = (2..=hosts).map(|i| node(net.host(i), &key, &[])).collect();

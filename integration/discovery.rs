@@ -14,7 +14,7 @@ mod support;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use support::{current_nix, generate_key, Daemon, Host, Key, Net};
+use support::{build_chain, current_nix, generate_key, Daemon, Host, Key, Net};
 
 /// The local node's substituter URL, as Nix on a host uses it.
 const LOCAL: &str = "http://127.0.0.1:12304";
@@ -28,31 +28,6 @@ fn node(host: &Host, key: &Key, trusted: &[&Key], extra: &[&str]) -> Daemon {
     }
     args.extend(extra);
     host.spawn_peerix(&args)
-}
-
-/// Builds `count` small paths on `host`, each one referring to the one
-/// before it; returns their store paths, the last one first.
-fn build_chain(host: &Host, tag: &str, count: usize) -> Vec<String> {
-    let expr = format!(
-        r#"
-let
-  mk = n: prev: derivation {{
-    name = "peerix-disc-{tag}-${{toString n}}";
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" "export PATH=/usr/bin:/bin; mkdir $out; echo {tag} ${{toString n}} > $out/data; echo ${{prev}} > $out/prev" ];
-  }};
-  chain = n: if n == 0 then "none" else mk n (chain (n - 1));
-in chain {count}
-"#
-    );
-    let file = host.dir.join(format!("chain-{tag}.nix"));
-    std::fs::write(&file, expr).expect("write the chain expression");
-    let top = host.run(&format!("nix-build --no-out-link {}", file.display()));
-    let closure = host.run(&format!("nix-store -qR {top}"));
-    let mut paths: Vec<String> = vec![top.clone()];
-    paths.extend(closure.lines().filter(|p| **p != top).map(str::to_owned));
-    paths
 }
 
 /// The hash part of a store path.

@@ -118,16 +118,7 @@ impl NetworkKey {
         let mut nonce = [0u8; 8];
         let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce);
         let nonce = hex(&nonce);
-        let tag = self.tag(&[
-            b"peerix-http\n",
-            method.as_bytes(),
-            b"\n",
-            path.as_bytes(),
-            b"\n",
-            ts.as_bytes(),
-            b"\n",
-            nonce.as_bytes(),
-        ]);
+        let tag = self.tag(&http_message(method, path, &ts, &nonce));
         format!("Peerix {ts}.{nonce}.{}", hex(&tag))
     }
 
@@ -153,20 +144,7 @@ impl NetworkKey {
         if nonce.len() > 64 {
             return Err(AuthError::Malformed);
         }
-        self.check(
-            &[
-                b"peerix-http\n",
-                method.as_bytes(),
-                b"\n",
-                path.as_bytes(),
-                b"\n",
-                ts.as_bytes(),
-                b"\n",
-                nonce.as_bytes(),
-            ],
-            ts_value,
-            &tag,
-        )
+        self.check(&http_message(method, path, ts, nonce), ts_value, &tag)
     }
 
     /// Verifies `tag` over `parts` in constant time, then the timestamp,
@@ -195,6 +173,20 @@ impl NetworkKey {
         }
         Ok(())
     }
+}
+
+/// What the tag of a request covers.
+fn http_message<'a>(method: &'a str, path: &'a str, ts: &'a str, nonce: &'a str) -> [&'a [u8]; 8] {
+    [
+        b"peerix-http\n",
+        method.as_bytes(),
+        b"\n",
+        path.as_bytes(),
+        b"\n",
+        ts.as_bytes(),
+        b"\n",
+        nonce.as_bytes(),
+    ]
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -127,7 +127,7 @@ impl Net {
     /// Returns `None` (after saying so) when not root or when network
     /// namespaces cannot be made; panics on any later setup failure.
     pub fn new(hosts: usize) -> Option<Net> {
-        assert!((1..=9).contains(&hosts), "1 to 9 hosts per Net");
+        assert!((1..=250).contains(&hosts), "1 to 250 hosts per Net");
         if !is_root() {
             eprintln!("skipping: needs root and ip netns (not running as root)");
             return None;
@@ -157,37 +157,7 @@ impl Net {
         ip(&["link", "add", &net.bridge, "type", "bridge"]);
         ip(&["link", "set", &net.bridge, "up"]);
         for i in 0..hosts {
-            let host = Host {
-                name: format!("h{}", i + 1),
-                netns: format!("{}-h{}", net.prefix, i + 1),
-                addr4: Ipv4Addr::new(10, x, y, i as u8 + 1),
-                addr6: Ipv6Addr::new(0xfd70, x as u16, y as u16, 0, 0, 0, 0, i as u16 + 1),
-                dir: net.dir.join(format!("h{}", i + 1)),
-                nix_dir: net.dir.join(format!("h{}", i + 1)).join("nix"),
-            };
-            let veth = format!("{}v{}", net.prefix, i + 1);
-            ip(&["netns", "add", &host.netns]);
-            net.hosts.push(host);
-            let host = net.hosts.last().unwrap();
-            let peer = ["peer", "name", "eth0", "netns", &host.netns];
-            ip(&[&["link", "add", &veth, "type", "veth"][..], &peer].concat());
-            ip(&["link", "set", &veth, "master", &net.bridge]);
-            ip(&["link", "set", &veth, "up"]);
-            let ns = ["-n", host.netns.as_str()];
-            let a4 = format!("{}/24", host.addr4);
-            let a6 = format!("{}/64", host.addr6);
-            ip(&[&ns[..], &["addr", "add", &a4, "brd", "+", "dev", "eth0"]].concat());
-            ip(&[&ns[..], &["-6", "addr", "add", &a6, "dev", "eth0", "nodad"]].concat());
-            ip(&[&ns[..], &["link", "set", "eth0", "up"]].concat());
-            ip(&[&ns[..], &["link", "set", "lo", "up"]].concat());
-            for d in [
-                &host.nix_dir,
-                &host.dir.join("home"),
-                &host.dir.join("cache"),
-            ] {
-                fs::create_dir_all(d).expect("create a host directory");
-            }
-            host.run("nix-store --init");
+            net.add_host(i, x, y);
         }
         Some(net)
     }
@@ -542,6 +512,32 @@ in rec {{
     }
 }
 
+/// Builds `count` small paths on `host`, each referring to the one before
+/// (a closure that is a chain); their store paths, the top first.
+pub fn build_chain(host: &Host, tag: &str, count: usize) -> Vec<String> {
+    let expr = format!(
+        r#"
+let
+  mk = n: prev: derivation {{
+    name = "peerix-{tag}-${{toString n}}";
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" "export PATH=/usr/bin:/bin; mkdir $out; echo {tag} ${{toString n}} > $out/data; echo ${{prev}} > $out/prev" ];
+  }};
+  chain = n: if n == 0 then "none" else mk n (chain (n - 1));
+in chain {count}
+"#
+    );
+    let file = host.dir.join(format!("chain-{tag}.nix"));
+    fs::write(&file, expr).expect("write the chain expression");
+    let top = host.run(&format!("nix-build --no-out-link {}", file.display()));
+    let closure = host.run(&format!("nix-store -qR {top}"));
+    let mut paths = vec![top.clone()];
+    paths.extend(closure.lines().filter(|p| **p != top).map(str::to_owned));
+    assert_eq!(paths.len(), count, "{closure}");
+    paths
+}
+
 /// Makes a signing key named `name` with `nix-store
 /// --generate-binary-cache-key` in `host`'s directory.
 pub fn generate_key(host: &Host, name: &str) -> Key {
@@ -819,22 +815,10 @@ fn remove_leftovers() {
 }
 
 impl Net {
-    /// Like [`Net::new`], for more than 9 hosts (up to 250): `hosts` hosts on
-    /// one bridge, named `h1`, `h2`, … (for benchmarks of large LANs).
-    pub fn with_hosts(hosts: usize) -> Option<Net> {
-        assert!((1..=250).contains(&hosts), "1 to 250 hosts per Net");
-        let mut net = Net::new(hosts.min(9))?;
-        for i in net.hosts.len()..hosts {
-            net.add_host(i);
-        }
-        Some(net)
-    }
-
-    /// Adds host number `i + 1` (index `i`) to the bridge, set up the way
-    /// [`Net::new`] sets up its hosts (same subnets as `h1`).
-    fn add_host(&mut self, i: usize) {
-        let first = &self.hosts[0];
-        let [_, x, y, _] = first.addr4.octets();
+    /// Adds host number `i + 1` (index `i`) to the bridge: its namespace and
+    /// veth, `10.x.y.(i+1)/24` and `fd70:x:y::(i+1)/64`, and an initialised
+    /// store.
+    fn add_host(&mut self, i: usize, x: u8, y: u8) {
         let host = Host {
             name: format!("h{}", i + 1),
             netns: format!("{}-h{}", self.prefix, i + 1),

@@ -66,6 +66,22 @@ fn run(program: &str, args: &[&str]) -> Result<Output, NixError> {
     Ok(output)
 }
 
+/// Whether a finished Nix command succeeded; `Ok(false)` when it failed
+/// because a path it was given is not valid.
+fn succeeded(output: &Output, command: &str) -> Result<bool, NixError> {
+    if output.status.success() {
+        return Ok(true);
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    if stderr.contains("is not valid") {
+        return Ok(false);
+    }
+    Err(NixError::Failed {
+        command: command.into(),
+        stderr,
+    })
+}
+
 /// The subset of `names` (basenames in `store_dir`) that are not valid paths.
 pub fn invalid_paths(store_dir: &Path, names: &[&str]) -> Result<HashSet<String>, NixError> {
     if names.is_empty() {
@@ -123,15 +139,8 @@ pub fn path_infos(basenames: &[&str]) -> Result<Option<Vec<PathInfo>>, NixError>
         (&db, "nix-store --dump-db"),
         (&sigs, "nix path-info --sigs"),
     ] {
-        if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-            if stderr.contains("is not valid") {
-                return Ok(None);
-            }
-            return Err(NixError::Failed {
-                command: command.into(),
-                stderr,
-            });
+        if !succeeded(output, command)? {
+            return Ok(None);
         }
     }
     let unexpected = |problem: String| NixError::Output {
@@ -184,15 +193,8 @@ pub fn closure(basenames: &[&str]) -> Result<Option<Vec<String>>, NixError> {
         .stdin(Stdio::null())
         .output()
         .map_err(|e| NixError::Io(format!("cannot run nix-store: {e}")))?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        if stderr.contains("is not valid") {
-            return Ok(None);
-        }
-        return Err(NixError::Failed {
-            command: format!("nix-store -qR {}", paths.join(" ")),
-            stderr,
-        });
+    if !succeeded(&output, "nix-store -qR")? {
+        return Ok(None);
     }
     String::from_utf8_lossy(&output.stdout)
         .lines()
