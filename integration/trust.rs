@@ -429,3 +429,42 @@ fn under_hostile_input_the_node_serves_on_without_leaks_or_amplification() {
     );
     n2.kill();
 }
+
+#[test]
+fn a_key_others_can_read_is_warned_about_and_never_logged() {
+    let Some(net) = Net::new(1) else { return };
+    let h1 = net.host(1);
+    let key = generate_key(h1, "h1-1");
+    let network = net.dir.join("network.key");
+    fs::write(&network, "a network secret of some length").unwrap();
+    for file in [&key.secret, &network] {
+        std::process::Command::new("chmod")
+            .arg("644")
+            .arg(file)
+            .status()
+            .unwrap();
+    }
+    let mut daemon = h1.spawn_peerix(&[
+        "--private-key",
+        key.secret.to_str().unwrap(),
+        "--network-key-file",
+        network.to_str().unwrap(),
+    ]);
+    daemon.kill();
+    let log = daemon.log();
+    assert!(
+        log.contains("private key") && log.contains("can be read by others"),
+        "{log}"
+    );
+    assert!(
+        log.contains("network key") && log.contains("chmod 600"),
+        "{log}"
+    );
+    let secret = fs::read_to_string(&key.secret).unwrap();
+    let secret_b64 = secret.trim().split_once(':').unwrap().1;
+    assert!(!log.contains(secret_b64), "the secret key is in the log");
+    assert!(
+        !log.contains("a network secret"),
+        "the network key is in the log"
+    );
+}
