@@ -480,3 +480,49 @@ fn malformed_datagrams_are_dropped_and_the_node_carries_on() {
     assert_eq!(found.status, 200, "{}", n1.log());
     assert!(n1.log().contains("dropped a malformed datagram"));
 }
+
+#[test]
+fn an_unresolvable_extra_host_is_logged_and_skipped() {
+    let Some(net) = Net::new(2) else { return };
+    let (h1, h2) = (net.host(1), net.host(2));
+    let key = generate_key(h1, "k-1");
+    let paths = build_chain(h1, "resolve", 1);
+    let _n1 = node(h1, &key, &[], &["--no-broadcast"]);
+    // DNS inside h2 goes to its own loopback, where nothing answers.
+    let resolv = h2.dir.join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+    )
+    .unwrap();
+    let resolv = resolv.to_str().unwrap().to_owned();
+    let wrapper = [
+        "sh",
+        "-c",
+        r#"mount --bind "$0" /etc/resolv.conf && exec "$@""#,
+        &resolv,
+    ];
+    let a1 = h1.addr4.to_string();
+    let n2 = h2.spawn_peerix_with(
+        &wrapper,
+        &[],
+        &[
+            "--no-broadcast",
+            "--extra-host",
+            "no-such-peer.invalid",
+            "--extra-host",
+            &a1,
+            "--trusted-key",
+            &key.public,
+        ],
+    );
+    let found = h2.curl(&[&format!("{LOCAL}/{}.narinfo", hash_of(&paths[0]))]);
+    assert_eq!(found.status, 200, "{}", n2.log());
+    assert!(
+        support::wait_until(Duration::from_secs(5), || n2
+            .log()
+            .contains("extra host no-such-peer.invalid: cannot resolve")),
+        "{}",
+        n2.log()
+    );
+}

@@ -40,23 +40,29 @@ pub struct Settings {
 }
 
 /// Computes the targets once, then keeps them fresh from a thread.
+/// Host names are first resolved on the thread too, so that a slow or
+/// absent DNS server never delays the start.
 pub fn start(settings: Settings, socket: UdpSocket) -> std::io::Result<SharedTargets> {
-    let shared: SharedTargets = Arc::new(RwLock::new(Arc::new(refresh(&settings, &socket))));
+    let first = refresh(&settings, &socket, false);
+    let shared: SharedTargets = Arc::new(RwLock::new(Arc::new(first)));
     let weak = Arc::downgrade(&shared);
     std::thread::Builder::new()
         .name("discovery-targets".into())
         .spawn(move || loop {
-            std::thread::sleep(REFRESH_EVERY);
             let Some(shared) = weak.upgrade() else { return };
-            let targets = Arc::new(refresh(&settings, &socket));
+            let targets = Arc::new(refresh(&settings, &socket, true));
             if let Ok(mut current) = shared.write() {
                 *current = targets;
             };
+            drop(shared);
+            std::thread::sleep(REFRESH_EVERY);
         })?;
     Ok(shared)
 }
 
-fn refresh(settings: &Settings, socket: &UdpSocket) -> Targets {
+/// The targets now; extra hosts given by name only when `names` (that may
+/// wait for DNS).
+fn refresh(settings: &Settings, socket: &UdpSocket, names: bool) -> Targets {
     let mut lan = Vec::new();
     if settings.broadcast {
         for interface in interfaces() {
@@ -74,6 +80,9 @@ fn refresh(settings: &Settings, socket: &UdpSocket) -> Targets {
     }
     let mut hosts = Vec::new();
     for host in &settings.extra_hosts {
+        if !names && literal(host, settings.port).is_none() {
+            continue;
+        }
         match resolve(host, settings.port) {
             Ok(found) => hosts.extend(found),
             Err(e) => log::warn!("extra host {host}: {e}; skipped until the next look"),
@@ -85,12 +94,17 @@ fn refresh(settings: &Settings, socket: &UdpSocket) -> Targets {
     Targets { lan, hosts }
 }
 
+/// `host` as an address, `ADDR`, `ADDR:PORT` or `[V6]:PORT`, if it is one.
+fn literal(host: &str, default_port: u16) -> Option<SocketAddr> {
+    host.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, default_port))
+        .or_else(|_| host.parse::<SocketAddr>())
+        .ok()
+}
+
 /// Resolves `HOST`, `HOST:PORT`, `[V6]:PORT` or a bare address.
 fn resolve(host: &str, default_port: u16) -> Result<Vec<SocketAddr>, String> {
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, default_port)]);
-    }
-    if let Ok(addr) = host.parse::<SocketAddr>() {
+    if let Some(addr) = literal(host, default_port) {
         return Ok(vec![addr]);
     }
     let (name, port) = match host.rsplit_once(':') {
