@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::auth::NetworkKey;
 use crate::narinfo::HashPart;
@@ -45,6 +45,55 @@ const TICK: Duration = Duration::from_millis(250);
 /// After start, the time in which the peers' answers to our first hello
 /// come back; until then nobody's silence means a miss.
 const STARTUP: Duration = Duration::from_secs(2);
+
+/// How long a peer's "have" is remembered: a query for the same path
+/// (Nix asks for the NAR right after the narinfo) gets it at once, whether
+/// or not the new answers make it through a busy network.
+const RECENT: Duration = Duration::from_secs(60);
+
+/// Paths whose recent "have" answers are remembered, at most.
+const RECENT_MAX: usize = 4096;
+
+/// Receive buffer asked for the UDP socket, to ride out bursts of queries.
+const RECEIVE_BUFFER: libc::c_int = 4 << 20;
+
+/// A query of this node's, being answered.
+pub struct Asked<'a> {
+    discovery: &'a Discovery,
+    id: u32,
+    hash: HashPart,
+    answers: Receiver<Answer>,
+    deadline: Instant,
+    /// When to send the query once more, if no peer has said it has the
+    /// path by then (a datagram lost on a busy network).
+    resend_at: Option<Instant>,
+}
+
+impl Asked<'_> {
+    /// The next peer that says it has the path; `None` once every peer
+    /// that answers misses has said no, or at the discovery timeout.
+    pub fn next_have(&mut self) -> Option<Found> {
+        loop {
+            let wait = self
+                .resend_at
+                .map_or(self.deadline, |r| r.min(self.deadline));
+            match self.answers.recv_deadline(wait) {
+                Ok(Answer::Have(found)) => {
+                    self.resend_at = None;
+                    return Some(found);
+                }
+                Ok(Answer::AllMissed) => return None,
+                Err(RecvTimeoutError::Timeout) if Instant::now() < self.deadline => {
+                    if self.resend_at.take().is_some() {
+                        log::debug!("discovery: no answer yet for {}; asking again", self.hash);
+                        self.discovery.send_query(self.id, &self.hash);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+}
 
 /// A peer that says it has a path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,6 +251,29 @@ fn random_u64() -> u64 {
     u64::from_be_bytes(bytes)
 }
 
+/// Asks for a receive buffer that rides out bursts of queries (the kernel
+/// caps it at `net.core.rmem_max` unless the daemon runs as root).
+fn widen_receive_buffer(socket: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let size = RECEIVE_BUFFER;
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: setsockopt on a socket we own, with a c_int value.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&size as *const libc::c_int).cast(),
+                len,
+            )
+        };
+        if rc == 0 {
+            return;
+        }
+    }
+}
+
 /// Binds the UDP socket on every address (IPv6 with IPv4, else IPv4).
 fn bind(port: u16) -> std::io::Result<UdpSocket> {
     UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port)).or_else(|_| UdpSocket::bind(("0.0.0.0", port)))
@@ -212,6 +284,7 @@ impl Discovery {
     pub fn start(settings: Settings, store: Arc<Store>) -> std::io::Result<Arc<Discovery>> {
         let socket = bind(settings.port)?;
         socket.set_broadcast(true)?;
+        widen_receive_buffer(&socket);
         socket.set_multicast_loop_v6(false).ok();
         let node = random_u64();
         let targets = targets::start(
@@ -248,6 +321,7 @@ impl Discovery {
             rate: RateLimit::new(settings.answer_rate),
             peers: PeerTable::default(),
             pending: HashMap::new(),
+            recent: HashMap::new(),
             last_hello: None,
             started: Instant::now(),
         };
@@ -268,22 +342,34 @@ impl Discovery {
         Ok(discovery)
     }
 
-    /// Asks the peers who has `hash`. Answers come on the returned channel
-    /// until `AllMissed` or the discovery timeout; the caller stops
-    /// listening whenever it likes.
-    pub fn ask(&self, hash: &HashPart) -> Receiver<Answer> {
+    /// Asks the peers who has `hash`; see [`Asked::next_have`].
+    pub fn ask(&self, hash: &HashPart) -> Asked<'_> {
         let (answers, rx) = crossbeam_channel::unbounded();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let deadline = Instant::now() + self.timeout;
+        let now = Instant::now();
+        let deadline = now + self.timeout;
         let registered = self.commands.send(Command::Register {
             id,
             hash: *hash,
             answers,
             deadline,
         });
-        if registered.is_err() {
-            return rx;
+        if registered.is_ok() {
+            self.send_query(id, hash);
+            log::debug!("discovery: asked for {hash} (query {id})");
         }
+        Asked {
+            discovery: self,
+            id,
+            hash: *hash,
+            answers: rx,
+            deadline,
+            resend_at: Some(now + self.timeout / 3),
+        }
+    }
+
+    /// Sends query `id` for `hash` to every target.
+    fn send_query(&self, id: u32, hash: &HashPart) {
         let v2 = self.outbox.v2(id, Message::Query { hash: *hash });
         // v1 cannot be authenticated: with a network key only ours is spoken.
         let v1 = (self.outbox.key.is_none()).then_some(Datagram::V1Request { id, hash: *hash });
@@ -296,8 +382,6 @@ impl Discovery {
         // The UDP thread may have nobody to hear from: let it see the
         // registration now.
         self.outbox.wake();
-        log::debug!("discovery: asked for {hash} (query {id})");
-        rx
     }
 
     /// This node's id on the wire.
@@ -339,6 +423,8 @@ struct UdpThread {
     rate: RateLimit,
     peers: PeerTable,
     pending: HashMap<u32, Pending>,
+    /// Recent "have" answers by path: who, and when.
+    recent: HashMap<HashPart, Vec<(Option<NodeId>, Found, Instant)>>,
     last_hello: Option<Instant>,
     started: Instant,
 }
@@ -395,7 +481,13 @@ impl UdpThread {
         let can_miss_early = !self.peers.has_v1()
             && !self.silent_extra_host()
             && (!waiting.is_empty() || self.started.elapsed() > STARTUP);
-        if waiting.is_empty() && can_miss_early {
+        // Peers that said "have" lately are offered first, at once.
+        let mut have = Vec::new();
+        for (node, found, _) in self.recent.get(&hash).into_iter().flatten() {
+            let _ = answers.send(Answer::Have(*found));
+            have.extend(node);
+        }
+        if waiting.is_empty() && can_miss_early && have.is_empty() {
             let _ = answers.send(Answer::AllMissed);
         }
         self.pending.insert(
@@ -405,10 +497,20 @@ impl UdpThread {
                 answers,
                 deadline,
                 waiting,
-                have: Vec::new(),
+                have,
                 can_miss_early,
             },
         );
+    }
+
+    /// Remembers that `node` (at `found`) has `hash`.
+    fn remember(&mut self, hash: HashPart, node: Option<NodeId>, found: Found) {
+        if self.recent.len() >= RECENT_MAX && !self.recent.contains_key(&hash) {
+            self.recent.clear();
+        }
+        let entries = self.recent.entry(hash).or_default();
+        entries.retain(|(n, f, _)| !(*n == node && f.addr.ip() == found.addr.ip()));
+        entries.push((node, found, Instant::now()));
     }
 
     /// True when an `--extra-host` is not (yet) known as a node of ours: it
@@ -495,8 +597,12 @@ impl UdpThread {
                     return; // its v2 answer counts
                 }
                 if let Some(p) = self.pending.get(&id).filter(|p| p.hash == hash) {
-                    let addr = SocketAddr::new(from.ip(), port);
-                    let _ = p.answers.send(Answer::Have(Found { addr, v1: true }));
+                    let found = Found {
+                        addr: SocketAddr::new(from.ip(), port),
+                        v1: true,
+                    };
+                    let _ = p.answers.send(Answer::Have(found));
+                    self.remember(hash, None, found);
                 }
             }
             Datagram::V2 { node, .. } if node == self.outbox.node => {}
@@ -512,6 +618,9 @@ impl UdpThread {
         if matches!(message, Message::Bye) {
             log::info!("peer {node:016x} at {from} said goodbye");
             self.peers.forget(node);
+            for entries in self.recent.values_mut() {
+                entries.retain(|(n, _, _)| *n != Some(node));
+            }
             return;
         }
         if self.peers.heard(node, from, port) {
@@ -527,12 +636,14 @@ impl UdpThread {
             Message::Have { hash, port } => {
                 if let Some(p) = self.pending.get_mut(&id).filter(|p| p.hash == hash) {
                     p.waiting.retain(|n| *n != node);
+                    let mut addr = from;
+                    addr.set_port(port);
+                    let found = Found { addr, v1: false };
                     if !p.have.contains(&node) {
                         p.have.push(node);
-                        let mut addr = from;
-                        addr.set_port(port);
-                        let _ = p.answers.send(Answer::Have(Found { addr, v1: false }));
+                        let _ = p.answers.send(Answer::Have(found));
                     }
+                    self.remember(hash, Some(node), found);
                 }
             }
             Message::NotHere { hash } => {
@@ -581,6 +692,10 @@ impl UdpThread {
             });
             self.last_hello = Some(now);
             self.peers.expire();
+            self.recent.retain(|_, entries| {
+                entries.retain(|(_, _, at)| at.elapsed() < RECENT);
+                !entries.is_empty()
+            });
             self.rate.forget_idle();
         }
     }

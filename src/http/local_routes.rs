@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use super::peer_routes::cache_info;
 use super::reply::Reply;
 use super::App;
-use crate::discovery::Answer;
 use crate::metrics::NarSource;
 use crate::narinfo::HashPart;
 use crate::peer_client::PeerClient;
@@ -99,10 +98,9 @@ fn status(app: &App) -> Reply {
 /// Asks the peers for `hash` and hands on the first acceptable narinfo.
 fn narinfo(app: &App, hash: &HashPart) -> Reply {
     let start = Instant::now();
-    let answers = app.discovery.ask(hash);
-    let discovery_deadline = start + app.discovery.timeout();
-    let hard_deadline = discovery_deadline + NARINFO_FETCH;
-    while let Ok(Answer::Have(found)) = answers.recv_deadline(discovery_deadline) {
+    let mut asked = app.discovery.ask(hash);
+    let hard_deadline = start + app.discovery.timeout() + NARINFO_FETCH;
+    while let Some(found) = asked.next_have() {
         let left = hard_deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break;
@@ -128,10 +126,8 @@ fn narinfo(app: &App, hash: &HashPart) -> Reply {
 
 /// Streams the NAR of `hash` from the first peer that serves it.
 fn nar(app: &App, hash: &HashPart, head: bool) -> Reply {
-    let start = Instant::now();
-    let answers = app.discovery.ask(hash);
-    let deadline = start + app.discovery.timeout();
-    while let Ok(Answer::Have(found)) = answers.recv_deadline(deadline) {
+    let mut asked = app.discovery.ask(hash);
+    while let Some(found) = asked.next_have() {
         let fetched = app
             .client
             .narinfo(&found, hash, NARINFO_FETCH)
