@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 use crate::narinfo::{self, basename_of, STORE_DIR};
 
@@ -50,31 +50,36 @@ pub struct PathInfo {
     pub ca: Option<String>,
 }
 
-fn run(program: &str, args: &[&str]) -> Result<Output, NixError> {
-    let command = || format!("{program} {}", args.join(" "));
-    let output = Command::new(program)
+/// Starts `program args… PATHS…`, the paths being `basenames` in
+/// `store_dir`, with its output captured.
+fn start(
+    program: &str,
+    args: &[&str],
+    store_dir: &Path,
+    basenames: &[&str],
+) -> Result<Child, NixError> {
+    Command::new(program)
         .args(args)
+        .args(basenames.iter().map(|b| store_dir.join(b)))
         .stdin(Stdio::null())
-        .output()
-        .map_err(|e| NixError::Io(format!("cannot run {program}: {e}")))?;
-    if !output.status.success() {
-        return Err(NixError::Failed {
-            command: command(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        });
-    }
-    Ok(output)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| NixError::Io(format!("cannot run {program}: {e}")))
 }
 
-/// Whether a finished Nix command succeeded; `Ok(false)` when it failed
-/// because a path it was given is not valid.
-fn succeeded(output: &Output, command: &str) -> Result<bool, NixError> {
+/// Waits for a command from `start`: its output, or `Ok(None)` when it
+/// failed because a path it was given is not valid.
+fn finish(child: Child, command: &str) -> Result<Option<Output>, NixError> {
+    let output = child
+        .wait_with_output()
+        .map_err(|e| NixError::Io(format!("{command}: {e}")))?;
     if output.status.success() {
-        return Ok(true);
+        return Ok(Some(output));
     }
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     if stderr.contains("is not valid") {
-        return Ok(false);
+        return Ok(None);
     }
     Err(NixError::Failed {
         command: command.into(),
@@ -87,13 +92,13 @@ pub fn invalid_paths(store_dir: &Path, names: &[&str]) -> Result<HashSet<String>
     if names.is_empty() {
         return Ok(HashSet::new());
     }
-    let paths: Vec<String> = names
-        .iter()
-        .map(|n| store_dir.join(n).to_string_lossy().into_owned())
-        .collect();
-    let mut args = vec!["--check-validity", "--print-invalid"];
-    args.extend(paths.iter().map(String::as_str));
-    let output = run("nix-store", &args)?;
+    let args = ["--check-validity", "--print-invalid"];
+    let command = "nix-store --check-validity";
+    let child = start("nix-store", &args, store_dir, names)?;
+    let output = finish(child, command)?.ok_or_else(|| NixError::Output {
+        command: command.into(),
+        problem: "it refused a path instead of printing it".into(),
+    })?;
     Ok(String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|l| l.rsplit('/').next())
@@ -110,39 +115,22 @@ pub fn path_infos(basenames: &[&str]) -> Result<Option<Vec<PathInfo>>, NixError>
     if basenames.is_empty() {
         return Ok(Some(Vec::new()));
     }
-    let paths: Vec<String> = basenames
-        .iter()
-        .map(|b| format!("{STORE_DIR}/{b}"))
-        .collect();
-    let spawn = |program: &str, args: &[&str]| {
-        Command::new(program)
-            .args(args)
-            .args(&paths)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| NixError::Io(format!("cannot run {program}: {e}")))
-    };
+    let dir = Path::new(STORE_DIR);
     let sigs_args = [
         "--extra-experimental-features",
         "nix-command",
         "path-info",
         "--sigs",
     ];
-    let db = spawn("nix-store", &["--dump-db"])?;
-    let sigs = spawn("nix", &sigs_args)?;
-    let (db, sigs) = (db.wait_with_output(), sigs.wait_with_output());
-    let db = db.map_err(|e| NixError::Io(format!("nix-store --dump-db: {e}")))?;
-    let sigs = sigs.map_err(|e| NixError::Io(format!("nix path-info: {e}")))?;
-    for (output, command) in [
-        (&db, "nix-store --dump-db"),
-        (&sigs, "nix path-info --sigs"),
-    ] {
-        if !succeeded(output, command)? {
-            return Ok(None);
-        }
-    }
+    let db = start("nix-store", &["--dump-db"], dir, basenames)?;
+    let sigs = start("nix", &sigs_args, dir, basenames)?;
+    let (db, sigs) = (
+        finish(db, "nix-store --dump-db"),
+        finish(sigs, "nix path-info --sigs"),
+    );
+    let (Some(db), Some(sigs)) = (db?, sigs?) else {
+        return Ok(None);
+    };
     let unexpected = |problem: String| NixError::Output {
         command: "nix-store --dump-db".into(),
         problem,
@@ -183,19 +171,10 @@ pub fn closure(basenames: &[&str]) -> Result<Option<Vec<String>>, NixError> {
     if basenames.is_empty() {
         return Ok(Some(Vec::new()));
     }
-    let paths: Vec<String> = basenames
-        .iter()
-        .map(|b| format!("{STORE_DIR}/{b}"))
-        .collect();
-    let output = Command::new("nix-store")
-        .arg("-qR")
-        .args(&paths)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| NixError::Io(format!("cannot run nix-store: {e}")))?;
-    if !succeeded(&output, "nix-store -qR")? {
+    let child = start("nix-store", &["-qR"], Path::new(STORE_DIR), basenames)?;
+    let Some(output) = finish(child, "nix-store -qR")? else {
         return Ok(None);
-    }
+    };
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .map(|l| basename_of(l).map(str::to_owned))
