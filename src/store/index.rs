@@ -4,13 +4,14 @@
 //! It is built by listing the store directory and confirming validity with
 //! one `nix-store --check-validity` per batch: a directory entry exists
 //! while a path is being built or substituted, before it is valid.
-//! `refresh` notices new and deleted paths (the directory's mtime changes)
+//! [`refresh`] notices new and deleted paths (the directory's mtime changes)
 //! and paths that became valid since the last look (Nix's database
 //! changed, or, where it cannot be seen, after a growing wait).
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::narinfo::HashPart;
@@ -82,105 +83,170 @@ impl Index {
         }
     }
 
-    /// Brings the index up to date with the store directory, validating
-    /// what is new. Cheap when nothing changed: one `stat`.
-    pub fn refresh(&mut self) -> Result<Changes, NixError> {
-        let mut changes = Changes::default();
-        let mtime = std::fs::metadata(&self.dir)
-            .and_then(|m| m.modified())
-            .map_err(|e| NixError::Io(format!("cannot stat {}: {e}", self.dir.display())))?;
-        if self.dir_mtime != Some(mtime) {
-            self.dir_mtime = Some(mtime);
-            let listed = list_store_dir(&self.dir)?;
-            changes.removed = (self.valid.keys())
-                .filter(|h| !listed.contains_key(h))
-                .copied()
-                .collect();
-            self.valid.retain(|h, _| listed.contains_key(h));
-            self.pending.retain(|h, _| listed.contains_key(h));
-            for (hash, name) in listed {
-                if !self.valid.contains_key(&hash) {
-                    // Overwrite: what was listed as `<path>.lock` while the
-                    // path was being built is the path itself now.
-                    self.pending.insert(hash, name);
-                }
-            }
-            self.next_recheck = None;
-            self.recheck_wait = RECHECK_FIRST;
-        }
-        let db_mtimes: Vec<Option<SystemTime>> = (self.db_files.iter())
-            .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+    /// Takes in a listing of the store directory made at `mtime`: entries
+    /// gone are dropped (returned), new ones wait for a validity check.
+    fn apply_listing(
+        &mut self,
+        mtime: SystemTime,
+        listed: HashMap<HashPart, Box<str>>,
+    ) -> Vec<HashPart> {
+        self.dir_mtime = Some(mtime);
+        let removed = (self.valid.keys())
+            .filter(|h| !listed.contains_key(h))
+            .copied()
             .collect();
+        self.valid.retain(|h, _| listed.contains_key(h));
+        self.pending.retain(|h, _| listed.contains_key(h));
+        for (hash, name) in listed {
+            if !self.valid.contains_key(&hash) {
+                // Overwrite: what was listed as `<path>.lock` while the path
+                // was being built is the path itself now.
+                self.pending.insert(hash, name);
+            }
+        }
+        self.next_recheck = None;
+        self.recheck_wait = RECHECK_FIRST;
+        removed
+    }
+
+    /// The pending entries, taken out to be checked, when a check is due:
+    /// after a listing, when Nix's database changed, or when the growing
+    /// wait has passed.
+    fn take_due(&mut self, db_mtimes: Vec<Option<SystemTime>>) -> Vec<(HashPart, Box<str>)> {
         if db_mtimes != self.db_mtimes {
             self.db_mtimes = db_mtimes;
             self.next_recheck = None;
         }
-        if !self.pending.is_empty() && self.next_recheck.is_none_or(|t| Instant::now() >= t) {
-            changes.added = self.validate_pending()?;
-            self.recheck_wait = if changes.added > 0 {
-                RECHECK_FIRST
-            } else {
-                (self.recheck_wait * 2).min(RECHECK_MAX)
-            };
-            self.next_recheck = Some(Instant::now() + self.recheck_wait);
+        if self.pending.is_empty() || self.next_recheck.is_some_and(|t| Instant::now() < t) {
+            return Vec::new();
         }
-        Ok(changes)
+        std::mem::take(&mut self.pending).into_iter().collect()
     }
 
-    /// Moves the pending entries that Nix says are valid into `valid`,
-    /// two `nix-store --check-validity` calls at a time.
-    fn validate_pending(&mut self) -> Result<usize, NixError> {
-        let entries: Vec<(HashPart, Box<str>)> =
-            std::mem::take(&mut self.pending).into_iter().collect();
-        let mut batches = Vec::new();
-        let (mut start, mut bytes) = (0, 0);
-        for (i, (_, name)) in entries.iter().enumerate() {
-            bytes += self.dir.as_os_str().len() + name.len() + 2;
-            if bytes > BATCH_BYTES {
-                batches.push(&entries[start..i]);
-                (start, bytes) = (i, 0);
+    /// Puts checked entries back: valid ones into the index, the others
+    /// pending again. Returns how many became valid.
+    fn put_checked(&mut self, checked: Vec<Checked>) -> usize {
+        let mut added = 0;
+        for (hash, name, valid) in checked {
+            if valid {
+                self.valid.insert(hash, name);
+                added += 1;
+            } else {
+                self.pending.insert(hash, name);
             }
         }
-        batches.push(&entries[start..]);
-        let dir = &self.dir;
-        let check = |batch: &[(HashPart, Box<str>)]| {
-            let names: Vec<&str> = batch.iter().map(|(_, n)| &**n).collect();
-            nix::invalid_paths(dir, &names)
+        self.recheck_wait = if added > 0 {
+            RECHECK_FIRST
+        } else {
+            (self.recheck_wait * 2).min(RECHECK_MAX)
         };
-        let mut results = Vec::with_capacity(batches.len());
-        for pair in batches.chunks(2) {
-            std::thread::scope(|scope| {
-                let second = pair.get(1).map(|b| scope.spawn(|| check(b)));
-                results.push(check(pair[0]));
-                if let Some(second) = second {
-                    results.push(second.join().unwrap_or_else(|_| {
-                        Err(NixError::Io("nix-store --check-validity panicked".into()))
-                    }));
-                }
-            });
+        self.next_recheck = Some(Instant::now() + self.recheck_wait);
+        added
+    }
+}
+
+/// Brings the index behind `lock` up to date with the store directory,
+/// validating what is new. The lock is held only while the maps change:
+/// the directory is listed and Nix is asked without it, so lookups (the
+/// UDP thread's) never wait for a `nix-store` process. Cheap when nothing
+/// changed: a few `stat`s. Only one thread may refresh a given index.
+pub fn refresh(lock: &RwLock<Index>) -> Result<Changes, NixError> {
+    let poisoned = || NixError::Io("the store index lock is poisoned".into());
+    let (dir, db_files, known_mtime) = {
+        let index = lock.read().map_err(|_| poisoned())?;
+        (index.dir.clone(), index.db_files.clone(), index.dir_mtime)
+    };
+    let mtime = std::fs::metadata(&dir)
+        .and_then(|m| m.modified())
+        .map_err(|e| NixError::Io(format!("cannot stat {}: {e}", dir.display())))?;
+    let listed = match known_mtime == Some(mtime) {
+        true => None,
+        false => Some(list_store_dir(&dir)?),
+    };
+    let db_mtimes = (db_files.iter())
+        .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+        .collect();
+    let mut changes = Changes::default();
+    let due = {
+        let mut index = lock.write().map_err(|_| poisoned())?;
+        if let Some(listed) = listed {
+            changes.removed = index.apply_listing(mtime, listed);
         }
-        let lengths: Vec<usize> = batches.iter().map(|b| b.len()).collect();
-        let (mut added, mut failure) = (0, None);
-        let mut entries = entries.into_iter();
-        for (len, result) in lengths.into_iter().zip(results) {
-            let invalid = result.as_ref().ok();
-            for (hash, name) in entries.by_ref().take(len) {
-                if invalid.is_some_and(|invalid| !invalid.contains(&*name)) {
-                    self.valid.insert(hash, name);
-                    added += 1;
-                } else {
-                    self.pending.insert(hash, name);
-                }
-            }
-            if let Err(e) = result {
-                failure = Some(e);
-            }
+        index.take_due(db_mtimes)
+    };
+    if due.is_empty() {
+        return Ok(changes);
+    }
+    let (checked, failure) = check_validity(&dir, due);
+    changes.added = lock.write().map_err(|_| poisoned())?.put_checked(checked);
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(changes),
+    }
+}
+
+/// An entry of the store directory, and whether Nix says it is valid.
+type Checked = (HashPart, Box<str>, bool);
+
+/// Asks Nix which of `entries` are valid paths, in batches of at most
+/// `BATCH_BYTES` of arguments, two `nix-store --check-validity` at a time.
+/// An entry whose batch failed counts as not valid (it is checked again
+/// later); the first failure is returned beside.
+fn check_validity(
+    dir: &Path,
+    entries: Vec<(HashPart, Box<str>)>,
+) -> (Vec<Checked>, Option<NixError>) {
+    let mut lengths = Vec::new();
+    let (mut len, mut bytes) = (0, 0);
+    for (_, name) in &entries {
+        bytes += dir.as_os_str().len() + name.len() + 2;
+        if bytes > BATCH_BYTES && len > 0 {
+            lengths.push(len);
+            (len, bytes) = (0, 0);
         }
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(added),
+        len += 1;
+    }
+    lengths.push(len);
+    let mut batches = Vec::with_capacity(lengths.len());
+    let mut rest = &entries[..];
+    for &len in &lengths {
+        let (batch, tail) = rest.split_at(len);
+        batches.push(batch);
+        rest = tail;
+    }
+    let check = |batch: &[(HashPart, Box<str>)]| {
+        let names: Vec<&str> = batch.iter().map(|(_, n)| &**n).collect();
+        nix::invalid_paths(dir, &names)
+    };
+    let mut results = Vec::with_capacity(batches.len());
+    for pair in batches.chunks(2) {
+        std::thread::scope(|scope| {
+            let second = pair.get(1).map(|b| scope.spawn(|| check(b)));
+            results.push(check(pair[0]));
+            if let Some(second) = second {
+                results.push(second.join().unwrap_or_else(|_| {
+                    Err(NixError::Io("nix-store --check-validity panicked".into()))
+                }));
+            }
+        });
+    }
+    let mut failure = None;
+    let mut checked = Vec::with_capacity(entries.len());
+    let mut entries = entries.into_iter();
+    for (len, result) in lengths.into_iter().zip(results) {
+        let invalid = match result {
+            Ok(invalid) => Some(invalid),
+            Err(e) => {
+                failure.get_or_insert(e);
+                None
+            }
+        };
+        for (hash, name) in entries.by_ref().take(len) {
+            let valid = invalid.as_ref().is_some_and(|i| !i.contains(&*name));
+            checked.push((hash, name, valid));
         }
     }
+    (checked, failure)
 }
 
 /// Lists the store directory: every entry that looks like a store path.

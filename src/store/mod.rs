@@ -58,13 +58,17 @@ impl Store {
     /// Indexes the store directory (validating every entry once) and keeps
     /// the index fresh from a background thread.
     pub fn open(policy: Policy) -> Result<Arc<Store>, NixError> {
-        let mut index = Index::new(Path::new(STORE_DIR), Path::new("/nix/var/nix/db"));
-        index.refresh()?;
-        log::info!("store: {} valid paths in {STORE_DIR}", index.len());
+        let index = RwLock::new(Index::new(
+            Path::new(STORE_DIR),
+            Path::new("/nix/var/nix/db"),
+        ));
+        index::refresh(&index)?;
+        let valid = index.read().map_or(0, |i| i.len());
+        log::info!("store: {valid} valid paths in {STORE_DIR}");
         release_free_memory();
         let (info_requests, info_rx) = crossbeam_channel::unbounded();
         let store = Arc::new(Store {
-            index: RwLock::new(index),
+            index,
             infos: Mutex::new(HashMap::new()),
             policy,
             verdicts: Mutex::new(HashMap::new()),
@@ -89,15 +93,9 @@ impl Store {
         Ok(store)
     }
 
-    /// Looks at the store directory again; see `Index::refresh`. When the
-    /// directory changed, lookups wait for the `nix-store --check-validity`
-    /// of the new entries (tens of milliseconds); otherwise this is a `stat`.
+    /// Looks at the store directory again; see `index::refresh`.
     fn refresh(&self) {
-        let changes = match self.index.write() {
-            Ok(mut index) => index.refresh(),
-            Err(_) => return,
-        };
-        match changes {
+        match index::refresh(&self.index) {
             Ok(changes) => {
                 if changes.added > 0 || !changes.removed.is_empty() {
                     log::debug!(
@@ -178,10 +176,26 @@ impl Store {
             return Ok(true);
         }
         let names: Vec<&str> = closure.iter().map(String::as_str).collect();
-        for batch in names.chunks(INFO_BATCH) {
-            match nix::path_infos(batch)? {
-                Some(infos) if infos.iter().all(|i| self.policy.allows(i)) => {}
-                _ => return Ok(false),
+        if !self.fetch_infos(&names)? {
+            return Ok(false);
+        }
+        Ok(names.iter().all(|name| {
+            HashPart::of_basename(name)
+                .and_then(|hash| self.cached_info(&hash))
+                .is_some_and(|info| self.policy.allows(&info))
+        }))
+    }
+
+    /// Caches the infos of those of `names` not cached yet, `INFO_BATCH`
+    /// paths per Nix call. False when one of them is not valid.
+    fn fetch_infos(&self, names: &[&str]) -> Result<bool, NixError> {
+        let missing: Vec<&str> = (names.iter().copied())
+            .filter(|n| HashPart::of_basename(n).is_some_and(|h| self.cached_info(&h).is_none()))
+            .collect();
+        for chunk in missing.chunks(INFO_BATCH) {
+            match nix::path_infos(chunk)? {
+                Some(infos) => infos.into_iter().for_each(|i| drop(self.cache_info(i))),
+                None => return Ok(false),
             }
         }
         Ok(true)
@@ -272,18 +286,14 @@ impl Store {
         let Ok(Some(closure)) = nix::closure(names) else {
             return;
         };
-        let missing: Vec<&str> = (closure.iter())
-            .filter(|n| HashPart::of_basename(n).is_some_and(|h| self.cached_info(&h).is_none()))
+        let ahead: Vec<&str> = closure
+            .iter()
             .map(String::as_str)
             .take(PREFETCH_MAX)
             .collect();
-        for chunk in missing.chunks(INFO_BATCH) {
-            if let Ok(Some(infos)) = nix::path_infos(chunk) {
-                infos.into_iter().for_each(|i| drop(self.cache_info(i)));
-            }
-        }
-        if !missing.is_empty() {
-            log::debug!("store: fetched ahead the infos of {} paths", missing.len());
+        match self.fetch_infos(&ahead) {
+            Ok(_) => log::debug!("store: fetched ahead the infos of {} paths", ahead.len()),
+            Err(e) => log::debug!("store: cannot fetch ahead: {e}"),
         }
     }
 }
