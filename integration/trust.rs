@@ -43,14 +43,9 @@ fn build(host: &Host, names: &[&str], chain: bool) -> Vec<String> {
          {bindings}in {{ inherit {}; }}\n",
         attrs.join(" ")
     );
-    let file = host.dir.join(format!("trust-{}.nix", names.join("-")));
-    fs::write(&file, expr).expect("write the expression");
-    let args: Vec<String> = attrs.iter().map(|a| format!("-A {a}")).collect();
-    let out = host.run(&format!(
-        "nix-build --no-out-link {} {}",
-        file.display(),
-        args.join(" ")
-    ));
+    let attrs: Vec<&str> = attrs.iter().map(String::as_str).collect();
+    let name = format!("trust-{}", names.join("-"));
+    let out = support::nix_build(host, &name, &expr, &attrs);
     out.lines().map(str::to_owned).collect()
 }
 

@@ -493,12 +493,12 @@ in rec {{
 }}
 "#
     );
-    let file = host.dir.join(format!("closure-{tag}.nix"));
-    fs::write(&file, expr).expect("write the closure expression");
-    let built = host.run(&format!(
-        "nix-build --no-out-link {} -A dep -A big -A top",
-        file.display()
-    ));
+    let built = nix_build(
+        host,
+        &format!("closure-{tag}"),
+        &expr,
+        &["dep", "big", "top"],
+    );
     let paths: Vec<&str> = built.lines().collect();
     assert_eq!(paths.len(), 3, "nix-build printed {built}");
     let ca_file = host.dir.join(format!("ca-{tag}.txt"));
@@ -510,6 +510,20 @@ in rec {{
         top: paths[2].into(),
         ca,
     }
+}
+
+/// Writes the Nix expression `expr` to `NAME.nix` in `host`'s directory and
+/// builds its `attrs` (the whole of it when empty) in the host's store; the
+/// output paths, one a line.
+pub fn nix_build(host: &Host, name: &str, expr: &str, attrs: &[&str]) -> String {
+    let file = host.dir.join(format!("{name}.nix"));
+    fs::write(&file, expr).expect("write a Nix expression");
+    let attrs: Vec<String> = attrs.iter().map(|a| format!("-A {a}")).collect();
+    host.run(&format!(
+        "nix-build --no-out-link {} {}",
+        file.display(),
+        attrs.join(" ")
+    ))
 }
 
 /// Builds `count` small paths on `host`, each referring to the one before
@@ -528,9 +542,7 @@ let
 in chain {count}
 "#
     );
-    let file = host.dir.join(format!("chain-{tag}.nix"));
-    fs::write(&file, expr).expect("write the chain expression");
-    let top = host.run(&format!("nix-build --no-out-link {}", file.display()));
+    let top = nix_build(host, &format!("chain-{tag}"), &expr, &[]);
     let closure = host.run(&format!("nix-store -qR {top}"));
     let mut paths = vec![top.clone()];
     paths.extend(closure.lines().filter(|p| **p != top).map(str::to_owned));
