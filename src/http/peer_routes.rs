@@ -96,11 +96,12 @@ pub fn cache_info(app: &App) -> Reply {
 /// to give when there is none. A path the share policy withholds is not
 /// found, whatever the route.
 fn path_info(app: &App, hash: &HashPart) -> Result<std::sync::Arc<PathInfo>, Reply> {
-    let shared = app.store.shareable(hash);
-    match shared.and_then(|shared| match shared {
-        true => app.store.path_info(hash),
-        false => Ok(None),
-    }) {
+    let found = match app.store.shareable(hash) {
+        Ok(true) => app.store.path_info(hash),
+        Ok(false) => Ok(None),
+        Err(e) => Err(e),
+    };
+    match found {
         Ok(Some(info)) => Ok(info),
         Ok(None) => Err(Reply::not_found()),
         Err(e) => {
