@@ -9,7 +9,6 @@ use base64::Engine;
 
 use crate::keys::{PublicKey, SigningKey};
 use crate::nix32;
-use crate::store::PathInfo;
 
 /// The store directory every narinfo is relative to.
 pub const STORE_DIR: &str = "/nix/store";
@@ -123,20 +122,13 @@ impl NarInfo {
         HashPart::of_basename(&self.path).expect("NarInfo.path is always a checked basename")
     }
 
-    /// The narinfo this node serves for a path of its own store: the
-    /// store's facts, `Compression: none`, the path's existing signatures
-    /// and, with a key, this node's own.
-    pub fn for_path(info: &PathInfo, url: String, key: Option<&SigningKey>) -> NarInfo {
+    /// The narinfo this node serves for a path of its own store (`self`,
+    /// as the store knows it): the NAR at `url`, the path's existing
+    /// signatures and, with a key, this node's own.
+    pub fn served_at(&self, url: String, key: Option<&SigningKey>) -> NarInfo {
         let mut narinfo = NarInfo {
-            path: info.path.clone(),
             url,
-            compression: "none".into(),
-            nar_hash: info.nar_hash,
-            nar_size: info.nar_size,
-            references: info.references.clone(),
-            deriver: info.deriver.clone(),
-            sigs: info.sigs.clone(),
-            ca: info.ca.clone(),
+            ..self.clone()
         };
         if let Some(key) = key {
             narinfo.sign(key);

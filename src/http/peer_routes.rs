@@ -17,7 +17,7 @@ use super::reply::Reply;
 use super::App;
 use crate::auth::AuthError;
 use crate::metrics::NarSource;
-use crate::narinfo::{basename_of, HashPart, NarInfo, STORE_DIR};
+use crate::narinfo::{basename_of, HashPart, STORE_DIR};
 use crate::store::{Dump, PathInfo};
 
 /// Answers `path` (without query) if it is one of the peer routes;
@@ -116,7 +116,7 @@ fn path_info(app: &App, hash: &HashPart) -> Result<std::sync::Arc<PathInfo>, Rep
 fn narinfo_reply(app: &App, hash: &HashPart, url: String) -> Reply {
     match path_info(app, hash) {
         Ok(info) => {
-            let narinfo = NarInfo::for_path(&info, url, app.key.as_ref());
+            let narinfo = info.served_at(url, app.key.as_ref());
             Reply::text(200, "text/x-nix-narinfo", narinfo.render())
         }
         Err(reply) => reply,

@@ -7,7 +7,7 @@ use std::fmt;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
-use crate::narinfo::{self, basename_of, STORE_DIR};
+use crate::narinfo::{self, basename_of, NarInfo, STORE_DIR};
 
 /// A Nix command that could not be run or did not answer as expected.
 #[derive(Clone, Debug)]
@@ -36,19 +36,9 @@ impl fmt::Display for NixError {
 
 impl std::error::Error for NixError {}
 
-/// A store path's metadata, as a narinfo needs it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PathInfo {
-    /// Basename `<hash>-<name>`.
-    pub path: String,
-    pub nar_hash: [u8; 32],
-    pub nar_size: u64,
-    /// Basenames.
-    pub references: Vec<String>,
-    pub deriver: Option<String>,
-    pub sigs: Vec<String>,
-    pub ca: Option<String>,
-}
+/// A store path's metadata: the narinfo of the raw NAR, without a URL (a
+/// route gives it one; see `NarInfo::served_at`).
+pub type PathInfo = NarInfo;
 
 /// Starts `program args… PATHS…`, the paths being `basenames` in
 /// `store_dir`, with its output captured.
@@ -210,6 +200,8 @@ fn parse_dump_db<'a>(lines: &mut impl Iterator<Item = &'a str>) -> Result<PathIn
     }
     Ok(PathInfo {
         path,
+        url: String::new(),
+        compression: "none".into(),
         nar_hash,
         nar_size,
         references,
