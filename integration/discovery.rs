@@ -151,6 +151,12 @@ fn a_closure_split_across_two_peers_is_substituted_on_a_third() {
     assert!(status.contains("peers: 2"), "{status}");
     assert!(status.contains(&h1.addr4.to_string()), "{status}");
     assert!(status.contains(&h2.addr4.to_string()), "{status}");
+    // Each peer was heard over IPv6 link-local multicast too.
+    let peer_lines: Vec<&str> = status.lines().filter(|l| l.starts_with("  ")).collect();
+    assert_eq!(peer_lines.len(), 2, "{status}");
+    for line in peer_lines {
+        assert!(line.contains("fd70:") || line.contains("fe80:"), "{status}");
+    }
 }
 
 #[test]
