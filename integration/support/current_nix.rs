@@ -7,9 +7,9 @@
 //! host's store on `/nix`, chrooted into the root. Tests call [`root`] first
 //! and skip the current-client part with a message when it is `None`.
 //!
-//! The root's own `/etc/nix/nix.conf` (written by the setup script) says
-//! `sandbox = false`, `build-users-group =` and `substituters =`; the
-//! environment set here says the same again.
+//! Like every Nix command of the tests, it reads the test host's own
+//! `nix.conf` (`NIX_CONF_DIR`, see `Host::nix_conf_dir`), never the root's or
+//! the machine's `/etc/nix`.
 
 #![allow(dead_code)]
 
@@ -22,11 +22,6 @@ pub const DEFAULT_ROOT: &str = "/var/cache/peerix-test/nix-current";
 /// Stamp file in a finished root (holds `nix-store --version`'s output); the
 /// same name as in `integration/setup-current-nix`.
 const STAMP: &str = ".peerix-current-nix-ready";
-/// `NIX_CONFIG` for the current client: never substitute from the internet
-/// (tests pass `--option substituters URL` themselves), allow `nix …`
-/// commands, build as root without a sandbox.
-pub const NIX_CONFIG: &str = "substituters =\nexperimental-features = nix-command\n\
-                              build-users-group =\nsandbox = false\n";
 /// What `PATH` is inside the root.
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -55,10 +50,12 @@ pub fn version(root: &Path) -> String {
 /// same path in the root, then `exec chroot ROOT program args…`. The mounts
 /// live in the command's private mount namespace and vanish with it.
 ///
-/// Environment: [`NIX_CONFIG`], `NIX_REMOTE=local`, a standard `PATH`, and
-/// `HOME` / `XDG_CACHE_HOME` set to `home` / `cache` next to `nix_dir` (like
-/// `Host::cmd`: Nix's narinfo cache is per host, never shared through the
-/// root). The caller may override any of them. Stdin is null.
+/// Environment: the host's `nix.conf` (`NIX_CONF_DIR` = `etc-nix` next to
+/// `nix_dir`), `NIX_REMOTE=local`, a standard `PATH`, and `HOME` /
+/// `XDG_CONFIG_HOME` / `XDG_CACHE_HOME` set to `home` / `config` / `cache`
+/// next to `nix_dir` (like `Host::cmd`: Nix's narinfo cache is per host,
+/// never shared through the root). The caller may override any of them.
+/// Stdin is null.
 pub fn command(netns: &str, nix_dir: &Path, root: &Path, program: &str, args: &[&str]) -> Command {
     let host_dir = nix_dir.parent().unwrap_or(Path::new("/"));
     let script = r#"set -e
@@ -80,10 +77,17 @@ exec chroot "$root" "$@""#;
         .arg(std::env::temp_dir())
         .arg(program)
         .args(args)
-        .env("NIX_CONFIG", NIX_CONFIG)
+        .env_remove("NIX_CONFIG")
+        .env("NIX_CONF_DIR", host_dir.join("etc-nix"))
+        .env(
+            "NIX_USER_CONF_FILES",
+            host_dir.join("etc-nix").join("user.conf"),
+        )
         .env("NIX_REMOTE", "local")
         .env("PATH", PATH)
         .env("HOME", host_dir.join("home"))
+        .env("XDG_CONFIG_HOME", host_dir.join("config"))
+        .env("XDG_CONFIG_DIRS", host_dir.join("config"))
         .env("XDG_CACHE_HOME", host_dir.join("cache"))
         .stdin(Stdio::null());
     c

@@ -9,8 +9,12 @@
 //! bridge and directories; leftovers of killed test runs are removed by the
 //! next run.
 //!
-//! Every Nix command run through [`Host::cmd`] has substituters disabled and
-//! `nix-command` enabled through `NIX_CONFIG`, so Nix never tries the internet.
+//! Every Nix command run through [`Host::cmd`] reads the host's own
+//! configuration ([`NIX_CONF`], in [`Host::nix_conf_dir`]) and never the
+//! machine's `/etc/nix`: no sandbox, no build users, no substituters (Nix
+//! never tries the internet), `nix-command` enabled. A new machine has no
+//! nix.conf at all, and Nix's defaults (sandbox on, `nixbld` build users)
+//! would fail every build.
 //!
 //! Needs root (and `ip`, `unshare`, `curl`, `bash`, the Nix 2.x CLIs); without
 //! it [`Net::new`] prints why and returns `None`, and the test returns early.
@@ -32,13 +36,18 @@ use std::time::{Duration, Instant};
 const PREFIX: &str = "pxit";
 /// The port peerix listens on when no `--port` is given.
 pub const DEFAULT_PORT: u16 = 12304;
-/// `NIX_CONFIG` for every command run in a host: never substitute from the
-/// internet, and allow `nix store sign` / `nix path-info`. Builds run as
-/// root, not as `nixbld*` users: hosts share the machine's users, and Nix kills
-/// every process of a build user when it starts a build, which would kill
+/// The `nix.conf` of every host: every setting the tests rely on, so that
+/// nothing comes from the machine's `/etc/nix`. Never substitute from the
+/// internet; allow `nix store sign` / `nix path-info`; build without a
+/// sandbox (the builders are the machine's `/bin/sh`) and as root, not as
+/// `nixbld*` users: hosts share the machine's users, and Nix kills every
+/// process of a build user when it starts a build, which would kill
 /// concurrent builds in other hosts.
-pub const NIX_CONFIG: &str =
-    "substituters =\nexperimental-features = nix-command\nbuild-users-group =\n";
+pub const NIX_CONF: &str = "substituters =\n\
+                            experimental-features = nix-command\n\
+                            build-users-group =\n\
+                            sandbox = false\n\
+                            require-sigs = true\n";
 /// How long [`Host::run`] lets a command take before failing the test.
 const RUN_LIMIT: Duration = Duration::from_secs(180);
 
@@ -183,9 +192,11 @@ impl Drop for Net {
 impl Host {
     /// A command running `program args…` inside this host: in its network
     /// namespace, in a private mount namespace with the host's directory on
-    /// `/nix`. The environment has `NIX_CONFIG` (see [`NIX_CONFIG`]),
-    /// `NIX_REMOTE=local` and a per-host `HOME` and `XDG_CACHE_HOME` (so Nix's
-    /// narinfo cache is per host); the caller may override any of them.
+    /// `/nix`. The environment points Nix at the host's own configuration
+    /// ([`Host::nix_conf_dir`], never `/etc/nix` or a user's nix.conf), and
+    /// has `NIX_REMOTE=local` and a per-host `HOME`, `XDG_CONFIG_HOME` and
+    /// `XDG_CACHE_HOME` (so Nix's narinfo cache is per host); the caller may
+    /// override any of them.
     pub fn cmd(&self, program: &str, args: &[&str]) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.netns])
@@ -199,12 +210,32 @@ impl Host {
             .arg(&self.nix_dir)
             .arg(program)
             .args(args)
-            .env("NIX_CONFIG", NIX_CONFIG)
+            .env_remove("NIX_CONFIG")
+            .env("NIX_CONF_DIR", self.nix_conf_dir())
+            .env("NIX_USER_CONF_FILES", self.nix_conf_dir().join("user.conf"))
             .env("NIX_REMOTE", "local")
             .env("HOME", self.dir.join("home"))
+            .env("XDG_CONFIG_HOME", self.dir.join("config"))
+            .env("XDG_CONFIG_DIRS", self.dir.join("config"))
             .env("XDG_CACHE_HOME", self.dir.join("cache"))
             .stdin(Stdio::null());
         c
+    }
+
+    /// The directory holding this host's `nix.conf` ([`NIX_CONF`] at first;
+    /// a test may add settings with [`Host::add_nix_conf`]).
+    pub fn nix_conf_dir(&self) -> PathBuf {
+        self.dir.join("etc-nix")
+    }
+
+    /// Appends `lines` to this host's `nix.conf`.
+    pub fn add_nix_conf(&self, lines: &str) {
+        use std::io::Write;
+        let mut conf = fs::OpenOptions::new()
+            .append(true)
+            .open(self.nix_conf_dir().join("nix.conf"))
+            .expect("open the host's nix.conf");
+        writeln!(conf, "{}", lines.trim_end()).expect("write the host's nix.conf");
     }
 
     /// Runs `sh -c script` in the host and returns its trimmed stdout; panics
@@ -859,9 +890,13 @@ impl Net {
             &host.nix_dir,
             &host.dir.join("home"),
             &host.dir.join("cache"),
+            &host.dir.join("config"),
+            &host.nix_conf_dir(),
         ] {
             fs::create_dir_all(d).expect("create a host directory");
         }
+        fs::write(host.nix_conf_dir().join("nix.conf"), NIX_CONF)
+            .expect("write the host's nix.conf");
         host.run("nix-store --init");
     }
 }
