@@ -3,6 +3,8 @@
 //! the parsers and the store index.
 
 pub mod auth;
+pub mod cache;
+pub mod child;
 pub mod config;
 pub mod discovery;
 pub mod http;

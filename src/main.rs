@@ -67,7 +67,7 @@ fn main() -> ExitCode {
         trust: trust::Trust::from_nix(config.trusted_keys),
         metrics: metrics::Metrics::default(),
     });
-    let server = match http::start(&listen, config.port, config.threads, app) {
+    let server = match http::start(&listen, config.port, config.threads, app.clone()) {
         Ok(s) => s,
         Err(e) => {
             log::error!("{e}");
@@ -84,5 +84,6 @@ fn main() -> ExitCode {
     log::info!("{signal}: shutting down");
     discovery.stop();
     server.stop();
+    app.store.stop();
     ExitCode::SUCCESS
 }

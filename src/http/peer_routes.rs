@@ -18,7 +18,7 @@ use super::App;
 use crate::auth::AuthError;
 use crate::metrics::NarSource;
 use crate::narinfo::{basename_of, HashPart, STORE_DIR};
-use crate::store::{Dump, PathInfo};
+use crate::store::PathInfo;
 
 /// Answers `path` (without query) if it is one of the peer routes;
 /// `authenticated` checks the request against the network key.
@@ -131,10 +131,10 @@ fn nar_reply(app: &App, hash: &HashPart, head: bool) -> Reply {
     let body: Option<Box<dyn std::io::Read + Send>> = if head {
         None
     } else {
-        match Dump::start(&info.path) {
-            Ok(dump) => Some(Box::new(dump)),
+        match app.store.nar(&info, 0) {
+            Ok(nar) => Some(nar),
             Err(e) => {
-                log::warn!("cannot start nix-store --dump for {}: {e}", info.path);
+                log::warn!("cannot read the NAR of {}: {e}", info.path);
                 return Reply::not_found();
             }
         }

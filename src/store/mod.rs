@@ -1,132 +1,147 @@
-//! The local Nix store, as this node offers it to peers: an in-memory index
-//! of valid paths by hash part, path metadata from the Nix CLI cached per
-//! path, the share policy's verdict per path (cached too), and NARs
-//! streamed from `nix-store --dump`.
+//! The local Nix store, as this node offers it to peers: the index of
+//! valid paths by hash part (`index.rs`, followed with inotify), path
+//! metadata asked of a long-lived `nix-store --serve` (`serve.rs`) by one
+//! thread and cached per path, the share policy's verdict per path (cached
+//! too), and NARs streamed from Nix (`nar.rs`).
+//!
+//! Nothing here waits on Nix without a deadline: a hung nix-daemon makes
+//! a path info "not found" after `INFO_WAIT`, never a stuck worker.
 
-mod dump;
 mod index;
-mod nix;
+mod nar;
+mod serve;
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
-pub use dump::Dump;
-pub use nix::{NixError, PathInfo};
+pub use serve::{NixError, PathInfo};
 
+use crate::cache::Bounded;
 use crate::narinfo::{HashPart, STORE_DIR};
 use crate::share::Policy;
-use index::Index;
+use serve::Serve;
 
-/// How often the store directory is looked at for new and deleted paths.
-const REFRESH_EVERY: Duration = Duration::from_millis(250);
+/// Path infos kept in memory, per generation of the cache.
+const INFO_CACHE: usize = 8192;
 
-/// Path infos kept in memory; beyond this the cache starts again empty.
-const INFO_CACHE_MAX: usize = 8192;
-
-/// Paths per `nix-store --dump-db` call.
-const INFO_BATCH: usize = 500;
+/// Paths per question to Nix about metadata.
+const INFO_BATCH: usize = 1000;
 
 /// Paths of the closures of asked paths whose infos are fetched ahead, at
 /// most per batch: Nix asks for a path's references next.
 const PREFETCH_MAX: usize = 2000;
 
-/// The longest a worker waits for a path's info.
-const INFO_WAIT: Duration = Duration::from_secs(20);
+/// The longest a worker waits for a path's info (or a verdict) before it
+/// answers "not found".
+const INFO_WAIT: Duration = Duration::from_secs(5);
 
-/// A worker's question to the path-info thread.
-struct InfoRequest {
-    hash: HashPart,
-    name: String,
-    reply: Sender<Result<Option<Arc<PathInfo>>, NixError>>,
+/// The longest one exchange with the metadata `nix-store --serve` may take.
+const META_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The metadata `nix-store --serve` is ended after this long without a
+/// question.
+const META_IDLE: Duration = Duration::from_secs(30);
+
+/// Questions waiting for the metadata thread, at most; more are refused.
+const META_QUEUE: usize = 4096;
+
+/// Where the metadata thread sends an answer.
+type Reply<T> = Sender<Result<T, NixError>>;
+
+/// A question for path infos: the paths, and where the answer goes.
+type InfoQuestion = (Vec<String>, Reply<Vec<Arc<PathInfo>>>);
+
+/// A question to the metadata thread, with where its answer goes.
+enum Question {
+    /// The infos of those of these paths that are valid (cached too).
+    Infos(Vec<String>, Reply<Vec<Arc<PathInfo>>>),
+    /// Which of these paths are valid.
+    Valid(Vec<String>, Reply<Vec<String>>),
+    /// Their closure; `None` when one of them is not valid.
+    Closure(Vec<String>, Reply<Option<Vec<String>>>),
+    /// End the child and the thread; say when done.
+    Stop(Sender<()>),
 }
 
 pub struct Store {
-    index: RwLock<Index>,
-    infos: Mutex<HashMap<HashPart, Arc<PathInfo>>>,
+    valid: index::Valid,
+    infos: Mutex<Bounded<HashPart, Arc<PathInfo>>>,
     policy: Policy,
     /// Whether the policy lets a path (with its closure) be shared.
-    verdicts: Mutex<HashMap<HashPart, bool>>,
-    /// To the path-info thread, which asks Nix for many paths at once.
-    info_requests: Sender<InfoRequest>,
+    verdicts: Mutex<Bounded<HashPart, bool>>,
+    /// To the metadata thread, which owns a `nix-store --serve`.
+    questions: Sender<Question>,
+    nars: Arc<nar::Pool>,
 }
 
 impl Store {
-    /// Indexes the store directory (validating every entry once) and keeps
-    /// the index fresh from a background thread.
+    /// Starts the metadata thread, indexes the store directory (asking Nix
+    /// which entries are valid) and follows it from a thread of its own.
     pub fn open(policy: Policy) -> Result<Arc<Store>, NixError> {
-        let index = RwLock::new(Index::new(
-            Path::new(STORE_DIR),
-            Path::new("/nix/var/nix/db"),
-        ));
-        index::refresh(&index)?;
-        let valid = index.read().map_or(0, |i| i.len());
-        log::info!("store: {valid} valid paths in {STORE_DIR}");
-        release_free_memory();
-        let (info_requests, info_rx) = crossbeam_channel::unbounded();
+        let (questions, asked) = crossbeam_channel::bounded(META_QUEUE);
         let store = Arc::new(Store {
-            index,
-            infos: Mutex::new(HashMap::new()),
+            valid: RwLock::new(HashMap::new()),
+            infos: Mutex::new(Bounded::new(INFO_CACHE)),
             policy,
-            verdicts: Mutex::new(HashMap::new()),
-            info_requests,
+            verdicts: Mutex::new(Bounded::new(INFO_CACHE)),
+            questions,
+            nars: nar::Pool::new(),
         });
         let weak = Arc::downgrade(&store);
-        std::thread::Builder::new()
-            .name("store-infos".into())
-            .spawn(move || serve_infos(weak, info_rx))
-            .map_err(|e| NixError::Io(format!("cannot start the store thread: {e}")))?;
+        spawn("store-meta", move || answer_questions(weak, asked))?;
+        let started = Instant::now();
+        let follower = index::Follower::start(
+            Path::new(STORE_DIR),
+            Path::new("/nix/var/nix/db"),
+            &store.valid,
+            &*store,
+        )?;
+        log::info!(
+            "store: {} valid paths in {STORE_DIR} (indexed in {:.1?})",
+            store.valid_paths(),
+            started.elapsed()
+        );
+        release_free_memory();
         let weak = Arc::downgrade(&store);
-        std::thread::Builder::new()
-            .name("store-refresh".into())
-            .spawn(move || {
-                while let Some(store) = weak.upgrade() {
-                    store.refresh();
-                    drop(store);
-                    std::thread::sleep(REFRESH_EVERY);
-                }
-            })
-            .map_err(|e| NixError::Io(format!("cannot start the store thread: {e}")))?;
+        spawn("store-index", move || {
+            let Some(store) = weak.upgrade() else { return };
+            let alive = || weak.strong_count() > 1;
+            follower.run(&store.valid, &*store, alive);
+        })?;
         Ok(store)
-    }
-
-    /// Looks at the store directory again; see `index::refresh`.
-    fn refresh(&self) {
-        match index::refresh(&self.index) {
-            Ok(changes) => {
-                if changes.added > 0 || !changes.removed.is_empty() {
-                    log::debug!(
-                        "store: {} paths added, {} removed",
-                        changes.added,
-                        changes.removed.len()
-                    );
-                }
-                if let Ok(mut infos) = self.infos.lock() {
-                    for hash in &changes.removed {
-                        infos.remove(hash);
-                    }
-                }
-                if let Ok(mut verdicts) = self.verdicts.lock() {
-                    for hash in &changes.removed {
-                        verdicts.remove(hash);
-                    }
-                }
-            }
-            Err(e) => log::warn!("store: cannot refresh the index: {e}"),
-        }
     }
 
     /// The number of valid paths.
     pub fn valid_paths(&self) -> usize {
-        self.index.read().map_or(0, |i| i.len())
+        self.valid.read().map_or(0, |v| v.len())
     }
 
     /// The basename of the valid path with this hash part, from memory.
     pub fn lookup(&self, hash: &HashPart) -> Option<String> {
-        self.index.read().ok()?.get(hash).map(str::to_owned)
+        self.valid.read().ok()?.get(hash).map(|n| n.to_string())
+    }
+
+    /// Ends the Nix children that are not streaming a NAR (those that are
+    /// end with their streams), waiting a moment for them to be reaped.
+    pub fn stop(&self) {
+        self.nars.stop();
+        let (done, finished) = crossbeam_channel::bounded(1);
+        if (self.questions)
+            .send_timeout(Question::Stop(done), Duration::from_secs(1))
+            .is_ok()
+        {
+            let _ = finished.recv_timeout(Duration::from_secs(2));
+        }
+    }
+
+    /// Serve children that exist for NARs now.
+    pub fn nar_children(&self) -> usize {
+        self.nars.children()
     }
 
     /// Whether the share policy offers this path to peers, from memory:
@@ -142,9 +157,10 @@ impl Store {
     }
 
     /// Whether this store holds the path and the share policy offers it to
-    /// peers: the path and every path of its closure pass. Decided once per
-    /// path with the Nix CLI (its closure, and the path infos of the
-    /// closure when signatures matter), then from the cache.
+    /// peers: the path and every path of its closure pass. One closure
+    /// question decides the path; when it passes, every path of its
+    /// closure passes too (their closures are part of it), and all of
+    /// them are remembered.
     pub fn shareable(&self, hash: &HashPart) -> Result<bool, NixError> {
         if let Some(known) = self.shareable_known(hash) {
             return Ok(known);
@@ -152,57 +168,48 @@ impl Store {
         let Some(name) = self.lookup(hash) else {
             return Ok(false);
         };
-        let verdict = self.judge(&name)?;
-        if !verdict {
-            log::debug!("store: {name} is not shared (share policy)");
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let closure = match self.ask(Question::Closure(vec![name.clone()], reply), answer)? {
+            Some(closure) => closure,
+            None => return Ok(false),
+        };
+        let infos = match self.policy.signed_by.is_empty() {
+            true => Vec::new(),
+            false => self.infos(&closure)?,
+        };
+        let failing: Vec<&str> = match self.policy.signed_by.is_empty() {
+            true => (closure.iter())
+                .filter(|n| !self.policy.name_allowed(n))
+                .map(String::as_str)
+                .collect(),
+            false => {
+                let known: HashMap<&str, &PathInfo> =
+                    infos.iter().map(|i| (i.path.as_str(), &**i)).collect();
+                (closure.iter())
+                    .filter(|n| !known.get(n.as_str()).is_some_and(|i| self.policy.allows(i)))
+                    .map(String::as_str)
+                    .collect()
+            }
+        };
+        let shared = failing.is_empty();
+        if !shared {
+            log::debug!("store: {name} is not shared (share policy: {})", failing[0]);
         }
         if let Ok(mut verdicts) = self.verdicts.lock() {
-            if verdicts.len() >= INFO_CACHE_MAX {
-                verdicts.clear();
+            let decided = match shared {
+                true => closure.iter().map(String::as_str).collect(),
+                false => failing,
+            };
+            for hash in decided.iter().filter_map(|n| HashPart::of_basename(n)) {
+                verdicts.insert(hash, shared);
             }
-            verdicts.insert(*hash, verdict);
+            verdicts.insert(*hash, shared);
         }
-        Ok(verdict)
-    }
-
-    fn judge(&self, name: &str) -> Result<bool, NixError> {
-        let Some(closure) = nix::closure(&[name])? else {
-            return Ok(false);
-        };
-        if !closure.iter().all(|p| self.policy.name_allowed(p)) {
-            return Ok(false);
-        }
-        if self.policy.signed_by.is_empty() {
-            return Ok(true);
-        }
-        let names: Vec<&str> = closure.iter().map(String::as_str).collect();
-        if !self.fetch_infos(&names)? {
-            return Ok(false);
-        }
-        Ok(names.iter().all(|name| {
-            HashPart::of_basename(name)
-                .and_then(|hash| self.cached_info(&hash))
-                .is_some_and(|info| self.policy.allows(&info))
-        }))
-    }
-
-    /// Caches the infos of those of `names` not cached yet, `INFO_BATCH`
-    /// paths per Nix call. False when one of them is not valid.
-    fn fetch_infos(&self, names: &[&str]) -> Result<bool, NixError> {
-        let missing: Vec<&str> = (names.iter().copied())
-            .filter(|n| HashPart::of_basename(n).is_some_and(|h| self.cached_info(&h).is_none()))
-            .collect();
-        for chunk in missing.chunks(INFO_BATCH) {
-            match nix::path_infos(chunk)? {
-                Some(infos) => infos.into_iter().for_each(|i| drop(self.cache_info(i))),
-                None => return Ok(false),
-            }
-        }
-        Ok(true)
+        Ok(shared)
     }
 
     /// The metadata of the valid path with this hash part: from the cache,
-    /// or from the path-info thread, which asks Nix for all the paths asked
+    /// or from the metadata thread, which asks Nix for all the paths asked
     /// at the same time at once. `Ok(None)` when this store does not hold it.
     pub fn path_info(&self, hash: &HashPart) -> Result<Option<Arc<PathInfo>>, NixError> {
         if let Some(info) = self.cached_info(hash) {
@@ -211,17 +218,39 @@ impl Store {
         let Some(name) = self.lookup(hash) else {
             return Ok(None);
         };
+        Ok(self.infos(&[name])?.pop())
+    }
+
+    /// The NAR of a path this store holds, from byte `offset` on.
+    pub fn nar(&self, info: &PathInfo, offset: u64) -> std::io::Result<Box<dyn Read + Send>> {
+        self.nars.nar(info, offset)
+    }
+
+    /// The infos of those of `names` that are valid, cached or asked for.
+    fn infos(&self, names: &[String]) -> Result<Vec<Arc<PathInfo>>, NixError> {
         let (reply, answer) = crossbeam_channel::bounded(1);
-        let request = InfoRequest {
-            hash: *hash,
-            name,
-            reply,
-        };
-        let gone = || NixError::Io("the path-info thread is gone".into());
-        self.info_requests.send(request).map_err(|_| gone())?;
+        self.ask(Question::Infos(names.to_vec(), reply), answer)
+    }
+
+    /// Sends a question to the metadata thread and waits for its answer,
+    /// at most `INFO_WAIT`.
+    fn ask<T>(
+        &self,
+        question: Question,
+        answer: Receiver<Result<T, NixError>>,
+    ) -> Result<T, NixError> {
+        match self.questions.try_send(question) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                return Err(NixError::Io("too many questions wait for Nix".into()))
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(NixError::Io("the metadata thread is gone".into()))
+            }
+        }
         answer
             .recv_timeout(INFO_WAIT)
-            .map_err(|_| NixError::Io(format!("no path info for {hash} after {INFO_WAIT:?}")))?
+            .map_err(|_| NixError::Io(format!("Nix did not answer within {INFO_WAIT:?}")))?
     }
 
     fn cached_info(&self, hash: &HashPart) -> Option<Arc<PathInfo>> {
@@ -232,70 +261,184 @@ impl Store {
         let hash = HashPart::of_basename(&info.path)?;
         let info = Arc::new(info);
         if let Ok(mut infos) = self.infos.lock() {
-            if infos.len() >= INFO_CACHE_MAX {
-                infos.clear();
-            }
             infos.insert(hash, info.clone());
         }
         Some(info)
     }
 
-    /// Answers a batch of requests with as few Nix calls as it can, then
-    /// fetches ahead the infos of their closures.
-    fn answer_infos(&self, batch: Vec<InfoRequest>) {
-        let mut names: Vec<&str> = (batch.iter())
-            .filter(|r| self.cached_info(&r.hash).is_none())
-            .map(|r| r.name.as_str())
+    /// Asks Nix for the infos of those of `names` not cached yet, and
+    /// caches them.
+    fn fetch_infos(&self, nix: &mut Meta, names: &[&str]) -> Result<(), NixError> {
+        let missing: Vec<&str> = (names.iter().copied())
+            .filter(|n| HashPart::of_basename(n).is_some_and(|h| self.cached_info(&h).is_none()))
+            .collect();
+        for chunk in missing.chunks(INFO_BATCH) {
+            for info in nix.with(|serve| serve.path_infos(chunk, META_TIMEOUT))? {
+                self.cache_info(info);
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers the info questions of a batch with as few Nix questions as
+    /// it can, then fetches ahead the infos of their closures.
+    fn answer_infos(&self, nix: &mut Meta, batch: Vec<InfoQuestion>) {
+        let mut names: Vec<&str> = batch
+            .iter()
+            .flat_map(|(n, _)| n.iter().map(String::as_str))
             .collect();
         names.sort_unstable();
         names.dedup();
-        let mut failed: HashMap<&str, NixError> = HashMap::new();
-        match nix::path_infos(&names) {
-            Ok(Some(infos)) => infos.into_iter().for_each(|i| drop(self.cache_info(i))),
-            // One of them is not valid (any more): ask one by one.
-            Ok(None) => {
-                for name in &names {
-                    match nix::path_info(name) {
-                        Ok(Some(info)) => drop(self.cache_info(info)),
-                        Ok(None) => log::debug!("store: {name} is no longer valid"),
-                        Err(e) => drop(failed.insert(name, e)),
-                    }
-                }
-            }
-            Err(e) => names.iter().for_each(|n| drop(failed.insert(n, e.clone()))),
-        }
-        for request in &batch {
-            let answer = match (self.cached_info(&request.hash), failed.get(&*request.name)) {
-                (Some(info), _) => Ok(Some(info)),
-                (None, Some(e)) => Err(e.clone()),
-                (None, None) => {
-                    if let Ok(mut index) = self.index.write() {
-                        index.forget(&request.hash);
-                    }
-                    Ok(None)
-                }
+        let fetched = self.fetch_infos(nix, &names);
+        for (asked, reply) in &batch {
+            let answer = match &fetched {
+                Ok(()) => Ok(asked
+                    .iter()
+                    .filter_map(|n| HashPart::of_basename(n).and_then(|h| self.cached_info(&h)))
+                    .collect()),
+                Err(e) => Err(e.clone()),
             };
-            let _ = request.reply.send(answer);
+            let _ = reply.send(answer);
         }
-        self.prefetch(&names);
+        if fetched.is_ok() && names.len() < PREFETCH_MAX {
+            self.prefetch(nix, &names);
+        }
     }
 
     /// Caches the infos of the closures of `names` (Nix asks for the
     /// references of a path next), up to `PREFETCH_MAX` paths.
-    fn prefetch(&self, names: &[&str]) {
-        let Ok(Some(closure)) = nix::closure(names) else {
-            return;
+    fn prefetch(&self, nix: &mut Meta, names: &[&str]) {
+        let closure = match nix.closure(names) {
+            Ok(Some(closure)) => closure,
+            Ok(None) => return,
+            Err(e) => return log::debug!("store: cannot fetch ahead: {e}"),
         };
         let ahead: Vec<&str> = closure
             .iter()
             .map(String::as_str)
             .take(PREFETCH_MAX)
             .collect();
-        match self.fetch_infos(&ahead) {
-            Ok(_) => log::debug!("store: fetched ahead the infos of {} paths", ahead.len()),
+        match self.fetch_infos(nix, &ahead) {
+            Ok(()) => log::debug!("store: fetched ahead the infos of {} paths", ahead.len()),
             Err(e) => log::debug!("store: cannot fetch ahead: {e}"),
         }
     }
+}
+
+/// What the index thread asks of the store.
+impl index::Nix for Store {
+    fn valid(&self, names: &[&str]) -> Result<Vec<String>, NixError> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let names = names.iter().map(|n| n.to_string()).collect();
+        match self
+            .questions
+            .send_timeout(Question::Valid(names, reply), META_TIMEOUT)
+        {
+            Ok(()) => answer.recv_timeout(2 * META_TIMEOUT).map_err(|_| {
+                NixError::Io("Nix did not say which paths are valid in time".into())
+            })?,
+            Err(_) => Err(NixError::Io("the metadata thread is busy or gone".into())),
+        }
+    }
+
+    fn removed(&self, hashes: &[HashPart]) {
+        if let Ok(mut infos) = self.infos.lock() {
+            for hash in hashes {
+                infos.remove(hash);
+            }
+        }
+        if let Ok(mut verdicts) = self.verdicts.lock() {
+            for hash in hashes {
+                verdicts.remove(hash);
+            }
+        }
+    }
+
+    fn tick(&self) {
+        self.nars.prune();
+    }
+}
+
+/// The metadata thread's `nix-store --serve`, started when a question
+/// comes and replaced after any failure.
+struct Meta {
+    serve: Option<Serve>,
+}
+
+impl Meta {
+    /// Runs `f` on the serve child (started if need be); a failure ends it.
+    fn with<T>(
+        &mut self,
+        f: impl FnOnce(&mut Serve) -> Result<T, NixError>,
+    ) -> Result<T, NixError> {
+        let serve = match &mut self.serve {
+            Some(serve) => serve,
+            None => self.serve.insert(Serve::start()?),
+        };
+        let result = f(serve);
+        if let Err(e) = &result {
+            log::debug!("store: nix-store --serve for metadata ended: {e}");
+            self.serve = None;
+        }
+        result
+    }
+
+    fn closure(&mut self, names: &[&str]) -> Result<Option<Vec<String>>, NixError> {
+        let closure = self.with(|serve| serve.closure(names, META_TIMEOUT))?;
+        if closure.is_none() {
+            self.serve = None; // it said a path is not valid, and exited
+        }
+        Ok(closure)
+    }
+}
+
+/// The metadata thread: takes every question waiting, answers the info
+/// questions together, and goes on while the store lives.
+fn answer_questions(store: Weak<Store>, questions: Receiver<Question>) {
+    let mut nix = Meta { serve: None };
+    loop {
+        let first = match questions.recv_timeout(META_IDLE) {
+            Ok(q) => q,
+            Err(RecvTimeoutError::Timeout) => {
+                if nix.serve.take().is_some() {
+                    log::debug!("store: ended the idle nix-store --serve for metadata");
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let Some(store) = store.upgrade() else { return };
+        let mut infos = Vec::new();
+        for question in std::iter::once(first).chain(questions.try_iter().take(INFO_BATCH)) {
+            match question {
+                Question::Infos(names, reply) => infos.push((names, reply)),
+                Question::Valid(names, reply) => {
+                    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                    let _ = reply.send(nix.with(|serve| serve.valid_paths(&names, META_TIMEOUT)));
+                }
+                Question::Closure(names, reply) => {
+                    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                    let _ = reply.send(nix.closure(&names));
+                }
+                Question::Stop(done) => {
+                    drop(nix);
+                    let _ = done.send(());
+                    return;
+                }
+            }
+        }
+        if !infos.is_empty() {
+            store.answer_infos(&mut nix, infos);
+        }
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), NixError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map(drop)
+        .map_err(|e| NixError::Io(format!("cannot start the {name} thread: {e}")))
 }
 
 /// Gives the memory freed after building the index (the listing, the
@@ -306,23 +449,5 @@ fn release_free_memory() {
     // SAFETY: malloc_trim only releases free heap pages.
     unsafe {
         libc::malloc_trim(0);
-    }
-}
-
-/// The path-info thread: takes every request waiting, answers them
-/// together, and goes on while the store lives.
-fn serve_infos(store: Weak<Store>, requests: Receiver<InfoRequest>) {
-    while let Ok(first) = requests.recv() {
-        let mut batch = vec![first];
-        while batch.len() < INFO_BATCH {
-            match requests.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
-            }
-        }
-        match store.upgrade() {
-            Some(store) => store.answer_infos(batch),
-            None => return,
-        }
     }
 }
