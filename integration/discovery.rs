@@ -85,6 +85,12 @@ fn assert_ok(what: &str, out: &Output) {
     );
 }
 
+/// The nix32 digest of a NAR hash as `nix-store -q --hash` prints it
+/// (`sha256:<nix32>`), as NAR URLs carry it.
+fn nar_digest(hash: &str) -> String {
+    hash.strip_prefix("sha256:").unwrap_or(hash).to_string()
+}
+
 /// The NAR hash Nix recorded for `path` on `host`.
 fn nar_hash(host: &Host, path: &str) -> String {
     host.run(&format!("nix-store -q --hash {path}"))
@@ -211,7 +217,14 @@ fn a_peer_killed_between_narinfo_and_nar_is_replaced_by_another() {
 
     let narinfo = h3.curl(&[&format!("{LOCAL}/{hash}.narinfo")]);
     assert_eq!(narinfo.status, 200, "{}", narinfo.text());
-    assert!(narinfo.text().contains(&format!("URL: nar/{hash}.nar")));
+    let digest = nar_digest(&nar_hash(h1, path));
+    assert!(
+        narinfo
+            .text()
+            .contains(&format!("URL: nar/{digest}-{hash}.nar")),
+        "{}",
+        narinfo.text()
+    );
     // Kill the peer that served the narinfo, hard, as a crash would.
     let served_by_h1 = n3
         .log()
@@ -222,7 +235,7 @@ fn a_peer_killed_between_narinfo_and_nar_is_replaced_by_another() {
         .status()
         .expect("kill -9");
     victim.kill();
-    let nar = h3.curl(&[&format!("{LOCAL}/nar/{hash}.nar")]);
+    let nar = h3.curl(&[&format!("{LOCAL}/nar/{digest}-{hash}.nar")]);
     assert_eq!(nar.status, 200);
     let want = h1.run(&format!(
         "nix-store --dump {path} | sha256sum | cut -d' ' -f1"
@@ -243,7 +256,7 @@ fn a_peer_killed_between_narinfo_and_nar_is_replaced_by_another() {
     let (status, took) = timed_get(h3, &format!("{LOCAL}/nar/{}.nar", "0".repeat(32)));
     assert_eq!(status, 404);
     assert!(took < Duration::from_secs(5), "{took:?}");
-    let nar = h3.curl(&[&format!("{LOCAL}/nar/{hash}.nar")]);
+    let nar = h3.curl(&[&format!("{LOCAL}/nar/{digest}-{hash}.nar")]);
     assert_eq!(nar.status, 404);
 }
 

@@ -150,6 +150,12 @@ impl SigningKey {
     }
 }
 
+/// True when `sig` has the form of a signature: `name:` + base64 of 64
+/// bytes (whether it is valid is another question).
+pub fn is_signature(sig: &str) -> bool {
+    !sig.ends_with('\n') && split_key::<64>(sig).is_ok()
+}
+
 /// A public key that signatures are checked against.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PublicKey {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use peerix::config::{Args, Config};
-use peerix::{discovery, http, metrics, peer_client, signals, store, trust};
+use peerix::{discovery, http, metrics, peer_client, signals, store, trust, upstream};
 
 fn main() -> ExitCode {
     let args: Args = argh::from_env();
@@ -62,9 +62,12 @@ fn main() -> ExitCode {
         key: config.signing_key,
         priority: config.priority,
         discovery: discovery.clone(),
-        client: peer_client::PeerClient::new(network_key.clone()),
+        upstream: Arc::new(upstream::Upstream::new(
+            discovery.clone(),
+            peer_client::PeerClient::new(network_key.clone()),
+            trust::Trust::from_nix(config.trusted_keys),
+        )),
         network_key,
-        trust: trust::Trust::from_nix(config.trusted_keys),
         metrics: metrics::Metrics::default(),
     });
     let server = match http::start(&listen, config.port, config.threads, app.clone()) {

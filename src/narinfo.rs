@@ -154,12 +154,33 @@ impl NarInfo {
         )
     }
 
-    /// Adds this node's signature, unless the path already carries one by
-    /// a key of the same name.
+    /// Adds this node's signature, unless the path already carries a valid
+    /// one. A signature in this key's name that does not verify (an older
+    /// key of the same name, say) is replaced.
     pub fn sign(&mut self, key: &SigningKey) {
+        let fingerprint = self.fingerprint();
+        let public = key.public_key();
+        if self.sigs.iter().any(|s| public.verifies(&fingerprint, s)) {
+            return;
+        }
         let prefix = format!("{}:", key.name());
-        if !self.sigs.iter().any(|s| s.starts_with(&prefix)) {
-            self.sigs.push(key.sign(&self.fingerprint()));
+        self.sigs.retain(|s| !s.starts_with(&prefix));
+        self.sigs.push(key.sign(&fingerprint));
+    }
+
+    /// This narinfo as it is handed to the local Nix, its NAR at `url`:
+    /// only what Nix reads and every Nix parses (signatures of the wrong
+    /// form are dropped; the file hash and size, which described another
+    /// file, are not rendered).
+    pub fn for_nix(&self, url: String) -> NarInfo {
+        NarInfo {
+            url,
+            compression: "none".into(),
+            sigs: (self.sigs.iter())
+                .filter(|s| crate::keys::is_signature(s))
+                .cloned()
+                .collect(),
+            ..self.clone()
         }
     }
 
@@ -241,7 +262,10 @@ impl NarInfo {
                     deriver = Some(value.to_owned());
                 }
                 "Sig" => sigs.push(value.to_owned()),
-                "CA" if !value.is_empty() => ca = Some(value.to_owned()),
+                "CA" if !value.is_empty() => {
+                    check_content_address(value).map_err(err)?;
+                    ca = Some(value.to_owned())
+                }
                 _ => {}
             }
         }
@@ -271,6 +295,41 @@ fn clip(s: &str) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+/// Checks a content address in the forms every Nix from 2.3 on parses:
+/// `text:sha256:<hash>` and `fixed:[r:]<algorithm>:<hash>`, the hash in
+/// nix32, hex or base64 of the algorithm's length.
+pub fn check_content_address(ca: &str) -> Result<(), String> {
+    let bad = |why: &str| format!("CA {:?}: {why}", clip(ca));
+    let (method, rest) = ca.split_once(':').ok_or_else(|| bad("not METHOD:…"))?;
+    let rest = match method {
+        "text" => rest,
+        "fixed" => rest.strip_prefix("r:").unwrap_or(rest),
+        _ => return Err(bad("the method is neither text nor fixed")),
+    };
+    let (algorithm, digest) = rest.split_once(':').ok_or_else(|| bad("no hash"))?;
+    let size: usize = match algorithm {
+        "md5" => 16,
+        "sha1" => 20,
+        "sha256" => 32,
+        "sha512" => 64,
+        _ => return Err(bad("unknown hash algorithm")),
+    };
+    if method == "text" && algorithm != "sha256" {
+        return Err(bad("a text hash is sha256"));
+    }
+    let nix32_len = (size * 8).div_ceil(5);
+    let ok = match digest.len() {
+        n if n == 2 * size => digest.bytes().all(|c| c.is_ascii_hexdigit()),
+        n if n == nix32_len => digest.bytes().all(nix32::is_digit),
+        n if n == size.div_ceil(3) * 4 => STANDARD.decode(digest).is_ok_and(|b| b.len() == size),
+        _ => false,
+    };
+    match ok {
+        true => Ok(()),
+        false => Err(bad("the hash has the wrong form or length")),
+    }
 }
 
 /// Parses a sha256 in any form Nix writes: `sha256:` + nix32, hex or
@@ -381,6 +440,65 @@ Sig: test-upstream-1:HlHn9ZyiYEa4PaQsRuSGFxur+CjjWVblTMAff9j5jmi5acjU82zth/yAOIj
         // Re-signing with the upstream key adds nothing: it already signed.
         info.sign(&SigningKey::parse(SECRET).unwrap());
         assert_eq!(info.sigs.len(), 2);
+    }
+
+    #[test]
+    fn a_signature_in_our_name_that_does_not_verify_is_replaced() {
+        let ours = SigningKey::parse(
+            "node-1:GiyaBAJsHSYtfKaXbfE4sW+HzE8PuA1aSEzg/PJObwbyn0Gyi5nn6evs5LcRhwFpEQ1KGKQOAvSMomjS+GcjSA==",
+        )
+        .unwrap();
+        let mut info = NarInfo::parse(FROM_NIX).unwrap();
+        let stale = format!("node-1:{}", STANDARD.encode([7u8; 64]));
+        info.sigs.push(stale.clone());
+        info.sign(&ours);
+        assert!(!info.sigs.contains(&stale), "{:?}", info.sigs);
+        assert_eq!(info.sigs.len(), 2);
+        assert!(info.signed_by_any(&[ours.public_key()]));
+    }
+
+    #[test]
+    fn content_addresses_are_checked_as_nix_parses_them() {
+        let sha256 = "04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw";
+        let hex = "7c87fe167a557088463e1dfda6db5bb977e5749a8becb938be54b80e6b067692";
+        let b64 = STANDARD.encode([1u8; 32]);
+        for good in [
+            format!("fixed:r:sha256:{sha256}"),
+            format!("fixed:sha256:{hex}"),
+            format!("text:sha256:{sha256}"),
+            format!("fixed:r:sha256:{b64}"),
+            "fixed:sha1:0123456789abcdef0123456789abcdef01234567".into(),
+            "fixed:md5:0123456789abcdfghijklmnpqr".into(),
+        ] {
+            assert_eq!(check_content_address(&good), Ok(()), "{good}");
+            let text = FROM_NIX.replace("Sig:", &format!("CA: {good}\nSig:"));
+            assert_eq!(NarInfo::parse(&text).unwrap().ca.as_deref(), Some(&*good));
+        }
+        for bad in [
+            "garbage:xyz".to_string(),
+            "fixed:xyz".into(),
+            format!("text:sha1:{hex}"),
+            format!("fixed:r:sha256:{}", &sha256[1..]),
+            format!("fixed:git:sha1:{hex}"),
+            format!("fixed:r:blake3:{sha256}"),
+            format!("fixed:r:sha256:{}", hex.replace('7', "g")),
+        ] {
+            assert!(check_content_address(&bad).is_err(), "{bad}");
+            let text = FROM_NIX.replace("Sig:", &format!("CA: {bad}\nSig:"));
+            assert!(NarInfo::parse(&text).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn what_nix_gets_has_only_well_formed_signatures_and_no_file_fields() {
+        let mut info = NarInfo::parse(FROM_NIX).unwrap();
+        info.sigs.push("garbage".into());
+        info.sigs.push("k:c2hvcnQ=".into());
+        let text = info.for_nix("nar/x.nar".into()).render();
+        assert_eq!(text.matches("Sig: ").count(), 1, "{text}");
+        assert!(text.contains("Compression: none\n"));
+        assert!(!text.contains("FileHash") && !text.contains("FileSize"));
+        assert!(text.contains("URL: nar/x.nar\n"));
     }
 
     #[test]

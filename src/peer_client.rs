@@ -16,8 +16,12 @@ use crate::narinfo::{self, HashPart, NarInfo};
 
 /// A connection to a LAN peer that takes longer than this is a dead peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// A NAR stream that moves no byte for this long is cut.
-const STALL_TIMEOUT: Duration = Duration::from_secs(20);
+/// A NAR stream that moves no byte for this long is given up on (and
+/// another peer asked to go on from there).
+const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Idle connections kept per peer, to be reused by the next request.
+const IDLE_CONNECTIONS: usize = 8;
 
 #[derive(Debug)]
 pub enum FetchError {
@@ -36,7 +40,8 @@ impl fmt::Display for FetchError {
     }
 }
 
-/// A NAR being received from a peer.
+/// A NAR being received from a peer: `body` is its bytes from the offset
+/// asked for on, `len` of them.
 pub struct NarStream {
     pub len: u64,
     pub body: Box<dyn Read + Send>,
@@ -57,6 +62,7 @@ impl PeerClient {
                 .timeout_read(STALL_TIMEOUT)
                 .timeout_write(STALL_TIMEOUT)
                 .redirects(0)
+                .max_idle_connections_per_host(IDLE_CONNECTIONS)
                 .resolver(ScopedResolver)
                 .user_agent(concat!("peerix/", env!("CARGO_PKG_VERSION")))
                 .build(),
@@ -116,10 +122,12 @@ impl PeerClient {
         Ok(info)
     }
 
-    /// Starts receiving the NAR that the peer's narinfo `info` names. Its
-    /// URL must be a plain relative path: relative to `/peer/` on ours, to
-    /// the root on an original Peerix.
-    pub fn nar(&self, found: &Found, info: &NarInfo) -> Result<NarStream, FetchError> {
+    /// Starts receiving the NAR that the peer's narinfo `info` names, from
+    /// byte `offset` on: with `Range` (206); a peer that sends the whole
+    /// NAR anyway (an original Peerix) has the bytes before `offset` read
+    /// and dropped. The URL must be a plain relative path: relative to
+    /// `/peer/` on ours, to the root on an original Peerix.
+    pub fn nar(&self, found: &Found, info: &NarInfo, offset: u64) -> Result<NarStream, FetchError> {
         let url = &info.url;
         let plain = !url.is_empty()
             && !url.starts_with('/')
@@ -133,20 +141,46 @@ impl PeerClient {
             )));
         }
         let base = if found.v1 { "/" } else { "/peer/" };
-        let response = self
-            .get(found.addr, &format!("{base}{url}"))
+        let mut request = self.get(found.addr, &format!("{base}{url}"));
+        if offset > 0 {
+            request = request.set("Range", &format!("bytes={offset}-"));
+        }
+        let response = request
             .call()
             .map_err(|e| FetchError::Http(e.to_string()))?;
-        let len = match response.header("Content-Length").map(str::parse::<u64>) {
-            Some(Ok(len)) => len,
+        let total = info.nar_size;
+        let length = match response.header("Content-Length").map(str::parse::<u64>) {
+            Some(Ok(len)) => Some(len),
             Some(Err(_)) => return Err(FetchError::Invalid("bad Content-Length".into())),
-            // The original Peerix streams chunked: the NAR is NarSize long.
-            None if info.compression == "none" => info.nar_size,
-            None => return Err(FetchError::Invalid("no Content-Length".into())),
+            None => None,
         };
+        let resumed = response.status() == 206;
+        if resumed {
+            let range = format!("bytes {offset}-{}/{total}", total.saturating_sub(1));
+            if response.header("Content-Range") != Some(&*range) || length != Some(total - offset) {
+                return Err(FetchError::Invalid(format!(
+                    "asked for {range}, got {:?} of {length:?} bytes",
+                    response.header("Content-Range")
+                )));
+            }
+        } else if length.is_some_and(|l| l != total) {
+            return Err(FetchError::Invalid(format!(
+                "{length:?} bytes, where the narinfo says {total}"
+            )));
+        }
+        let mut body: Box<dyn Read + Send> = Box::new(response.into_reader());
+        if !resumed && offset > 0 {
+            let skipped = io::copy(&mut (&mut body).take(offset), &mut io::sink())
+                .map_err(|e| FetchError::Http(format!("reading up to byte {offset}: {e}")))?;
+            if skipped < offset {
+                return Err(FetchError::Http(format!(
+                    "the NAR ended before byte {offset}"
+                )));
+            }
+        }
         Ok(NarStream {
-            len,
-            body: Box::new(response.into_reader()),
+            len: total - offset,
+            body,
         })
     }
 }

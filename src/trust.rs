@@ -2,11 +2,18 @@
 //! configuration (`trusted-public-keys`, read once at start from
 //! `nix config show`) and those given with `--trusted-key`. A narinfo from
 //! a peer that Nix would refuse is never handed on: Nix would remember the
-//! refusal for 30 days.
+//! refusal for 30 days. Nor is one without a signature by one of these
+//! keys, even when the local Nix has `require-sigs = false`: that setting
+//! trusts the substituters one configured, not every host on the LAN.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use crate::keys::PublicKey;
 use crate::narinfo::NarInfo;
-use std::process::{Command, Stdio};
+
+/// How long `nix config show` may take.
+const NIX_CONFIG_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Trust {
     keys: Vec<PublicKey>,
@@ -32,14 +39,15 @@ impl Trust {
         trust.keys.extend(extra);
         let names: Vec<&str> = trust.keys.iter().map(PublicKey::name).collect();
         log::info!(
-            "peers' narinfo must be signed by one of: {}{}",
-            names.join(", "),
-            if trust.require_sigs {
-                ""
-            } else {
-                " (or by nobody: require-sigs is false)"
-            }
+            "peers' narinfo must be signed by one of: {}",
+            names.join(", ")
         );
+        if !trust.require_sigs {
+            log::info!(
+                "the local Nix has require-sigs = false; peers' narinfo is still handed \
+                 on only with a signature by one of these keys"
+            );
+        }
         trust
     }
 
@@ -68,9 +76,9 @@ impl Trust {
         trust
     }
 
-    /// True when the local Nix would accept this narinfo's signatures.
+    /// True when this narinfo carries a valid signature by a trusted key.
     pub fn accepts(&self, narinfo: &NarInfo) -> bool {
-        !self.require_sigs || narinfo.signed_by_any(&self.keys)
+        narinfo.signed_by_any(&self.keys)
     }
 }
 
@@ -80,17 +88,17 @@ fn nix_settings() -> Option<String> {
     [&["config", "show"][..], &["show-config"][..]]
         .iter()
         .find_map(|args| {
-            let output = Command::new("nix")
+            let mut command = Command::new("nix");
+            command
                 .args(["--extra-experimental-features", "nix-command"])
-                .args(*args)
-                .stdin(Stdio::null())
-                .stderr(Stdio::null())
-                .output()
-                .ok()?;
-            output
-                .status
-                .success()
-                .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+                .args(*args);
+            match crate::child::output_by(command, Instant::now() + NIX_CONFIG_TIMEOUT) {
+                Ok(out) => Some(String::from_utf8_lossy(&out).into_owned()),
+                Err(e) => {
+                    log::debug!("{e}");
+                    None
+                }
+            }
         })
 }
 

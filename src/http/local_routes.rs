@@ -2,36 +2,36 @@
 //!
 //! - `/nix-cache-info`
 //! - `/<hash>.narinfo`: asks the peers, and hands on the narinfo of the
-//!   first one that has the path and whose narinfo the local Nix will
-//!   accept, its URL rewritten to the route below.
-//! - `/nar/<hash>.nar`: streams the NAR from a peer that has the path,
-//!   trying the next one when a peer fails; 404 when none can serve it, so
-//!   that Nix moves on to its next substituter.
-//!
+//!   first one that has the path and whose narinfo passes every check
+//!   (see `upstream.rs`), naming its NAR by content:
+//!   `nar/<nix32 NarHash>-<hash>.nar`.
+//! - `/nar/<nix32 NarHash>-<hash>.nar`: streams that NAR from peers whose
+//!   narinfo has that NarHash, failing over mid-stream; `/nar/<hash>.nar`
+//!   (the form of earlier versions) only when every peer that has the
+//!   path agrees on its NarHash. 404 when none can serve it, so that Nix
+//!   moves on to its next substituter. `Range: bytes=N-` is answered 206
+//!   (Nix resumes a broken download so), HEAD from what the node knows
+//!   without opening a stream.
 //! - `/status`: this node and the peers it knows, one line each.
 //! - `/metrics`: counters in the Prometheus text format.
 //!
-//! They answer loopback clients only (403 for others, which Nix takes for
+//! They answer the local Nix only (403 for others, which Nix takes for
 //! "not here"). A narinfo request is answered 200 or 404, never an error:
 //! an error aborts the build on Nix up to 2.31.
 
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::peer_routes::cache_info;
 use super::reply::Reply;
-use super::App;
+use super::{App, Client, Incoming};
 use crate::metrics::NarSource;
 use crate::narinfo::HashPart;
-use crate::peer_client::PeerClient;
+use crate::nix32;
+use crate::upstream::Upstream;
 
-/// The longest a narinfo fetch from one peer may take. A narinfo request
-/// is answered within the discovery timeout plus this.
-const NARINFO_FETCH: Duration = Duration::from_secs(2);
-
-/// Answers `path` if it is one of the local routes.
-pub fn route(app: &App, path: &str, head: bool, client: Option<SocketAddr>) -> Option<Reply> {
-    let rest = path.strip_prefix('/')?;
+/// Answers the request if its path is one of the local routes.
+pub fn route(app: &App, incoming: &Incoming) -> Option<Reply> {
+    let rest = incoming.path.strip_prefix('/')?;
     let route = if rest == "nix-cache-info" {
         Route::CacheInfo
     } else if rest == "status" {
@@ -40,15 +40,12 @@ pub fn route(app: &App, path: &str, head: bool, client: Option<SocketAddr>) -> O
         Route::Metrics
     } else if let Some(name) = rest.strip_suffix(".narinfo") {
         Route::NarInfo(name)
-    } else if let Some(name) = rest
-        .strip_prefix("nar/")
-        .and_then(|n| n.strip_suffix(".nar"))
-    {
+    } else if let Some(name) = (rest.strip_prefix("nar/")).and_then(|n| n.strip_suffix(".nar")) {
         Route::Nar(name)
     } else {
         return None;
     };
-    if !client.is_some_and(|c| c.ip().to_canonical().is_loopback()) {
+    if incoming.from != Client::Local {
         return Some(Reply::status(403, "this route answers the local Nix only"));
     }
     Some(match route {
@@ -64,9 +61,9 @@ pub fn route(app: &App, path: &str, head: bool, client: Option<SocketAddr>) -> O
             Some(hash) => narinfo(app, &hash),
             None => Reply::status(400, "expected a 32-character nix32 hash"),
         },
-        Route::Nar(name) => match HashPart::parse(name) {
-            Some(hash) => nar(app, &hash, head),
-            None => Reply::status(400, "expected /nar/<32-character hash>.nar"),
+        Route::Nar(name) => match parse_nar_name(name) {
+            Some((hash, nar_hash)) => nar(app, &hash, nar_hash, incoming),
+            None => Reply::status(400, "expected /nar/<NarHash>-<hash>.nar"),
         },
     })
 }
@@ -79,14 +76,24 @@ enum Route<'a> {
     Nar(&'a str),
 }
 
+/// `<52 nix32 NarHash>-<hash part>`, or a bare hash part (the NAR URL of
+/// earlier versions).
+fn parse_nar_name(name: &str) -> Option<(HashPart, Option<[u8; 32]>)> {
+    match name.split_once('-') {
+        Some((nar_hash, hash)) => Some((HashPart::parse(hash)?, Some(nix32::decode(nar_hash)?))),
+        None => Some((HashPart::parse(name)?, None)),
+    }
+}
+
 /// `/status`: this node and the peers it knows, for people.
 fn status(app: &App) -> Reply {
     let peers = app.discovery.peers();
     let mut text = format!(
-        "peerix {}\nnode {:016x}\nstore: {} valid paths\npeers: {}\n",
+        "peerix {}\nnode {:016x}\nstore: {} valid paths\nnix-store --serve for NARs: {}\npeers: {}\n",
         env!("CARGO_PKG_VERSION"),
         app.discovery.node(),
         app.store.valid_paths(),
+        app.store.nar_children(),
         peers.len()
     );
     for peer in peers {
@@ -95,57 +102,75 @@ fn status(app: &App) -> Reply {
     Reply::text(200, "text/plain", text)
 }
 
-/// Asks the peers for `hash` and hands on the first acceptable narinfo.
+/// Asks the peers for `hash` and hands on the first narinfo that passes.
 fn narinfo(app: &App, hash: &HashPart) -> Reply {
     let start = Instant::now();
-    let mut asked = app.discovery.ask(hash);
-    let hard_deadline = start + app.discovery.timeout() + NARINFO_FETCH;
-    while let Some(found) = asked.next_have() {
-        let left = hard_deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
+    let found = app.upstream.narinfo(hash);
+    app.metrics.lookup(found.is_some(), start.elapsed());
+    match found {
+        Some(source) => {
+            log::debug!(
+                "{hash}: found at http://{} in {:.1?}",
+                source.found.addr,
+                start.elapsed()
+            );
+            let narinfo = source.info.for_nix(Upstream::nar_url(&source));
+            Reply::text(200, "text/x-nix-narinfo", narinfo.render())
         }
-        let url = PeerClient::narinfo_url(&found, hash);
-        match app.client.narinfo(&found, hash, left.min(NARINFO_FETCH)) {
-            Ok(mut info) if app.trust.accepts(&info) => {
-                log::debug!("{hash}: found at {url} in {:.1?}", start.elapsed());
-                app.metrics.lookup(true, start.elapsed());
-                info.url = format!("nar/{hash}.nar");
-                return Reply::text(200, "text/x-nix-narinfo", info.render());
-            }
-            Ok(_) => {
-                log::warn!("{url}: not signed by a key the local Nix trusts; trying the next peer")
-            }
-            Err(e) => log::warn!("{url}: {e}; trying the next peer"),
+        None => {
+            log::debug!("{hash}: no peer has it ({:.1?})", start.elapsed());
+            Reply::not_found()
         }
     }
-    log::debug!("{hash}: no peer has it ({:.1?})", start.elapsed());
-    app.metrics.lookup(false, start.elapsed());
-    Reply::not_found()
 }
 
-/// Streams the NAR of `hash` from the first peer that serves it.
-fn nar(app: &App, hash: &HashPart, head: bool) -> Reply {
-    let mut asked = app.discovery.ask(hash);
-    while let Some(found) = asked.next_have() {
-        let fetched = app
-            .client
-            .narinfo(&found, hash, NARINFO_FETCH)
-            .and_then(|info| app.client.nar(&found, &info));
-        match fetched {
-            Ok(stream) => {
-                log::info!("{hash}: NAR of {} bytes from {}", stream.len, found.addr);
-                return Reply::Stream {
-                    content_type: "application/x-nix-nar",
-                    len: stream.len,
-                    body: (!head).then_some(stream.body),
-                    source: NarSource::Peer,
-                    what: format!("the NAR of {hash} from {}", found.addr),
-                };
-            }
-            Err(e) => log::warn!("{hash}: NAR from {}: {e}; trying the next peer", found.addr),
-        }
+/// The NAR of `hash` with `nar_hash`, from the peers that serve it.
+fn nar(app: &App, hash: &HashPart, nar_hash: Option<[u8; 32]>, incoming: &Incoming) -> Reply {
+    let sources = app.upstream.sources(hash, nar_hash);
+    let Some(total) = sources.first().map(|s| s.info.nar_size) else {
+        log::info!("{hash}: no peer serves the NAR asked for");
+        return Reply::not_found();
+    };
+    let offset = incoming.range.unwrap_or(0);
+    if offset >= total {
+        return Reply::status(416, "the range starts after the end of the NAR");
     }
-    log::info!("{hash}: no peer can serve the NAR");
-    Reply::not_found()
+    let body = match incoming.head {
+        true => None,
+        false => match app.upstream.nar(hash, sources, offset) {
+            Some(stream) => Some(stream.body),
+            None => return Reply::not_found(),
+        },
+    };
+    Reply::Stream {
+        content_type: "application/x-nix-nar",
+        len: total,
+        range: incoming.range,
+        body,
+        source: NarSource::Peer,
+        what: format!("the NAR of {hash} from peers"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nar_names_carry_the_nar_hash_or_not() {
+        let hash = "awrccy8w2v4v74m9ipglpniq94nkh3x4";
+        let nar_hash = "14kn0rmhxf2lpqwbkv4bk9sfaxxrbgdsdz8x7r38hw2mg8bgx1vw";
+        let (h, n) = parse_nar_name(&format!("{nar_hash}-{hash}")).unwrap();
+        assert_eq!(
+            (h.as_str(), n.map(|n| nix32::encode(&n))),
+            (hash, Some(nar_hash.into()))
+        );
+        assert_eq!(
+            parse_nar_name(hash).map(|(h, n)| (h, n.is_none())),
+            HashPart::parse(hash).map(|h| (h, true))
+        );
+        assert!(parse_nar_name(&format!("{}-{hash}", &nar_hash[1..])).is_none());
+        assert!(parse_nar_name(&format!("{nar_hash}-{hash}x")).is_none());
+        assert!(parse_nar_name("").is_none());
+    }
 }

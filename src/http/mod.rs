@@ -1,28 +1,40 @@
-//! The HTTP side of the node: one blocking tiny_http listener hands each
-//! request over a crossbeam channel to a fixed pool of worker threads, and
-//! each worker routes it and writes the reply. Requests from loopback (the
-//! local Nix) and from the network (peers) go to two pools of their own, so
-//! that no amount of peer traffic can keep the local Nix waiting.
+//! The HTTP side of the node. One thread accepts connections; each
+//! connection gets a thread that reads its requests (tiny_http, as patched
+//! in src/vendor) one at a time and hands each over a bounded channel to a
+//! fixed pool of workers, which route it and write the reply; the next
+//! request of that connection is read only once this one is answered.
+//!
+//! The local Nix (loopback clients) and peers (everyone else) have pools,
+//! queues and connection caps of their own, so that no amount of peer
+//! traffic keeps the local Nix waiting. Nothing grows with what a client
+//! sends: a connection holds one request at a time, the queues and the
+//! number of connections are bounded (by the file descriptor limit too),
+//! a peer finding its queue full gets 503 at once (nodes of ours then ask
+//! another peer), and the network key is checked before a request is
+//! queued. Running out of file descriptors makes new connections wait in
+//! the kernel's backlog until some are free, with a log line a second.
 
 mod local_routes;
 mod peer_routes;
 mod reply;
 
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use tiny_http::{Limits, Method, Request, Server};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use tiny_http::{Limits, Method, Request};
 
 use crate::auth::NetworkKey;
 use crate::discovery::Discovery;
 use crate::keys::SigningKey;
+use crate::logs::Throttle;
 use crate::metrics::Metrics;
-use crate::peer_client::PeerClient;
 use crate::store::Store;
-use crate::trust::Trust;
+use crate::upstream::Upstream;
 use reply::Reply;
 
 /// What every worker needs to answer a request; never changes.
@@ -31,16 +43,97 @@ pub struct App {
     pub key: Option<SigningKey>,
     pub priority: u32,
     pub discovery: Arc<Discovery>,
-    pub client: PeerClient,
-    pub trust: Trust,
+    /// The peers, as the local Nix's upstream.
+    pub upstream: Arc<Upstream>,
     pub metrics: Metrics,
     /// When set, requests for the peer routes must be authenticated.
     pub network_key: Option<Arc<NetworkKey>>,
 }
 
+/// Who a request comes from: the one place where loopback is told apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Client {
+    /// The local Nix (or another process of this machine).
+    Local,
+    /// A peer, or anyone else on the network.
+    Peer,
+}
+
+impl Client {
+    pub fn of(addr: SocketAddr) -> Client {
+        match addr.ip().to_canonical().is_loopback() {
+            true => Client::Local,
+            false => Client::Peer,
+        }
+    }
+}
+
+/// A request as the routes see it.
+pub struct Incoming<'a> {
+    /// The path, without the query.
+    pub path: &'a str,
+    pub head: bool,
+    pub from: Client,
+    /// Where the body should start: the `N` of `Range: bytes=N-`.
+    pub range: Option<u64>,
+}
+
+/// What one connection may take (tiny_http as patched in src/vendor): an
+/// idle client is dropped after `read_timeout`, a client that stops reading
+/// a body after `write_timeout`; a request head is at most 16 KiB and must
+/// come within 10 s of its first byte.
+const LIMITS: Limits = Limits {
+    max_connections: usize::MAX, // counted here, per kind of client
+    read_timeout: Some(Duration::from_secs(30)),
+    write_timeout: Some(Duration::from_secs(60)),
+    max_head_bytes: 16 * 1024,
+    head_timeout: Some(Duration::from_secs(10)),
+};
+
+/// Connections of one kind of client, at most, and never more than a
+/// quarter of the file descriptors each (the rest are for Nix and peers).
+const MAX_CONNECTIONS: usize = 256;
+
+/// How long a request of the local Nix waits for a worker before it gets
+/// 503.
+const LOCAL_QUEUE_WAIT: Duration = Duration::from_secs(30);
+
+/// Stack of a connection thread: it only parses request heads.
+const CONNECTION_STACK: usize = 128 * 1024;
+
+static REFUSED: Throttle = Throttle::new();
+static BUSY: Throttle = Throttle::new();
+static NO_FDS: Throttle = Throttle::new();
+static ACCEPT_FAILED: Throttle = Throttle::new();
+
+/// One kind of client's share: its workers' queue and its connections.
+struct Pool {
+    kind: &'static str,
+    jobs: Sender<Job>,
+    open: AtomicUsize,
+    max_connections: usize,
+}
+
+/// A request for a worker.
+struct Job {
+    request: Request,
+    from: Client,
+}
+
+/// What the accepting and connection threads share.
+struct Front {
+    app: Arc<App>,
+    local: Pool,
+    peers: Pool,
+    /// Never sent on: dropped when the daemon stops, which every body being
+    /// streamed and every worker sees.
+    stop: Receiver<()>,
+}
+
 /// The running listener and workers.
 pub struct Http {
     addr: SocketAddr,
+    stopping: Arc<AtomicBool>,
     stop: Sender<()>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -59,12 +152,26 @@ pub fn start(addrs: &[IpAddr], port: u16, workers: usize, app: Arc<App>) -> Resu
         })
         .ok_or_else(|| format!("cannot listen on {}", errors.join(", ")))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let (local_tx, local_rx) = crossbeam_channel::bounded::<Request>(workers * 2);
-    let (peers_tx, peers_rx) = crossbeam_channel::bounded::<Request>(workers * 2);
-    // Never sent on: dropping the sender is the signal, seen by the listener
-    // and by every body being streamed.
-    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
-
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let max_connections = MAX_CONNECTIONS.min(fd_limit() / 4).max(4);
+    let (stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
+    let (local_jobs, local_rx) = crossbeam_channel::bounded(workers * 2);
+    let (peer_jobs, peers_rx) = crossbeam_channel::bounded(workers * 2);
+    let pool = |kind, jobs| Pool {
+        kind,
+        jobs,
+        open: AtomicUsize::new(0),
+        max_connections,
+    };
+    let front = Arc::new(Front {
+        app: app.clone(),
+        local: pool("the local Nix", local_jobs),
+        peers: pool("peers", peer_jobs),
+        stop: stop.clone(),
+    });
+    let stopping = Arc::new(AtomicBool::new(false));
     let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new()
             .name(name)
@@ -73,23 +180,25 @@ pub fn start(addrs: &[IpAddr], port: u16, workers: usize, app: Arc<App>) -> Resu
             .map_err(|e| format!("cannot start a thread: {e}"))
     };
     let mut threads = vec![spawn(
-        "http-listener".into(),
+        "http-accept".into(),
         Box::new({
-            let stop = stop_rx.clone();
-            move || listen(listener, [local_tx, peers_tx], stop)
+            let (front, stopping) = (front.clone(), stopping.clone());
+            move || accept(listener, front, stopping)
         }),
     )?];
-    for (pool, requests) in [("local", local_rx), ("peers", peers_rx)] {
+    for (kind, jobs) in [("local", local_rx), ("peers", peers_rx)] {
         for i in 0..workers {
-            let (rx, app, stop) = (requests.clone(), app.clone(), stop_rx.clone());
+            let (jobs, app, stop) = (jobs.clone(), app.clone(), stop.clone());
             threads.push(spawn(
-                format!("http-{pool}-{i}"),
-                Box::new(move || work(&app, rx, &stop)),
+                format!("http-{kind}-{i}"),
+                Box::new(move || work(&app, jobs, &stop)),
             )?);
         }
     }
+    log::debug!("http: at most {max_connections} connections from peers, and as many local ones");
     Ok(Http {
         addr,
+        stopping,
         stop: stop_tx,
         threads,
     })
@@ -101,9 +210,10 @@ impl Http {
     }
 
     /// Stops accepting, ends the bodies being streamed (their connections
-    /// are cut and their `nix-store` children killed and reaped) and waits
-    /// for the workers, at most a few seconds.
+    /// are cut and their Nix children killed and reaped) and waits for the
+    /// workers, at most a few seconds.
     pub fn stop(self) {
+        self.stopping.store(true, Ordering::Relaxed);
         drop(self.stop);
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         for thread in self.threads {
@@ -117,88 +227,203 @@ impl Http {
     }
 }
 
-/// What one connection may take (tiny_http as patched in src/vendor): an
-/// idle client is dropped after `read_timeout`, a client that stops reading
-/// a body after `write_timeout`; peers may hold at most `max_connections`
-/// (the local Nix is not counted); a request head is at most 16 KiB and
-/// must come within 10 s of its first byte.
-const LIMITS: Limits = Limits {
-    max_connections: 256,
-    read_timeout: Some(Duration::from_secs(30)),
-    write_timeout: Some(Duration::from_secs(60)),
-    max_head_bytes: 16 * 1024,
-    head_timeout: Some(Duration::from_secs(10)),
-};
-
-/// The listener thread: takes requests from tiny_http and queues them for
-/// the workers, those from loopback for the local pool and the others for
-/// the peers' pool.
-fn listen(listener: TcpListener, [local, peers]: [Sender<Request>; 2], stop: Receiver<()>) {
-    let server = match Server::from_listener_with_limits(listener, None, LIMITS) {
-        Ok(s) => s,
-        Err(e) => return log::error!("cannot start the HTTP server: {e}"),
+/// The soft limit on open file descriptors.
+fn fd_limit() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
     };
-    while matches!(stop.try_recv(), Err(TryRecvError::Empty)) {
-        match server.recv_timeout(Duration::from_millis(200)) {
-            Ok(Some(request)) => {
-                let from_loopback = request
-                    .remote_addr()
-                    .is_some_and(|a| a.ip().to_canonical().is_loopback());
-                let pool = if from_loopback { &local } else { &peers };
-                if pool.send(request).is_err() {
-                    return;
-                }
+    // SAFETY: getrlimit writes one rlimit we own.
+    match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
+        0 => usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX),
+        _ => 1024,
+    }
+}
+
+/// The accepting thread: a connection thread for each client while there
+/// is room for its kind; waits and tries again when out of descriptors.
+fn accept(listener: TcpListener, front: Arc<Front>, stopping: Arc<AtomicBool>) {
+    while !stopping.load(Ordering::Relaxed) {
+        let mut ready = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; a 200 ms wait to notice a stop.
+        if unsafe { libc::poll(&mut ready, 1, 200) } <= 0 {
+            continue;
+        }
+        match listener.accept() {
+            Ok((stream, addr)) => connection(&front, stream, addr),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                ) =>
+            {
+                NO_FDS.log(log::Level::Warn, || {
+                    format!("http: cannot accept a connection ({e}); trying again as descriptors free up")
+                });
+                std::thread::sleep(Duration::from_millis(50));
             }
-            Ok(None) => {}
             Err(e) => {
-                log::error!("HTTP server: {e}");
-                std::thread::sleep(Duration::from_millis(100));
+                ACCEPT_FAILED.log(log::Level::Warn, || format!("http: accept failed: {e}"));
+                std::thread::sleep(Duration::from_millis(10));
             }
         }
     }
 }
 
-/// A worker thread: answers requests until the listener goes away.
-fn work(app: &App, requests: Receiver<Request>, stop: &Receiver<()>) {
-    for request in requests {
-        let head = match request.method() {
-            Method::Get => false,
-            Method::Head => true,
-            _ => {
-                app.metrics.request("other", 405);
-                reply::send(
-                    request,
-                    Reply::status(405, "only GET and HEAD"),
-                    &app.metrics,
-                    stop,
-                );
-                continue;
+/// Starts the thread of one accepted connection, if its kind of client
+/// has room for one more.
+fn connection(front: &Arc<Front>, stream: TcpStream, addr: SocketAddr) {
+    let from = Client::of(addr);
+    let pool = front.pool(from);
+    if pool.open.fetch_add(1, Ordering::Relaxed) >= pool.max_connections {
+        pool.open.fetch_sub(1, Ordering::Relaxed);
+        REFUSED.log(log::Level::Warn, || {
+            format!(
+                "http: {} connections from {} are open: refused one from {addr}",
+                pool.max_connections, pool.kind
+            )
+        });
+        return;
+    }
+    let thread = std::thread::Builder::new()
+        .name("http-connection".into())
+        .stack_size(CONNECTION_STACK)
+        .spawn({
+            let front = front.clone();
+            move || {
+                tiny_http::serve_connection(stream, &LIMITS, |request| front.hand(request, from));
+                front.pool(from).open.fetch_sub(1, Ordering::Relaxed);
             }
+        });
+    if let Err(e) = thread {
+        pool.open.fetch_sub(1, Ordering::Relaxed);
+        NO_FDS.log(log::Level::Warn, || {
+            format!("http: cannot start a thread for {addr}: {e}")
+        });
+    }
+}
+
+impl Front {
+    fn pool(&self, from: Client) -> &Pool {
+        match from {
+            Client::Local => &self.local,
+            Client::Peer => &self.peers,
+        }
+    }
+
+    /// Queues a request for a worker (on the connection's thread, which
+    /// then waits for the answer). What can be refused cheaply is refused
+    /// here, before it takes a place in a queue.
+    fn hand(&self, request: Request, from: Client) {
+        let refusal = match request.method() {
+            Method::Get | Method::Head => self.refusal(&request, from),
+            _ => Some(Reply::status(405, "only GET and HEAD")),
         };
-        let url = request.url();
-        let path = url.split('?').next().unwrap_or_default().to_owned();
-        let client = request.remote_addr().copied();
+        if let Some(reply) = refusal {
+            return self.answer_here(request, reply);
+        }
+        let pool = self.pool(from);
+        let job = Job { request, from };
+        let job = match pool.jobs.try_send(job) {
+            Ok(()) => return,
+            Err(TrySendError::Full(job)) if from == Client::Local => {
+                match pool.jobs.send_timeout(job, LOCAL_QUEUE_WAIT) {
+                    Ok(()) => return,
+                    Err(e) => e.into_inner(),
+                }
+            }
+            Err(e) => e.into_inner(),
+        };
+        BUSY.log(log::Level::Warn, || {
+            format!("http: every worker for {} is busy: answered 503", pool.kind)
+        });
+        self.answer_here(job.request, Reply::status(503, "busy; ask another peer"));
+    }
+
+    /// The answer to a request that needs no worker, if any: a peer
+    /// request without the network's key.
+    fn refusal(&self, request: &Request, from: Client) -> Option<Reply> {
+        let key = self.app.network_key.as_ref()?;
+        let path = path_of(request);
+        // With a key, the original's `/local/` routes are off (404): only
+        // ours need it.
+        if from != Client::Peer || !path.starts_with("/peer/") {
+            return None;
+        }
         let authorization = request
             .headers()
             .iter()
             .find(|h| h.field.equiv("Authorization"))
-            .map(|h| h.value.as_str().to_owned());
-        let method = if head { "HEAD" } else { "GET" };
-        let reply = peer_routes::route(app, &path, head, || match &app.network_key {
-            None => Ok(()),
-            Some(key) => key.check_authorization(method, &path, authorization.as_deref()),
-        })
-        .or_else(|| local_routes::route(app, &path, head, client))
-        .unwrap_or_else(Reply::not_found);
-        log::debug!(
-            "{} {path} from {:?}: {}",
-            request.method(),
-            request.remote_addr(),
-            reply.status_code()
-        );
-        app.metrics.request(route_name(&path), reply.status_code());
-        reply::send(request, reply, &app.metrics, stop);
+            .map(|h| h.value.as_str());
+        let method = if request.method() == &Method::Head {
+            "HEAD"
+        } else {
+            "GET"
+        };
+        match key.check_authorization(method, path, authorization) {
+            Ok(()) => None,
+            Err(e) => {
+                peer_routes::REFUSED.log(log::Level::Warn, || {
+                    format!("refused {path} from {:?}: {e}", request.remote_addr())
+                });
+                Some(Reply::status(403, "this network needs its key"))
+            }
+        }
     }
+
+    fn answer_here(&self, request: Request, reply: Reply) {
+        let path = path_of(&request).to_owned();
+        self.app
+            .metrics
+            .request(route_name(&path), reply.status_code());
+        reply::send(request, reply, &self.app.metrics, &self.stop);
+    }
+}
+
+/// The path of a request, without its query.
+fn path_of(request: &Request) -> &str {
+    let url = request.url();
+    url.split('?').next().unwrap_or_default()
+}
+
+/// A worker thread: answers requests until the daemon stops.
+fn work(app: &App, jobs: Receiver<Job>, stop: &Receiver<()>) {
+    loop {
+        crossbeam_channel::select! {
+            recv(jobs) -> job => match job {
+                Ok(job) => answer(app, job, stop),
+                Err(_) => return,
+            },
+            recv(stop) -> _ => return,
+        }
+    }
+}
+
+fn answer(app: &App, job: Job, stop: &Receiver<()>) {
+    let request = job.request;
+    let path = path_of(&request).to_owned();
+    let incoming = Incoming {
+        path: &path,
+        head: request.method() == &Method::Head,
+        from: job.from,
+        range: reply::range(&request),
+    };
+    let reply = peer_routes::route(app, &incoming)
+        .or_else(|| local_routes::route(app, &incoming))
+        .unwrap_or_else(Reply::not_found);
+    log::debug!(
+        "{} {path} from {:?}: {}",
+        request.method(),
+        request.remote_addr(),
+        reply.status_code()
+    );
+    app.metrics.request(route_name(&path), reply.status_code());
+    reply::send(request, reply, &app.metrics, stop);
 }
 
 /// The route a path is for, as a metrics label.

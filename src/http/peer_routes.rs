@@ -6,44 +6,46 @@
 //!   so that nodes still running it can fetch from ours.
 //!
 //! Only valid paths of this store that the share policy offers are ever
-//! served. With a network key, requests must carry a valid
-//! `Authorization` (see `auth.rs`), and the original's routes are off: its
-//! nodes cannot authenticate.
+//! served. NARs come from Nix's serializer (`store/nar.rs`), with
+//! `Content-Length`; `Range: bytes=N-` is answered 206, the first N bytes
+//! of the NAR read and dropped (a peer of ours resumes a NAR so when the
+//! peer it came from broke off). With a network key, requests must carry a
+//! valid `Authorization` (see `auth.rs`; checked before they are queued),
+//! and the original's routes are off: its nodes cannot authenticate.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
 use super::reply::Reply;
-use super::App;
-use crate::auth::AuthError;
+use super::{App, Incoming};
+use crate::logs::Throttle;
 use crate::metrics::NarSource;
 use crate::narinfo::{basename_of, HashPart, STORE_DIR};
 use crate::store::PathInfo;
 
-/// Answers `path` (without query) if it is one of the peer routes;
-/// `authenticated` checks the request against the network key.
-pub fn route(
-    app: &App,
-    path: &str,
-    head: bool,
-    authenticated: impl FnOnce() -> Result<(), AuthError>,
-) -> Option<Reply> {
-    if !path.starts_with("/peer/") && !path.starts_with("/local/") {
+/// Requests refused for want of the network key, logged at most once a second.
+pub static REFUSED: Throttle = Throttle::new();
+
+/// True when `path` is one of the routes for peers.
+pub fn is_peer_route(path: &str) -> bool {
+    path.starts_with("/peer/") || path.starts_with("/local/")
+}
+
+/// Answers the request if its path is one of the peer routes.
+pub fn route(app: &App, incoming: &Incoming) -> Option<Reply> {
+    let (path, head, range) = (incoming.path, incoming.head, incoming.range);
+    if !is_peer_route(path) {
         return None;
     }
     if app.network_key.is_some() && path.starts_with("/local/") {
         return Some(Reply::not_found());
-    }
-    if let Err(e) = authenticated() {
-        log::debug!("refused {path}: {e}");
-        return Some(Reply::status(403, "this network needs its key"));
     }
     if let Some(rest) = path.strip_prefix("/peer/") {
         return Some(match rest {
             "nix-cache-info" => cache_info(app),
             _ => match rest.strip_prefix("nar/") {
                 Some(nar) => match nar.strip_suffix(".nar").map(HashPart::parse) {
-                    Some(Some(hash)) => nar_reply(app, &hash, head),
+                    Some(Some(hash)) => nar_reply(app, &hash, head, range),
                     _ => Reply::status(400, "expected /peer/nar/<32-char hash>.nar"),
                 },
                 None => match rest.strip_suffix(".narinfo").map(HashPart::parse) {
@@ -59,7 +61,7 @@ pub fn route(
         Some(nar) => match nar.strip_suffix(".nar").and_then(decode_v1_nar_name) {
             Some(Ok(basename)) => match HashPart::of_basename(&basename) {
                 Some(hash) if app.store.lookup(&hash).as_deref() == Some(&*basename) => {
-                    nar_reply(app, &hash, head)
+                    nar_reply(app, &hash, head, range)
                 }
                 _ => Reply::not_found(),
             },
@@ -123,25 +125,29 @@ fn narinfo_reply(app: &App, hash: &HashPart, url: String) -> Reply {
     }
 }
 
-fn nar_reply(app: &App, hash: &HashPart, head: bool) -> Reply {
+fn nar_reply(app: &App, hash: &HashPart, head: bool, range: Option<u64>) -> Reply {
     let info = match path_info(app, hash) {
         Ok(info) => info,
         Err(reply) => return reply,
     };
-    let body: Option<Box<dyn std::io::Read + Send>> = if head {
-        None
-    } else {
-        match app.store.nar(&info, 0) {
+    let offset = range.unwrap_or(0);
+    if offset >= info.nar_size {
+        return Reply::status(416, "the range starts after the end of the NAR");
+    }
+    let body = match head {
+        true => None,
+        false => match app.store.nar(&info, offset) {
             Ok(nar) => Some(nar),
             Err(e) => {
                 log::warn!("cannot read the NAR of {}: {e}", info.path);
                 return Reply::not_found();
             }
-        }
+        },
     };
     Reply::Stream {
         content_type: "application/x-nix-nar",
         len: info.nar_size,
+        range,
         body,
         source: NarSource::Store,
         what: format!("the NAR of {}", info.path),

@@ -1,7 +1,8 @@
 //! What a route answers, and how it is written to the client: status codes,
-//! bodies of known length (never chunked), HEAD without a body, and a
-//! connection cut when a streamed body fails half-way (tiny_http, as
-//! patched in src/vendor, shuts the socket down when a response fails).
+//! bodies of known length (never chunked), `Range: bytes=N-` answered 206,
+//! HEAD without a body, and a connection cut when a streamed body fails
+//! half-way (tiny_http, as patched in src/vendor, shuts the socket down
+//! when a response fails).
 
 use std::io::{self, Read};
 
@@ -17,10 +18,12 @@ pub enum Reply {
         content_type: &'static str,
         body: String,
     },
-    /// A streamed body of known length (a NAR). `body` is `None` for HEAD.
+    /// A streamed body (a NAR) of `len` bytes in all; with `range`, from
+    /// that byte on (206). `body` is `None` for HEAD.
     Stream {
         content_type: &'static str,
         len: u64,
+        range: Option<u64>,
         body: Option<Box<dyn Read + Send>>,
         source: NarSource,
         what: String,
@@ -48,8 +51,24 @@ impl Reply {
     pub fn status_code(&self) -> u16 {
         match self {
             Reply::Text { status, .. } => *status,
-            Reply::Stream { .. } => 200,
+            Reply::Stream { range: None, .. } => 200,
+            Reply::Stream { range: Some(_), .. } => 206,
         }
+    }
+}
+
+/// The `N` of a `Range: bytes=N-` header (what Nix, through curl, sends to
+/// resume a download). Other ranges are not served: the whole body is, as
+/// HTTP allows.
+pub fn range(request: &Request) -> Option<u64> {
+    let value = (request.headers().iter())
+        .find(|h| h.field.equiv("Range"))?
+        .value
+        .as_str();
+    let start = value.trim().strip_prefix("bytes=")?.strip_suffix('-')?;
+    match start.bytes().all(|c| c.is_ascii_digit()) {
+        true => start.parse().ok(),
+        false => None,
     }
 }
 
@@ -80,39 +99,46 @@ pub fn send(request: Request, reply: Reply, metrics: &Metrics, stop: &Receiver<(
         Reply::Stream {
             content_type,
             len,
+            range,
             body,
             source,
             what,
         } => {
             let streamed = body.is_some();
+            let offset = range.unwrap_or(0);
+            let left = len - offset.min(len);
             let body: Box<dyn Read + Send> = match body {
                 Some(body) => Box::new(Exact {
                     inner: body,
-                    left: len,
+                    left,
                     stop: stop.clone(),
                 }),
                 None => Box::new(io::empty()),
             };
             // Counted as offered: a client that leaves early is not told apart.
             if streamed {
-                metrics.nar_bytes(source, len);
+                metrics.nar_bytes(source, left);
             }
-            let response = Response::new(
-                StatusCode(200),
-                vec![
-                    header("Content-Type", content_type),
-                    header("Accept-Ranges", "none"),
-                ],
-                body,
-                Some(len as usize),
-                None,
-            )
-            .with_chunked_threshold(usize::MAX);
+            let mut headers = vec![
+                header("Content-Type", content_type),
+                header("Accept-Ranges", "bytes"),
+            ];
+            if range.is_some() {
+                let last = len.saturating_sub(1);
+                headers.push(header(
+                    "Content-Range",
+                    &format!("bytes {offset}-{last}/{len}"),
+                ));
+            }
+            let status = if range.is_some() { 206 } else { 200 };
+            let response =
+                Response::new(StatusCode(status), headers, body, Some(left as usize), None)
+                    .with_chunked_threshold(usize::MAX);
             // tiny_http reports a client that went away as success; a body
-            // that failed as an error. Either way the body (and a dump
-            // child behind it) is dropped, and so killed, right here.
+            // that failed as an error. Either way the body (and a Nix child
+            // behind it) is dropped, and so killed, right here.
             match request.respond(response) {
-                Ok(()) if streamed => log::debug!("sent {what} ({len} bytes) to {peer:?}"),
+                Ok(()) if streamed => log::debug!("sent {what} ({left} bytes) to {peer:?}"),
                 Ok(()) => {}
                 Err(e) => log::warn!("sending {what} to {peer:?} failed: {e}; connection cut"),
             }

@@ -36,8 +36,9 @@ pub struct ClientConnection {
     secure: bool,
 
     // peerix patch: the connection, handed to each request so that a failed
-    // response can cut it (see `Request::respond`).
-    control: Option<crate::connection::Connection>,
+    // response can cut it (see `Request::respond`); shared, not duplicated,
+    // so that a request costs no file descriptor.
+    control: Option<std::sync::Arc<crate::connection::Connection>>,
 
     // peerix patch: bytes left for the request line and headers of the
     // request being read; a client that sends more gets 431 and is dropped.
@@ -70,7 +71,7 @@ impl ClientConnection {
     pub fn new(
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
-        control: Option<crate::connection::Connection>,
+        control: Option<std::sync::Arc<crate::connection::Connection>>,
         max_head_bytes: usize,
         head_timeout: Option<std::time::Duration>,
     ) -> ClientConnection {
@@ -191,6 +192,12 @@ impl ClientConnection {
         let mut data_source = self.source.next().unwrap();
         std::mem::swap(&mut self.next_header_source, &mut data_source);
 
+        // peerix patch: a client that is already gone is an error, not a panic.
+        let remote_addr = match &self.remote_addr {
+            Ok(addr) => *addr,
+            Err(e) => return Err(ReadError::ReadIoError(IoError::new(e.kind(), e.to_string()))),
+        };
+
         // building the next reader
         let request = crate::request::new_request(
             self.secure,
@@ -198,7 +205,7 @@ impl ClientConnection {
             path,
             version.clone(),
             headers,
-            *self.remote_addr.as_ref().unwrap(),
+            remote_addr,
             data_source,
             writer,
         )
@@ -213,8 +220,7 @@ impl ClientConnection {
         })?;
 
         // return the request
-        let control = self.control.as_ref().and_then(|c| c.try_clone().ok());
-        Ok(request.with_abort(control))
+        Ok(request.with_abort(self.control.clone()))
     }
 }
 

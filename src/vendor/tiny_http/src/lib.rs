@@ -157,6 +157,36 @@ impl Default for Limits {
 }
 
 /// peerix patch: true for a client on this machine.
+/// peerix patch: serves one accepted connection on the calling thread.
+///
+/// Each request read from `stream` is handed to `handle` (which may pass it
+/// to another thread to answer), and the next one is read only once it has
+/// been answered or dropped: a client that pipelines requests without
+/// reading the answers holds one request in the server at a time, and no
+/// queue grows with what it sends. Returns when the client closes the
+/// connection, breaks a limit of `limits` (a 4xx is sent first where one
+/// can be), or asks for `Connection: close`.
+pub fn serve_connection(stream: TcpStream, limits: &Limits, mut handle: impl FnMut(Request)) {
+    let connection = Connection::from(stream);
+    let _ = connection.set_timeouts(limits.read_timeout, limits.write_timeout);
+    let connection = Arc::new(connection);
+    let (read, write) = util::RefinedTcpStream::new(connection.clone());
+    let client = ClientConnection::new(
+        write,
+        read,
+        Some(connection),
+        limits.max_head_bytes,
+        limits.head_timeout,
+    );
+    let (answered, answer) = mpsc::channel();
+    for request in client {
+        handle(request.with_notify_sender(answered.clone()));
+        if answer.recv().is_err() {
+            return;
+        }
+    }
+}
+
 fn is_loopback(addr: Option<std::net::SocketAddr>) -> bool {
     addr.map_or(true, |a| a.ip().to_canonical().is_loopback())
 }
@@ -372,7 +402,8 @@ impl Server {
                         use util::RefinedTcpStream;
                         counted = !is_loopback(addr);
                         let _ = sock.set_timeouts(limits.read_timeout, limits.write_timeout);
-                        let control = sock.try_clone().ok();
+                        let sock = Arc::new(sock);
+                        let control = Some(sock.clone());
                         let (read_closable, write_closable) = match ssl {
                             None => RefinedTcpStream::new(sock),
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]

@@ -78,7 +78,7 @@ pub struct Request {
     // peerix patch: the connection, to shut down when a response fails half
     // way, so that the client neither takes a short body for a whole one nor
     // waits for bytes that will not come.
-    abort: Option<crate::connection::Connection>,
+    abort: Option<std::sync::Arc<crate::connection::Connection>>,
 }
 
 struct NotifyOnDrop<R> {
@@ -101,7 +101,8 @@ impl<R: Write> Write for NotifyOnDrop<R> {
 }
 impl<R> Drop for NotifyOnDrop<R> {
     fn drop(&mut self) {
-        self.sender.send(()).unwrap();
+        // peerix patch: nobody waiting is no reason to panic.
+        let _ = self.sender.send(());
     }
 }
 
@@ -445,7 +446,7 @@ impl Request {
             let _ = connection.shutdown(std::net::Shutdown::Both);
         }
         if let Some(sender) = self.notify_when_responded.take() {
-            sender.send(()).unwrap();
+            let _ = sender.send(());
         }
         res
     }
@@ -480,7 +481,10 @@ impl Request {
     }
 
     /// peerix patch: the connection to shut down if responding fails.
-    pub(crate) fn with_abort(mut self, connection: Option<crate::connection::Connection>) -> Self {
+    pub(crate) fn with_abort(
+        mut self,
+        connection: Option<std::sync::Arc<crate::connection::Connection>>,
+    ) -> Self {
         self.abort = connection;
         self
     }
@@ -507,7 +511,7 @@ impl Drop for Request {
             let response = Response::empty(500);
             let _ = self.respond_impl(response); // ignoring any potential error
             if let Some(sender) = self.notify_when_responded.take() {
-                sender.send(()).unwrap();
+                let _ = sender.send(());
             }
         }
     }
