@@ -8,11 +8,11 @@
 //! sees which paths are asked for and the NARs that are sent. Nodes' clocks
 //! must agree within `WINDOW` (NTP does).
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fmt;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ring::hmac;
 
@@ -23,8 +23,8 @@ pub const WINDOW: Duration = Duration::from_secs(30);
 /// (u64 BE, milliseconds since 1970) and the HMAC-SHA256 tag.
 pub const TRAILER: usize = 8 + 32;
 
-/// Tags remembered against replays, at most.
-const MAX_REMEMBERED: usize = 100_000;
+/// Tags remembered against replays per generation (two are kept).
+const REMEMBERED: usize = 50_000;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum AuthError {
@@ -49,8 +49,43 @@ impl fmt::Display for AuthError {
 
 pub struct NetworkKey {
     key: hmac::Key,
-    /// Tags of the messages accepted within the window, with when.
-    seen: Mutex<HashMap<[u8; 32], Instant>>,
+    /// The tags of accepted messages, against replays.
+    seen: Mutex<Replays>,
+}
+
+/// The tags of the messages accepted, in two generations of at most
+/// `REMEMBERED` each, O(1) per message. When a generation is dropped, no
+/// message as old as the newest one it held is accepted any more (the
+/// floor): so a replay is refused whether its tag is remembered or not,
+/// and whatever this node's clock does. A wall clock set back does not
+/// reopen the window, as the floor comes from the messages' own times.
+#[derive(Default)]
+struct Replays {
+    current: HashSet<[u8; 32]>,
+    previous: HashSet<[u8; 32]>,
+    /// The newest timestamp in each generation.
+    current_newest: u64,
+    previous_newest: u64,
+    /// Messages stamped at or before this are refused.
+    floor: u64,
+}
+
+impl Replays {
+    /// Remembers `tag` stamped `ts`; false when it is a replay (or older
+    /// than what was forgotten).
+    fn accept(&mut self, tag: [u8; 32], ts: u64) -> bool {
+        if ts <= self.floor || self.current.contains(&tag) || self.previous.contains(&tag) {
+            return false;
+        }
+        if self.current.len() >= REMEMBERED {
+            self.floor = self.floor.max(self.previous_newest);
+            self.previous = std::mem::take(&mut self.current);
+            self.previous_newest = std::mem::take(&mut self.current_newest);
+        }
+        self.current.insert(tag);
+        self.current_newest = self.current_newest.max(ts);
+        true
+    }
 }
 
 fn now_ms() -> u64 {
@@ -70,7 +105,7 @@ impl NetworkKey {
         }
         Ok(NetworkKey {
             key: hmac::Key::new(hmac::HMAC_SHA256, secret),
-            seen: Mutex::new(HashMap::new()),
+            seen: Mutex::new(Replays::default()),
         })
     }
 
@@ -162,16 +197,10 @@ impl NetworkKey {
         }
         let tag: [u8; 32] = tag.try_into().map_err(|_| AuthError::Malformed)?;
         let mut seen = self.seen.lock().map_err(|_| AuthError::Replayed)?;
-        if seen.len() >= MAX_REMEMBERED / 2 {
-            seen.retain(|_, at| at.elapsed() <= 2 * WINDOW);
+        match seen.accept(tag, ts) {
+            true => Ok(()),
+            false => Err(AuthError::Replayed),
         }
-        if seen.len() >= MAX_REMEMBERED {
-            return Err(AuthError::Replayed);
-        }
-        if seen.insert(tag, Instant::now()).is_some() {
-            return Err(AuthError::Replayed);
-        }
-        Ok(())
     }
 }
 
@@ -265,6 +294,26 @@ mod tests {
             k.check_authorization("GET", "/", Some("Basic abc")),
             Err(AuthError::Malformed)
         );
+    }
+
+    #[test]
+    fn replays_stay_refused_after_their_tags_are_forgotten() {
+        let mut replays = Replays::default();
+        let tag = |i: usize| {
+            let mut t = [0u8; 32];
+            t[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            t
+        };
+        assert!(replays.accept(tag(0), 1_000));
+        assert!(!replays.accept(tag(0), 1_000));
+        // A flood of fresh messages pushes the first one's tag out of memory…
+        for i in 1..=3 * REMEMBERED {
+            assert!(replays.accept(tag(i), 1_000 + i as u64));
+        }
+        assert!(replays.current.len() + replays.previous.len() <= 2 * REMEMBERED);
+        // …but its time is below the floor now, so it is refused all the same.
+        assert!(!replays.accept(tag(0), 1_000));
+        assert!(replays.accept(tag(usize::MAX), 10_000_000));
     }
 
     #[test]

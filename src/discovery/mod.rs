@@ -52,8 +52,14 @@ const STARTUP: Duration = Duration::from_secs(2);
 /// or not the new answers make it through a busy network.
 const RECENT: Duration = Duration::from_secs(60);
 
-/// Paths whose recent "have" answers are remembered, at most.
+/// Paths whose recent "have" answers are remembered, per generation.
 const RECENT_MAX: usize = 4096;
+
+/// Commands waiting for the UDP thread, at most.
+const COMMANDS_MAX: usize = 4096;
+
+/// Answers to one query waiting for its worker, at most.
+const ANSWERS_MAX: usize = 64;
 
 /// Receive buffer asked for the UDP socket, to ride out bursts of queries.
 const RECEIVE_BUFFER: libc::c_int = 4 << 20;
@@ -71,8 +77,9 @@ pub struct Asked<'a> {
 }
 
 impl Asked<'_> {
-    /// The next peer that says it has the path; `None` once every peer
-    /// that answers misses has said no, or at the discovery timeout.
+    /// The next peer that says it has the path; `None` once no more will
+    /// (every peer of ours has answered, and original Peerix nodes had the
+    /// time their answers need), or at the discovery timeout.
     pub fn next_have(&mut self) -> Option<Found> {
         loop {
             let wait = self
@@ -83,7 +90,13 @@ impl Asked<'_> {
                     self.resend_at = None;
                     return Some(found);
                 }
-                Ok(Answer::AllMissed) => return None,
+                Ok(Answer::Settled { until }) => {
+                    self.deadline = self.deadline.min(until);
+                    self.resend_at = self.resend_at.filter(|r| *r < self.deadline);
+                    if Instant::now() >= self.deadline {
+                        return None;
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) if Instant::now() < self.deadline => {
                     if self.resend_at.take().is_some() {
                         log::debug!("discovery: no answer yet for {}; asking again", self.hash);
@@ -109,9 +122,11 @@ pub struct Found {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
     Have(Found),
-    /// Every peer that answers misses has said "not here", and no peer
-    /// that is silent on a miss is about: no `Have` will come.
-    AllMissed,
+    /// Every peer of ours has answered: a `Have` may still come from an
+    /// original Peerix (silent on a miss) until `until`, then no more.
+    Settled {
+        until: Instant,
+    },
 }
 
 pub struct Settings {
@@ -221,24 +236,29 @@ enum Command {
         id: u32,
         hash: HashPart,
         answers: Sender<Answer>,
+        sent: Instant,
         deadline: Instant,
     },
     Status(Sender<Vec<String>>),
     Stop,
 }
 
-/// A query of ours waiting for answers.
+/// A query of ours waiting for answers. It is kept until the full
+/// timeout, even after its worker stopped listening, so that the answer
+/// times of original Peerix nodes are learnt from late answers too.
 struct Pending {
     hash: HashPart,
     answers: Sender<Answer>,
+    sent: Instant,
     deadline: Instant,
     /// Peers of ours that have not answered yet.
     waiting: Vec<NodeId>,
     /// Peers that said they have it (each is reported once, though it
     /// may answer on IPv4 and IPv6 alike).
     have: Vec<NodeId>,
-    /// False when a miss cannot be known early (silent peers, or none known).
-    can_miss_early: bool,
+    /// When nothing more is to be expected once every peer of ours has
+    /// answered: later for peers that are silent on a miss.
+    settled_at: Instant,
 }
 
 fn random_u64() -> u64 {
@@ -302,7 +322,7 @@ impl Discovery {
             socket: socket.try_clone()?,
             key: settings.network_key.clone(),
         });
-        let (commands, commands_rx) = crossbeam_channel::unbounded();
+        let (commands, commands_rx) = crossbeam_channel::bounded(COMMANDS_MAX);
         let discovery = Arc::new(Discovery {
             outbox: outbox.clone(),
             commands,
@@ -322,7 +342,7 @@ impl Discovery {
             rate: RateLimit::new(settings.answer_rate),
             peers: PeerTable::default(),
             pending: HashMap::new(),
-            recent: HashMap::new(),
+            recent: crate::cache::Bounded::new(RECENT_MAX),
             last_hello: None,
             started: Instant::now(),
         };
@@ -345,14 +365,15 @@ impl Discovery {
 
     /// Asks the peers who has `hash`; see [`Asked::next_have`].
     pub fn ask(&self, hash: &HashPart) -> Asked<'_> {
-        let (answers, rx) = crossbeam_channel::unbounded();
+        let (answers, rx) = crossbeam_channel::bounded(ANSWERS_MAX);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let deadline = now + self.timeout;
-        let registered = self.commands.send(Command::Register {
+        let registered = self.commands.try_send(Command::Register {
             id,
             hash: *hash,
             answers,
+            sent: now,
             deadline,
         });
         if registered.is_ok() {
@@ -398,7 +419,12 @@ impl Discovery {
     /// One line per known peer.
     pub fn peers(&self) -> Vec<String> {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        if self.commands.send(Command::Status(tx)).is_err() {
+        let wait = Duration::from_secs(1);
+        if self
+            .commands
+            .send_timeout(Command::Status(tx), wait)
+            .is_err()
+        {
             return Vec::new();
         }
         self.outbox.wake();
@@ -407,7 +433,9 @@ impl Discovery {
 
     /// Says goodbye to the peers and stops the UDP thread.
     pub fn stop(&self) {
-        let _ = self.commands.send(Command::Stop);
+        let _ = self
+            .commands
+            .send_timeout(Command::Stop, Duration::from_secs(1));
         self.outbox.wake();
     }
 }

@@ -1,14 +1,19 @@
 //! The peer table: the nodes this one has heard from lately, kept by the
 //! UDP thread alone. It says which peers will answer a query either way
-//! (ours, by node id) and whether a peer that is silent on a miss (an
-//! original Peerix, known by address) is about, which decides whether a
-//! miss can be answered before the timeout.
+//! (ours, by node id), whether a peer that is silent on a miss (an
+//! original Peerix, known by address) is about, and how long such peers
+//! take to answer their hits, which decides how long a miss waits for them.
+//!
+//! Both tables are bounded (`cache::Bounded`): datagrams with made-up node
+//! ids or addresses can push out peers not heard from lately, never grow
+//! the daemon.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::wire::NodeId;
+use crate::cache::Bounded;
 
 /// A peer not heard from for this long is forgotten. Peers say hello
 /// every `HELLO_EVERY`, so a live one is heard well within it.
@@ -21,6 +26,22 @@ const MAX_STRIKES: u8 = 2;
 /// Addresses remembered per peer (IPv4 and IPv6, a few interfaces).
 const MAX_ADDRS: usize = 8;
 
+/// Peers of ours, and original Peerix nodes, per generation of their table.
+const MAX_PEERS: usize = 512;
+const MAX_V1_PEERS: usize = 128;
+
+/// Answer times remembered per original Peerix node.
+const V1_SAMPLES: usize = 32;
+
+/// Hits an original Peerix node must have answered before its answer time
+/// is trusted; until then a miss waits the whole timeout for it.
+const V1_LEARNED: usize = 5;
+
+/// A miss waits for original Peerix nodes this many times their slowest
+/// recent answer (about their p99), at least `V1_WAIT_MIN`.
+const V1_WAIT_FACTOR: u32 = 4;
+const V1_WAIT_MIN: Duration = Duration::from_millis(10);
+
 #[derive(Clone, Debug)]
 pub struct Peer {
     /// Where its datagrams come from, most recent first: a peer is heard
@@ -31,11 +52,29 @@ pub struct Peer {
     strikes: u8,
 }
 
-#[derive(Default)]
+/// An original Peerix node: when it was heard, and how long its answers
+/// to our queries took.
+struct V1Peer {
+    last_heard: Instant,
+    answers: VecDeque<Duration>,
+}
+
 pub struct PeerTable {
-    ours: HashMap<NodeId, Peer>,
+    ours: Bounded<NodeId, Peer>,
+    /// Which node of ours sends from an address.
+    by_addr: Bounded<IpAddr, NodeId>,
     /// Original Peerix nodes, by the address their datagrams come from.
-    v1: HashMap<IpAddr, Instant>,
+    v1: Bounded<IpAddr, V1Peer>,
+}
+
+impl Default for PeerTable {
+    fn default() -> PeerTable {
+        PeerTable {
+            ours: Bounded::new(MAX_PEERS),
+            by_addr: Bounded::new(MAX_PEERS * 2),
+            v1: Bounded::new(MAX_V1_PEERS),
+        }
+    }
 }
 
 impl PeerTable {
@@ -43,7 +82,7 @@ impl PeerTable {
     pub fn heard(&mut self, node: NodeId, addr: SocketAddr, http_port: Option<u16>) -> bool {
         let now = Instant::now();
         let new = !self.ours.contains_key(&node);
-        let peer = self.ours.entry(node).or_insert(Peer {
+        let peer = self.ours.entry_or_insert_with(node, || Peer {
             addrs: Vec::new(),
             http_port,
             last_heard: now,
@@ -55,6 +94,9 @@ impl PeerTable {
         peer.http_port = http_port.or(peer.http_port);
         peer.last_heard = now;
         peer.strikes = 0;
+        if self.by_addr.get(&addr.ip()) != Some(&node) {
+            self.by_addr.insert(addr.ip(), node);
+        }
         self.v1.remove(&addr.ip());
         new
     }
@@ -63,8 +105,29 @@ impl PeerTable {
     /// ours speaks from that address (ours send v1 queries too).
     pub fn heard_v1(&mut self, ip: IpAddr) {
         if !self.is_ours(ip) {
-            self.v1.insert(ip, Instant::now());
+            self.v1_peer(ip).last_heard = Instant::now();
         }
+    }
+
+    /// An original Peerix node at `ip` answered a query of ours (a hit)
+    /// after `took`.
+    pub fn v1_answered(&mut self, ip: IpAddr, took: Duration) {
+        if self.is_ours(ip) {
+            return;
+        }
+        let peer = self.v1_peer(ip);
+        peer.last_heard = Instant::now();
+        if peer.answers.len() == V1_SAMPLES {
+            peer.answers.pop_front();
+        }
+        peer.answers.push_back(took);
+    }
+
+    fn v1_peer(&mut self, ip: IpAddr) -> &mut V1Peer {
+        self.v1.entry_or_insert_with(ip, || V1Peer {
+            last_heard: Instant::now(),
+            answers: VecDeque::new(),
+        })
     }
 
     pub fn forget(&mut self, node: NodeId) {
@@ -73,9 +136,10 @@ impl PeerTable {
 
     /// True when a live node of ours sends from `ip`.
     pub fn is_ours(&self, ip: IpAddr) -> bool {
-        self.ours
-            .values()
-            .any(|p| p.addrs.iter().any(|a| a.ip() == ip))
+        self.by_addr
+            .get(&ip)
+            .and_then(|node| self.ours.get(node))
+            .is_some_and(|p| p.addrs.iter().any(|a| a.ip() == ip))
     }
 
     /// The live peers of ours that answer every query, hit or miss.
@@ -87,9 +151,28 @@ impl PeerTable {
             .collect()
     }
 
-    /// True when a live original Peerix is about: it answers only hits.
-    pub fn has_v1(&self) -> bool {
-        self.v1.values().any(|t| t.elapsed() < PEER_TTL)
+    /// How long a query waits for original Peerix nodes (they answer only
+    /// hits) once every peer of ours has answered: nothing when none is
+    /// about; the whole `timeout` while one of them has not answered
+    /// enough hits to know its pace; else a few times its slowest recent
+    /// answer, within `timeout`.
+    pub fn v1_wait(&self, timeout: Duration) -> Option<Duration> {
+        let live: Vec<&V1Peer> = (self.v1.iter())
+            .map(|(_, p)| p)
+            .filter(|p| p.last_heard.elapsed() < PEER_TTL)
+            .collect();
+        if live.is_empty() {
+            return None;
+        }
+        if live.iter().any(|p| p.answers.len() < V1_LEARNED) {
+            return Some(timeout);
+        }
+        let slowest = (live.iter())
+            .flat_map(|p| p.answers.iter())
+            .max()
+            .copied()
+            .unwrap_or(timeout);
+        Some((slowest * V1_WAIT_FACTOR).clamp(V1_WAIT_MIN, timeout))
     }
 
     /// A peer did not answer a query in time.
@@ -111,7 +194,9 @@ impl PeerTable {
             }
             live
         });
-        self.v1.retain(|_, t| t.elapsed() < PEER_TTL);
+        let ours = &self.ours;
+        self.by_addr.retain(|_, node| ours.contains_key(node));
+        self.v1.retain(|_, p| p.last_heard.elapsed() < PEER_TTL);
     }
 
     /// One line per peer, for logs and status.
@@ -134,11 +219,15 @@ impl PeerTable {
                 )
             })
             .collect();
-        lines.extend(
-            self.v1
-                .iter()
-                .map(|(ip, t)| format!("v1 {ip} heard {:.0?} ago", t.elapsed())),
-        );
+        lines.extend(self.v1.iter().map(|(ip, p)| {
+            let slowest = p.answers.iter().max();
+            format!(
+                "v1 {ip} heard {:.0?} ago, {} answers timed{}",
+                p.last_heard.elapsed(),
+                p.answers.len(),
+                slowest.map_or(String::new(), |s| format!(", slowest {s:.1?}"))
+            )
+        }));
         lines.sort();
         lines
     }
@@ -158,14 +247,56 @@ mod tests {
         assert!(table.is_ours(v4.ip()) && table.is_ours(v6.ip()));
         // Its v1 queries do not make it an original Peerix.
         table.heard_v1(v4.ip());
-        assert!(!table.has_v1());
+        assert!(table.v1_wait(Duration::from_millis(500)).is_none());
         table.heard_v1("10.0.0.9".parse().unwrap());
-        assert!(table.has_v1());
+        assert!(table.v1_wait(Duration::from_millis(500)).is_some());
         assert_eq!(table.expected(), [7]);
         table.strike(7);
         table.strike(7);
         assert!(table.expected().is_empty());
         table.heard(7, v4, None);
         assert_eq!(table.expected(), [7]);
+    }
+
+    #[test]
+    fn misses_wait_for_original_nodes_as_long_as_their_answers_need() {
+        let timeout = Duration::from_millis(500);
+        let mut table = PeerTable::default();
+        let v1: IpAddr = "10.0.0.9".parse().unwrap();
+        table.heard_v1(v1);
+        // Not learnt yet: the whole timeout.
+        for _ in 0..V1_LEARNED - 1 {
+            table.v1_answered(v1, Duration::from_millis(5));
+            assert_eq!(table.v1_wait(timeout), Some(timeout));
+        }
+        table.v1_answered(v1, Duration::from_millis(6));
+        assert_eq!(table.v1_wait(timeout), Some(Duration::from_millis(24)));
+        // A slow answer lengthens the wait, never beyond the timeout.
+        table.v1_answered(v1, Duration::from_millis(200));
+        assert_eq!(table.v1_wait(timeout), Some(timeout));
+        // Fast again: the slow one ages out of the last V1_SAMPLES.
+        for _ in 0..V1_SAMPLES {
+            table.v1_answered(v1, Duration::from_millis(1));
+        }
+        assert_eq!(table.v1_wait(timeout), Some(V1_WAIT_MIN));
+    }
+
+    #[test]
+    fn made_up_peers_never_grow_the_table() {
+        let mut table = PeerTable::default();
+        let ours: SocketAddr = "10.0.0.2:12304".parse().unwrap();
+        table.heard(1, ours, Some(12304));
+        for id in 2..100_000u64 {
+            let addr = SocketAddr::from(([10, (id >> 16) as u8, (id >> 8) as u8, id as u8], 12304));
+            table.heard(id, addr, None);
+            table.heard_v1(addr.ip());
+            if id % 100 == 0 {
+                table.heard(1, ours, Some(12304));
+            }
+        }
+        assert!(table.ours.len() <= 2 * MAX_PEERS);
+        assert!(table.by_addr.len() <= 4 * MAX_PEERS);
+        assert!(table.v1.len() <= 2 * MAX_V1_PEERS);
+        assert!(table.is_ours(ours.ip()), "a peer heard lately is kept");
     }
 }

@@ -2,18 +2,19 @@
 //! of queries (or of spoofed ones) neither keeps the thread busy nor turns
 //! this node into a stream of replies towards a victim.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-/// Sources remembered at most; beyond, the table starts afresh.
+use crate::cache::Bounded;
+
+/// Sources remembered per generation of the table.
 const MAX_SOURCES: usize = 4096;
 
 /// A token bucket per source address: `rate` answers a second, sustained,
 /// and twice that at once (Nix asks for many paths together).
 pub struct RateLimit {
     rate: f64,
-    buckets: HashMap<IpAddr, (f64, Instant)>,
+    buckets: Bounded<IpAddr, (f64, Instant)>,
 }
 
 impl RateLimit {
@@ -21,7 +22,7 @@ impl RateLimit {
     pub fn new(rate: u32) -> RateLimit {
         RateLimit {
             rate: f64::from(rate),
-            buckets: HashMap::new(),
+            buckets: Bounded::new(MAX_SOURCES),
         }
     }
 
@@ -34,15 +35,9 @@ impl RateLimit {
         if self.rate == 0.0 {
             return true;
         }
-        if self.buckets.len() >= MAX_SOURCES && !self.buckets.contains_key(&ip) {
-            self.forget_idle();
-            if self.buckets.len() >= MAX_SOURCES {
-                self.buckets.clear();
-            }
-        }
         let (rate, burst) = (self.rate, self.burst());
         let now = Instant::now();
-        let (tokens, last) = self.buckets.entry(ip).or_insert((burst, now));
+        let (tokens, last) = self.buckets.entry_or_insert_with(ip, || (burst, now));
         *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
         *last = now;
         if *tokens >= 1.0 {

@@ -7,15 +7,17 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::auth::AuthError;
+use crate::cache::Bounded;
+use crate::logs::Throttle;
+
 use crossbeam_channel::{Receiver, Sender};
 
 use super::peers::PeerTable;
 use super::rate::RateLimit;
 use super::targets::SharedTargets;
 use super::wire::{Datagram, Message, NodeId};
-use super::{
-    Answer, Command, Found, Outbox, Pending, Query, HELLO_EVERY, RECENT, RECENT_MAX, STARTUP, TICK,
-};
+use super::{Answer, Command, Found, Outbox, Pending, Query, HELLO_EVERY, RECENT, STARTUP, TICK};
 use crate::auth::NetworkKey;
 use crate::narinfo::HashPart;
 use crate::store::Store;
@@ -33,10 +35,26 @@ pub(super) struct UdpThread {
     pub(super) peers: PeerTable,
     pub(super) pending: HashMap<u32, Pending>,
     /// Recent "have" answers by path: who, and when.
-    pub(super) recent: HashMap<HashPart, Vec<(Option<NodeId>, Found, Instant)>>,
+    pub(super) recent: Bounded<HashPart, Vec<(Option<NodeId>, Found, Instant)>>,
     pub(super) last_hello: Option<Instant>,
     pub(super) started: Instant,
 }
+
+/// Queries of ours waiting for answers, at most (each is kept until its
+/// timeout); beyond, a query is sent unregistered and its worker waits out
+/// the timeout.
+const PENDING_MAX: usize = 16_384;
+
+/// "Have" answers remembered per path, at most.
+const RECENT_PER_PATH: usize = 8;
+
+static NEW_PEER: Throttle = Throttle::new();
+static MALFORMED: Throttle = Throttle::new();
+static FORGED: Throttle = Throttle::new();
+static STALE: Throttle = Throttle::new();
+static REPLAYED: Throttle = Throttle::new();
+static TOO_FAST: Throttle = Throttle::new();
+static NO_VERDICT: Throttle = Throttle::new();
 
 impl UdpThread {
     pub(super) fn run(mut self) {
@@ -53,8 +71,9 @@ impl UdpThread {
                         id,
                         hash,
                         answers,
+                        sent,
                         deadline,
-                    } => self.register(id, hash, answers, deadline),
+                    } => self.register(id, hash, answers, sent, deadline),
                     Command::Status(reply) => {
                         let _ = reply.send(self.peers.describe());
                     }
@@ -81,45 +100,61 @@ impl UdpThread {
         }
     }
 
-    /// Takes a query of ours. A miss can be told early unless a peer that
-    /// is silent on a miss may be about: an original Peerix heard lately,
-    /// an extra host not known as ours, or anybody at all in the first
-    /// moments after start, before the peers' hellos came back.
-    fn register(&mut self, id: u32, hash: HashPart, answers: Sender<Answer>, deadline: Instant) {
+    /// Takes a query of ours. Once every peer of ours has answered, a miss
+    /// is certain at once, unless a peer that is silent on a miss may be
+    /// about: an original Peerix (waited for as long as its answers need,
+    /// see `PeerTable::v1_wait`), an extra host not known as ours, or
+    /// anybody at all in the first moments after start, before the peers'
+    /// hellos came back (both waited for until the timeout).
+    fn register(
+        &mut self,
+        id: u32,
+        hash: HashPart,
+        answers: Sender<Answer>,
+        sent: Instant,
+        deadline: Instant,
+    ) {
         let waiting = self.peers.expected();
-        let can_miss_early = !self.peers.has_v1()
-            && !self.silent_extra_host()
-            && (!waiting.is_empty() || self.started.elapsed() > STARTUP);
+        let starting = waiting.is_empty() && self.started.elapsed() <= STARTUP;
+        let settled_at = match starting || self.silent_extra_host() {
+            true => deadline,
+            false => match self.peers.v1_wait(deadline - sent) {
+                Some(wait) => (sent + wait).min(deadline),
+                None => sent,
+            },
+        };
         // Peers that said "have" lately are offered first, at once.
         let mut have = Vec::new();
         for (node, found, _) in self.recent.get(&hash).into_iter().flatten() {
-            let _ = answers.send(Answer::Have(*found));
+            let _ = answers.try_send(Answer::Have(*found));
             have.extend(node);
         }
-        if waiting.is_empty() && can_miss_early && have.is_empty() {
-            let _ = answers.send(Answer::AllMissed);
+        if waiting.is_empty() {
+            let _ = answers.try_send(Answer::Settled { until: settled_at });
+        }
+        if self.pending.len() >= PENDING_MAX {
+            return;
         }
         self.pending.insert(
             id,
             Pending {
                 hash,
                 answers,
+                sent,
                 deadline,
                 waiting,
                 have,
-                can_miss_early,
+                settled_at,
             },
         );
     }
 
     /// Remembers that `node` (at `found`) has `hash`.
     fn remember(&mut self, hash: HashPart, node: Option<NodeId>, found: Found) {
-        if self.recent.len() >= RECENT_MAX && !self.recent.contains_key(&hash) {
-            self.recent.clear();
-        }
-        let entries = self.recent.entry(hash).or_default();
+        let entries = self.recent.entry_or_insert_with(hash, Vec::new);
         entries.retain(|(n, f, _)| !(*n == node && f.addr.ip() == found.addr.ip()));
-        entries.push((node, found, Instant::now()));
+        entries.insert(0, (node, found, Instant::now()));
+        entries.truncate(RECENT_PER_PATH);
     }
 
     /// True when an `--extra-host` is not (yet) known as a node of ours: it
@@ -144,14 +179,18 @@ impl UdpThread {
     /// is known, else through the verdicts thread.
     fn answer(&mut self, query: Query) {
         if !self.rate.allow(query.from.ip()) {
-            log::debug!("discovery: {} asks too fast; query dropped", query.from);
+            TOO_FAST.log(log::Level::Debug, || {
+                format!("discovery: {} asks too fast; query dropped", query.from)
+            });
             return;
         }
         match self.store.shareable_known(&query.hash) {
             Some(shared) => self.outbox.answer(&query, shared),
             None => {
                 if self.deferred.try_send(query).is_err() {
-                    log::debug!("discovery: too many queries wait for a verdict; one dropped");
+                    NO_VERDICT.log(log::Level::Debug, || {
+                        "discovery: too many queries wait for a verdict; one dropped".into()
+                    });
                 }
             }
         }
@@ -168,21 +207,33 @@ impl UdpThread {
         if data.is_empty() {
             return; // a wake-up from `Outbox::wake`
         }
-        let drop = |why: &dyn std::fmt::Display| {
-            log::debug!(
-                "discovery: dropped a malformed datagram of {} bytes from {from}: {why}",
-                data.len()
-            );
+        let len = data.len();
+        let malformed = |why: &str| {
+            MALFORMED.log(log::Level::Debug, || {
+                format!("discovery: dropped a malformed datagram of {len} bytes from {from}: {why}")
+            })
         };
         let data = match &self.key {
             Some(key) => match key.open(data) {
                 Ok(body) => body,
-                Err(e) => return drop(&e),
+                Err(e) => {
+                    let (throttle, level) = match e {
+                        AuthError::Forged => (&FORGED, log::Level::Warn),
+                        AuthError::Stale => (&STALE, log::Level::Warn),
+                        AuthError::Replayed => (&REPLAYED, log::Level::Debug),
+                        AuthError::Missing | AuthError::Malformed => {
+                            (&MALFORMED, log::Level::Debug)
+                        }
+                    };
+                    return throttle.log(level, || {
+                        format!("discovery: dropped a datagram from {from}: {e}")
+                    });
+                }
             },
             None => data,
         };
         let Some(datagram) = Datagram::parse(data) else {
-            return drop(&"not a Peerix datagram");
+            return malformed("not a Peerix datagram");
         };
         match datagram {
             Datagram::V1Request { id, hash } => {
@@ -201,18 +252,20 @@ impl UdpThread {
                 }
             }
             Datagram::V1Reply { id, port, hash } => {
-                self.peers.heard_v1(from.ip());
                 if self.peers.is_ours(from.ip()) {
                     return; // its v2 answer counts
                 }
-                if let Some(p) = self.pending.get(&id).filter(|p| p.hash == hash) {
-                    let found = Found {
-                        addr: SocketAddr::new(from.ip(), port),
-                        v1: true,
-                    };
-                    let _ = p.answers.send(Answer::Have(found));
-                    self.remember(hash, None, found);
-                }
+                let Some(p) = self.pending.get(&id).filter(|p| p.hash == hash) else {
+                    return self.peers.heard_v1(from.ip());
+                };
+                let found = Found {
+                    addr: SocketAddr::new(from.ip(), port),
+                    v1: true,
+                };
+                let _ = p.answers.try_send(Answer::Have(found));
+                let took = p.sent.elapsed();
+                self.peers.v1_answered(from.ip(), took);
+                self.remember(hash, None, found);
             }
             Datagram::V2 { node, .. } if node == self.outbox.node => {}
             Datagram::V2 { node, id, message } => self.handle_v2(node, id, message, from),
@@ -225,7 +278,9 @@ impl UdpThread {
             _ => None,
         };
         if matches!(message, Message::Bye) {
-            log::info!("peer {node:016x} at {from} said goodbye");
+            NEW_PEER.log(log::Level::Info, || {
+                format!("peer {node:016x} at {from} said goodbye")
+            });
             self.peers.forget(node);
             for entries in self.recent.values_mut() {
                 entries.retain(|(n, _, _)| *n != Some(node));
@@ -233,7 +288,9 @@ impl UdpThread {
             return;
         }
         if self.peers.heard(node, from, port) {
-            log::info!("peer {node:016x} at {from} is here");
+            NEW_PEER.log(log::Level::Info, || {
+                format!("peer {node:016x} at {from} is here")
+            });
         }
         match message {
             Message::Query { hash } => self.answer(Query {
@@ -243,24 +300,21 @@ impl UdpThread {
                 v1: false,
             }),
             Message::Have { hash, port } => {
+                let mut addr = from;
+                addr.set_port(port);
+                let found = Found { addr, v1: false };
                 if let Some(p) = self.pending.get_mut(&id).filter(|p| p.hash == hash) {
-                    p.waiting.retain(|n| *n != node);
-                    let mut addr = from;
-                    addr.set_port(port);
-                    let found = Found { addr, v1: false };
                     if !p.have.contains(&node) {
                         p.have.push(node);
-                        let _ = p.answers.send(Answer::Have(found));
+                        let _ = p.answers.try_send(Answer::Have(found));
                     }
+                    p.answered(node);
                     self.remember(hash, Some(node), found);
                 }
             }
             Message::NotHere { hash } => {
                 if let Some(p) = self.pending.get_mut(&id).filter(|p| p.hash == hash) {
-                    p.waiting.retain(|n| *n != node);
-                    if p.waiting.is_empty() && p.can_miss_early {
-                        let _ = p.answers.send(Answer::AllMissed);
-                    }
+                    p.answered(node);
                 }
             }
             Message::Hello {
@@ -306,6 +360,20 @@ impl UdpThread {
                 !entries.is_empty()
             });
             self.rate.forget_idle();
+        }
+    }
+}
+
+impl Pending {
+    /// A peer of ours answered (either way): once all have, nothing more
+    /// is to be expected after `settled_at`.
+    fn answered(&mut self, node: NodeId) {
+        let before = self.waiting.len();
+        self.waiting.retain(|n| *n != node);
+        if before > 0 && self.waiting.is_empty() {
+            let _ = self.answers.try_send(Answer::Settled {
+                until: self.settled_at,
+            });
         }
     }
 }
