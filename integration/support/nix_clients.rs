@@ -16,10 +16,12 @@
 //! Like every Nix command of the tests, a client reads the test host's own
 //! `nix.conf` (`NIX_CONF_DIR`, see [`Host::nix_conf_dir`]), never the root's
 //! or the machine's `/etc/nix`. Nix 2.3 predates `experimental-features`: it
-//! prints "warning: unknown setting 'experimental-features'" and goes on
-//! (it needs no such setting for `nix copy`, `nix path-info` or its
-//! `nix sign-paths`). The tests' own helpers (building, signing, copying)
-//! use the machine's Nix; the other clients only substitute.
+//! prints "warning: unknown setting 'experimental-features'" and goes on.
+//! Its `nix` needs no such setting, and has `copy` and `path-info` but signs
+//! with `nix sign-paths` (`nix store sign` came with 2.4); `nix-store -r`
+//! and `--delete` are the same in every version. The tests' own helpers
+//! (building, signing, copying) use the machine's Nix; the other clients
+//! only substitute.
 
 use std::path::PathBuf;
 use std::process::Command;
