@@ -14,49 +14,24 @@ mod support;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use support::{build_chain, current_nix, generate_key, Daemon, Host, Key, Net};
-
-/// The local node's substituter URL, as Nix on a host uses it.
-const LOCAL: &str = "http://127.0.0.1:12304";
-
-/// Starts a node on `host` signing with `key` and accepting narinfo signed
-/// by `trusted`, plus `extra` flags.
-fn node(host: &Host, key: &Key, trusted: &[&Key], extra: &[&str]) -> Daemon {
-    let mut args: Vec<&str> = vec!["--private-key", key.secret.to_str().unwrap()];
-    for k in trusted {
-        args.extend(["--trusted-key", &k.public]);
-    }
-    args.extend(extra);
-    host.spawn_peerix(&args)
-}
-
-/// The hash part of a store path.
-fn hash_of(path: &str) -> &str {
-    &path["/nix/store/".len().."/nix/store/".len() + 32]
-}
+use support::{
+    build_chain, copy_to, generate_key, hash_of, nar_hash, nix_clients, node, Daemon, Host, Key,
+    Net, LOCAL,
+};
 
 /// `nix-store -r paths` on `host` through its local node, trusting `keys`,
 /// with Nix 2.8 from Debian; then, when the current Nix (2.34) is prepared,
 /// the same again with it, after deleting what the first run brought (the
 /// closures of `paths`). The output of the first failing run, or the last.
+/// (`integration/clients.rs` runs every client version; here two suffice.)
 fn substitute(host: &Host, paths: &[&str], keys: &[&Key]) -> Output {
-    let keys: Vec<&str> = keys.iter().map(|k| k.public.as_str()).collect();
-    let keys = keys.join(" ");
-    let mut args = vec!["-r"];
-    args.extend(paths);
-    args.extend([
-        "--option",
-        "substituters",
-        LOCAL,
-        "--option",
-        "trusted-public-keys",
-    ]);
-    args.extend([keys.as_str(), "--option", "narinfo-cache-negative-ttl", "0"]);
+    let args = support::realise_args(paths, keys);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let limit = Duration::from_secs(300);
     let out =
         support::output_within(host.cmd("nix-store", &args), limit).expect("nix-store -r finished");
-    let Some(root) = current_nix::root() else {
-        eprintln!("no current Nix client (integration/setup-current-nix): Nix 2.8 only");
+    let Some(current) = nix_clients::current() else {
+        eprintln!("no current Nix client (integration/setup-nix-clients sid): Nix 2.8 only");
         return out;
     };
     if !out.status.success() {
@@ -67,11 +42,10 @@ fn substitute(host: &Host, paths: &[&str], keys: &[&Key]) -> Output {
         "nix-store --delete {}",
         closure.replace('\n', " ")
     ));
-    let mut current = current_nix::command(&host.netns, &host.nix_dir, &root, "nix-store", &args);
-    current.env("XDG_CACHE_HOME", host.dir.join("cache-current"));
-    let out = support::output_within(current, limit).expect("current nix-store -r finished");
+    let command = current.command(host, "nix-store", &args);
+    let out = support::output_within(command, limit).expect("current nix-store -r finished");
     if !out.status.success() {
-        eprintln!("the current Nix (2.34) failed where Nix 2.8 succeeded");
+        eprintln!("{} failed where Nix 2.8 succeeded", current.label());
     }
     out
 }
@@ -89,20 +63,6 @@ fn assert_ok(what: &str, out: &Output) {
 /// (`sha256:<nix32>`), as NAR URLs carry it.
 fn nar_digest(hash: &str) -> String {
     hash.strip_prefix("sha256:").unwrap_or(hash).to_string()
-}
-
-/// The NAR hash Nix recorded for `path` on `host`.
-fn nar_hash(host: &Host, path: &str) -> String {
-    host.run(&format!("nix-store -q --hash {path}"))
-}
-
-/// Copies `path` with its closure into `to`'s store (signatures travel).
-fn copy_to(from: &Host, to: &Host, path: &str) {
-    let root = to.nix_dir.parent().expect("a host's /nix has a parent");
-    from.run(&format!(
-        "nix copy --no-check-sigs --to {} {path}",
-        root.display()
-    ));
 }
 
 /// Seconds a `curl` of `url` on `host` took, with its status.
@@ -147,7 +107,7 @@ fn a_closure_split_across_two_peers_is_substituted_on_a_third() {
             .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
     };
     // Five paths, asked by each Nix client that ran.
-    let clients = 1 + u64::from(current_nix::root().is_some());
+    let clients = 1 + u64::from(nix_clients::current().is_some());
     assert_eq!(value("peerix_narinfo_hits_total"), 5 * clients, "{metrics}");
     assert_eq!(value("peerix_peers"), 2);
     assert!(value("peerix_nar_bytes_total{source=\"peers\"}") > 0);

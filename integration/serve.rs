@@ -15,7 +15,7 @@ mod support;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use support::{build_closure, generate_key, sign, Daemon, Host, Key, Net};
+use support::{build_closure, generate_key, hash_of, sign, Daemon, Host, Key, Net};
 
 /// Starts peerix on `host` with `--no-broadcast`, the default port and `key`.
 fn node(host: &Host, key: &Key) -> Daemon {
@@ -24,11 +24,6 @@ fn node(host: &Host, key: &Key) -> Daemon {
         "--private-key",
         key.secret.to_str().unwrap(),
     ])
-}
-
-/// The 32-character hash part of a store path.
-fn hash_part(path: &str) -> &str {
-    &path["/nix/store/".len().."/nix/store/".len() + 32]
 }
 
 /// The basename of a store path.
@@ -237,12 +232,12 @@ fn peer_routes_serve_narinfo_and_nar() {
     let daemon = node(h1, &key);
 
     for path in [&closure.dep, &closure.top, &closure.ca] {
-        let got = h2.curl(&[&daemon.url(&format!("/peer/{}.narinfo", hash_part(path)))]);
+        let got = h2.curl(&[&daemon.url(&format!("/peer/{}.narinfo", hash_of(path)))]);
         assert_eq!(got.status, 200, "narinfo of {path}: {got:?}");
         let info = got.text();
         assert_narinfo_form(&info);
         assert_eq!(field(&info, "StorePath"), path.as_str());
-        assert_eq!(field(&info, "URL"), format!("nar/{}.nar", hash_part(path)));
+        assert_eq!(field(&info, "URL"), format!("nar/{}.nar", hash_of(path)));
         assert_eq!(field(&info, "Compression"), "none");
         assert_eq!(
             field(&info, "NarHash"),
@@ -288,7 +283,7 @@ fn peer_routes_serve_narinfo_and_nar() {
     let over_ipv6 = format!("http://[{}]:12304/peer/nix-cache-info", h1.addr6);
     assert_eq!(h2.curl(&[&over_ipv6]).status, 200, "no answer over IPv6");
 
-    let nar_url = |path: &str| daemon.url(&format!("/peer/nar/{}.nar", hash_part(path)));
+    let nar_url = |path: &str| daemon.url(&format!("/peer/nar/{}.nar", hash_of(path)));
     let got = h2.curl(&[&nar_url(&closure.dep)]);
     assert_eq!(got.status, 200);
     let want = dump(h1, &closure.dep);
@@ -311,8 +306,8 @@ fn peer_routes_serve_narinfo_and_nar() {
 
     let unknown = "0123456789abcdfghijklmnpqrsvwxyz";
     for (path, status) in [
-        (format!("/peer/{}.narinfo", hash_part(&closure.dep)), 200),
-        (format!("/peer/nar/{}.nar", hash_part(&closure.dep)), 200),
+        (format!("/peer/{}.narinfo", hash_of(&closure.dep)), 200),
+        (format!("/peer/nar/{}.nar", hash_of(&closure.dep)), 200),
         (format!("/peer/{unknown}.narinfo"), 404),
         (format!("/peer/nar/{unknown}.nar"), 404),
     ] {
@@ -400,13 +395,13 @@ fn v1_routes_serve_narinfo_and_nar() {
     let b64 = |text: &str| support::base64(text.as_bytes()).replace('/', "_");
 
     for path in [&closure.dep, &closure.top] {
-        let v1 = h2.curl(&[&daemon.url(&format!("/local/{}.narinfo", hash_part(path)))]);
+        let v1 = h2.curl(&[&daemon.url(&format!("/local/{}.narinfo", hash_of(path)))]);
         assert_eq!(v1.status, 200, "v1 narinfo of {path}: {v1:?}");
         let v1 = v1.text();
         let url = format!("local/nar/{}.nar", b64(path));
         assert_eq!(field(&v1, "URL"), url);
         let v2 = h2
-            .curl(&[&daemon.url(&format!("/peer/{}.narinfo", hash_part(path)))])
+            .curl(&[&daemon.url(&format!("/peer/{}.narinfo", hash_of(path)))])
             .text();
         let without_url = |t: &str| -> Vec<String> {
             let mut lines: Vec<String> = t
@@ -454,7 +449,7 @@ fn v1_routes_serve_narinfo_and_nar() {
             "/local/nar/{bad}.nar leaked /etc/passwd"
         );
     }
-    let got = h2.curl(&[&daemon.url(&format!("/local/{}.narinfo", hash_part(unknown)))]);
+    let got = h2.curl(&[&daemon.url(&format!("/local/{}.narinfo", hash_of(unknown)))]);
     assert_eq!(got.status, 404);
 }
 
@@ -492,8 +487,8 @@ fn client_leaving_mid_nar_kills_the_dump() {
     let (h1, h2) = (net.host(1), net.host(2));
     let closure = build_closure(h1);
     let daemon = node(h1, &generate_key(h1, "node-h1"));
-    let url = daemon.url(&format!("/peer/nar/{}.nar", hash_part(&closure.big)));
-    let narinfo = daemon.url(&format!("/peer/{}.narinfo", hash_part(&closure.big)));
+    let url = daemon.url(&format!("/peer/nar/{}.nar", hash_of(&closure.big)));
+    let narinfo = daemon.url(&format!("/peer/{}.narinfo", hash_of(&closure.big)));
     assert_eq!(h2.curl(&[&narinfo]).status, 200);
     let before = nix_children(&daemon);
 
@@ -527,7 +522,7 @@ fn client_leaving_mid_nar_kills_the_dump() {
     assert_eq!(got, "1000000", "curl: {curl_err}\nlog:\n{}", daemon.log());
     assert_back_to(&daemon, &before, "a reader gone after 1 MB");
 
-    let got = h2.curl(&[&daemon.url(&format!("/peer/{}.narinfo", hash_part(&closure.dep)))]);
+    let got = h2.curl(&[&daemon.url(&format!("/peer/{}.narinfo", hash_of(&closure.dep)))]);
     assert_eq!(
         got.status,
         200,
@@ -546,7 +541,7 @@ fn sigterm_mid_nar_stops_cleanly_with_flat_memory() {
     let closure = build_closure(h1);
     let mut daemon = node(h1, &generate_key(h1, "node-h1"));
     // A whole 100 MiB NAR first, to see the resident memory it took.
-    let url = daemon.url(&format!("/peer/nar/{}.nar", hash_part(&closure.big)));
+    let url = daemon.url(&format!("/peer/nar/{}.nar", hash_of(&closure.big)));
     let got = h2.run(&format!("curl -sS {url} | wc -c"));
     assert!(got.parse::<u64>().unwrap() > 100 << 20, "{got}");
     let status = fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap();
@@ -600,7 +595,7 @@ fn short_dump_cuts_the_connection() {
     let (h1, h2) = (net.host(1), net.host(2));
     let closure = build_closure(h1);
     let daemon = node(h1, &generate_key(h1, "node-h1"));
-    let narinfo = h2.curl(&[&daemon.url(&format!("/peer/{}.narinfo", hash_part(&closure.big)))]);
+    let narinfo = h2.curl(&[&daemon.url(&format!("/peer/{}.narinfo", hash_of(&closure.big)))]);
     assert_eq!(narinfo.status, 200);
     let before = nix_children(&daemon);
 
@@ -613,7 +608,7 @@ fn short_dump_cuts_the_connection() {
     drop(f);
 
     let started = Instant::now();
-    let url = daemon.url(&format!("/peer/nar/{}.nar", hash_part(&closure.big)));
+    let url = daemon.url(&format!("/peer/nar/{}.nar", hash_of(&closure.big)));
     let got = h2.curl(&["--max-time", "30", "-o", "/dev/null", &url]);
     let took = started.elapsed();
     eprintln!(
@@ -723,7 +718,7 @@ fn serves_as_unprivileged_user_through_nix_daemon() {
         "node runs as {uid}"
     );
 
-    let info = h2.curl(&[&daemon.url(&format!("/peer/{}.narinfo", hash_part(&closure.dep)))]);
+    let info = h2.curl(&[&daemon.url(&format!("/peer/{}.narinfo", hash_of(&closure.dep)))]);
     assert_eq!(
         info.status,
         200,
@@ -742,7 +737,7 @@ fn serves_as_unprivileged_user_through_nix_daemon() {
             .any(|s| s.starts_with("node-h1:")),
         "{info}"
     );
-    let nar = h2.curl(&[&daemon.url(&format!("/peer/nar/{}.nar", hash_part(&closure.dep)))]);
+    let nar = h2.curl(&[&daemon.url(&format!("/peer/nar/{}.nar", hash_of(&closure.dep)))]);
     assert_eq!(nar.status, 200, "NAR through nix-daemon: {}", daemon.log());
     assert!(
         nar.body == dump(h1, &closure.dep),
@@ -771,8 +766,8 @@ fn store_changes_are_followed() {
     ));
     let daemon = node(h1, &generate_key(h1, "node-h1"));
     let status = |path: &str| h2.curl(&[&daemon.url(path)]).status;
-    let narinfo = |path: &str| format!("/peer/{}.narinfo", hash_part(path));
-    let nar = |path: &str| format!("/peer/nar/{}.nar", hash_part(path));
+    let narinfo = |path: &str| format!("/peer/{}.narinfo", hash_of(path));
+    let nar = |path: &str| format!("/peer/nar/{}.nar", hash_of(path));
     assert_eq!(status(&narinfo(&old)), 200);
 
     let new = h1.run(&format!(
@@ -787,7 +782,7 @@ fn store_changes_are_followed() {
     let gone = support::wait_until(Duration::from_secs(10), || status(&narinfo(&old)) == 404);
     assert!(gone, "a deleted path is still offered");
     assert_eq!(status(&nar(&old)), 404);
-    assert_eq!(status(&format!("/local/{}.narinfo", hash_part(&old))), 404);
+    assert_eq!(status(&format!("/local/{}.narinfo", hash_of(&old))), 404);
 
     let unregistered = "/nix/store/1123456789abcdfghijklmnpqrsvwxyz-unregistered";
     fs::create_dir_all(h1.outside(unregistered)).expect("make an unregistered store entry");

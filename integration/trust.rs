@@ -13,16 +13,10 @@ use std::time::Duration;
 use peerix::auth::NetworkKey;
 use peerix::discovery::wire::{Datagram, Message};
 use peerix::narinfo::HashPart;
-use support::{generate_key, Daemon, Host, Key, Net};
-
-const LOCAL: &str = "http://127.0.0.1:12304";
+use support::{generate_key, hash_of, Daemon, Host, Key, Net, LOCAL};
 
 fn script(name: &str) -> String {
     format!("{}/integration/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn hash_of(path: &str) -> &str {
-    &path["/nix/store/".len().."/nix/store/".len() + 32]
 }
 
 /// Builds, on `host`, the paths named `names` (in order; each refers to the

@@ -21,7 +21,7 @@
 
 #![allow(dead_code)]
 
-pub mod current_nix;
+pub mod nix_clients;
 
 use std::fs;
 use std::io::Read;
@@ -36,6 +36,8 @@ use std::time::{Duration, Instant};
 const PREFIX: &str = "pxit";
 /// The port peerix listens on when no `--port` is given.
 pub const DEFAULT_PORT: u16 = 12304;
+/// A host's local node as its Nix uses it: the substituter URL.
+pub const LOCAL: &str = "http://127.0.0.1:12304";
 /// The `nix.conf` of every host: every setting the tests rely on, so that
 /// nothing comes from the machine's `/etc/nix`. Never substitute from the
 /// internet; allow `nix store sign` / `nix path-info`; build without a
@@ -604,6 +606,68 @@ pub fn sign(host: &Host, key: &Key, path: &str) {
         "nix store sign --key-file {} {path}",
         key.secret.display()
     ));
+}
+
+/// Arguments of `nix-store` realising `paths` by substitution through the
+/// host's local node ([`LOCAL`]) only, accepting only signatures by `keys`,
+/// and caching no miss (`narinfo-cache-negative-ttl 0`). Every Nix client
+/// since 2.3 takes them.
+pub fn realise_args(paths: &[&str], keys: &[&Key]) -> Vec<String> {
+    let keys: Vec<&str> = keys.iter().map(|k| k.public.as_str()).collect();
+    let mut args = vec!["-r".to_string()];
+    args.extend(paths.iter().map(|p| p.to_string()));
+    for (name, value) in [
+        ("substituters", LOCAL),
+        ("trusted-public-keys", &keys.join(" ")),
+        ("narinfo-cache-negative-ttl", "0"),
+    ] {
+        args.extend(["--option".into(), name.into(), value.into()]);
+    }
+    args
+}
+
+/// Starts a node on `host` signing with `key`, accepting narinfo signed by
+/// `trusted` (`--trusted-key`), plus `extra` flags.
+pub fn node(host: &Host, key: &Key, trusted: &[&Key], extra: &[&str]) -> Daemon {
+    let mut args: Vec<&str> = vec!["--private-key", key.secret.to_str().unwrap()];
+    for k in trusted {
+        args.extend(["--trusted-key", &k.public]);
+    }
+    args.extend(extra);
+    host.spawn_peerix(&args)
+}
+
+/// The hash part of a store path.
+pub fn hash_of(path: &str) -> &str {
+    &path["/nix/store/".len().."/nix/store/".len() + 32]
+}
+
+/// The NAR hash Nix recorded for `path` on `host`.
+pub fn nar_hash(host: &Host, path: &str) -> String {
+    host.run(&format!("nix-store -q --hash {path}"))
+}
+
+/// Copies `path` with its closure into `to`'s store (signatures travel).
+pub fn copy_to(from: &Host, to: &Host, path: &str) {
+    let root = to.nix_dir.parent().expect("a host's /nix has a parent");
+    from.run(&format!(
+        "nix copy --no-check-sigs --to {} {path}",
+        root.display()
+    ));
+}
+
+/// Waits up to 10 s until the node on `host` (at the default port) offers
+/// `path` to peers: its `/peer/<hash>.narinfo` answers 200. A path made
+/// after the node started is offered once the node's store index has seen
+/// it (a fraction of a second). Panics if it never is.
+pub fn wait_offered(host: &Host, path: &str) {
+    let url = format!(
+        "http://{}:{DEFAULT_PORT}/peer/{}.narinfo",
+        host.addr4,
+        hash_of(path)
+    );
+    let offered = wait_until(Duration::from_secs(10), || host.curl(&[&url]).status == 200);
+    assert!(offered, "the node on {} never offered {path}", host.name);
 }
 
 /// Runs `cmd` to completion, collecting stdout and stderr; `None` if it took
