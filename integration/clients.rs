@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use support::nix_clients::{self, Client};
 use support::{
-    build_chain, copy_to, generate_key, hash_of, nar_hash, nix_build, node, realise_args, sign,
-    wait_offered, Daemon, Host, Key, Net, LOCAL,
+    build_chain, copy_to, generate_key, hash_of, nar_hash, node, realise_args, sign, wait_offered,
+    Daemon, Host, Key, Net, LOCAL,
 };
 
 /// How long one `nix-store -r` may take.
@@ -61,8 +61,12 @@ fn every_nix_client_substitutes_through_its_local_node() {
     let (h1, h2, h3, h4) = (net.host(1), net.host(2), net.host(3), net.host(4));
     let (k1, k2) = (generate_key(h1, "h1-1"), generate_key(h2, "h2-1"));
     let upstream = generate_key(h2, "upstream-1");
-    let random = build_random(h1, &net.prefix);
-    assert_eq!(build_random(h2, &net.prefix), random, "one derivation");
+    let random = support::build_random(h1, &net.prefix, 4096);
+    assert_eq!(
+        support::build_random(h2, &net.prefix, 4096),
+        random,
+        "one derivation"
+    );
     assert_ne!(nar_hash(h1, &random), nar_hash(h2, &random), "two outputs");
     let _n1 = node(h1, &k1, &[], &[]);
     let _n2 = node(h2, &k2, &[], &[]);
@@ -271,20 +275,6 @@ fn errors(out: &Output) -> String {
         .filter(|l| !noise(l))
         .collect();
     lines.join(" / ")
-}
-
-/// Builds on `host` a path whose content is random: every host that builds
-/// it gets the same store path with a different NAR.
-fn build_random(host: &Host, tag: &str) -> String {
-    let expr = format!(
-        r#"derivation {{
-  name = "peerix-random-{tag}";
-  system = builtins.currentSystem;
-  builder = "/bin/sh";
-  args = [ "-c" "export PATH=/usr/bin:/bin; head -c 4096 /dev/urandom > $out" ];
-}}"#
-    );
-    nix_build(host, "random", &expr, &[])
 }
 
 /// Writes `line` to stderr past the test harness's output capture, so that

@@ -12,6 +12,16 @@ count, against one address of a test host, and prints what it did.
         finishing it; prints how many the server closed by itself
     hostile.py http-junk ADDR PORT
         oversized and malformed requests; prints each status line received
+    hostile.py pipeline ADDR PORT CONNECTIONS COUNT FIRST_PATH SECONDS
+        opens connections, sends on each a GET of FIRST_PATH (a NAR) and
+        then COUNT pipelined GETs, never reads, and holds them open for
+        SECONDS; prints how many it opened and how many requests it sent
+    hostile.py hold ADDR PORT COUNT SECONDS
+        opens up to COUNT connections that send nothing and holds them
+        for SECONDS; prints how many it opened
+    hostile.py spoof ADDR PORT COUNT
+        v2 datagrams from made-up nodes (a random node id each): hellos
+        asking for one back, "have" answers and queries for random hashes
     hostile.py listen PORT FILE SECONDS
         a TCP listener that appends a line to FILE for each connection
         (to see that nothing reaches it)
@@ -136,6 +146,68 @@ def http_junk(addr, port):
             c.close()
 
 
+def pipeline(addr, port, connections, count, first, seconds):
+    socks, sent = [], 0
+    head = ("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % first).encode()
+    more = b"GET /peer/nix-cache-info HTTP/1.1\r\nHost: x\r\n\r\n" * count
+    for _ in range(connections):
+        try:
+            c = socket.create_connection((addr, port), timeout=5)
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            c.setblocking(False)
+            data = head + more
+            try:
+                while data:
+                    n = c.send(data)
+                    data = data[n:]
+            except BlockingIOError:
+                pass
+            sent += count + 1 if not data else (count + 1) * (1 - len(data) / len(head + more))
+            socks.append(c)
+        except OSError:
+            pass
+    print("opened %d sent %d" % (len(socks), int(sent)), flush=True)
+    time.sleep(seconds)
+    for c in socks:
+        c.close()
+
+
+def hold(addr, port, count, seconds):
+    socks = []
+    for _ in range(count):
+        try:
+            socks.append(socket.create_connection((addr, port), timeout=2))
+        except OSError:
+            pass
+    print("opened %d" % len(socks), flush=True)
+    time.sleep(seconds)
+    for c in socks:
+        c.close()
+
+
+def spoof(addr, port, count):
+    s = socket.socket(family(addr), socket.SOCK_DGRAM)
+    nix32 = b"0123456789abcdfghijklmnpqrsvwxyz"
+    for i in range(count):
+        node = os.urandom(8)
+        rid = struct.pack(">I", random.randrange(1 << 32))
+        h = bytes(random.choice(nix32) for _ in range(32))
+        kind = i % 3
+        if kind == 0:
+            data = b"PX\x02\x04" + node + b"\x00\x00\x00\x00" + b"\x01" + struct.pack(">H", 12304)
+        elif kind == 1:
+            data = b"PX\x02\x02" + node + rid + h + struct.pack(">H", 12304)
+        else:
+            data = b"PX\x02\x01" + node + rid + h
+        try:
+            s.sendto(data, (addr, port))
+        except OSError:
+            time.sleep(0.001)
+        if i % 200 == 0:
+            time.sleep(0.001)
+    print("sent %d datagrams" % count)
+
+
 def listen(port, path, seconds):
     s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -164,6 +236,12 @@ if __name__ == "__main__":
         slowloris(args[0], int(args[1]), int(args[2]), float(args[3]))
     elif cmd == "http-junk":
         http_junk(args[0], int(args[1]))
+    elif cmd == "pipeline":
+        pipeline(args[0], int(args[1]), int(args[2]), int(args[3]), args[4], float(args[5]))
+    elif cmd == "hold":
+        hold(args[0], int(args[1]), int(args[2]), float(args[3]))
+    elif cmd == "spoof":
+        spoof(args[0], int(args[1]), int(args[2]))
     elif cmd == "listen":
         listen(int(args[0]), args[1], float(args[2]))
     else:

@@ -4,12 +4,16 @@
 It speaks exactly the v1 wire format of ../shared/peerix-v1-wire.md and
 nothing else: no extension, silence on a miss.
 
-    v1_peer.py serve CACHE_DIR PORT [--garbage]
+    v1_peer.py serve CACHE_DIR PORT [--garbage] [--delay MS] [--set 'NAME: VALUE']...
         Answers v1 requests for the paths of CACHE_DIR (a `nix copy --to
         file://CACHE_DIR?compression=none` cache) and serves them on
         /local/<hash>.narinfo and /local/nar/<b64>.nar, chunked and without
         Content-Length, as the original does. With --garbage it claims to
-        have every path and serves text that is not a narinfo.
+        have every path and serves text that is not a narinfo. --delay
+        answers each request MS milliseconds late (a busy or far peer).
+        --set replaces the field NAME of every narinfo it serves (or adds
+        it): fields the signature does not cover, such as CA or Compression,
+        so that the narinfo stays validly signed.
 
     v1_peer.py query HASH ADDRESS PORT
         Sends one v1 request for HASH to ADDRESS:PORT (a broadcast address
@@ -30,7 +34,7 @@ import threading
 import urllib.request
 
 
-def serve(cache, port, garbage):
+def serve(cache, port, garbage, delay, fields):
     def narinfo_text(hash_part):
         try:
             with open(os.path.join(cache, hash_part + ".narinfo")) as f:
@@ -57,7 +61,10 @@ def serve(cache, port, garbage):
             if garbage or narinfo_text(hash_part) is not None:
                 reply = (b"\x01" + request_id + struct.pack(">I", port)
                          + ("local/%s.narinfo" % hash_part).encode())
-                sock.sendto(reply, addr)
+                if delay:
+                    threading.Timer(delay / 1000, sock.sendto, (reply, addr)).start()
+                else:
+                    sock.sendto(reply, addr)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -97,6 +104,9 @@ def serve(cache, port, garbage):
                         lines = [("URL: local/nar/%s.nar" % b64.replace("/", "_"))
                                  if l.startswith("URL: ") else l
                                  for l in text.splitlines()]
+                        for field in fields:
+                            name = field.split(":", 1)[0] + ":"
+                            lines = [l for l in lines if not l.startswith(name)] + [field]
                         text = "\n".join(lines) + "\n"
                     body = text.encode()
                     self.send_response(200)
@@ -150,7 +160,14 @@ def query(hash_part, address, port):
 
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
-        serve(sys.argv[2], int(sys.argv[3]), "--garbage" in sys.argv[4:])
+        options = sys.argv[4:]
+        delay, fields = 0, []
+        for i, option in enumerate(options):
+            if option == "--delay":
+                delay = int(options[i + 1])
+            elif option == "--set":
+                fields.append(options[i + 1])
+        serve(sys.argv[2], int(sys.argv[3]), "--garbage" in options, delay, fields)
     elif sys.argv[1] == "query":
         query(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     else:

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use crate::cache::Bounded;
 use crate::discovery::{Discovery, Found};
-use crate::logs::Throttle;
 use crate::narinfo::{HashPart, NarInfo};
 use crate::nix32;
 use crate::peer_client::PeerClient;
@@ -34,8 +33,6 @@ const REMEMBERED: usize = 4096;
 
 /// Sources remembered per path, at most.
 const SOURCES_PER_PATH: usize = 8;
-
-static REFUSED_NARINFO: Throttle = Throttle::new();
 
 /// A peer that serves a path's NAR: where, and its narinfo for the path
 /// (checked: parsed strictly, signed by a key the local Nix trusts, raw).
@@ -222,12 +219,11 @@ impl Upstream {
                         return;
                     }
                 }
-                Err(e) => REFUSED_NARINFO.log(log::Level::Warn, || {
-                    format!(
-                        "{}: {e}; trying the next peer",
-                        PeerClient::narinfo_url(&found, hash)
-                    )
-                }),
+                // At most one line per peer per request of the local Nix.
+                Err(e) => log::warn!(
+                    "{}: {e}; trying the next peer",
+                    PeerClient::narinfo_url(&found, hash)
+                ),
             }
         }
     }

@@ -230,6 +230,23 @@ impl Host {
         self.dir.join("etc-nix")
     }
 
+    /// Limits what this host sends on its link to `mbit` megabits a second
+    /// (a token bucket filter on its side of the veth), so that a transfer
+    /// takes long enough to be interrupted half way.
+    pub fn limit_rate(&self, mbit: u32) {
+        let rate = format!("{mbit}mbit");
+        let ns = ["-n", self.netns.as_str()];
+        let args = ["qdisc", "add", "dev", "eth0", "root", "tbf", "rate", &rate];
+        let tail = ["burst", "256kb", "latency", "100ms"];
+        let out = Command::new("tc")
+            .args(ns)
+            .args(args)
+            .args(tail)
+            .output()
+            .expect("run tc");
+        assert!(out.status.success(), "tc: {}", stderr_of(&out));
+    }
+
     /// Appends `lines` to this host's `nix.conf`.
     pub fn add_nix_conf(&self, lines: &str) {
         use std::io::Write;
@@ -581,6 +598,21 @@ in chain {count}
     paths.extend(closure.lines().filter(|p| **p != top).map(str::to_owned));
     assert_eq!(paths.len(), count, "{closure}");
     paths
+}
+
+/// Builds on `host` a path of `bytes` random bytes: every host that builds
+/// it gets the same store path with a different NAR (a build that is not
+/// reproducible).
+pub fn build_random(host: &Host, tag: &str, bytes: u64) -> String {
+    let expr = format!(
+        r#"derivation {{
+  name = "peerix-random-{tag}";
+  system = builtins.currentSystem;
+  builder = "/bin/sh";
+  args = [ "-c" "export PATH=/usr/bin:/bin; head -c {bytes} /dev/urandom > $out" ];
+}}"#
+    );
+    nix_build(host, &format!("random-{tag}"), &expr, &[])
 }
 
 /// Makes a signing key named `name` with `nix-store

@@ -1,0 +1,330 @@
+//! The local node as the local Nix's upstream (`src/upstream.rs`), with
+//! real Nix in network namespaces: the NAR that Nix gets is always the one
+//! its narinfo names, whatever the peers hold.
+//!
+//! Covers: NAR URLs that name the NarHash, and a peer with another NAR for
+//! the same path never serving it (404, and Nix moves on); the old URL form
+//! served only when the peers agree; a peer killed -9 half way through a
+//! 256 MiB NAR, another going on from the same byte while Nix receives
+//! one transfer; `Range` on the peer and local NAR routes; HEAD answered
+//! without a stream; narinfos that Nix would choke on (a garbage CA, a
+//! compressed NAR) skipped for the next peer.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{
+    build_chain, copy_to, generate_key, hash_of, nar_hash, nix_clients, node, realise_args,
+    wait_offered, Daemon, Host, Net, LOCAL,
+};
+
+/// The nix32 digest of a NAR hash as `nix-store -q --hash` prints it.
+fn digest(hash: &str) -> &str {
+    hash.strip_prefix("sha256:").unwrap_or(hash)
+}
+
+/// `sha256sum` of `nix-store --dump path` on `host`, skipping `skip` bytes.
+fn dump_sha256(host: &Host, path: &str, skip: u64) -> String {
+    host.run(&format!(
+        "nix-store --dump {path} | tail -c +{} | sha256sum | cut -d' ' -f1",
+        skip + 1
+    ))
+}
+
+/// `sha256sum` of a body curl got.
+fn body_sha256(host: &Host, body: &[u8]) -> String {
+    let file = host.dir.join(format!("body-{}", body.len()));
+    std::fs::write(&file, body).unwrap();
+    host.run(&format!("sha256sum < {} | cut -d' ' -f1", file.display()))
+}
+
+/// Lines of a node's log that mention `what`.
+fn log_lines(daemon: &Daemon, what: &str) -> Vec<String> {
+    (daemon.log().lines())
+        .filter(|l| l.contains(what))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_nar_is_served_only_by_peers_with_the_nar_hash_its_narinfo_names() {
+    let Some(net) = Net::new(3) else { return };
+    let (h1, h2, h3) = (net.host(1), net.host(2), net.host(3));
+    let key = generate_key(h1, "shared-1");
+    // One derivation built on h1 and on h2: one store path, two NARs.
+    let path = support::build_random(h1, &net.prefix, 4096);
+    assert_eq!(support::build_random(h2, &net.prefix, 4096), path);
+    let (nar1, nar2) = (nar_hash(h1, &path), nar_hash(h2, &path));
+    assert_ne!(nar1, nar2, "the builds differ");
+    let n1 = node(h1, &key, &[], &[]);
+    let n2 = node(h2, &key, &[], &[]);
+    let n3 = node(
+        h3,
+        &generate_key(h3, "h3-1"),
+        &[&key],
+        &["--timeout", "1000"],
+    );
+    let hash = hash_of(&path);
+
+    // The narinfo names its NAR by NarHash; that URL is the same NAR.
+    let narinfo = h3.curl(&[&format!("{LOCAL}/{hash}.narinfo")]).text();
+    let served = narinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("NarHash: "))
+        .expect("a NarHash")
+        .to_string();
+    let url = format!("nar/{}-{hash}.nar", digest(&served));
+    assert!(narinfo.contains(&format!("URL: {url}\n")), "{narinfo}");
+    let nar = h3.curl(&[&format!("{LOCAL}/{url}")]);
+    assert_eq!(nar.status, 200);
+    let owner = if served == nar1 { h1 } else { h2 };
+    assert_eq!(body_sha256(h3, &nar.body), dump_sha256(owner, &path, 0));
+
+    // The old URL form: the peers disagree, so it is not served.
+    assert_eq!(h3.curl(&[&format!("{LOCAL}/nar/{hash}.nar")]).status, 404);
+    // Agreeing peers: a path copied from h1 to h2 is served in the old form.
+    let same = build_chain(h1, "agree", 1).remove(0);
+    copy_to(h1, h2, &same);
+    wait_offered(h1, &same);
+    wait_offered(h2, &same);
+    let old_form = h3.curl(&[&format!("{LOCAL}/nar/{}.nar", hash_of(&same))]);
+    assert_eq!(old_form.status, 200, "{}", n3.log());
+
+    // Nix on h3 keeps the narinfo (as it does for 30 days), then the peer
+    // that served it goes away; the other one has another NAR: 404, never
+    // the other NAR.
+    let info = h3.run(&format!(
+        "nix path-info --json --store {LOCAL} --option trusted-public-keys '{}' {path}",
+        key.public
+    ));
+    // The NAR URL of the narinfo Nix keeps names the NarHash of one build.
+    let url = info
+        .split("\"url\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no url in {info}"))
+        .to_string();
+    let cached_h1 = url.contains(digest(&nar1));
+    assert!(cached_h1 || url.contains(digest(&nar2)), "{info}");
+    let (mut victim, survivor) = match cached_h1 {
+        true => (n1, (h2, n2)),
+        false => (n2, (h1, n1)),
+    };
+    victim.kill();
+    assert_eq!(h3.curl(&[&format!("{LOCAL}/{url}")]).status, 404);
+    let out = h3.try_run(&format!(
+        "nix-store -r {path} --option substituters {LOCAL} \
+         --option trusted-public-keys '{}' --option narinfo-cache-positive-ttl 3600",
+        key.public
+    ));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("hash mismatch"), "{stderr}");
+    assert!(!out.status.success(), "no peer has the NAR it was promised");
+    assert!(
+        log_lines(&n3, &format!("GET /{url}"))
+            .iter()
+            .all(|l| l.ends_with(": 404")),
+        "{}",
+        n3.log()
+    );
+    // With the surviving peer as a second substituter, Nix moves on to it.
+    let (other, _other_node) = survivor;
+    let out = h3.try_run(&format!(
+        "nix-store -r {path} --option substituters '{LOCAL} http://{}:12304/peer' \
+         --option trusted-public-keys '{}' --option narinfo-cache-positive-ttl 3600",
+        other.addr4, key.public
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(nar_hash(h3, &path), nar_hash(other, &path));
+}
+
+/// A 256 MiB NAR held by two peers; the one streaming it to the local node
+/// is killed -9 part way: the other goes on from the same byte, and Nix
+/// (2.8, then the current one) gets the path from its one request.
+#[test]
+fn a_peer_killed_mid_nar_is_replaced_at_the_same_byte() {
+    let Some(net) = Net::new(3) else { return };
+    let (h1, h2, h3) = (net.host(1), net.host(2), net.host(3));
+    let key = generate_key(h1, "shared-1");
+    let path = support::build_random(h1, &format!("{}-big", net.prefix), 256 << 20);
+    copy_to(h1, h2, &path);
+    let want = dump_sha256(h1, &path, 0);
+    // 256 MiB at 400 Mbit/s take 5 s: time to kill the peer half way.
+    h1.limit_rate(400);
+    h2.limit_rate(400);
+    let mut clients = vec![None];
+    clients.extend(nix_clients::current().map(Some));
+    for client in clients {
+        let n1 = node(h1, &key, &[], &[]);
+        let n2 = node(h2, &key, &[], &[]);
+        let n3 = node(h3, &generate_key(h3, "h3-1"), &[&key], &[]);
+        wait_offered(h1, &path);
+        wait_offered(h2, &path);
+        let args = realise_args(&[&path], &[&key]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let command = match &client {
+            None => h3.cmd("nix-store", &args),
+            Some(client) => client.command(h3, "nix-store", &args),
+        };
+        let label = client.as_ref().map_or("nix 2.8".into(), |c| c.label());
+        let mut nix = h3.spawn_daemon(command, "nix-store");
+        // Wait for the stream to start, then a little more, then kill its peer.
+        let hash = hash_of(&path);
+        let started = support::wait_until(Duration::from_secs(30), || {
+            !log_lines(&n3, &format!("{hash}: NAR of")).is_empty()
+        });
+        assert!(started, "{label}: no NAR stream: {}", n3.log());
+        std::thread::sleep(Duration::from_millis(1500));
+        let line = log_lines(&n3, &format!("{hash}: NAR of")).remove(0);
+        let (mut streaming, mut other) = match line.contains(&h1.addr4.to_string()) {
+            true => (n1, n2),
+            false => (n2, n1),
+        };
+        std::process::Command::new("kill")
+            .args(["-9", &streaming.pid().to_string()])
+            .status()
+            .expect("kill -9");
+        let finished = support::wait_until(Duration::from_secs(120), || nix.try_wait().is_some());
+        assert!(finished, "{label}: nix-store hangs");
+        assert!(
+            nix.try_wait().is_some_and(|s| s.success()),
+            "{label}: {}\nnode:\n{}",
+            nix.log(),
+            n3.log()
+        );
+        // One transfer: Nix asked for the NAR once; the node switched peers.
+        assert_eq!(
+            log_lines(&n3, "GET /nar/").len(),
+            1,
+            "{label}: {}",
+            n3.log()
+        );
+        let broke = log_lines(&n3, "broke at byte");
+        let resumed = log_lines(&n3, "going on from");
+        eprintln!("{label}: {}\n{}", broke.join("\n"), resumed.join("\n"));
+        assert_eq!((broke.len(), resumed.len()), (1, 1), "{}", n3.log());
+        let offset: u64 = resumed[0]
+            .rsplit("at byte ")
+            .next()
+            .and_then(|n| n.trim().parse().ok())
+            .expect("an offset");
+        assert!(offset > 0 && offset < 256 << 20, "{}", resumed[0]);
+        assert!(
+            broke[0].contains(&format!("at byte {offset} ")),
+            "{broke:?}"
+        );
+        assert_eq!(dump_sha256(h3, &path, 0), want, "{label}");
+        streaming.kill();
+        other.kill();
+        drop(n3);
+        h3.run(&format!("nix-store --delete {path}"));
+    }
+}
+
+#[test]
+fn ranges_are_the_tail_of_the_nar_and_head_opens_no_stream() {
+    let Some(net) = Net::new(2) else { return };
+    let (h1, h2) = (net.host(1), net.host(2));
+    let key = generate_key(h1, "h1-1");
+    let path = support::build_random(h1, &net.prefix, 1 << 20);
+    let n1 = node(h1, &key, &[], &[]);
+    let n2 = node(h2, &generate_key(h2, "h2-1"), &[&key], &[]);
+    let hash = hash_of(&path);
+    let size: u64 = h1
+        .run(&format!("nix-store -q --size {path}"))
+        .parse()
+        .unwrap();
+    let local_url = format!("{LOCAL}/nar/{}-{hash}.nar", digest(&nar_hash(h1, &path)));
+    let peer_url = format!("http://{}:12304/peer/nar/{hash}.nar", h1.addr4);
+
+    // HEAD on the local route: the length, from the narinfo; no stream.
+    let head = h2.curl(&["-I", &local_url]);
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        head.header("content-length"),
+        Some(size.to_string().as_str())
+    );
+    assert_eq!(head.header("accept-ranges"), Some("bytes"));
+    assert!(log_lines(&n1, "GET /peer/nar/").is_empty(), "{}", n1.log());
+
+    for url in [&peer_url, &local_url] {
+        for offset in [1, 4096, size / 2, size - 1] {
+            let got = h2.curl(&["-r", &format!("{offset}-"), url]);
+            assert_eq!(got.status, 206, "{url} from {offset}: {}", n2.log());
+            assert_eq!(
+                got.header("content-range"),
+                Some(format!("bytes {offset}-{}/{size}", size - 1).as_str())
+            );
+            assert_eq!(got.body.len() as u64, size - offset);
+            assert_eq!(body_sha256(h2, &got.body), dump_sha256(h1, &path, offset));
+        }
+        assert_eq!(h2.curl(&["-r", &format!("{size}-"), url]).status, 416);
+    }
+}
+
+/// Narinfos validly signed but that Nix would choke on: a garbage CA, a
+/// compressed NAR. The peers serving them answer first; they are skipped,
+/// and Nix gets the path from the next peer.
+#[test]
+fn narinfos_nix_would_choke_on_are_skipped_for_the_next_peer() {
+    let Some(net) = Net::new(4) else { return };
+    let (h1, h2, h3, h4) = (net.host(1), net.host(2), net.host(3), net.host(4));
+    let upstream = generate_key(h1, "upstream-1");
+    let path = build_chain(h1, "choke", 1).remove(0);
+    support::sign(h1, &upstream, &path);
+    let cache = h1.dir.join("cache");
+    h1.run(&format!(
+        "nix copy --to 'file://{}?compression=none' {path}",
+        cache.display()
+    ));
+    let script = format!("{}/integration/v1_peer.py", env!("CARGO_MANIFEST_DIR"));
+    let cache = cache.to_str().unwrap();
+    let v1 = |host: &Host, extra: &[&str]| {
+        let mut args = vec![script.as_str(), "serve", cache, "12304"];
+        args.extend(extra);
+        host.spawn_daemon(host.cmd("python3", &args), "v1-peer")
+    };
+    // Quick liars, and an honest peer that answers late.
+    let _ca = v1(h1, &["--set", "CA: garbage:xyz"]);
+    let _xz = v1(h2, &["--set", "Compression: xz"]);
+    let _honest = v1(h4, &["--delay", "200"]);
+    let n3 = node(
+        h3,
+        &generate_key(h3, "h3-1"),
+        &[&upstream],
+        &["--timeout", "2000"],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+
+    let start = Instant::now();
+    let out = h3.try_run(&format!(
+        "nix-store -r {path} --option substituters {LOCAL} --option trusted-public-keys '{}'",
+        upstream.public
+    ));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        n3.log()
+    );
+    eprintln!(
+        "substituted past two bad narinfos in {:.1?}",
+        start.elapsed()
+    );
+    let log = n3.log();
+    assert!(
+        log.contains("garbage") && log.contains("trying the next peer"),
+        "{log}"
+    );
+    assert!(log.contains("compressed (xz)"), "{log}");
+    assert!(
+        log.contains(&format!("{}: NAR of", hash_of(&path))),
+        "{log}"
+    );
+    assert!(log.contains(&format!("from {}:12304", h4.addr4)), "{log}");
+}
