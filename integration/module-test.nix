@@ -1,10 +1,13 @@
 # Evaluates module.nix with the NixOS module system in several
 # configurations and checks what it generates: the unit, the firewall, the
-# Nix settings, the users, the warnings and the assertions. Run by
-# integration/nix-module-test (which skips it when nixpkgs is missing) and by
-# the flake's checks.module.
+# Nix settings, the users, the warnings and the assertions. With `nixpkgs`,
+# NixOS itself (nixos/lib/eval-config.nix); with `nixpkgsLib` alone, the
+# module system with NixOS's options declared by module-test-nixos.nix. Run
+# by integration/nix-module-test, which prints `lines` (each configuration,
+# what it made, its checks), and by the flake's checks.module.
 #
-#   nix-instantiate --eval --strict --json integration/module-test.nix -A lines
+#   nix-instantiate --eval --strict --json integration/module-test.nix \
+#     --arg nixpkgsLib ../shared/nixpkgs-lib/lib -A lines
 #
 # Nothing is built: only the configuration is evaluated. The key pair in
 # module-test-keys/ is a test key, used for nothing else.
