@@ -206,6 +206,9 @@ let
 
     disabled = eval { services.peerix.enable = false; };
 
+    # The nix-daemon turned off: nothing to reach the store through.
+    noNixDaemon = eval { services.peerix.enable = true; nix.enable = false; };
+
     # The flake's modules, both names imported, with the flake's package.
     flake = evalConfig [
       flake.nixosModules.peerix
@@ -447,6 +450,10 @@ let
       "overlays.default adds peerix" =
         let pkgs = nixpkgsInput.legacyPackages.${system}; in
         (flake.overlays.default pkgs pkgs).peerix.pname == "peerix";
+    };
+
+    noNixDaemon = let c = configs.noNixDaemon; in {
+      "refused, saying why" = any (hasInfix "needs the nix-daemon") (failedAssertions c);
     };
 
     disabled = let c = configs.disabled; in {
