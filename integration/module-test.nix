@@ -280,8 +280,35 @@ let
       ];
   };
 
+  # integration/peerix.service, the unit for machines without NixOS: its
+  # [Service] directives, NAME -> the values of its lines, in order.
+  plainUnit =
+    let
+      lines = filter (l: l != "" && !(hasPrefix "#" l) && !(hasPrefix "[" l))
+        (map lib.trim (lib.splitString "\n" (builtins.readFile ./peerix.service)));
+      pairs = map (l: let m = builtins.match "([A-Za-z]+)=(.*)" l; in { name = builtins.elemAt m 0; value = builtins.elemAt m 1; }) lines;
+    in
+    builtins.mapAttrs (name: _: map (p: p.value) (filter (p: p.name == name) pairs)) (builtins.listToAttrs pairs);
+  # A module value as the unit file writes it.
+  unitValue = v: if v == true then "true" else if v == false then "false" else toString v;
+  # The hardening and service settings both units must share.
+  sharedDirectives = [
+    "Type" "Restart" "RestartSec" "RestartPreventExitStatus" "RuntimeDirectory" "RuntimeDirectoryMode" "UMask" "LimitNOFILE"
+    "ProtectSystem" "ProtectHome" "PrivateTmp" "PrivateDevices" "PrivateMounts" "ProtectProc" "ProtectHostname" "ProtectClock"
+    "ProtectKernelTunables" "ProtectKernelModules" "ProtectKernelLogs" "ProtectControlGroups" "NoNewPrivileges"
+    "CapabilityBoundingSet" "RestrictSUIDSGID" "RemoveIPC" "RestrictRealtime" "RestrictNamespaces" "LockPersonality"
+    "MemoryDenyWriteExecute" "SystemCallErrorNumber" "SystemCallArchitectures"
+  ];
+
   checks = {
     minimal = let c = configs.minimal; in common c // {
+      "integration/peerix.service has the same hardening and settings" =
+        all (d: plainUnit.${d} or [ ] == [ (unitValue (sc c).${d}) ]) sharedDirectives
+        && lib.concatMap (v: lib.splitString " " v) plainUnit.RestrictAddressFamilies == (sc c).RestrictAddressFamilies
+        && lib.concatMap (v: lib.splitString " " v) plainUnit.SystemCallFilter == (sc c).SystemCallFilter
+        && plainUnit.Requires == [ "nix-daemon.socket" ] && plainUnit.After == [ "network-online.target nix-daemon.socket" ]
+        && plainUnit.Wants == [ "network-online.target" ] && plainUnit.WantedBy == [ "multi-user.target" ]
+        && plainUnit.User == [ "peerix" ] && plainUnit.Group == [ "peerix" ];
       "the default package evaluates, with its unit tests in checkPhase" =
         let p = c.services.peerix.package; in
         p.pname == "peerix" && p.meta.mainProgram == "peerix"
@@ -506,7 +533,7 @@ let
     if r.success then r.value else [ "  (cannot be shown: evaluation error)" ];
 in
 {
-  inherit configs checks results harness;
+  inherit configs checks results harness plainUnit;
 
   # For the log: how the module was evaluated, each configuration (what it
   # made) followed by its checks, one "ok NAME" / "FAIL NAME" / "ERROR NAME"
