@@ -267,7 +267,7 @@ let
       && has (svc c).wantedBy "multi-user.target";
     "LimitNOFILE = 65536" = (sc c).LimitNOFILE == 65536;
     "restarted when nix.conf (its trusted keys) changes" = (svc c).restartTriggers == [ (nixConf c) ];
-    "the unit as written" =
+    "the unit file as NixOS writes it (looked at only where NixOS itself evaluates)" =
       all (unitHas c) [
         "ExecStart=${execStart c}"
         "LimitNOFILE=65536"
