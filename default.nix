@@ -51,9 +51,11 @@ rustPlatform.buildRustPackage {
     wrapProgram $out/bin/peerix --suffix PATH : ${lib.makeBinPath [ nix ]}
   '';
 
-  # The tests need root, network namespaces and a Nix store of their own
-  # (see integration/test); the build sandbox has none of them.
-  doCheck = false;
+  # checkPhase runs the unit tests (`cargo test --lib`): they need nothing
+  # but the source. The integration tests need root, network namespaces and
+  # Nix stores of their own (see integration/test), which the build sandbox
+  # does not have; they are not part of the source above anyway.
+  cargoTestFlags = [ "--lib" ];
 
   meta = {
     description = cargoToml.description;

@@ -2,13 +2,13 @@
 #
 # A drop-in for the original Peerix's module: every option of its README
 # (enable, package, openFirewall, user, group, privateKeyFile, publicKeyFile,
-# publicKey, extraHosts, disableBroadcast, and the older globalCacheTTL) is
-# accepted with the same meaning, so configurations written for it keep
-# evaluating. On top of that: the secret key is loaded at run time through
+# publicKey, extraHosts, disableBroadcast, globalCacheTTL) is accepted with
+# the same meaning, so configurations written for it keep evaluating and
+# behaving the same. On top of that: the secret key is loaded at run time through
 # systemd credentials (and a key copied into the store is warned about), the
 # service runs as its own user in a hardened unit, and the daemon's other
 # flags have options of their own.
-{ config, lib, pkgs, ... }:
+{ config, lib, pkgs, utils, ... }:
 
 let
   inherit (lib)
@@ -56,16 +56,7 @@ let
     && (builtins.isPath cfg.privateKeyFile || lib.hasPrefix "${builtins.storeDir}/" privateKeyLocation);
 
   credentialName = "peerix-private-key";
-
-  # How systemd reads ExecStart: words split at spaces, C-style quoting, and
-  # `%` (specifiers) and `$` (variables) expanded even inside quotes. Words of
-  # plain characters are left as they are, anything else is quoted.
-  escapeExecArg = arg:
-    let
-      s = toString arg;
-      quoted = if builtins.match "[A-Za-z0-9_./:@=+,-]+" s != null then s else builtins.toJSON s;
-    in
-    lib.replaceStrings [ "%" "$" ] [ "%%" "$$" ] quoted;
+  networkCredentialName = "peerix-network-key";
 
   daemonArgs =
     [
@@ -86,15 +77,13 @@ let
     ++ optional cfg.verbose "--verbose"
     ++ cfg.extraArgs;
 
-  execStart = concatStringsSep " " (
-    [ (escapeExecArg "${cfg.package}/bin/peerix") ]
-    ++ map escapeExecArg daemonArgs
-    # %d is the unit's credentials directory, where systemd put the key.
-    ++ optional (cfg.privateKeyFile != null) "--private-key %d/${credentialName}"
-    ++ optional (cfg.networkKeyFile != null) "--network-key-file %d/${networkCredentialName}"
-  );
-
-  networkCredentialName = "peerix-network-key";
+  # Every argument quoted for systemd (nixpkgs' utils: `%` and `$` doubled,
+  # so neither specifiers nor variables are expanded); the key options name
+  # the credentials directory with the specifier %d, so they stay unquoted.
+  execStart =
+    utils.escapeSystemdExecArgs ([ "${cfg.package}/bin/peerix" ] ++ daemonArgs)
+    + lib.optionalString (cfg.privateKeyFile != null) " --private-key %d/${credentialName}"
+    + lib.optionalString (cfg.networkKeyFile != null) " --network-key-file %d/${networkCredentialName}";
 
   # Where the local Nix reaches the daemon, which answers it only from a
   # loopback address.
@@ -361,19 +350,30 @@ in
     };
 
     globalCacheTTL = mkOption {
-      type = types.nullOr types.int;
+      type = types.nullOr types.ints.unsigned;
       default = null;
-      visible = false;
+      example = 60;
       description = ''
-        Accepted for compatibility with the original Peerix and ignored (with
-        a warning): it set Nix's narinfo cache TTLs for every substituter,
-        which this daemon does not need.
+        Seconds Nix remembers what a substituter answered for a path, found
+        or not found (`nix.settings.narinfo-cache-positive-ttl` and
+        `narinfo-cache-negative-ttl`, as the original Peerix set them);
+        `null` leaves Nix's defaults, 30 days and one hour.
+
+        Nix remembers for an hour that no peer had a path, so a path a peer
+        built a minute ago is not fetched from it until that hour is over: a
+        small value such as 60 lets it be seen at once. It applies to every
+        substituter, so cache.nixos.org is asked again for paths it recently
+        did not have, too.
       '';
     };
   };
 
   config = mkIf cfg.enable {
     assertions = [
+      {
+        assertion = config.nix.enable;
+        message = "services.peerix needs the nix-daemon, which nix.enable = false; turns off.";
+      }
       {
         assertion = cfg.privateKeyFile == null || lib.hasPrefix "/" privateKeyLocation;
         message = "services.peerix.privateKeyFile must be an absolute path, such as \"/var/lib/peerix/private\"; it is ${builtins.toJSON privateKeyLocation}.";
@@ -411,8 +411,6 @@ in
           2. set services.peerix.privateKeyFile = "/var/lib/peerix/private"; as a string, in quotes, so it is read at run time (systemd LoadCredential) and never copied,
           3. replace the old public key with the new one wherever it is trusted (publicKey, publicKeys, publicKeyFile, peers' trusted-public-keys),
           4. remove the secret from the configuration's sources, and run nix-collect-garbage once nothing refers to the old store path.''
-      ++ optional (cfg.globalCacheTTL != null) ''
-        services.peerix.globalCacheTTL is ignored: it changed the narinfo cache TTLs of every substituter, which this Peerix does not need (it never hands Nix a narinfo that names a peer). Remove it; to change the TTLs anyway, set nix.settings.narinfo-cache-negative-ttl and narinfo-cache-positive-ttl.''
       ++ optional (userName == "nobody" || groupName == "nogroup" || groupName == "nobody") ''
         services.peerix runs as ${userName}:${groupName}. `nobody` is shared with other services and with unmapped files (NFS, user namespaces); remove services.peerix.user and services.peerix.group to use the dedicated `peerix` user this module creates.''
       ++ optional (!mayUseNixDaemon) ''
@@ -431,14 +429,20 @@ in
     };
     users.groups.peerix = mkIf (cfg.group == "peerix") { };
 
-    nix.settings = {
-      substituters = [ substituter ];
-      trusted-public-keys = publicKeys;
-      # Beside the option's default ([ "*" ]) rather than in place of it: a
-      # plain definition would drop the default and lock every other user
-      # out of the nix-daemon.
-      allowed-users = lib.mkOptionDefault [ userName ];
-    };
+    nix.settings = lib.mkMerge [
+      {
+        substituters = [ substituter ];
+        trusted-public-keys = publicKeys;
+        # Beside the option's default ([ "*" ]) rather than in place of it: a
+        # plain definition would drop the default and lock every other user
+        # out of the nix-daemon.
+        allowed-users = lib.mkOptionDefault [ userName ];
+      }
+      (mkIf (cfg.globalCacheTTL != null) {
+        narinfo-cache-negative-ttl = cfg.globalCacheTTL;
+        narinfo-cache-positive-ttl = cfg.globalCacheTTL;
+      })
+    ];
 
     networking.firewall = mkIf cfg.openFirewall {
       allowedTCPPorts = [ cfg.port ];
@@ -449,7 +453,12 @@ in
       description = "Peerix, a peer-to-peer Nix binary cache";
       wantedBy = [ "multi-user.target" ];
       wants = [ "network-online.target" ];
+      requires = [ "nix-daemon.socket" ];
       after = [ "network-online.target" "nix-daemon.socket" ];
+      # The daemon reads the trusted keys of nix.conf once, at start. (The
+      # key files are read at start too: a path value changes the unit when
+      # it changes; after replacing a key file at run time, restart it.)
+      restartTriggers = optional config.nix.enable config.environment.etc."nix/nix.conf".source;
 
       # nix-store and nix of the system's Nix, the one its nix-daemon runs
       # (the package's wrapper only falls back to its own).
@@ -477,6 +486,9 @@ in
         RuntimeDirectory = "peerix";
         RuntimeDirectoryMode = "0700";
         UMask = "0077";
+        # Every connection from the local Nix and from peers, every NAR's
+        # pipe, is a file descriptor (harmonia's module sets the same).
+        LimitNOFILE = 65536;
         LoadCredential =
           optional (cfg.privateKeyFile != null) "${credentialName}:${cfg.privateKeyFile}"
           ++ optional (cfg.networkKeyFile != null) "${networkCredentialName}:${cfg.networkKeyFile}";
