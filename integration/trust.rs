@@ -289,36 +289,33 @@ fn the_local_nar_route_reaches_nobody_a_request_names() {
     listener.kill();
 }
 
-fn fd_count(pid: u32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn under_hostile_input_the_node_serves_on_without_leaks_or_amplification() {
     let Some(net) = Net::new(3) else { return };
     let (h1, h2, h3) = (net.host(1), net.host(2), net.host(3));
     let key = generate_key(h1, "h1-1");
     let paths = build(h1, &["victim-dep", "victim"], true);
+    let later = build(h1, &["after-spoofing"], false).remove(0);
     let _n1 = node(h1, &key, &[]);
     // h2 is attacked from h3, while Nix on h2 substitutes through it. Its
-    // answer rate is lowered to 200 a second so the bound below is sharp.
-    let mut n2 = node(
-        h2,
-        &generate_key(h2, "h2-1"),
-        &["--trusted-key", &key.public, "--answer-rate", "200"],
+    // answer rate is lowered to 200 a second so the bound below is sharp;
+    // it logs at info, as it would in the field, to count its lines.
+    let h2_key = generate_key(h2, "h2-1");
+    let mut n2 = h2.spawn_peerix_with(
+        &[],
+        &[("RUST_LOG", "info")],
+        &[
+            "--private-key",
+            h2_key.secret.to_str().unwrap(),
+            "--trusted-key",
+            &key.public,
+            "--answer-rate",
+            "200",
+        ],
     );
     let pid = n2.pid();
     std::thread::sleep(Duration::from_millis(500));
-    let (fds_before, rss_before) = (fd_count(pid), rss_kib(pid));
+    let (fds_before, rss_before) = (support::fd_count(pid), support::rss_kib(pid));
     let hostile = script("hostile.py");
     let target = h2.addr4.to_string();
 
@@ -403,20 +400,89 @@ fn under_hostile_input_the_node_serves_on_without_leaks_or_amplification() {
         status(h1, &format!("http://{target}:12304/peer/nix-cache-info")),
         200
     );
-    assert!(support::wait_until(Duration::from_secs(15), || fd_count(
-        pid
-    ) <= fds_before
-        + 8));
-    let rss_after = rss_kib(pid);
+    assert!(support::wait_until(
+        Duration::from_secs(15),
+        || support::fd_count(pid) <= fds_before + 8
+    ));
+    let rss_after = support::rss_kib(pid);
     eprintln!(
         "fds {fds_before} -> {}, RSS {rss_before} KiB -> {rss_after} KiB",
-        fd_count(pid)
+        support::fd_count(pid)
     );
     assert!(
         rss_after < rss_before + 16 * 1024,
         "RSS {rss_before} -> {rss_after} KiB"
     );
+
+    // 100 000 datagrams from made-up nodes (hellos, "have" answers and
+    // queries, each from a node id of its own): the tables stay bounded,
+    // the log says a handful of lines, and Nix still substitutes.
+    let lines_before = n2.log().lines().count();
+    let spoofed = h3.run(&format!("python3 {hostile} spoof {target} 12304 100000"));
+    assert!(spoofed.contains("sent 100000"), "{spoofed}");
+    std::thread::sleep(Duration::from_secs(1));
+    let log = n2.log();
+    let new_lines: Vec<&str> = log.lines().skip(lines_before).collect();
+    let rss_spoofed = support::rss_kib(pid);
+    eprintln!(
+        "after 100 000 spoofed datagrams: RSS {rss_spoofed} KiB, {} log lines:\n{}",
+        new_lines.len(),
+        new_lines.join("\n")
+    );
+    assert!(new_lines.len() <= 20, "{}", new_lines.join("\n"));
+    assert!(rss_spoofed < 32 * 1024, "RSS {rss_spoofed} KiB");
+    let out = h2.try_run(&format!(
+        "nix-store -r {later} --option substituters {LOCAL} --option trusted-public-keys '{}'",
+        key.public
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     n2.kill();
+}
+
+/// With `require-sigs = false` in the local Nix's configuration, a peer's
+/// narinfo without a signature by a trusted key is still not handed on.
+#[test]
+fn peer_data_needs_a_trusted_signature_even_without_require_sigs() {
+    let Some(net) = Net::new(2) else { return };
+    let (h1, h2) = (net.host(1), net.host(2));
+    let unsigned = build(h2, &["unsigned"], false).remove(0);
+    // h2 signs with no key: its narinfo carries no signature at all.
+    let _n2 = h2.spawn_peerix(&[]);
+    h1.add_nix_conf("require-sigs = false");
+    let n1 = h1.spawn_peerix(&[]);
+    assert!(n1.log().contains("require-sigs = false"), "{}", n1.log());
+    let peer_narinfo = h1.curl(&[&format!(
+        "http://{}:12304/peer/{}.narinfo",
+        h2.addr4,
+        hash_of(&unsigned)
+    )]);
+    assert_eq!(peer_narinfo.status, 200);
+    assert!(
+        !peer_narinfo.text().contains("Sig:"),
+        "{}",
+        peer_narinfo.text()
+    );
+    assert_eq!(
+        status(h1, &format!("{LOCAL}/{}.narinfo", hash_of(&unsigned))),
+        404
+    );
+    assert!(
+        n1.log()
+            .contains("not signed by a key the local Nix trusts"),
+        "{}",
+        n1.log()
+    );
+    let out = h1.try_run(&format!(
+        "nix-store -r {unsigned} --option substituters {LOCAL}"
+    ));
+    assert!(
+        !out.status.success(),
+        "Nix got a path no trusted key signed"
+    );
 }
 
 #[test]

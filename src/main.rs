@@ -24,6 +24,7 @@ fn main() -> ExitCode {
     // Before any thread starts, so that every thread inherits the mask and
     // the signals reach only `signals::wait`.
     let signals = signals::block_termination();
+    raise_fd_limit();
 
     let store = match store::Store::open(config.share.clone()) {
         Ok(s) => s,
@@ -89,4 +90,33 @@ fn main() -> ExitCode {
     server.stop();
     app.store.stop();
     ExitCode::SUCCESS
+}
+
+/// Raises the soft limit on open files to the hard one: every connection
+/// and every pipe to Nix is a descriptor, and systemd's default soft limit
+/// (1024) is far below its hard one. Where that is refused (a seccomp
+/// filter, say), the connection caps follow the limit there is.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write one rlimit we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max
+        {
+            return;
+        }
+        let wanted = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+            log::debug!(
+                "open files: at most {} (was {})",
+                limit.rlim_max,
+                limit.rlim_cur
+            );
+        }
+    }
 }
