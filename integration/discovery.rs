@@ -505,3 +505,114 @@ fn an_unresolvable_extra_host_is_logged_and_skipped() {
         n2.log()
     );
 }
+
+/// The server-side times of the misses in a node's log (`no peer has it
+/// (…)`), in milliseconds, sorted.
+fn miss_times(log: &str) -> Vec<f64> {
+    let mut times: Vec<f64> = log
+        .lines()
+        .filter_map(|l| l.split("no peer has it (").nth(1)?.split(')').next())
+        .filter_map(|t| {
+            let ms = |unit: &str, k: f64| t.strip_suffix(unit)?.parse::<f64>().ok().map(|v| v * k);
+            ms("ms", 1.0)
+                .or_else(|| ms("µs", 0.001))
+                .or_else(|| ms("s", 1000.0))
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times
+}
+
+/// Beside an original Peerix node (silent on a miss), a miss waits for it
+/// only as long as its answers to hits need, once it has answered a few:
+/// with a node answering in 5 ms, misses take well under 60 ms (p50); with
+/// one answering in 200 ms, none of its hits is lost. The node is known
+/// from its first datagram (here a query of its own, as an original node
+/// sends whenever its Nix wants a path); until then nothing tells it apart
+/// from nobody.
+#[test]
+fn misses_wait_for_original_nodes_only_as_long_as_their_answers_need() {
+    let Some(net) = Net::new(3) else { return };
+    let (h1, h2, h3) = (net.host(1), net.host(2), net.host(3));
+    let upstream = generate_key(h1, "upstream-1");
+    let paths = build_chain(h1, "v1-pace", 1)
+        .into_iter()
+        .chain((0..15).map(|i| build_chain(h1, &format!("v1-pace-{i}"), 1).remove(0)))
+        .collect::<Vec<_>>();
+    let cache = h1.dir.join("v1-cache");
+    for p in &paths {
+        support::sign(h1, &upstream, p);
+    }
+    h1.run(&format!(
+        "nix copy --to 'file://{}?compression=none' {}",
+        cache.display(),
+        paths.join(" ")
+    ));
+    // A node of ours beside it, which answers misses at once.
+    let _ours = node(h2, &generate_key(h2, "h2-1"), &[], &[]);
+    let script = v1_peer_script();
+    let cache = cache.to_str().unwrap();
+    for (delay, hits) in [("5", &paths[..8]), ("200", &paths[8..])] {
+        let mut v1 = h1.spawn_daemon(
+            h1.cmd(
+                "python3",
+                &[&script, "serve", cache, "12304", "--delay", delay],
+            ),
+            "v1-peer",
+        );
+        let mut n3 = node(h3, &generate_key(h3, "h3-1"), &[&upstream], &[]);
+        wait_until_peers(h3, 1);
+        let broadcast = format!("{}.255", h1.addr4.to_string().rsplit_once('.').unwrap().0);
+        let asked = h1.try_run(&format!(
+            "python3 {script} query {} {broadcast} 12304",
+            "2".repeat(32)
+        ));
+        assert!(!asked.status.success(), "nobody has that path");
+        assert!(
+            support::wait_until(Duration::from_secs(2), || h3
+                .curl(&[&format!("{LOCAL}/status")])
+                .text()
+                .contains(&format!("v1 {}", h1.addr4))),
+            "{}",
+            n3.log()
+        );
+        // Its hits teach the node its pace; every one is found.
+        for path in hits {
+            let got = h3.curl(&[&format!("{LOCAL}/{}.narinfo", hash_of(path))]);
+            assert_eq!(
+                got.status,
+                200,
+                "a hit of the {delay} ms node: {}",
+                n3.log()
+            );
+        }
+        let before = n3.log().len();
+        for i in 0..20 {
+            let url = format!("{LOCAL}/{:032}.narinfo", 7_000 + i);
+            assert_eq!(h3.curl(&[&url]).status, 404);
+        }
+        let times = miss_times(&n3.log()[before..]);
+        assert_eq!(times.len(), 20, "{}", n3.log());
+        let (p50, max) = (times[10], times[19]);
+        eprintln!("beside an original node answering in {delay} ms: misses p50 {p50:.1} ms, max {max:.1} ms");
+        match delay {
+            "5" => assert!(p50 <= 60.0, "p50 {p50} ms: {}", n3.log()),
+            _ => assert!(
+                p50 >= 400.0,
+                "p50 {p50} ms: a 200 ms node's hits would be lost"
+            ),
+        }
+        n3.kill();
+        v1.kill();
+    }
+}
+
+/// Waits until the node on `host` has heard `n` peers of ours.
+fn wait_until_peers(host: &Host, n: usize) {
+    let heard = support::wait_until(Duration::from_secs(5), || {
+        host.curl(&[&format!("{LOCAL}/status")])
+            .text()
+            .contains(&format!("peers: {n}"))
+    });
+    assert!(heard, "{} never heard {n} peers", host.name);
+}

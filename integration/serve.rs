@@ -791,3 +791,87 @@ fn store_changes_are_followed() {
     assert_eq!(status(&narinfo(unregistered)), 404);
     assert_eq!(status(&nar(unregistered)), 404);
 }
+
+/// Path infos and NARs come from long-lived `nix-store --serve` children,
+/// reused from request to request: thirty paths' narinfo and NAR cost no
+/// process start each. Idle for 30 s, the children end.
+#[test]
+fn nars_and_infos_come_from_long_lived_serve_children() {
+    let Some(net) = Net::new(2) else { return };
+    let (h1, h2) = (net.host(1), net.host(2));
+    let chain = support::build_chain(h1, "serve", 30);
+    let daemon = node(h1, &generate_key(h1, "node-h1"));
+    let mut seen = std::collections::BTreeSet::new();
+    for path in &chain {
+        let info = h2.curl(&[&daemon.url(&format!("/peer/{}.narinfo", hash_of(path)))]);
+        assert_eq!(info.status, 200);
+        let nar = h2.curl(&[&daemon.url(&format!("/peer/nar/{}.nar", hash_of(path)))]);
+        assert_eq!(nar.status, 200);
+        assert!(nar.body == dump(h1, path), "NAR of {path}");
+        seen.extend(nix_children(&daemon));
+    }
+    eprintln!("nix-store children over 30 narinfos and NARs: {seen:?}");
+    // One for metadata, one for NARs (read one after the other).
+    assert!(seen.len() <= 2, "{seen:?}");
+    let local = h1.curl(&[&format!("{}/status", support::LOCAL)]).text();
+    assert!(local.contains("nix-store --serve for NARs: 1"), "{local}");
+    let idle = Instant::now();
+    let gone = support::wait_until(Duration::from_secs(45), || nix_children(&daemon).is_empty());
+    eprintln!("children gone {:?} after the last request", idle.elapsed());
+    assert!(gone, "children left: {:?}", daemon.children());
+}
+
+/// When no `nix-store --serve` can be had for a NAR, one `nix-store
+/// --dump` per path serves it. (A `nix-store` on the node's PATH refuses
+/// `--serve` once a file exists.)
+#[test]
+fn a_nar_comes_from_nix_store_dump_when_no_serve_child_can_be_had() {
+    let Some(net) = Net::new(2) else { return };
+    let (h1, h2) = (net.host(1), net.host(2));
+    let closure = build_closure(h1);
+    let key = generate_key(h1, "node-h1");
+    let wrapped = h1.dir.join("wrapped");
+    let refuse = h1.dir.join("refuse-serve");
+    fs::create_dir_all(&wrapped).unwrap();
+    let real = h1.run("command -v nix-store");
+    fs::write(
+        wrapped.join("nix-store"),
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = --serve ] && [ -e {} ]; then\n  echo 'no --serve here' >&2; exit 1\nfi\nexec {real} \"$@\"\n",
+            refuse.display()
+        ),
+    )
+    .unwrap();
+    h1.run(&format!("chmod +x {}/nix-store", wrapped.display()));
+    let path = format!("{}:/usr/local/bin:/usr/bin:/bin", wrapped.display());
+    let args = [
+        "--no-broadcast",
+        "--private-key",
+        key.secret.to_str().unwrap(),
+    ];
+    let daemon = h1.spawn_peerix_with(&[], &[("PATH", &path)], &args);
+    for p in [&closure.dep, &closure.big] {
+        let url = daemon.url(&format!("/peer/{}.narinfo", hash_of(p)));
+        assert_eq!(h2.curl(&[&url]).status, 200);
+    }
+    fs::write(&refuse, "").unwrap();
+    let got = h2.curl(&[&daemon.url(&format!("/peer/nar/{}.nar", hash_of(&closure.dep)))]);
+    assert_eq!(got.status, 200, "{}", daemon.log());
+    assert!(got.body == dump(h1, &closure.dep), "the dumped NAR differs");
+    assert!(
+        daemon.log().contains("using nix-store --dump"),
+        "{}",
+        daemon.log()
+    );
+    // The dump is the process streaming (seen while a slow reader reads).
+    let url = daemon.url(&format!("/peer/nar/{}.nar", hash_of(&closure.big)));
+    let slow = ["-sS", "--limit-rate", "500k", "-o", "/dev/null", &url];
+    let _slow = h2.spawn_daemon(h2.cmd("curl", &slow), "curl");
+    let dumping = support::wait_until(Duration::from_secs(5), || {
+        nix_children(&daemon).iter().any(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("--dump"))
+        })
+    });
+    assert!(dumping, "no nix-store --dump: {:?}", daemon.children());
+}

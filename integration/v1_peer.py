@@ -128,7 +128,10 @@ def serve(cache, port, garbage, delay, fields):
 def query(hash_part, address, port):
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-    sock.bind(("0.0.0.0", port))
+    try:
+        sock.bind(("0.0.0.0", port))
+    except OSError:
+        sock.bind(("0.0.0.0", 0))  # a v1 peer serves on this host: answers come back here
     sock.settimeout(2.0)
     request_id = 4242
     sock.sendto(b"\x00" + struct.pack(">I", request_id) + hash_part.encode(),

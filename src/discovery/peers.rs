@@ -19,6 +19,11 @@ use crate::cache::Bounded;
 /// every `HELLO_EVERY`, so a live one is heard well within it.
 pub const PEER_TTL: Duration = Duration::from_secs(95);
 
+/// An original Peerix node is remembered this long after it was last
+/// heard: it says no hello, and is heard only when it asks (its Nix wants
+/// a path) or answers a hit; forgotten, its next hit would be missed.
+const V1_TTL: Duration = Duration::from_secs(3600);
+
 /// Queries a peer of ours may leave unanswered before it is no longer
 /// waited for (it is waited for again as soon as it is heard).
 const MAX_STRIKES: u8 = 2;
@@ -159,7 +164,7 @@ impl PeerTable {
     pub fn v1_wait(&self, timeout: Duration) -> Option<Duration> {
         let live: Vec<&V1Peer> = (self.v1.iter())
             .map(|(_, p)| p)
-            .filter(|p| p.last_heard.elapsed() < PEER_TTL)
+            .filter(|p| p.last_heard.elapsed() < V1_TTL)
             .collect();
         if live.is_empty() {
             return None;
@@ -196,7 +201,7 @@ impl PeerTable {
         });
         let ours = &self.ours;
         self.by_addr.retain(|_, node| ours.contains_key(node));
-        self.v1.retain(|_, p| p.last_heard.elapsed() < PEER_TTL);
+        self.v1.retain(|_, p| p.last_heard.elapsed() < V1_TTL);
     }
 
     /// One line per peer, for logs and status.
