@@ -148,7 +148,7 @@ impl Upstream {
         };
         match nar.open_next() {
             Ok(opened) => {
-                log::info!(
+                log::debug!(
                     "{hash}: NAR of {} bytes from {}{}",
                     nar.total,
                     opened.0,

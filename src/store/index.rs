@@ -32,6 +32,10 @@ const RECHECK_MAX: Duration = Duration::from_secs(30);
 /// Entries asked about per validity question to Nix.
 pub const BATCH: usize = 10_000;
 
+/// Validity questions are this far apart at least: while a build or a
+/// substitution adds paths one after the other, one question covers many.
+const RECHECK_MIN: Duration = Duration::from_millis(100);
+
 /// The valid paths: hash part → basename. Shared with the UDP thread and
 /// the workers; written only by the index thread, a change at a time.
 pub type Valid = RwLock<HashMap<HashPart, Box<str>>>;
@@ -58,6 +62,7 @@ pub struct Follower {
     dir_mtime: Option<SystemTime>,
     next_recheck: Option<Instant>,
     recheck_wait: Duration,
+    last_check: Option<Instant>,
 }
 
 /// How often the thread looks at the database and does its upkeep when
@@ -96,6 +101,7 @@ impl Follower {
             dir_mtime: None,
             next_recheck: None,
             recheck_wait: RECHECK_FIRST,
+            last_check: None,
         };
         follower.relist(valid, nix)?;
         follower.check_pending(valid, nix)?;
@@ -224,9 +230,13 @@ impl Follower {
             self.db_mtimes = db_mtimes;
             self.next_recheck = None;
         }
-        if self.pending.is_empty() || self.next_recheck.is_some_and(|t| Instant::now() < t) {
+        let now = Instant::now();
+        let waiting = self.next_recheck.is_some_and(|t| now < t);
+        let too_soon = self.last_check.is_some_and(|t| now - t < RECHECK_MIN);
+        if self.pending.is_empty() || waiting || too_soon {
             return Ok(());
         }
+        self.last_check = Some(now);
         let names: Vec<&str> = self.pending.values().map(|n| &**n).collect();
         let mut found = Vec::new();
         for batch in names.chunks(BATCH) {
