@@ -594,9 +594,30 @@ fn misses_wait_for_original_nodes_only_as_long_as_their_answers_need() {
         let times = miss_times(&n3.log()[before..]);
         assert_eq!(times.len(), 20, "{}", n3.log());
         let (p50, max) = (times[10], times[19]);
-        eprintln!("beside an original node answering in {delay} ms: misses p50 {p50:.1} ms, max {max:.1} ms");
+        // What the node learnt: the slowest of the node's recent answers.
+        let status = h3.curl(&[&format!("{LOCAL}/status")]).text();
+        let slowest = status
+            .lines()
+            .find(|l| l.contains(&format!("v1 {}", h1.addr4)))
+            .and_then(|l| l.split("slowest ").nth(1))
+            .and_then(|t| {
+                miss_times(&format!("no peer has it ({t})"))
+                    .first()
+                    .copied()
+            })
+            .unwrap_or_else(|| panic!("no answer time learnt: {status}"));
+        eprintln!(
+            "beside an original node answering in {delay} ms (slowest seen {slowest:.1} ms): \
+             misses p50 {p50:.1} ms, max {max:.1} ms"
+        );
         match delay {
-            "5" => assert!(p50 <= 60.0, "p50 {p50} ms: {}", n3.log()),
+            // A few times its answers (the benchmark holds p50 to 60 ms on a
+            // quiet machine), far below the 500 ms timeout.
+            "5" => assert!(
+                p50 <= 4.0 * slowest + 15.0 && p50 < 250.0,
+                "p50 {p50} ms for answers of {slowest} ms: {}",
+                n3.log()
+            ),
             _ => assert!(
                 p50 >= 400.0,
                 "p50 {p50} ms: a 200 ms node's hits would be lost"

@@ -7,10 +7,6 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::auth::AuthError;
-use crate::cache::Bounded;
-use crate::logs::Throttle;
-
 use crossbeam_channel::{Receiver, Sender};
 
 use super::peers::PeerTable;
@@ -18,7 +14,9 @@ use super::rate::RateLimit;
 use super::targets::SharedTargets;
 use super::wire::{Datagram, Message, NodeId};
 use super::{Answer, Command, Found, Outbox, Pending, Query, HELLO_EVERY, RECENT, STARTUP, TICK};
-use crate::auth::NetworkKey;
+use crate::auth::{AuthError, NetworkKey};
+use crate::cache::Bounded;
+use crate::logs::Throttle;
 use crate::narinfo::HashPart;
 use crate::store::Store;
 

@@ -83,7 +83,6 @@ pub struct Incoming<'a> {
 /// a body after `write_timeout`; a request head is at most 16 KiB and must
 /// come within 10 s of its first byte.
 const LIMITS: Limits = Limits {
-    max_connections: usize::MAX, // counted here, per kind of client
     read_timeout: Some(Duration::from_secs(30)),
     write_timeout: Some(Duration::from_secs(60)),
     max_head_bytes: 16 * 1024,
