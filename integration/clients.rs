@@ -282,3 +282,83 @@ fn errors(out: &Output) -> String {
 fn report(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
+
+/// The node's own Nix children (`nix-store --serve` for path infos,
+/// validity, closures and NARs; `nix config show` or `nix show-config`)
+/// work with every Nix: a node on each client's Nix serves its store, its
+/// narinfo as Nix records the path, its NAR byte for byte, from byte 0 and
+/// from the middle. One line per version says which serve protocol it
+/// spoke.
+#[test]
+fn a_node_serves_its_store_with_every_nix() {
+    let Some(net) = Net::new(2) else { return };
+    let (h1, h2) = (net.host(1), net.host(2));
+    let key = generate_key(h1, "h1-1");
+    let paths = build_chain(h1, "own-nix", 3);
+    let mut failures = Vec::new();
+    for client in nix_clients::all(h1) {
+        let args = [
+            "--no-broadcast",
+            "--private-key",
+            key.secret.to_str().unwrap(),
+        ];
+        let mut daemon = client.spawn_peerix(h1, &args);
+        let result = serves(h1, h2, &daemon, &paths);
+        let protocol = daemon
+            .log()
+            .lines()
+            .find_map(|l| l.split("speaks protocol ").nth(1).map(str::to_owned))
+            .unwrap_or_else(|| "?".into());
+        report(&format!(
+            "node on {}: serve protocol {protocol}, {}",
+            client.label(),
+            match &result {
+                Ok(()) => "narinfo ok, NAR ok".to_string(),
+                Err(e) => format!("FAILED ({e})"),
+            }
+        ));
+        if let Err(e) = result {
+            failures.push(format!("{}: {e}\n{}", client.label(), daemon.log()));
+        }
+        daemon.kill();
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// `h1`'s node (`daemon`) serves `paths` to `h2` as `h1`'s Nix knows them.
+fn serves(h1: &Host, h2: &Host, daemon: &Daemon, paths: &[String]) -> Result<(), String> {
+    for path in paths {
+        let hash = hash_of(path);
+        let info = h2.curl(&[&daemon.url(&format!("/peer/{hash}.narinfo"))]);
+        if info.status != 200 {
+            return Err(format!("narinfo of {path}: {}", info.status));
+        }
+        let want = nar_hash(h1, path);
+        if !info.text().contains(&format!("NarHash: {want}\n")) {
+            return Err(format!("narinfo of {path} says {}", info.text()));
+        }
+        let nar = h2.curl(&[&daemon.url(&format!("/peer/nar/{hash}.nar"))]);
+        let dump = h1
+            .cmd("nix-store", &["--dump", path])
+            .output()
+            .map_err(|e| e.to_string())?
+            .stdout;
+        if nar.status != 200 || nar.body != dump {
+            return Err(format!(
+                "NAR of {path}: {} ({} bytes)",
+                nar.status,
+                nar.body.len()
+            ));
+        }
+        let half = dump.len() / 2;
+        let tail = h2.curl(&[
+            "-r",
+            &format!("{half}-"),
+            &daemon.url(&format!("/peer/nar/{hash}.nar")),
+        ]);
+        if tail.status != 206 || tail.body != dump[half..] {
+            return Err(format!("NAR of {path} from byte {half}: {}", tail.status));
+        }
+    }
+    Ok(())
+}

@@ -328,3 +328,54 @@ fn narinfos_nix_would_choke_on_are_skipped_for_the_next_peer() {
     );
     assert!(log.contains(&format!("from {}:12304", h4.addr4)), "{log}");
 }
+
+/// Nix asks for a path's narinfo and then its NAR: the node asks the peers
+/// once (one query, one narinfo fetch), and reuses its connections to a
+/// peer from request to request.
+#[test]
+fn each_path_costs_one_query_and_one_narinfo_fetch_over_reused_connections() {
+    let Some(net) = Net::new(2) else { return };
+    let (h1, h2) = (net.host(1), net.host(2));
+    let key = generate_key(h1, "h1-1");
+    let chain = build_chain(h1, "once", 10);
+    let n1 = node(h1, &key, &[], &[]);
+    let n2 = node(h2, &generate_key(h2, "h2-1"), &[&key], &[]);
+    let args = realise_args(&[&chain[0]], &[&key]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = support::output_within(h2.cmd("nix-store", &args), Duration::from_secs(120))
+        .expect("nix-store -r finished");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for path in &chain {
+        let hash = hash_of(path);
+        let asked = log_lines(&n2, &format!("discovery: asked for {hash}"));
+        let fetched = log_lines(&n1, &format!("GET /peer/{hash}.narinfo"));
+        let nars = log_lines(&n1, &format!("GET /peer/nar/{hash}.nar"));
+        assert_eq!(
+            (asked.len(), fetched.len(), nars.len()),
+            (1, 1, 1),
+            "{path}:\n{}",
+            n2.log()
+        );
+    }
+    // The peer saw every request come from a few connections of the node.
+    let requests = log_lines(&n1, "GET /peer/");
+    let ports: std::collections::BTreeSet<String> = requests
+        .iter()
+        .filter_map(|l| l.split(&format!("{}]:", h2.addr4)).nth(1))
+        .filter_map(|rest| rest.split(')').next().map(str::to_owned))
+        .collect();
+    eprintln!(
+        "{} requests of the node reached the peer over {} connections",
+        requests.len(),
+        ports.len()
+    );
+    assert!(
+        !ports.is_empty() && ports.len() <= 8,
+        "{ports:?}\n{}",
+        n1.log()
+    );
+}

@@ -92,6 +92,56 @@ impl Client {
         c
     }
 
+    /// A peerix node on `host` (as [`Host::spawn_peerix`]) whose `nix-store`
+    /// and `nix` are this client's: for a root, wrappers first on its
+    /// `PATH` run them chrooted into the root (mounted once, in the node's
+    /// own mount namespace), so that the daemon's Nix children (`nix-store
+    /// --serve`, `nix config show`) are of that version.
+    pub fn spawn_peerix(&self, host: &Host, args: &[&str]) -> super::Daemon {
+        let Some(root) = &self.root else {
+            return host.spawn_peerix(args);
+        };
+        let wrappers = host.dir.join(format!("nix-{}", self.name));
+        std::fs::create_dir_all(&wrappers).expect("make the wrappers' directory");
+        for program in ["nix-store", "nix"] {
+            let file = wrappers.join(program);
+            let script = format!(
+                "#!/bin/sh\nexec chroot {} /usr/bin/{program} \"$@\"\n",
+                root.display()
+            );
+            std::fs::write(&file, script).expect("write a wrapper");
+            let status = Command::new("chmod").arg("+x").arg(&file).status();
+            assert!(
+                status.is_ok_and(|s| s.success()),
+                "chmod +x {}",
+                file.display()
+            );
+        }
+        let mounts = r#"set -e
+root=$1 tmp=$2
+shift 2
+mount --bind /nix "$root/nix"
+mount -t proc proc "$root/proc"
+mount --bind /dev "$root/dev"
+mkdir -p "$root$tmp"
+mount --bind "$tmp" "$root$tmp"
+exec "$@""#;
+        let tmp = std::env::temp_dir();
+        let wrapper = [
+            "sh",
+            "-c",
+            mounts,
+            "sh",
+            root.to_str().unwrap(),
+            tmp.to_str().unwrap(),
+        ];
+        let path = format!(
+            "{}:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            wrappers.display()
+        );
+        host.spawn_peerix_with(&wrapper, &[("PATH", &path)], args)
+    }
+
     /// This client's cache directory on `host` (`XDG_CACHE_HOME`), which
     /// holds its narinfo cache; removing it makes the client forget every
     /// narinfo it has seen.
