@@ -1,6 +1,10 @@
-//! The Peerix benchmark (`integration/bench`, issue 5): what a cache costs a
-//! nixos-rebuild when peers do not have a path, how fast it moves a NAR when
-//! they do, and what it costs a small machine to run.
+//! The Peerix benchmark (`integration/bench`, issues 5, 11 and 12): what a
+//! cache costs a nixos-rebuild when peers do not have a path (beside nodes
+//! of ours and beside original Peerix nodes), how fast it moves a NAR and a
+//! whole closure when they do (beside harmonia, the fastest single-machine
+//! binary cache, and a plain file server), and what it costs a small
+//! machine to run (CPU per NAR, memory with its Nix children, the upkeep of
+//! the store index).
 //!
 //! Every measurement runs on throw-away test hosts (network namespaces, each
 //! with its own `/nix` and real Nix; see `support`), several times, and is
@@ -16,8 +20,8 @@
 //! `getrusage` of its children).
 //!
 //! Flags: `--quick` (one small iteration of everything, for CI), `--only
-//! SECTION[,SECTION…]` (misses, nar, load, index, closure, lan20), `--out
-//! FILE` (where the JSON goes in full mode).
+//! SECTION[,SECTION…]` (misses, v1, nar, load, index, upkeep, closure,
+//! realistic, lan20), `--out FILE` (where the JSON goes in full mode).
 
 mod support;
 
@@ -29,7 +33,9 @@ use std::process::{Command, ExitCode};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{build_chain, generate_key, output_within, wait_until, Daemon, Host, Key, Net};
+use support::{
+    build_chain, generate_key, nix_build, output_within, wait_until, Daemon, Host, Key, Net,
+};
 
 /// The local node's address inside a host, as the local Nix reaches it.
 const LOCAL: &str = "127.0.0.1:12304";
@@ -121,10 +127,13 @@ type Section = fn(Mode) -> Vec<Row>;
 /// The sections in the order they run.
 const SECTIONS: &[(&str, Section)] = &[
     ("misses", misses),
+    ("v1", v1),
     ("nar", nar),
     ("load", load),
     ("index", index),
+    ("upkeep", upkeep),
     ("closure", closure),
+    ("realistic", realistic),
     ("lan20", lan20),
 ];
 
@@ -186,6 +195,8 @@ enum Target {
     None,
     /// value ≤ this (in the row's unit)
     AtMost(f64),
+    /// value ≥ this (in the row's unit)
+    AtLeast(f64),
     /// value ≤ k × baseline
     TimesBaseline(f64),
     /// value ≥ k × baseline
@@ -262,6 +273,7 @@ impl Row {
         match self.target {
             Target::None => None,
             Target::AtMost(t) => Some(v <= t),
+            Target::AtLeast(t) => Some(v >= t),
             Target::TimesBaseline(k) => b.map(|b| v <= k * b),
             Target::AtLeastTimesBaseline(k) => b.map(|b| v >= k * b),
             Target::BaselinePlus(d) => b.map(|b| v <= b + d),
@@ -271,6 +283,7 @@ impl Row {
         match self.target {
             Target::None => "—".into(),
             Target::AtMost(t) => format!("≤ {} {}", num(t), self.unit),
+            Target::AtLeast(t) => format!("≥ {} {}", num(t), self.unit),
             Target::TimesBaseline(k) => format!("≤ {k} × baseline"),
             Target::AtLeastTimesBaseline(k) => format!("≥ {k} × baseline"),
             Target::BaselinePlus(d) => format!("≤ baseline + {} {}", num(d), self.unit),
@@ -487,8 +500,10 @@ fn machine_info(mode: Mode, took: Duration) -> Vec<(String, String)> {
 
 /// Starts a node on `host` signing with `key` and accepting narinfo signed
 /// by it (every node of a benchmark shares one key), at the daemon's default
-/// log level (`info`: debug logging would cost a line per request).
-fn node(host: &Host, key: &Key, extra: &[&str]) -> Daemon {
+/// log level (`info`: debug logging would cost a line per request). With
+/// `PEERIX_BENCH_LOGS=DIR` in the environment (for profiling, not for
+/// numbers) nodes log at `debug` and their logs are kept in DIR.
+fn node(host: &Host, key: &Key, extra: &[&str]) -> Node {
     let mut args = vec![
         "--private-key",
         key.secret.to_str().unwrap(),
@@ -496,7 +511,42 @@ fn node(host: &Host, key: &Key, extra: &[&str]) -> Daemon {
         &key.public,
     ];
     args.extend(extra);
-    host.spawn_peerix_with(&[], &[("RUST_LOG", "info")], &args)
+    let keep = std::env::var_os("PEERIX_BENCH_LOGS").map(PathBuf::from);
+    let level = if keep.is_some() { "debug" } else { "info" };
+    let daemon = host.spawn_peerix_with(&[], &[("RUST_LOG", level)], &args);
+    let keep = keep.map(|dir| dir.join(format!("{}-{}-peerix.log", next_id(), host.name)));
+    Node { daemon, keep }
+}
+
+/// A node started by [`node`]: a [`Daemon`] whose log is kept when asked.
+struct Node {
+    daemon: Daemon,
+    keep: Option<PathBuf>,
+}
+
+impl std::ops::Deref for Node {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.daemon
+    }
+}
+
+impl std::ops::DerefMut for Node {
+    fn deref_mut(&mut self) -> &mut Daemon {
+        &mut self.daemon
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(file) = &self.keep {
+            self.daemon.kill();
+            let _ = fs::create_dir_all(file.parent().unwrap_or(file));
+            if let Err(e) = fs::write(file, self.daemon.log()) {
+                eprintln!("bench: cannot keep a node's log in {}: {e}", file.display());
+            }
+        }
+    }
 }
 
 /// Waits (at most 20 s) until the local node of `host` knows `n` peers.
@@ -598,19 +648,96 @@ fn miss_latencies(host: &Host, n: usize) -> Vec<f64> {
     samples[5..].iter().map(|s| s.total_ms).collect()
 }
 
-/// CPU seconds of process `pid` and of its reaped children.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
-    let rest = &stat[stat.rfind(')').expect("a stat line") + 2..];
+/// The processes below `pid`: its children, theirs, and so on.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for (child, _) in support::child_processes(p) {
+            found.push(child);
+            todo.push(child);
+        }
+    }
+    found
+}
+
+/// CPU seconds of process `pid` (every thread, those that ended too) to
+/// the nanosecond, from its CPU-time clock, plus those of the children it
+/// reaped (in clock ticks: they end rarely while a node is measured, its
+/// Nix children being long-lived); `None` once it is gone.
+fn process_cpu_secs(pid: u32) -> Option<f64> {
+    let mut clock: libc::clockid_t = 0;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: both write only into the variables they are given.
+    let own = unsafe {
+        if libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) != 0
+            || libc::clock_gettime(clock, &mut ts) != 0
+        {
+            return None;
+        }
+        ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+    };
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<f64> = rest
         .split_whitespace()
         .map(|x| x.parse().unwrap_or(0.0))
         .collect();
-    // Fields 14–17 of proc(5): utime, stime, cutime, cstime; `rest` starts at field 3.
-    let ticks = f[11] + f[12] + f[13] + f[14];
+    // Fields 16 and 17 of proc(5): cutime, cstime.
+    let reaped = f.get(13)? + f.get(14)?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks / if hz > 0.0 { hz } else { 100.0 }
+    Some(own + reaped / if hz > 0.0 { hz } else { 100.0 })
+}
+
+/// CPU seconds of a node and of every process below it (its Nix
+/// children): each live process's own time and that of the children it
+/// reaped, so a child that ended is counted once, in its parent's.
+fn tree_cpu_secs(pid: u32) -> f64 {
+    let children: f64 = descendants(pid)
+        .into_iter()
+        .filter_map(process_cpu_secs)
+        .sum();
+    process_cpu_secs(pid).expect("the CPU time of a node") + children
+}
+
+/// Proportional set size of `pid` in MiB (`Pss` of
+/// `/proc/PID/smaps_rollup`): pages shared with other processes, such as
+/// the Nix libraries of several `nix-store` children, are counted as a
+/// share. `None` once it is gone.
+fn pss_mib(pid: u32) -> Option<f64> {
+    let rollup = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let kib: f64 = rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Memory of a node: its own PSS, the PSS of it with every process below
+/// it (MiB), and how many processes are below it.
+#[derive(Clone, Copy, Default)]
+struct TreeMem {
+    node: f64,
+    tree: f64,
+    children: usize,
+}
+
+fn tree_mem(pid: u32) -> TreeMem {
+    let node = pss_mib(pid).expect("read /proc/PID/smaps_rollup");
+    let below = descendants(pid);
+    let children: f64 = below.iter().filter_map(|&p| pss_mib(p)).sum();
+    TreeMem {
+        node,
+        tree: node + children,
+        children: below.len(),
+    }
 }
 
 /// A `/proc/PID/status` field in MiB (`VmRSS`, `VmHWM`).
@@ -664,6 +791,53 @@ fn random_path(host: &Host, name: &str, bytes: u64) -> String {
     ))
 }
 
+/// Adds `n` small files (`bytes` each, all different) to `host`'s store
+/// with one `nix-store --add`: paths without references, none in another's
+/// closure. Their store paths.
+fn small_paths(host: &Host, tag: &str, n: usize, bytes: usize) -> Vec<String> {
+    let dir = host.dir.join(format!("small-{tag}"));
+    fs::create_dir_all(&dir).expect("make a directory for small files");
+    let mut rng = client::Rng::new();
+    for i in 0..n {
+        let mut data = format!("{tag} {i}\n").into_bytes();
+        while data.len() < bytes {
+            data.extend_from_slice(&rng.next().to_le_bytes());
+        }
+        data.truncate(bytes.max(8));
+        fs::write(dir.join(format!("{tag}-{i:05}")), data).expect("write a small file");
+    }
+    let out = host.run(&format!("cd {} && nix-store --add {tag}-*", dir.display()));
+    let paths: Vec<String> = out.lines().map(String::from).collect();
+    assert_eq!(paths.len(), n, "nix-store --add printed {out}");
+    paths
+}
+
+/// `/<hash>.narinfo` of each path.
+fn narinfo_urls(paths: &[String]) -> Vec<String> {
+    paths
+        .iter()
+        .map(|p| format!("/{}.narinfo", hash_of(p)))
+        .collect()
+}
+
+/// The local node's NAR URL of each path (`/nar/<NarHash>-<hash>.nar`, as
+/// its narinfo names it for Nix), from the NAR hashes `host` recorded.
+fn nar_urls(host: &Host, paths: &[String]) -> Vec<String> {
+    let file = host.dir.join(format!("paths-{}.txt", next_id()));
+    fs::write(&file, paths.join("\n")).expect("write the paths file");
+    let out = host.run(&format!(
+        "xargs nix-store -q --hash < {} | sed 's/^sha256://'",
+        file.display()
+    ));
+    let hashes: Vec<&str> = out.lines().collect();
+    assert_eq!(hashes.len(), paths.len(), "NAR hashes: {out}");
+    paths
+        .iter()
+        .zip(hashes)
+        .map(|(p, h)| format!("/nar/{h}-{}.nar", hash_of(p)))
+        .collect()
+}
+
 const MIB: f64 = 1024.0 * 1024.0;
 const GIB: f64 = 1024.0 * MIB;
 
@@ -678,7 +852,7 @@ fn misses(m: Mode) -> Vec<Row> {
     let n = m.pick(20, 1000);
     let mut rows = Vec::new();
 
-    let mut peers: Vec<Daemon> = (2..=3).map(|i| node(net.host(i), &key, &[])).collect();
+    let mut peers: Vec<Node> = (2..=3).map(|i| node(net.host(i), &key, &[])).collect();
     let mut this = node(local, &key, &[]);
     wait_peers(local, 2);
     for count in [2, 8] {
@@ -734,13 +908,215 @@ fn misses(m: Mode) -> Vec<Row> {
     rows
 }
 
-/// Hit latency, time to first byte of a tiny NAR, NAR throughput and CPU
-/// per GiB: peer h1 → local node h2 → load client in h2.
+/// The original Peerix stand-in, `integration/v1_peer.py`, serving `cache`
+/// on `host`, answering each request `delay_ms` late.
+fn v1_peer(host: &Host, cache: &std::path::Path, delay_ms: u32) -> Daemon {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/integration/v1_peer.py");
+    let delay = delay_ms.to_string();
+    let cmd = host.cmd(
+        "/usr/bin/python3",
+        &[
+            script,
+            "serve",
+            cache.to_str().unwrap(),
+            "12304",
+            "--delay",
+            &delay,
+        ],
+    );
+    let peer = host.spawn_daemon(cmd, "v1-peer");
+    let ready = wait_until(Duration::from_secs(10), || {
+        peer.log().contains("v1 peer serving")
+    });
+    assert!(ready, "the v1 peer did not start:\n{}", peer.log());
+    peer
+}
+
+/// `n` small paths of `host`'s own, signed by `key`, in a `nix copy --to
+/// file://` cache for a v1 peer: the cache and the paths.
+fn v1_cache(host: &Host, key: &Key, tag: &str, n: usize) -> (PathBuf, Vec<String>) {
+    let paths = small_paths(host, tag, n, 200);
+    let list = host.dir.join(format!("{tag}.txt"));
+    fs::write(&list, paths.join("\n")).expect("write the paths file");
+    host.run(&format!(
+        "xargs nix store sign --key-file {} < {}",
+        key.secret.display(),
+        list.display()
+    ));
+    let cache = host.dir.join(format!("v1-cache-{tag}"));
+    host.run(&format!(
+        "xargs nix copy --to 'file://{}?compression=none' < {}",
+        cache.display(),
+        list.display()
+    ));
+    (cache, paths)
+}
+
+/// Issue 12: misses beside an original Peerix node (which is silent on a
+/// miss), once the local node has learnt from its hits how fast it
+/// answers; and no hit lost from one that answers in 200 ms. Nodes of
+/// ours on h2 and h3, the v1 test peer on h4 (answering after 5 ms), then
+/// on h5 (after 200 ms) with a new local node; `--timeout` is the default.
+fn v1(m: Mode) -> Vec<Row> {
+    let net = Net::new(5).expect("test hosts");
+    let local = net.host(1);
+    let key = generate_key(local, "bench-1");
+    let timeout = DEFAULT_TIMEOUT_MS;
+    // The daemon trusts a v1 peer's pace after this many of its hits.
+    let learning = 5;
+    let (fast_host, slow_host) = (net.host(4), net.host(5));
+    let (fast_cache, fast_paths) = v1_cache(fast_host, &key, "fast", learning + m.pick(3, 27));
+    let (slow_cache, slow_paths) = v1_cache(slow_host, &key, "slow", learning + m.pick(5, 40));
+    let _ours: Vec<Node> = (2..=3).map(|i| node(net.host(i), &key, &[])).collect();
+
+    // A v1 peer answering after 5 ms. Nothing tells of it before it
+    // answers a query: its first hit comes after the nodes of ours said
+    // "not here", and is learnt from (the query is kept for the whole
+    // timeout) but lost to the request. Until it has answered `learning`
+    // hits a miss waits the whole timeout.
+    let fast = v1_peer(fast_host, &fast_cache, 5);
+    let mut this = node(local, &key, &[]);
+    wait_peers(local, 2);
+    let hits = narinfo_urls(&fast_paths);
+    let first_fast = http_load(local, &hits[..1], 1)[0].status == 200;
+    thread::sleep(Duration::from_millis(timeout as u64));
+    let unlearnt: Vec<f64> = http_load(local, &absent_narinfo(m.pick(2, 5)), 1)
+        .iter()
+        .map(|s| {
+            assert_eq!(s.status, 404, "a miss: {s:?}");
+            s.total_ms
+        })
+        .collect();
+    let fast_hits: Vec<f64> = http_load(local, &hits[1..], 1)
+        .iter()
+        .map(|s| {
+            assert_eq!(s.status, 200, "a hit of the v1 peer: {s:?}");
+            s.total_ms
+        })
+        .collect();
+    let learnt: Vec<f64> = http_load(local, &absent_narinfo(m.pick(20, 300)), 1)
+        .iter()
+        .map(|s| {
+            assert_eq!(s.status, 404, "a miss: {s:?}");
+            s.total_ms
+        })
+        .collect();
+    // What the node learnt: its `/status` line for the v1 peer.
+    let status = local.curl(&[&format!("http://{LOCAL}/status")]).text();
+    let learnt_note = status
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("v1 "))
+        .and_then(|l| l.split_once(", ").map(|(_, r)| r.to_string()))
+        .unwrap_or_default();
+    drop(fast);
+    this.kill();
+
+    // A v1 peer answering after 200 ms, to a new local node: every hit
+    // must be found, while the node learns its pace and after.
+    let _slow = v1_peer(slow_host, &slow_cache, 200);
+    let _this = node(local, &key, &[]);
+    wait_peers(local, 2);
+    // Its first hit alone (nothing has told of the peer before it), then
+    // the rest once its late answer was learnt.
+    let urls = narinfo_urls(&slow_paths);
+    let mut samples = http_load(local, &urls[..1], 1);
+    thread::sleep(Duration::from_millis(timeout as u64));
+    samples.extend(http_load(local, &urls[1..], 1));
+    let found = |s: &[Sample]| s.iter().filter(|s| s.status == 200).count();
+    let (first, rest) = samples.split_at(1);
+    let (while_learning, after) = rest.split_at(learning - 1);
+    let slow_hits: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.status == 200)
+        .map(|s| s.total_ms)
+        .collect();
+    let slow_misses: Vec<f64> = http_load(local, &absent_narinfo(m.pick(2, 10)), 1)
+        .iter()
+        .map(|s| s.total_ms)
+        .collect();
+
+    let old = "misses before its pace is learnt: the whole --timeout, the old cost";
+    vec![
+        Row::new(
+            "v1_miss_p50_ms",
+            "narinfo miss beside a v1 peer answering hits after 5 ms, its pace learnt: p50",
+            "ms",
+            learnt.clone(),
+        )
+        .baseline(old, unlearnt.clone())
+        .target(Target::AtMost(60.0))
+        .note(&format!(
+            "2 nodes of ours too; --timeout 500; the node learnt: {learnt_note}; it waits 4 × the slowest"
+        )),
+        Row::new(
+            "v1_miss_p99_ms",
+            "narinfo miss beside a v1 peer answering after 5 ms, its pace learnt: p99",
+            "ms",
+            learnt,
+        )
+        .stat(Stat::P99)
+        .baseline(old, unlearnt),
+        Row::new(
+            "v1_hit_fast_ms",
+            "narinfo hit from a v1 peer answering after 5 ms, via the local node",
+            "ms",
+            fast_hits,
+        ),
+        Row::new(
+            "v1_slow_hits_found",
+            "hits found from a v1 peer answering after 200 ms, once its pace is learnt (fraction)",
+            "",
+            vec![found(after) as f64 / after.len() as f64],
+        )
+        .target(Target::AtLeast(1.0))
+        .note(&format!(
+            "{} of {} after learning; {} of {} while learning",
+            found(after),
+            after.len(),
+            found(while_learning),
+            while_learning.len()
+        )),
+        Row::new(
+            "v1_first_hit_found",
+            "the very first hit of a v1 peer never heard before, found (1) or lost (0)",
+            "",
+            vec![found(first) as f64],
+        )
+        .target(Target::AtLeast(1.0))
+        .note(&format!(
+            "after 200 ms; the same for the 5 ms peer: {}",
+            if first_fast { "found" } else { "lost" }
+        )),
+        Row::new(
+            "v1_hit_slow_ms",
+            "narinfo hit from a v1 peer answering after 200 ms, via the local node",
+            "ms",
+            slow_hits,
+        ),
+        Row::new(
+            "v1_slow_miss_ms",
+            "narinfo miss beside a v1 peer answering after 200 ms (4 × 200 ms is beyond the timeout)",
+            "ms",
+            slow_misses,
+        )
+        .baseline("the configured timeout", vec![timeout])
+        .target(Target::BaselinePlus(5.0)),
+    ]
+}
+
+/// Hit latency (the serving peer's path info cached or not), time to first
+/// byte of a tiny NAR, the serving peer's CPU per tiny NAR, NAR throughput
+/// and CPU per GiB: peer h1 → local node h2 → load client in h2.
 fn nar(m: Mode) -> Vec<Row> {
     let net = Net::new(2).expect("test hosts");
     let (peer, local) = (net.host(1), net.host(2));
     let key = generate_key(peer, "bench-1");
     let chain = build_chain(peer, "hit", m.pick(5, 60));
+    // Paths without references, none in another's closure: the peer's
+    // fetching ahead of a closure never caches the next one's info.
+    let warmup = 2;
+    let fresh = small_paths(peer, "fresh", m.pick(12, 200) + warmup, 100);
+    let tinies = small_paths(peer, "tinycpu", m.pick(50, 300), 100);
     let tiny = random_path(peer, "tiny.bin", 100);
     let big_size = m.pick(8, 256) as f64 * MIB;
     let big = random_path(peer, "big.bin", big_size as u64);
@@ -749,38 +1125,57 @@ fn nar(m: Mode) -> Vec<Row> {
     wait_peers(local, 1);
     let mut rows = Vec::new();
 
-    // Hit latency: the first request of a path makes the peer ask Nix for
-    // its path info; later ones are answered from the peer's cache.
+    // Hits whose path info the peer has not cached: a fresh path each
+    // time; the local node asks the peer, the peer asks its `nix-store
+    // --serve` (started when the node indexed its store). The first two
+    // open the connections.
+    let samples = http_load(local, &narinfo_urls(&fresh), 1);
+    for s in &samples {
+        assert_eq!(s.status, 200, "a hit answered {s:?}");
+    }
+    let uncached: Vec<f64> = samples[warmup..].iter().map(|s| s.total_ms).collect();
+    let dump_db: Vec<f64> = (0..m.pick(2, 15))
+        .map(|i| {
+            let p = &fresh[i % fresh.len()];
+            timed_in(peer, &format!("nix-store --dump-db {p}")).real * 1000.0
+        })
+        .collect();
+    rows.push(
+        Row::new(
+            "hit_uncached_p50_ms",
+            "narinfo hit via the local node, peer's path info not cached (a fresh path each time): p50",
+            "ms",
+            uncached.clone(),
+        )
+        .baseline("one `nix-store --dump-db PATH`", dump_db.clone())
+        .target(Target::AtMost(3.0)),
+    );
+    rows.push(
+        Row::new(
+            "hit_uncached_p99_ms",
+            "narinfo hit, peer's path info not cached: p99",
+            "ms",
+            uncached,
+        )
+        .stat(Stat::P99),
+    );
+
+    // Hits whose path info the peer has cached: every path of a chain
+    // asked several times (the first request of the top path makes the
+    // peer fetch the infos of its whole closure ahead).
     let repeat = m.pick(2, 6);
     let paths: Vec<String> = chain
         .iter()
         .flat_map(|p| vec![format!("/{}.narinfo", hash_of(p)); repeat])
         .collect();
     let samples = http_load(local, &paths, 1);
-    let (mut cold, mut warm) = (Vec::new(), Vec::new());
+    let mut warm = Vec::new();
     for (i, s) in samples.iter().enumerate() {
         assert_eq!(s.status, 200, "a hit answered {s:?}");
-        if i % repeat == 0 {
-            cold.push(s.total_ms);
-        } else {
+        if i % repeat != 0 {
             warm.push(s.total_ms);
         }
     }
-    let dump_db: Vec<f64> = (0..m.pick(2, 15))
-        .map(|i| {
-            let p = &chain[i % chain.len()];
-            timed_in(peer, &format!("nix-store --dump-db {p}")).real * 1000.0
-        })
-        .collect();
-    rows.push(
-        Row::new(
-            "hit_uncached_ms",
-            "narinfo hit via the local node, peer's path info not cached",
-            "ms",
-            cold,
-        )
-        .baseline("one `nix-store --dump-db PATH`", dump_db.clone()),
-    );
     rows.push(
         Row::new(
             "hit_cached_ms",
@@ -792,9 +1187,10 @@ fn nar(m: Mode) -> Vec<Row> {
         .target(Target::AtMost(3.0)),
     );
 
-    // Time to first byte of a tiny NAR (after its narinfo, as Nix does).
+    // Time to first byte of a tiny NAR (after its narinfo, as Nix does,
+    // at the URL the narinfo names).
     let n = m.pick(3, 30);
-    let tiny_nar = format!("/nar/{}.nar", hash_of(&tiny));
+    let tiny_nar = nar_urls(peer, std::slice::from_ref(&tiny)).remove(0);
     let mut paths = vec![format!("/{}.narinfo", hash_of(&tiny))];
     paths.extend(std::iter::repeat_n(tiny_nar, n + 1));
     let samples = http_load(local, &paths, 1);
@@ -816,8 +1212,68 @@ fn nar(m: Mode) -> Vec<Row> {
         .target(Target::BaselinePlus(5.0)),
     );
 
+    // CPU of the serving peer (the daemon and its Nix children) per tiny
+    // NAR: the narinfo of each path first, as Nix asks, then the NARs,
+    // each once, measured apart; against one `nix-store --dump` per NAR.
+    let count = tinies.len() as f64;
+    let urls = nar_urls(peer, &tinies);
+    let settle = || thread::sleep(Duration::from_millis(300));
+    settle();
+    let before_infos = tree_cpu_secs(peer_node.pid());
+    for s in http_load(local, &narinfo_urls(&tinies), 1) {
+        assert_eq!(s.status, 200, "a tiny path's narinfo: {s:?}");
+    }
+    settle();
+    let before_nars = tree_cpu_secs(peer_node.pid());
+    for s in http_load(local, &urls, 1) {
+        assert_eq!(s.status, 200, "a tiny NAR: {s:?}");
+    }
+    settle();
+    let after = tree_cpu_secs(peer_node.pid());
+    let per_nar = (after - before_nars) * 1000.0 / count;
+    let per_path = (after - before_infos) * 1000.0 / count;
+    let list = peer.dir.join("tinies.txt");
+    let base_count = tinies.len().min(100);
+    fs::write(&list, tinies[..base_count].join("\n")).expect("write the paths file");
+    let base = timed_in(
+        peer,
+        &format!(
+            "while read -r p; do nix-store --dump \"$p\"; done < {}",
+            list.display()
+        ),
+    );
+    let base_per_nar = base.cpu * 1000.0 / base_count as f64;
+    let what = format!("{} tiny NARs", tinies.len());
+    rows.push(
+        Row::new(
+            "peer_cpu_per_tiny_nar_ms",
+            "CPU of the serving peer (daemon + its Nix children) per tiny NAR",
+            "ms",
+            vec![per_nar],
+        )
+        .baseline(
+            "one `nix-store --dump` per NAR, its CPU",
+            vec![base_per_nar],
+        )
+        .target(Target::AtMost(2.0))
+        .note(&what),
+    );
+    rows.push(
+        Row::new(
+            "peer_cpu_per_tiny_path_ms",
+            "CPU of the serving peer per tiny path, narinfo (path info not cached) and NAR",
+            "ms",
+            vec![per_path],
+        )
+        .baseline(
+            "one `nix-store --dump` per NAR, its CPU",
+            vec![base_per_nar],
+        )
+        .note(&what),
+    );
+
     // Throughput and CPU of the big path, alternating with the baseline.
-    let big_nar = format!("/nar/{}.nar", hash_of(&big));
+    let big_nar = nar_urls(peer, std::slice::from_ref(&big)).remove(0);
     let nar_size: f64 = peer
         .run(&format!("nix-store -q --size {big}"))
         .parse()
@@ -830,12 +1286,12 @@ fn nar(m: Mode) -> Vec<Row> {
         base_tput.push(nar_size / MIB / t.real);
         base_cpu.push(t.cpu / (nar_size / GIB));
         let pids = [peer_node.pid(), local_node.pid()];
-        let before: f64 = pids.iter().map(|&p| cpu_secs(p)).sum();
+        let before: f64 = pids.iter().map(|&p| tree_cpu_secs(p)).sum();
         let s = &http_load(local, std::slice::from_ref(&big_nar), 1)[0];
         assert_eq!((s.status, s.bytes as f64), (200, nar_size), "{s:?}");
-        // The peer reaps its `nix-store --dump` once the stream is done.
+        // The serve child goes back to the pool once the stream is done.
         thread::sleep(Duration::from_millis(300));
-        let after: f64 = pids.iter().map(|&p| cpu_secs(p)).sum();
+        let after: f64 = pids.iter().map(|&p| tree_cpu_secs(p)).sum();
         tput.push(nar_size / MIB / (s.total_ms / 1000.0));
         cpu.push((after - before) / (nar_size / GIB));
     }
@@ -848,13 +1304,13 @@ fn nar(m: Mode) -> Vec<Row> {
             tput,
         )
         .baseline("`nix-store --dump PATH | cat > /dev/null`", base_tput)
-        .target(Target::AtLeastTimesBaseline(0.9))
+        .target(Target::AtLeastTimesBaseline(0.95))
         .note(&size_note),
     );
     rows.push(
         Row::new(
             "cpu_s_per_gib",
-            "CPU per GiB served (peer + local node, with their nix-store children)",
+            "CPU per GiB served (peer + local node, with their Nix children)",
             "s/GiB",
             cpu,
         )
@@ -864,8 +1320,10 @@ fn nar(m: Mode) -> Vec<Row> {
     rows
 }
 
-/// Resident memory idle, then 16 NAR downloads and 200 narinfo requests at
-/// once (hits and misses), with the peak memory after.
+/// 16 NAR downloads and 200 narinfo requests at once (hits and misses):
+/// errors and the slowest answers; the memory (PSS) of both nodes with
+/// and without their Nix children, idle and during the run; then how long
+/// the children take to end once the nodes are idle.
 fn load(m: Mode) -> Vec<Row> {
     let net = Net::new(2).expect("test hosts");
     let (peer, local) = (net.host(1), net.host(2));
@@ -877,21 +1335,25 @@ fn load(m: Mode) -> Vec<Row> {
         .run(&format!("nix-store -q --size {mid}"))
         .parse()
         .expect("a NAR size");
-    let _peer_node = node(peer, &key, &[]);
+    let mid_nar = nar_urls(peer, std::slice::from_ref(&mid)).remove(0);
+    let peer_node = node(peer, &key, &[]);
     let local_node = node(local, &key, &[]);
+    let pids = [local_node.pid(), peer_node.pid()];
     wait_peers(local, 1);
     thread::sleep(Duration::from_secs(1));
-    let idle = mem_mib(local_node.pid(), "VmRSS");
-    let peer_idle = mem_mib(_peer_node.pid(), "VmRSS");
+    let started = pids.map(tree_mem);
 
     let mut rows = Vec::new();
     let (mut errors, mut narinfo_max, mut ttfb_max, mut nar_total) =
         (vec![], vec![], vec![], vec![]);
     let (nars, infos) = (m.pick(16, 16), m.pick(200, 200));
+    let mut during = [TreeMem::default(); 2];
     for _ in 0..m.pick(1, 3) {
-        let mut paths: Vec<String> = (0..nars)
-            .map(|_| format!("/nar/{}.nar", hash_of(&mid)))
-            .collect();
+        // The narinfo of the NAR first, as Nix asks: the local node then
+        // knows where the NAR is.
+        let info = http_load(local, &[format!("/{}.narinfo", hash_of(&mid))], 1);
+        assert_eq!(info[0].status, 200, "{:?}", info[0]);
+        let mut paths: Vec<String> = (0..nars).map(|_| mid_nar.clone()).collect();
         let absent = absent_narinfo(infos / 2);
         for i in 0..infos {
             paths.push(if i % 2 == 0 {
@@ -900,7 +1362,12 @@ fn load(m: Mode) -> Vec<Row> {
                 absent[i / 2].clone()
             });
         }
-        let samples = http_load(local, &paths, paths.len());
+        let (samples, peaks) = sampling_memory(&pids, || http_load(local, &paths, paths.len()));
+        for (d, p) in during.iter_mut().zip(peaks) {
+            d.node = d.node.max(p.node);
+            d.tree = d.tree.max(p.tree);
+            d.children = d.children.max(p.children);
+        }
         let mut bad = 0;
         for (i, s) in samples.iter().enumerate() {
             let ok = if i < nars {
@@ -922,6 +1389,17 @@ fn load(m: Mode) -> Vec<Row> {
         nar_total.push(max(&mut samples[..nars].iter().map(|s| s.total_ms)));
     }
     let peak = mem_mib(local_node.pid(), "VmHWM");
+
+    // Idle again: the Nix children end 30 s after their last use.
+    let children_after: usize = pids.iter().map(|&p| descendants(p).len()).sum();
+    let idle_since = Instant::now();
+    let limit = Duration::from_secs(m.pick(60, 90));
+    wait_until(limit, || pids.iter().all(|&p| descendants(p).is_empty()));
+    let gone_after = idle_since.elapsed().as_secs_f64();
+    let left: usize = pids.iter().map(|&p| descendants(p).len()).sum();
+    thread::sleep(Duration::from_millis(500));
+    let idle = pids.map(tree_mem);
+
     let limit = DEFAULT_TIMEOUT_MS + 1000.0;
     let what = format!(
         "{nars} NARs of {:.0} MiB + {infos} narinfo",
@@ -963,22 +1441,71 @@ fn load(m: Mode) -> Vec<Row> {
         .stat(Stat::Max)
         .note("bounded by bandwidth, not by the daemon's timeouts"),
     );
+    let children = |n: usize| format!("{n} Nix children");
+    for (i, who) in [(0, "local node"), (1, "peer node")] {
+        let key = ["local", "peer"][i];
+        rows.push(
+            Row::new(
+                &format!("pss_idle_{key}_mib"),
+                &format!("{who} PSS, idle (its Nix children ended)"),
+                "MiB",
+                vec![idle[i].node],
+            )
+            .target(Target::AtMost(8.0)),
+        );
+        rows.push(
+            Row::new(
+                &format!("pss_start_{key}_tree_mib"),
+                &format!(
+                    "{who} + its Nix children PSS, just started (peers known, no request yet)"
+                ),
+                "MiB",
+                vec![started[i].tree],
+            )
+            .note(&format!(
+                "node alone {} MiB; {}",
+                num(started[i].node),
+                children(started[i].children)
+            )),
+        );
+        rows.push(Row::new(
+            &format!("pss_load_{key}_mib"),
+            &format!("{who} PSS, highest during the concurrent runs"),
+            "MiB",
+            vec![during[i].node],
+        ));
+        rows.push(
+            Row::new(
+                &format!("pss_load_{key}_tree_mib"),
+                &format!("{who} + its Nix children PSS, highest during the concurrent runs"),
+                "MiB",
+                vec![during[i].tree],
+            )
+            .note(&format!("up to {}", children(during[i].children))),
+        );
+    }
     rows.push(
         Row::new(
-            "rss_idle_mib",
-            "local node resident memory, idle",
-            "MiB",
-            vec![idle],
+            "idle_children_left",
+            "Nix children of both nodes left once idle",
+            "",
+            vec![left as f64],
         )
-        .target(Target::AtMost(8.0))
-        .note("peers known, no request yet"),
+        .target(Target::AtMost(0.0))
+        .note(&format!(
+            "{} right after the concurrent runs",
+            children(children_after)
+        )),
     );
-    rows.push(Row::new(
-        "rss_idle_peer_mib",
-        "peer node resident memory, idle",
-        "MiB",
-        vec![peer_idle],
-    ));
+    rows.push(
+        Row::new(
+            "idle_children_gone_s",
+            "time from the end of the concurrent runs until both nodes had no Nix child",
+            "s",
+            vec![gone_after],
+        )
+        .note("serve children end 30 s after their last use"),
+    );
     rows.push(
         Row::new(
             "rss_peak_mib",
@@ -989,6 +1516,33 @@ fn load(m: Mode) -> Vec<Row> {
         .target(Target::AtMost(32.0)),
     );
     rows
+}
+
+/// Runs `f` while sampling the memory of the nodes `pids` (with their Nix
+/// children) every 100 ms; its result and the highest of each.
+fn sampling_memory<T>(pids: &[u32; 2], f: impl FnOnce() -> T) -> (T, [TreeMem; 2]) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let done = AtomicBool::new(false);
+    thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut peaks = [TreeMem::default(); 2];
+            loop {
+                for (peak, &pid) in peaks.iter_mut().zip(pids) {
+                    let now = tree_mem(pid);
+                    peak.node = peak.node.max(now.node);
+                    peak.tree = peak.tree.max(now.tree);
+                    peak.children = peak.children.max(now.children);
+                }
+                if done.load(Ordering::SeqCst) {
+                    return peaks;
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let result = f();
+        done.store(true, Ordering::SeqCst);
+        (result, sampler.join().expect("the memory sampler"))
+    })
 }
 
 /// The store index with many entries: start-up time and memory of a node
@@ -1208,6 +1762,108 @@ fn start_timed(host: &Host, key: &Key) -> (f64, f64, f64, Daemon) {
     (took, rss, hwm, d)
 }
 
+/// The upkeep of the store index: the CPU of a node (with its Nix
+/// children) while 1,000 paths are added to its store, for a store of N
+/// paths and one of 10 × N. The paths are made as in `index` (empty
+/// directories on a tmpfs registered with `nix-store --register-validity`),
+/// in 10 batches of 100, as builds and substitutions add them; the node
+/// sees each entry appear (inotify) and asks its `nix-store --serve` which
+/// are valid once Nix's database changes.
+fn upkeep(m: Mode) -> Vec<Row> {
+    let net = Net::new(2).expect("test hosts");
+    let key = generate_key(net.host(1), "bench-1");
+    let small = m.pick(1000, 10_000);
+    let sizes = [small, 10 * small];
+    let _tmpfs: Vec<TmpfsStore> = (1..=2).map(|i| TmpfsStore::mount(net.host(i))).collect();
+    for (i, &count) in sizes.iter().enumerate() {
+        fake_store(net.host(i + 1), count);
+    }
+    let nodes: Vec<Node> = (1..=2).map(|i| node(net.host(i), &key, &[])).collect();
+    let (added, batches) = (1000, 10);
+    let mut cpu = [vec![], vec![]];
+    let mut took = [vec![], vec![]];
+    for round in 0..m.pick(1, 3) {
+        for (i, &count) in sizes.iter().enumerate() {
+            let host = net.host(i + 1);
+            let before_count = count + round * added;
+            wait_valid(host, before_count);
+            thread::sleep(Duration::from_millis(500));
+            let pid = nodes[i].pid();
+            let (cpu0, t0) = (tree_cpu_secs(pid), Instant::now());
+            for _ in 0..batches {
+                fake_paths(host, added / batches);
+            }
+            wait_valid(host, before_count + added);
+            thread::sleep(Duration::from_millis(300));
+            cpu[i].push((tree_cpu_secs(pid) - cpu0) * 1000.0);
+            took[i].push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let label = |n: usize| format!("{added} paths added to a store of {n}");
+    let [cpu_small, cpu_large] = cpu;
+    vec![
+        Row::new(
+            "upkeep_cpu_small_ms",
+            &format!(
+                "index upkeep: node CPU (with its Nix children), {}",
+                label(sizes[0])
+            ),
+            "ms",
+            cpu_small.clone(),
+        )
+        .note(&format!(
+            "in {batches} batches; {} s from the first to all indexed",
+            num(percentile(&took[0], 50.0))
+        )),
+        Row::new(
+            "upkeep_cpu_large_ms",
+            &format!(
+                "index upkeep: node CPU (with its Nix children), {}",
+                label(sizes[1])
+            ),
+            "ms",
+            cpu_large,
+        )
+        .baseline(&format!("the same with a store of {}", sizes[0]), cpu_small)
+        .target(Target::TimesBaseline(2.0))
+        .note("a cost in proportion to the store would be 10 × the baseline"),
+    ]
+}
+
+/// Adds `n` fake valid paths to `host`'s store: the directories first,
+/// then their registration.
+fn fake_paths(host: &Host, n: usize) {
+    let store = host.nix_dir.join("store");
+    let mut rng = client::Rng::new();
+    let mut reg = String::new();
+    for i in 0..n {
+        let name = format!("{}-bench-added-{i}", rng.hash());
+        fs::create_dir(store.join(&name)).expect("make a fake store entry");
+        let _ = write!(
+            reg,
+            "/nix/store/{name}\nsha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s\n120\n\n0\n"
+        );
+    }
+    let file = host.dir.join(format!("register-{}.txt", next_id()));
+    fs::write(&file, reg).expect("write the registration");
+    host.run(&format!(
+        "nix-store --register-validity --hash-given < {}",
+        file.display()
+    ));
+}
+
+/// Waits (at most 60 s) until the node on `host` counts `n` valid paths.
+fn wait_valid(host: &Host, n: usize) {
+    let url = format!("http://{LOCAL}/status");
+    let want = format!("store: {n} valid paths\n");
+    let mut last = String::new();
+    let ok = wait_until(Duration::from_secs(60), || {
+        last = host.curl(&[&url]).text();
+        last.contains(&want)
+    });
+    assert!(ok, "{} never counted {n} valid paths:\n{last}", host.name);
+}
+
 /// `nix-store -r` of a chain closure through peerix, against the same
 /// closure from a plain HTTP server of a `nix copy --to file://` cache.
 fn closure(m: Mode) -> Vec<Row> {
@@ -1310,19 +1966,246 @@ fn closure(m: Mode) -> Vec<Row> {
     ]
 }
 
+/// harmonia 3.2.0, the baseline of the realistic closure: beside the
+/// checkout, in `../shared/anchors/` (never part of this repository).
+fn harmonia_binary() -> Option<PathBuf> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/anchors/harmonia-cache");
+    path.is_file().then_some(path)
+}
+
+/// Builds on `host` a closure shaped like a real one: `layers` layers of
+/// `width` paths, each path of a layer referring to 3 paths of the layer
+/// below (its own index and two others), each holding 4 to 64 KiB of
+/// random bytes, and a top path referring to the whole top layer. Its top
+/// path.
+fn build_layers(host: &Host, layers: usize, width: usize) -> String {
+    let mut rng = Lcg(0x5eed_1234_abcd_0001);
+    let mut expr = String::from(
+        "let\n  mk = name: size: deps: derivation {\n    inherit name;\n    \
+         system = builtins.currentSystem;\n    builder = \"/bin/sh\";\n    \
+         args = [ \"-c\" \"export PATH=/usr/bin:/bin; mkdir $out; \
+         head -c ${toString size} /dev/urandom > $out/data; echo ${toString deps} > $out/deps\" ];\n  \
+         };\nin rec {\n",
+    );
+    for l in 0..layers {
+        for i in 0..width {
+            let size = 4096 + rng.below(65536 - 4096 + 1);
+            let mut deps = Vec::new();
+            if l > 0 {
+                let mut picked = vec![i];
+                while picked.len() < 3.min(width) {
+                    let j = rng.below(width);
+                    if !picked.contains(&j) {
+                        picked.push(j);
+                    }
+                }
+                deps = picked.iter().map(|j| format!("l{}_{j}", l - 1)).collect();
+            }
+            let _ = writeln!(
+                expr,
+                "  l{l}_{i} = mk \"peerix-real-{l}-{i}\" {size} [ {} ];",
+                deps.join(" ")
+            );
+        }
+    }
+    let top: Vec<String> = (0..width).map(|i| format!("l{}_{i}", layers - 1)).collect();
+    let _ = writeln!(
+        expr,
+        "  top = mk \"peerix-real-top\" 4096 [ {} ];\n}}",
+        top.join(" ")
+    );
+    nix_build(host, "realistic", &expr, &["top"])
+}
+
+/// A deterministic generator for the closure's shape.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 33) % n as u64) as usize
+    }
+}
+
+/// Issue 11's realistic closure: Nix 2.8 on one host substitutes a
+/// 301-path closure (10 layers of 30 paths, 3 references each into the
+/// layer below, 4–64 KiB each) from another host: from harmonia on the
+/// peer directly (one hop), from a plain HTTP server of a `nix copy --to
+/// file://` cache, and through two peerix nodes; the median of 3 runs,
+/// the client's store garbage-collected and its narinfo cache new each run.
+fn realistic(m: Mode) -> Vec<Row> {
+    let net = Net::new(2).expect("test hosts");
+    let (peer, client_host) = (net.host(1), net.host(2));
+    let key = generate_key(peer, "bench-1");
+    let (layers, width) = (m.pick(3, 10), m.pick(5, 30));
+    let count = layers * width + 1;
+    peer.add_nix_conf("max-jobs = 4");
+    let t = Instant::now();
+    let top = build_layers(peer, layers, width);
+    eprintln!("bench: {count}-path closure built in {:.1?}", t.elapsed());
+    peer.run(&format!(
+        "nix store sign --key-file {} -r {top}",
+        key.secret.display()
+    ));
+    let got = peer.run(&format!("nix-store -qR {top} | wc -l"));
+    assert_eq!(got, count.to_string(), "the closure built");
+
+    let mut ways: Vec<(&str, String)> = Vec::new();
+    let mut _servers = Vec::new();
+    let harmonia = harmonia_binary();
+    match &harmonia {
+        Some(bin) => {
+            let config = peer.dir.join("harmonia.toml");
+            fs::write(
+                &config,
+                format!(
+                    "bind = \"{}:5000\"\nenable_compression = false\nsign_key_paths = [\"{}\"]\n",
+                    peer.addr4,
+                    key.secret.display()
+                ),
+            )
+            .expect("write harmonia's configuration");
+            let mut cmd = peer.cmd(bin.to_str().unwrap(), &[]);
+            cmd.env("CONFIG_FILE", &config);
+            _servers.push(peer.spawn_daemon(cmd, "harmonia"));
+            ways.push(("harmonia", format!("http://{}:5000", peer.addr4)));
+        }
+        None => eprintln!(
+            "bench: realistic: harmonia baseline skipped: ../shared/anchors/harmonia-cache \
+             (beside the checkout) is absent"
+        ),
+    }
+    eprintln!(
+        "bench: realistic: the original Python Peerix (two hops) is not available here: skipped"
+    );
+    let cache = peer.dir.join("file-cache");
+    peer.run(&format!(
+        "nix copy --to 'file://{}?compression=none' {top}",
+        cache.display()
+    ));
+    let server_cmd = peer.cmd(
+        "/usr/bin/python3",
+        &[
+            "-m",
+            "http.server",
+            "--bind",
+            &peer.addr4.to_string(),
+            "--directory",
+            cache.to_str().unwrap(),
+            "8080",
+        ],
+    );
+    _servers.push(peer.spawn_daemon(server_cmd, "http-server"));
+    ways.push(("file", format!("http://{}:8080", peer.addr4)));
+    for (name, url) in &ways {
+        let info_url = format!("{url}/nix-cache-info");
+        assert!(
+            wait_until(Duration::from_secs(10), || client_host
+                .curl(&["-f", &info_url])
+                .status
+                == 200),
+            "{name} on the peer does not answer"
+        );
+    }
+    let _peer_node = node(peer, &key, &[]);
+    let _local_node = node(client_host, &key, &[]);
+    wait_peers(client_host, 1);
+    ways.push(("peerix", format!("http://{LOCAL}")));
+
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); ways.len()];
+    for run in 0..m.pick(1, 3) {
+        // Each way goes first once in a while: no way always gets the
+        // machine fresh.
+        for k in 0..ways.len() {
+            let w = (k + run) % ways.len();
+            let (name, url) = &ways[w];
+            client_host.run("nix-store --gc > /dev/null 2>&1");
+            let left = client_host.try_run(&format!("nix-store --check-validity {top}"));
+            assert!(!left.status.success(), "{top} survived the GC");
+            let xdg = client_host.dir.join(format!("xdg-real-{run}-{name}"));
+            let t = timed_in(
+                client_host,
+                &format!(
+                    "XDG_CACHE_HOME={} nix-store -r {top} --option substituters {url} \
+                     --option trusted-public-keys '{}' --option narinfo-cache-negative-ttl 0",
+                    xdg.display(),
+                    key.public
+                ),
+            );
+            let got = client_host.run(&format!("nix-store -qR {top} | wc -l"));
+            assert_eq!(got, count.to_string(), "the closure from {name}");
+            times[w].push(t.real);
+        }
+    }
+    let of = |name: &str| -> Vec<f64> {
+        let i = ways.iter().position(|(n, _)| *n == name).unwrap();
+        times[i].clone()
+    };
+    let label = format!("{count}-path realistic closure ({layers} layers of {width})");
+    let mut rows = Vec::new();
+    let peerix_row = Row::new(
+        "realistic_peerix_s",
+        &format!("`nix-store -r` of a {label} through peerix, two hops"),
+        "s",
+        of("peerix"),
+    );
+    let file_row = Row::new(
+        "realistic_file_server_s",
+        &format!("`nix-store -r` of a {label} from a plain HTTP server of a `nix copy --to file://` cache"),
+        "s",
+        of("file"),
+    );
+    match harmonia {
+        Some(_) => {
+            let what = "harmonia 3.2.0 on the peer, directly (one hop)";
+            rows.push(
+                peerix_row
+                    .baseline(what, of("harmonia"))
+                    .target(Target::TimesBaseline(1.5)),
+            );
+            rows.push(file_row.baseline(what, of("harmonia")));
+            rows.push(
+                Row::new(
+                    "realistic_peerix_vs_file_s",
+                    &format!("`nix-store -r` of a {label} through peerix, beside the file server"),
+                    "s",
+                    of("peerix"),
+                )
+                .baseline(
+                    "plain HTTP server of a `nix copy --to file://` cache",
+                    of("file"),
+                ),
+            );
+        }
+        None => {
+            rows.push(
+                peerix_row
+                    .baseline(
+                        "plain HTTP server of a `nix copy --to file://` cache",
+                        of("file"),
+                    )
+                    .note("harmonia absent: its baseline was skipped"),
+            );
+        }
+    }
+    rows
+}
+
 /// 20 hosts, all running a node: miss latency and UDP datagrams per query.
 fn lan20(m: Mode) -> Vec<Row> {
     let hosts = 20;
     let net = Net::new(hosts).expect("test hosts");
     let local = net.host(1);
     let key = generate_key(local, "bench-1");
-    let mut nodes: Vec<Daemon> = (2..=hosts).map(|i| node(net.host(i), &key, &[])).collect();
+    let mut nodes: Vec<Node> = (2..=hosts).map(|i| node(net.host(i), &key, &[])).collect();
     nodes.insert(0, node(local, &key, &[]));
     wait_peers(local, hosts - 1);
     let n = m.pick(20, 1000);
-    let counts = |nodes: &[Daemon]| -> Vec<(f64, f64)> {
-        nodes.iter().map(|d| udp_counts(d.pid())).collect()
-    };
+    let counts =
+        |nodes: &[Node]| -> Vec<(f64, f64)> { nodes.iter().map(|d| udp_counts(d.pid())).collect() };
     let before = counts(&nodes);
     let lat = miss_latencies(local, n);
     let after = counts(&nodes);
