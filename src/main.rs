@@ -25,6 +25,7 @@ fn main() -> ExitCode {
     // the signals reach only `signals::wait`.
     let signals = signals::block_termination();
     raise_fd_limit();
+    tune_malloc();
 
     let store = match store::Store::open(config.share.clone()) {
         Ok(s) => s,
@@ -118,5 +119,19 @@ fn raise_fd_limit() {
                 limit.rlim_cur
             );
         }
+    }
+}
+
+/// Keeps the memory of a daemon that idles for days small after a burst:
+/// large blocks (the 256 KiB copy buffer of each NAR reply) are mapped and
+/// unmapped on their own instead of staying in the heap once glibc raised
+/// its threshold, and the many worker and connection threads share two
+/// heaps instead of one each.
+fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }

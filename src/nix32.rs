@@ -29,9 +29,23 @@ pub fn encode(bytes: &[u8]) -> String {
     out
 }
 
+/// The value of each byte as a nix32 digit, `NONE` for the others: a
+/// table, since every hash part of a 100 000-path store is checked a
+/// character at a time.
+const VALUES: [u8; 256] = {
+    let mut values = [NONE; 256];
+    let mut i = 0;
+    while i < ALPHABET.len() {
+        values[ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    values
+};
+const NONE: u8 = 0xff;
+
 /// True when `c` is a character of the nix32 alphabet.
 pub fn is_digit(c: u8) -> bool {
-    ALPHABET.contains(&c)
+    VALUES[c as usize] != NONE
 }
 
 /// Decodes Nix base-32 text into `N` bytes; `None` when the length, a
@@ -43,7 +57,10 @@ pub fn decode<const N: usize>(text: &str) -> Option<[u8; N]> {
     }
     let mut out = [0u8; N];
     for (n, &c) in text.iter().rev().enumerate() {
-        let digit = ALPHABET.iter().position(|&a| a == c)? as u16;
+        let digit = match VALUES[c as usize] {
+            NONE => return None,
+            value => u16::from(value),
+        };
         let bit = n * 5;
         let (i, j) = (bit / 8, bit % 8);
         let spread = digit << j;

@@ -29,9 +29,6 @@ use crate::narinfo::HashPart;
 const RECHECK_FIRST: Duration = Duration::from_millis(250);
 const RECHECK_MAX: Duration = Duration::from_secs(30);
 
-/// Entries asked about per validity question to Nix.
-pub const BATCH: usize = 10_000;
-
 /// Validity questions are this far apart at least: while a build or a
 /// substitution adds paths one after the other, one question covers many.
 const RECHECK_MIN: Duration = Duration::from_millis(100);
@@ -42,7 +39,8 @@ pub type Valid = RwLock<HashMap<HashPart, Box<str>>>;
 
 /// What the index thread asks of the rest of the store.
 pub trait Nix {
-    /// The valid paths among `names`.
+    /// The valid paths among `names` (all the entries of a store, when the
+    /// index is built).
     fn valid(&self, names: &[&str]) -> Result<Vec<String>, NixError>;
     /// Paths gone from the index: forget what is known of them.
     fn removed(&self, hashes: &[HashPart]);
@@ -238,10 +236,7 @@ impl Follower {
         }
         self.last_check = Some(now);
         let names: Vec<&str> = self.pending.values().map(|n| &**n).collect();
-        let mut found = Vec::new();
-        for batch in names.chunks(BATCH) {
-            found.extend(nix.valid(batch)?);
-        }
+        let found = nix.valid(&names)?;
         let added = found.len();
         if added > 0 {
             let mut valid = valid.write().map_err(|_| poisoned())?;

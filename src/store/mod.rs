@@ -32,6 +32,9 @@ const INFO_CACHE: usize = 8192;
 /// Paths per question to Nix about metadata.
 const INFO_BATCH: usize = 1000;
 
+/// Paths per question to Nix about validity.
+const VALID_BATCH: usize = 10_000;
+
 /// Paths of the closures of asked paths whose infos are fetched ahead, at
 /// most per batch: Nix asks for a path's references next.
 const PREFETCH_MAX: usize = 2000;
@@ -80,6 +83,23 @@ pub struct Store {
 }
 
 impl Store {
+    /// The valid paths among `names`, asked of the metadata thread.
+    fn valid_by_meta(&self, names: &[&str]) -> Result<Vec<String>, NixError> {
+        let mut found = Vec::new();
+        for batch in names.chunks(VALID_BATCH) {
+            let (reply, answer) = crossbeam_channel::bounded(1);
+            let batch = batch.iter().map(|n| n.to_string()).collect();
+            self.questions
+                .send_timeout(Question::Valid(batch, reply), META_TIMEOUT)
+                .map_err(|_| NixError::Io("the metadata thread is busy or gone".into()))?;
+            let valid = answer.recv_timeout(2 * META_TIMEOUT).map_err(|_| {
+                NixError::Io("Nix did not say which paths are valid in time".into())
+            })??;
+            found.extend(valid);
+        }
+        Ok(found)
+    }
+
     /// Starts the metadata thread, indexes the store directory (asking Nix
     /// which entries are valid) and follows it from a thread of its own.
     pub fn open(policy: Policy) -> Result<Arc<Store>, NixError> {
@@ -327,18 +347,31 @@ impl Store {
 
 /// What the index thread asks of the store.
 impl index::Nix for Store {
+    /// Asked of the metadata thread, `VALID_BATCH` paths per question.
+    /// Many paths (a whole store, when the index is built) are split in
+    /// two, the second half asked of a `nix-store --serve` of its own at
+    /// the same time: Nix's work on them is most of the start-up.
     fn valid(&self, names: &[&str]) -> Result<Vec<String>, NixError> {
-        let (reply, answer) = crossbeam_channel::bounded(1);
-        let names = names.iter().map(|n| n.to_string()).collect();
-        match self
-            .questions
-            .send_timeout(Question::Valid(names, reply), META_TIMEOUT)
-        {
-            Ok(()) => answer.recv_timeout(2 * META_TIMEOUT).map_err(|_| {
-                NixError::Io("Nix did not say which paths are valid in time".into())
-            })?,
-            Err(_) => Err(NixError::Io("the metadata thread is busy or gone".into())),
+        if names.len() <= 2 * VALID_BATCH {
+            return self.valid_by_meta(names);
         }
+        let (mine, theirs) = names.split_at(names.len() / 2);
+        std::thread::scope(|scope| {
+            let other = scope.spawn(|| -> Result<Vec<String>, NixError> {
+                let mut serve = Serve::start()?;
+                let mut found = Vec::new();
+                for batch in theirs.chunks(VALID_BATCH) {
+                    found.extend(serve.valid_paths(batch, META_TIMEOUT)?);
+                }
+                Ok(found)
+            });
+            let mut found = self.valid_by_meta(mine)?;
+            let theirs = other
+                .join()
+                .map_err(|_| NixError::Io("a validity thread panicked".into()))??;
+            found.extend(theirs);
+            Ok(found)
+        })
     }
 
     fn removed(&self, hashes: &[HashPart]) {
