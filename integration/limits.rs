@@ -188,35 +188,7 @@ fn a_stopped_nix_daemon_costs_a_404_in_bounded_time() {
         build_chain(h1, "hung-unknown", 1).remove(0),
     ];
     let key = generate_key(h1, "h1-1");
-    let _nix_daemon = h1.spawn_daemon(h1.cmd("nix-daemon", &[]), "nix-daemon");
-    let socket = h1.outside("/nix/var/nix/daemon-socket/socket");
-    assert!(support::wait_until(Duration::from_secs(10), || socket.exists()));
-    let home = h1.dir.join("nobody");
-    h1.run(&format!(
-        "chmod 755 /nix /nix/var /nix/var/nix /nix/var/nix/daemon-socket && \
-         chmod 666 /nix/var/nix/daemon-socket/socket && chmod 644 {} && \
-         mkdir -p {home} && chown 65534:65534 {home}",
-        key.secret.display(),
-        home = home.display()
-    ));
-    let home = home.to_str().unwrap();
-    let nobody = [
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-    ];
-    let env = [
-        ("NIX_REMOTE", "daemon"),
-        ("HOME", home),
-        ("XDG_CACHE_HOME", home),
-    ];
-    let args = [
-        "--no-broadcast",
-        "--private-key",
-        key.secret.to_str().unwrap(),
-    ];
-    let n1 = h1.spawn_peerix_with(&nobody, &env, &args);
+    let (_nix_daemon, n1) = h1.spawn_peerix_through_nix_daemon(&key);
     let peer = |path: &str| format!("http://{}:12304/peer/{}.narinfo", h1.addr4, hash_of(path));
     // The first paths' infos are known before the daemon stops.
     assert_eq!(h2.curl(&[&peer(&paths[0])]).status, 200);

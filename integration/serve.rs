@@ -675,38 +675,7 @@ fn serves_as_unprivileged_user_through_nix_daemon() {
     let (h1, h2) = (net.host(1), net.host(2));
     let closure = build_closure(h1);
     let key = generate_key(h1, "node-h1");
-    let nix_daemon = h1.spawn_daemon(h1.cmd("nix-daemon", &[]), "nix-daemon");
-    let socket = h1.outside("/nix/var/nix/daemon-socket/socket");
-    assert!(
-        support::wait_until(Duration::from_secs(10), || socket.exists()),
-        "no nix-daemon socket"
-    );
-    let home = h1.dir.join("nobody");
-    h1.run(&format!(
-        "chmod 755 /nix /nix/var /nix/var/nix /nix/var/nix/daemon-socket && chmod 666 {} \
-         && chmod 644 {} && mkdir -p {home} && chown 65534:65534 {home}",
-        "/nix/var/nix/daemon-socket/socket",
-        key.secret.display(),
-        home = home.display()
-    ));
-    let home = home.to_str().unwrap();
-    let nobody = [
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-    ];
-    let env = [
-        ("NIX_REMOTE", "daemon"),
-        ("HOME", home),
-        ("XDG_CACHE_HOME", home),
-    ];
-    let args = [
-        "--no-broadcast",
-        "--private-key",
-        key.secret.to_str().unwrap(),
-    ];
-    let daemon = h1.spawn_peerix_with(&nobody, &env, &args);
+    let (nix_daemon, daemon) = h1.spawn_peerix_through_nix_daemon(&key);
     let status = fs::read_to_string(format!("/proc/{}/status", daemon.pid()))
         .expect("read the node's status");
     let uid = status

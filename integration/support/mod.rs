@@ -356,6 +356,47 @@ impl Host {
         }
     }
 
+    /// A multi-user Nix on this host and a node on it as an unprivileged
+    /// user (`nobody`, `NIX_REMOTE=daemon`, `--no-broadcast`, signing with
+    /// `key`): the nix-daemon, then the node, which reaches the store
+    /// through it.
+    pub fn spawn_peerix_through_nix_daemon(&self, key: &Key) -> (Daemon, Daemon) {
+        let nix_daemon = self.spawn_daemon(self.cmd("nix-daemon", &[]), "nix-daemon");
+        let socket = self.outside("/nix/var/nix/daemon-socket/socket");
+        assert!(
+            wait_until(Duration::from_secs(10), || socket.exists()),
+            "no nix-daemon socket: {}",
+            nix_daemon.log()
+        );
+        let home = self.dir.join("nobody");
+        self.run(&format!(
+            "chmod 755 /nix /nix/var /nix/var/nix /nix/var/nix/daemon-socket && \
+             chmod 666 /nix/var/nix/daemon-socket/socket && chmod 644 {} && \
+             mkdir -p {home} && chown 65534:65534 {home}",
+            key.secret.display(),
+            home = home.display()
+        ));
+        let home = home.to_str().unwrap();
+        let nobody = [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ];
+        let env = [
+            ("NIX_REMOTE", "daemon"),
+            ("HOME", home),
+            ("XDG_CACHE_HOME", home),
+        ];
+        let args = [
+            "--no-broadcast",
+            "--private-key",
+            key.secret.to_str().unwrap(),
+        ];
+        let node = self.spawn_peerix_with(&nobody, &env, &args);
+        (nix_daemon, node)
+    }
+
     /// Spawns `cmd` (made with [`Host::cmd`]) in the background with stdout
     /// and stderr going to a new log file named after `label`.
     pub fn spawn_daemon(&self, mut cmd: Command, label: &str) -> Daemon {

@@ -43,9 +43,9 @@ const ROOT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin
 /// Run by `sh -c` inside a host (whose store is on `/nix` already):
 /// `$1` is the root, `$2` the machine's temporary directory (which holds the
 /// test hosts' directories: their `nix.conf`, caches and scratch files), the
-/// rest the command. The mounts live in the host command's private mount
-/// namespace and vanish with it.
-const CHROOT: &str = r#"set -e
+/// rest the command, run with the root ready for `chroot`. The mounts live
+/// in the host command's private mount namespace and vanish with it.
+const MOUNT_ROOT: &str = r#"set -e
 root=$1 tmp=$2
 shift 2
 mount --bind /nix "$root/nix"
@@ -53,7 +53,7 @@ mount -t proc proc "$root/proc"
 mount --bind /dev "$root/dev"
 mkdir -p "$root$tmp"
 mount --bind "$tmp" "$root$tmp"
-exec chroot "$root" "$@""#;
+exec "$@""#;
 
 /// One Nix client.
 #[derive(Debug, Clone)]
@@ -81,7 +81,8 @@ impl Client {
             None => host.cmd(program, args),
             Some(root) => {
                 let (root, tmp) = (root.to_str().unwrap(), std::env::temp_dir());
-                let mut argv = vec!["-c", CHROOT, "sh", root, tmp.to_str().unwrap(), program];
+                let mut argv = vec!["-c", MOUNT_ROOT, "sh", root, tmp.to_str().unwrap()];
+                argv.extend(["chroot", root, program]);
                 argv.extend(args);
                 let mut c = host.cmd("sh", &argv);
                 c.env("PATH", ROOT_PATH);
@@ -117,20 +118,11 @@ impl Client {
                 file.display()
             );
         }
-        let mounts = r#"set -e
-root=$1 tmp=$2
-shift 2
-mount --bind /nix "$root/nix"
-mount -t proc proc "$root/proc"
-mount --bind /dev "$root/dev"
-mkdir -p "$root$tmp"
-mount --bind "$tmp" "$root$tmp"
-exec "$@""#;
         let tmp = std::env::temp_dir();
         let wrapper = [
             "sh",
             "-c",
-            mounts,
+            MOUNT_ROOT,
             "sh",
             root.to_str().unwrap(),
             tmp.to_str().unwrap(),
