@@ -1864,6 +1864,71 @@ fn wait_valid(host: &Host, n: usize) {
     assert!(ok, "{} never counted {n} valid paths:\n{last}", host.name);
 }
 
+/// Seconds Nix 2.8's `nix-store -r top` took on `client` from the binary
+/// cache at `url` (trusting `key`), its store garbage-collected before and
+/// its narinfo cache new (named by `tag`); checks that the `count` paths of
+/// the closure arrived.
+fn substitute_timed(
+    client: &Host,
+    top: &str,
+    url: &str,
+    key: &Key,
+    count: usize,
+    tag: &str,
+) -> f64 {
+    client.run("nix-store --gc > /dev/null 2>&1");
+    let left = client.try_run(&format!("nix-store --check-validity {top}"));
+    assert!(!left.status.success(), "{top} survived the GC");
+    let xdg = client.dir.join(format!("xdg-{tag}"));
+    let t = timed_in(
+        client,
+        &format!(
+            "XDG_CACHE_HOME={} nix-store -r {top} --option substituters {url} \
+             --option trusted-public-keys '{}' --option narinfo-cache-negative-ttl 0",
+            xdg.display(),
+            key.public
+        ),
+    );
+    let got = client.run(&format!("nix-store -qR {top} | wc -l"));
+    assert_eq!(got, count.to_string(), "the closure from {url}");
+    t.real
+}
+
+/// A plain HTTP server (`python3 -m http.server`) on `peer` of a `nix copy
+/// --to file://` cache of `top`'s closure: the server and its URL.
+fn file_server(peer: &Host, top: &str) -> (Daemon, String) {
+    let cache = peer.dir.join("file-cache");
+    peer.run(&format!(
+        "nix copy --to 'file://{}?compression=none' {top}",
+        cache.display()
+    ));
+    let addr = peer.addr4.to_string();
+    let args = [
+        "-m",
+        "http.server",
+        "--bind",
+        &addr,
+        "--directory",
+        cache.to_str().unwrap(),
+        "8080",
+    ];
+    let server = peer.spawn_daemon(peer.cmd("/usr/bin/python3", &args), "http-server");
+    (server, format!("http://{addr}:8080"))
+}
+
+/// Waits up to 10 s until the binary cache at `url` answers `client`'s
+/// `/nix-cache-info`; panics naming `what` if it never does.
+fn wait_answers(client: &Host, url: &str, what: &str) {
+    let info_url = format!("{url}/nix-cache-info");
+    assert!(
+        wait_until(Duration::from_secs(10), || client
+            .curl(&["-f", &info_url])
+            .status
+            == 200),
+        "{what} on the peer does not answer"
+    );
+}
+
 /// `nix-store -r` of a chain closure through peerix, against the same
 /// closure from a plain HTTP server of a `nix copy --to file://` cache.
 fn closure(m: Mode) -> Vec<Row> {
@@ -1877,33 +1942,8 @@ fn closure(m: Mode) -> Vec<Row> {
         "nix store sign --key-file {} -r {top}",
         key.secret.display()
     ));
-    let cache = peer.dir.join("file-cache");
-    peer.run(&format!(
-        "nix copy --to 'file://{}?compression=none' {top}",
-        cache.display()
-    ));
-    let server_cmd = peer.cmd(
-        "/usr/bin/python3",
-        &[
-            "-m",
-            "http.server",
-            "--bind",
-            &peer.addr4.to_string(),
-            "--directory",
-            cache.to_str().unwrap(),
-            "8080",
-        ],
-    );
-    let _server = peer.spawn_daemon(server_cmd, "http-server");
-    let file_url = format!("http://{}:8080", peer.addr4);
-    let info_url = format!("{file_url}/nix-cache-info");
-    assert!(
-        wait_until(Duration::from_secs(10), || client_host
-            .curl(&["-f", &info_url])
-            .status
-            == 200),
-        "the file cache's HTTP server does not answer"
-    );
+    let (_server, file_url) = file_server(peer, top);
+    wait_answers(client_host, &file_url, "the file cache's HTTP server");
     let _peer_node = node(peer, &key, &[]);
     let _local_node = node(client_host, &key, &[]);
     wait_peers(client_host, 1);
@@ -1915,25 +1955,11 @@ fn closure(m: Mode) -> Vec<Row> {
     for run in 0..=m.pick(1, 5) {
         let mut pair = (0.0, 0.0);
         for (i, url) in [&file_url, &format!("http://{LOCAL}")].iter().enumerate() {
-            client_host.run("nix-store --gc > /dev/null 2>&1");
-            let left = client_host.try_run(&format!("nix-store --check-validity {top}"));
-            assert!(!left.status.success(), "{top} survived the GC");
-            let xdg = client_host.dir.join(format!("xdg-{run}-{i}"));
-            let t = timed_in(
-                client_host,
-                &format!(
-                    "XDG_CACHE_HOME={} nix-store -r {top} --option substituters {url} \
-                     --option trusted-public-keys '{}' --option narinfo-cache-negative-ttl 0",
-                    xdg.display(),
-                    key.public
-                ),
-            );
-            let got = client_host.run(&format!("nix-store -qR {top} | wc -l"));
-            assert_eq!(got, count.to_string(), "the closure from {url}");
+            let took = substitute_timed(client_host, top, url, &key, count, &format!("{run}-{i}"));
             if i == 0 {
-                pair.0 = t.real;
+                pair.0 = took;
             } else {
-                pair.1 = t.real;
+                pair.1 = took;
             }
         }
         if run == 0 {
@@ -2081,34 +2107,11 @@ fn realistic(m: Mode) -> Vec<Row> {
     eprintln!(
         "bench: realistic: the original Python Peerix (two hops) is not available here: skipped"
     );
-    let cache = peer.dir.join("file-cache");
-    peer.run(&format!(
-        "nix copy --to 'file://{}?compression=none' {top}",
-        cache.display()
-    ));
-    let server_cmd = peer.cmd(
-        "/usr/bin/python3",
-        &[
-            "-m",
-            "http.server",
-            "--bind",
-            &peer.addr4.to_string(),
-            "--directory",
-            cache.to_str().unwrap(),
-            "8080",
-        ],
-    );
-    _servers.push(peer.spawn_daemon(server_cmd, "http-server"));
-    ways.push(("file", format!("http://{}:8080", peer.addr4)));
+    let (server, file_url) = file_server(peer, &top);
+    _servers.push(server);
+    ways.push(("file", file_url));
     for (name, url) in &ways {
-        let info_url = format!("{url}/nix-cache-info");
-        assert!(
-            wait_until(Duration::from_secs(10), || client_host
-                .curl(&["-f", &info_url])
-                .status
-                == 200),
-            "{name} on the peer does not answer"
-        );
+        wait_answers(client_host, url, name);
     }
     let _peer_node = node(peer, &key, &[]);
     let _local_node = node(client_host, &key, &[]);
@@ -2122,22 +2125,8 @@ fn realistic(m: Mode) -> Vec<Row> {
         for k in 0..ways.len() {
             let w = (k + run) % ways.len();
             let (name, url) = &ways[w];
-            client_host.run("nix-store --gc > /dev/null 2>&1");
-            let left = client_host.try_run(&format!("nix-store --check-validity {top}"));
-            assert!(!left.status.success(), "{top} survived the GC");
-            let xdg = client_host.dir.join(format!("xdg-real-{run}-{name}"));
-            let t = timed_in(
-                client_host,
-                &format!(
-                    "XDG_CACHE_HOME={} nix-store -r {top} --option substituters {url} \
-                     --option trusted-public-keys '{}' --option narinfo-cache-negative-ttl 0",
-                    xdg.display(),
-                    key.public
-                ),
-            );
-            let got = client_host.run(&format!("nix-store -qR {top} | wc -l"));
-            assert_eq!(got, count.to_string(), "the closure from {name}");
-            times[w].push(t.real);
+            let tag = format!("real-{run}-{name}");
+            times[w].push(substitute_timed(client_host, &top, url, &key, count, &tag));
         }
     }
     let of = |name: &str| -> Vec<f64> {
