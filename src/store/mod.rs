@@ -320,8 +320,15 @@ impl Store {
             };
             let _ = reply.send(answer);
         }
-        if fetched.is_ok() && names.len() < PREFETCH_MAX {
-            self.prefetch(nix, &names);
+        // Nix asks for a path's references right after it: fetch the
+        // closures of single paths ahead. (Questions of many paths are
+        // closures already, the share policy's.)
+        let singles: Vec<&str> = (batch.iter())
+            .filter(|(names, _)| names.len() == 1)
+            .map(|(names, _)| names[0].as_str())
+            .collect();
+        if fetched.is_ok() && !singles.is_empty() {
+            self.prefetch(nix, &singles);
         }
     }
 

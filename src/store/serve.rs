@@ -102,13 +102,8 @@ impl Serve {
         names: &[&str],
         timeout: Duration,
     ) -> Result<Vec<String>, NixError> {
-        let deadline = Instant::now() + timeout;
-        let mut request = Vec::new();
-        put_u64(&mut request, QUERY_VALID_PATHS);
-        put_u64(&mut request, 0); // lock: read-only
-        put_u64(&mut request, 0); // substitute: never
-        put_paths(&mut request, names);
-        self.send(&request, deadline)?;
+        // Flags: lock (read-only: no), substitute (never).
+        let deadline = self.ask(QUERY_VALID_PATHS, &[0, 0], names, timeout)?;
         self.paths(deadline)
     }
 
@@ -118,11 +113,7 @@ impl Serve {
         names: &[&str],
         timeout: Duration,
     ) -> Result<Vec<PathInfo>, NixError> {
-        let deadline = Instant::now() + timeout;
-        let mut request = Vec::new();
-        put_u64(&mut request, QUERY_PATH_INFOS);
-        put_paths(&mut request, names);
-        self.send(&request, deadline)?;
+        let deadline = self.ask(QUERY_PATH_INFOS, &[], names, timeout)?;
         let mut infos = Vec::with_capacity(names.len());
         loop {
             let path = self.string(deadline)?;
@@ -141,12 +132,8 @@ impl Serve {
         names: &[&str],
         timeout: Duration,
     ) -> Result<Option<Vec<String>>, NixError> {
-        let deadline = Instant::now() + timeout;
-        let mut request = Vec::new();
-        put_u64(&mut request, QUERY_CLOSURE);
-        put_u64(&mut request, 0); // include outputs: no
-        put_paths(&mut request, names);
-        self.send(&request, deadline)?;
+        // Flag: include outputs (no).
+        let deadline = self.ask(QUERY_CLOSURE, &[0], names, timeout)?;
         match self.paths(deadline) {
             Ok(paths) => Ok(Some(paths)),
             Err(NixError::Io(m)) if m.contains("is not valid") => Ok(None),
@@ -187,6 +174,25 @@ impl Serve {
             true => format!("nix-store --serve: {what}"),
             false => format!("nix-store --serve: {what}: {said}"),
         }
+    }
+
+    /// Sends `command`, its `flags` and the store paths of `names`; the
+    /// deadline of the whole exchange, `timeout` from now.
+    fn ask(
+        &mut self,
+        command: u64,
+        flags: &[u64],
+        names: &[&str],
+        timeout: Duration,
+    ) -> Result<Instant, NixError> {
+        let deadline = Instant::now() + timeout;
+        let mut request = Vec::new();
+        for n in std::iter::once(&command).chain(flags) {
+            put_u64(&mut request, *n);
+        }
+        put_paths(&mut request, names);
+        self.send(&request, deadline)?;
+        Ok(deadline)
     }
 
     fn send(&mut self, bytes: &[u8], deadline: Instant) -> Result<(), NixError> {
