@@ -40,13 +40,6 @@ impl fmt::Display for FetchError {
     }
 }
 
-/// A NAR being received from a peer: `body` is its bytes from the offset
-/// asked for on, `len` of them.
-pub struct NarStream {
-    pub len: u64,
-    pub body: Box<dyn Read + Send>,
-}
-
 pub struct PeerClient {
     agent: ureq::Agent,
     /// Authenticates requests to peers, when the network has a key.
@@ -127,7 +120,12 @@ impl PeerClient {
     /// NAR anyway (an original Peerix) has the bytes before `offset` read
     /// and dropped. The URL must be a plain relative path: relative to
     /// `/peer/` on ours, to the root on an original Peerix.
-    pub fn nar(&self, found: &Found, info: &NarInfo, offset: u64) -> Result<NarStream, FetchError> {
+    pub fn nar(
+        &self,
+        found: &Found,
+        info: &NarInfo,
+        offset: u64,
+    ) -> Result<Box<dyn Read + Send>, FetchError> {
         let url = &info.url;
         let plain = !url.is_empty()
             && !url.starts_with('/')
@@ -178,10 +176,7 @@ impl PeerClient {
                 )));
             }
         }
-        Ok(NarStream {
-            len: total - offset,
-            body,
-        })
+        Ok(body)
     }
 }
 

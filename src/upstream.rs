@@ -133,7 +133,7 @@ impl Upstream {
         hash: &HashPart,
         sources: Vec<Source>,
         offset: u64,
-    ) -> Option<NarStream> {
+    ) -> Option<Box<dyn Read + Send>> {
         let first = sources.first()?;
         let mut nar = FailoverNar {
             upstream: self.clone(),
@@ -158,12 +158,8 @@ impl Upstream {
                         String::new()
                     }
                 );
-                let from = opened.0;
                 nar.current = Some(opened);
-                Some(NarStream {
-                    from,
-                    body: Box::new(nar),
-                })
+                Some(Box::new(nar))
             }
             Err(e) => {
                 log::info!("{hash}: {e}");
@@ -251,12 +247,6 @@ impl Upstream {
     }
 }
 
-/// A NAR on its way from peers: the body and the peer it started from.
-pub struct NarStream {
-    pub from: SocketAddr,
-    pub body: Box<dyn Read + Send>,
-}
-
 /// The bytes of one NAR from one peer after another: when the current one
 /// fails or stalls, the next source goes on from the same byte.
 struct FailoverNar {
@@ -300,7 +290,7 @@ impl FailoverNar {
                 .client
                 .nar(&source.found, &source.info, self.pos)
             {
-                Ok(stream) => return Ok((addr, stream.body)),
+                Ok(body) => return Ok((addr, body)),
                 Err(e) => log::warn!("{}: NAR from {addr}: {e}; trying the next peer", self.hash),
             }
         }

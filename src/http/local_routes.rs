@@ -138,8 +138,8 @@ fn nar(app: &App, hash: &HashPart, nar_hash: Option<[u8; 32]>, incoming: &Incomi
     let body = match incoming.head {
         true => None,
         false => match app.upstream.nar(hash, sources, offset) {
-            Some(stream) => Some(stream.body),
             None => return Reply::not_found(),
+            body => body,
         },
     };
     Reply::Stream {
