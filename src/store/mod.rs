@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 pub use serve::{NixError, PathInfo};
 
@@ -89,13 +89,7 @@ impl Store {
         for batch in names.chunks(VALID_BATCH) {
             let (reply, answer) = crossbeam_channel::bounded(1);
             let batch = batch.iter().map(|n| n.to_string()).collect();
-            self.questions
-                .send_timeout(Question::Valid(batch, reply), META_TIMEOUT)
-                .map_err(|_| NixError::Io("the metadata thread is busy or gone".into()))?;
-            let valid = answer.recv_timeout(2 * META_TIMEOUT).map_err(|_| {
-                NixError::Io("Nix did not say which paths are valid in time".into())
-            })??;
-            found.extend(valid);
+            found.extend(self.ask(Question::Valid(batch, reply), answer, 2 * META_TIMEOUT)?);
         }
         Ok(found)
     }
@@ -189,7 +183,11 @@ impl Store {
             return Ok(false);
         };
         let (reply, answer) = crossbeam_channel::bounded(1);
-        let closure = match self.ask(Question::Closure(vec![name.clone()], reply), answer)? {
+        let closure = match self.ask(
+            Question::Closure(vec![name.clone()], reply),
+            answer,
+            INFO_WAIT,
+        )? {
             Some(closure) => closure,
             None => return Ok(false),
         };
@@ -249,28 +247,24 @@ impl Store {
     /// The infos of those of `names` that are valid, cached or asked for.
     fn infos(&self, names: &[String]) -> Result<Vec<Arc<PathInfo>>, NixError> {
         let (reply, answer) = crossbeam_channel::bounded(1);
-        self.ask(Question::Infos(names.to_vec(), reply), answer)
+        self.ask(Question::Infos(names.to_vec(), reply), answer, INFO_WAIT)
     }
 
     /// Sends a question to the metadata thread and waits for its answer,
-    /// at most `INFO_WAIT`.
+    /// `wait` at most in all.
     fn ask<T>(
         &self,
         question: Question,
         answer: Receiver<Result<T, NixError>>,
+        wait: Duration,
     ) -> Result<T, NixError> {
-        match self.questions.try_send(question) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                return Err(NixError::Io("too many questions wait for Nix".into()))
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                return Err(NixError::Io("the metadata thread is gone".into()))
-            }
-        }
+        let deadline = Instant::now() + wait;
+        (self.questions)
+            .send_deadline(question, deadline)
+            .map_err(|_| NixError::Io("too many questions wait for Nix".into()))?;
         answer
-            .recv_timeout(INFO_WAIT)
-            .map_err(|_| NixError::Io(format!("Nix did not answer within {INFO_WAIT:?}")))?
+            .recv_deadline(deadline)
+            .map_err(|_| NixError::Io(format!("Nix did not answer within {wait:?}")))?
     }
 
     fn cached_info(&self, hash: &HashPart) -> Option<Arc<PathInfo>> {
