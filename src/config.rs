@@ -81,7 +81,25 @@ pub struct Args {
     /// without it get nothing (original Peerix nodes included)
     #[argh(option)]
     pub network_key_file: Option<PathBuf>,
+
+    /// an upstream binary cache (e.g. https://cache.nixos.org) to fetch
+    /// paths no peer has from, once for the whole LAN; repeat for several,
+    /// tried in order
+    #[argh(option)]
+    pub upstream: Vec<String>,
+
+    /// where the node keeps its state: the spool of NARs being fetched from
+    /// upstream caches (default /var/lib/peerix)
+    #[argh(option, default = "PathBuf::from(DEFAULT_STATE_DIR)")]
+    pub state_dir: PathBuf,
+
+    /// the most the spool may hold, in MiB (default 2048)
+    #[argh(option, default = "2048")]
+    pub spool_size: u64,
 }
+
+/// Where the node keeps its state by default (systemd's `StateDirectory`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/peerix";
 
 /// The validated configuration the daemon runs with.
 pub struct Config {
@@ -98,6 +116,11 @@ pub struct Config {
     pub share: Policy,
     pub network_key: Option<NetworkKey>,
     pub answer_rate: u32,
+    /// Upstream caches, in order; none: the node asks only its peers.
+    pub upstreams: Vec<crate::pull::Cache>,
+    pub state_dir: PathBuf,
+    /// The spool's bound, in bytes.
+    pub spool_bytes: u64,
 }
 
 /// A configuration the daemon cannot start with.
@@ -157,7 +180,21 @@ impl Config {
         if let Some(h) = args.extra_host.iter().find(|h| h.trim().is_empty()) {
             return Err(ConfigError::Invalid(format!("--extra-host {h:?} is empty")));
         }
+        let upstreams = (args.upstream.iter())
+            .map(|u| {
+                crate::pull::Cache::parse(u)
+                    .map_err(|e| ConfigError::Invalid(format!("--upstream: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if args.spool_size == 0 || args.spool_size > 1 << 24 {
+            return Err(ConfigError::Invalid(
+                "--spool-size must be between 1 and 16777216 MiB".into(),
+            ));
+        }
         Ok(Config {
+            upstreams,
+            state_dir: args.state_dir,
+            spool_bytes: args.spool_size << 20,
             port: args.port,
             bind: args.bind,
             signing_key,

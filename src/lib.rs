@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod narinfo;
 pub mod nix32;
 pub mod peer_client;
+pub mod pull;
 pub mod share;
 pub mod signals;
 pub mod store;

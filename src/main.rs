@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use peerix::config::{Args, Config};
-use peerix::{discovery, http, metrics, peer_client, signals, store, trust, upstream};
+use peerix::{discovery, http, metrics, peer_client, pull, signals, store, trust, upstream};
 
 fn main() -> ExitCode {
     let args: Args = argh::from_env();
@@ -50,6 +50,7 @@ fn main() -> ExitCode {
             timeout: config.timeout,
             network_key: network_key.clone(),
             answer_rate: config.answer_rate,
+            pulls: !config.upstreams.is_empty(),
         },
         store.clone(),
     ) {
@@ -57,6 +58,35 @@ fn main() -> ExitCode {
         Err(e) => {
             log::error!("cannot start discovery on UDP port {}: {e}", config.port);
             return ExitCode::FAILURE;
+        }
+    };
+    let trust = trust::Trust::from_nix(config.trusted_keys);
+    let pull = match config.upstreams.is_empty() {
+        true => None,
+        false => {
+            let caches: Vec<String> = config.upstreams.iter().map(|c| c.to_string()).collect();
+            let settings = pull::Settings {
+                caches: config.upstreams,
+                spool_dir: config.state_dir.join("spool"),
+                spool_bytes: config.spool_bytes,
+            };
+            let peers = peer_client::PeerClient::new(network_key.clone());
+            match pull::Pull::new(
+                settings,
+                trust.clone(),
+                discovery.clone(),
+                peers,
+                store.clone(),
+            ) {
+                Ok(p) => {
+                    log::info!("pulling through {} for the LAN", caches.join(", "));
+                    Some(Arc::new(p))
+                }
+                Err(e) => {
+                    log::error!("cannot reach upstream caches: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
         }
     };
     let app = Arc::new(http::App {
@@ -67,8 +97,9 @@ fn main() -> ExitCode {
         upstream: Arc::new(upstream::Upstream::new(
             discovery.clone(),
             peer_client::PeerClient::new(network_key.clone()),
-            trust::Trust::from_nix(config.trusted_keys),
+            trust,
         )),
+        pull,
         network_key,
         metrics: metrics::Metrics::default(),
     });

@@ -15,6 +15,7 @@ use crate::narinfo::NarInfo;
 /// How long `nix config show` may take.
 const NIX_CONFIG_TIMEOUT: Duration = Duration::from_secs(10);
 
+#[derive(Clone)]
 pub struct Trust {
     keys: Vec<PublicKey>,
     require_sigs: bool,

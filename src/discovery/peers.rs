@@ -55,6 +55,8 @@ pub struct Peer {
     pub http_port: Option<u16>,
     pub last_heard: Instant,
     strikes: u8,
+    /// It fetches from upstream caches for its peers (`Message::Pulls`).
+    pulls: bool,
 }
 
 /// An original Peerix node: when it was heard, and how long its answers
@@ -92,6 +94,7 @@ impl PeerTable {
             http_port,
             last_heard: now,
             strikes: 0,
+            pulls: false,
         });
         peer.addrs.retain(|a| a.ip() != addr.ip());
         peer.addrs.insert(0, addr);
@@ -156,6 +159,23 @@ impl PeerTable {
             .collect()
     }
 
+    /// `node` fetches from upstream caches for its peers.
+    pub fn heard_pulls(&mut self, node: NodeId) {
+        if let Some(peer) = self.ours.get_mut(&node) {
+            peer.pulls = true;
+        }
+    }
+
+    /// The live peers of ours that fetch from upstream caches, with the
+    /// address of their HTTP server.
+    pub fn pullers(&self) -> Vec<(NodeId, SocketAddr)> {
+        (self.ours.iter())
+            .filter(|(_, p)| p.pulls && p.last_heard.elapsed() < PEER_TTL)
+            .filter(|(_, p)| p.strikes < MAX_STRIKES)
+            .filter_map(|(id, p)| Some((*id, SocketAddr::new(p.addrs.first()?.ip(), p.http_port?))))
+            .collect()
+    }
+
     /// How long a query waits for original Peerix nodes (they answer only
     /// hits) once every peer of ours has answered: nothing when none is
     /// about; the whole `timeout` while one of them has not answered
@@ -212,10 +232,15 @@ impl PeerTable {
             .map(|(id, p)| {
                 let addrs: Vec<String> = p.addrs.iter().map(|a| a.ip().to_string()).collect();
                 format!(
-                    "{id:016x} {} http {} heard {:.0?} ago{}",
+                    "{id:016x} {} http {} heard {:.0?} ago{}{}",
                     addrs.join(" "),
                     p.http_port.map_or("?".into(), |p| p.to_string()),
                     p.last_heard.elapsed(),
+                    if p.pulls {
+                        ", pulls from upstreams"
+                    } else {
+                        ""
+                    },
                     if p.strikes >= MAX_STRIKES {
                         " (not answering)"
                     } else {
