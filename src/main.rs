@@ -11,6 +11,8 @@ fn main() -> ExitCode {
     let args: Args = argh::from_env();
     let level = if args.verbose { "debug" } else { "info" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        // A line per TLS handshake step with upstream caches is noise.
+        .filter_module("rustls", log::LevelFilter::Warn)
         .format_target(false)
         .init();
 

@@ -172,7 +172,12 @@ impl PeerTable {
         (self.ours.iter())
             .filter(|(_, p)| p.pulls && p.last_heard.elapsed() < PEER_TTL)
             .filter(|(_, p)| p.strikes < MAX_STRIKES)
-            .filter_map(|(id, p)| Some((*id, SocketAddr::new(p.addrs.first()?.ip(), p.http_port?))))
+            .filter_map(|(id, p)| {
+                // The address as heard, with an IPv6 link-local scope.
+                let mut addr = *p.addrs.first()?;
+                addr.set_port(p.http_port?);
+                Some((*id, addr))
+            })
             .collect()
     }
 
