@@ -89,8 +89,9 @@ pub struct Args {
     pub upstream: Vec<String>,
 
     /// where the node keeps its state: the spool of NARs being fetched from
-    /// upstream caches (default /var/lib/peerix)
-    #[argh(option, default = "PathBuf::from(DEFAULT_STATE_DIR)")]
+    /// upstream caches (default: systemd's $STATE_DIRECTORY, else
+    /// /var/lib/peerix)
+    #[argh(option, default = "default_state_dir()")]
     pub state_dir: PathBuf,
 
     /// the most the spool may hold, in MiB (default 2048)
@@ -98,8 +99,17 @@ pub struct Args {
     pub spool_size: u64,
 }
 
-/// Where the node keeps its state by default (systemd's `StateDirectory`).
+/// Where the node keeps its state without `--state-dir`: the directory
+/// systemd made for it (`StateDirectory=`, the first of them), else this.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/peerix";
+
+fn default_state_dir() -> PathBuf {
+    let given = std::env::var("STATE_DIRECTORY").unwrap_or_default();
+    match given.split(':').next().filter(|d| d.starts_with('/')) {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(DEFAULT_STATE_DIR),
+    }
+}
 
 /// The validated configuration the daemon runs with.
 pub struct Config {
