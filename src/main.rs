@@ -63,6 +63,11 @@ fn main() -> ExitCode {
         }
     };
     let trust = trust::Trust::from_nix(config.trusted_keys);
+    let upstream = Arc::new(upstream::Upstream::new(
+        discovery.clone(),
+        peer_client::PeerClient::new(network_key.clone()),
+        trust.clone(),
+    ));
     let pull = match config.upstreams.is_empty() {
         true => None,
         false => {
@@ -75,10 +80,11 @@ fn main() -> ExitCode {
             let peers = peer_client::PeerClient::new(network_key.clone());
             match pull::Pull::new(
                 settings,
-                trust.clone(),
+                trust,
                 discovery.clone(),
                 peers,
                 store.clone(),
+                upstream.prefixes(),
             ) {
                 Ok(p) => {
                     log::info!("pulling through {} for the LAN", caches.join(", "));
@@ -96,14 +102,11 @@ fn main() -> ExitCode {
         key: config.signing_key,
         priority: config.priority,
         discovery: discovery.clone(),
-        upstream: Arc::new(upstream::Upstream::new(
-            discovery.clone(),
-            peer_client::PeerClient::new(network_key.clone()),
-            trust,
-        )),
+        upstream,
         pull,
         network_key,
         metrics: metrics::Metrics::default(),
+        range_skips: http::range_skips(),
     });
     let server = match http::start(&listen, config.port, config.threads, app.clone()) {
         Ok(s) => s,

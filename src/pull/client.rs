@@ -82,17 +82,25 @@ impl fmt::Display for Cache {
     }
 }
 
+/// Agents by scheme (a proxy applies to one scheme or the other) and by
+/// use. ureq hands back a pooled connection without its read timeout, so
+/// only narinfo requests, each with a deadline of its own, reuse
+/// connections; a NAR, which may take minutes, gets a new connection whose
+/// read timeout catches an upstream that stalls (a TLS handshake more per
+/// NAR).
 pub struct Client {
-    /// Agents by scheme: a proxy applies to one scheme or the other.
     https: ureq::Agent,
     http: ureq::Agent,
+    https_nar: ureq::Agent,
+    http_nar: ureq::Agent,
 }
 
 impl Client {
     pub fn new() -> Result<Client, String> {
         let tls = tls_config()?;
-        let agent = |proxy: Option<ureq::Proxy>| {
+        let agent = |proxy: Option<ureq::Proxy>, pooled: bool| {
             let mut builder = ureq::AgentBuilder::new()
+                .max_idle_connections(if pooled { 100 } else { 0 })
                 .timeout_connect(CONNECT_TIMEOUT)
                 .timeout_read(STALL_TIMEOUT)
                 .timeout_write(STALL_TIMEOUT)
@@ -104,17 +112,26 @@ impl Client {
             }
             builder.build()
         };
+        let (https, http) = (
+            proxy_for(&["https_proxy", "HTTPS_PROXY"]),
+            proxy_for(&["http_proxy"]),
+        );
         Ok(Client {
-            https: agent(proxy_for(&["https_proxy", "HTTPS_PROXY"])),
-            http: agent(proxy_for(&["http_proxy"])),
+            https: agent(https.clone(), true),
+            http: agent(http.clone(), true),
+            https_nar: agent(https, false),
+            http_nar: agent(http, false),
         })
     }
 
-    fn get(&self, url: &str) -> ureq::Request {
-        match url.starts_with("https://") {
-            true => self.https.get(url),
-            false => self.http.get(url),
-        }
+    fn get(&self, url: &str, nar: bool) -> ureq::Request {
+        let agent = match (url.starts_with("https://"), nar) {
+            (true, false) => &self.https,
+            (false, false) => &self.http,
+            (true, true) => &self.https_nar,
+            (false, true) => &self.http_nar,
+        };
+        agent.get(url)
     }
 
     /// The cache's narinfo for `hash`, parsed strictly and describing that
@@ -126,7 +143,7 @@ impl Client {
         timeout: Duration,
     ) -> Result<NarInfo, UpstreamError> {
         let url = format!("{cache}/{hash}.narinfo");
-        let response = match self.get(&url).timeout(timeout).call() {
+        let response = match self.get(&url, false).timeout(timeout).call() {
             Ok(r) => r,
             Err(ureq::Error::Status(403 | 404 | 410, _)) => return Err(UpstreamError::Missing),
             Err(e) => return Err(UpstreamError::Http(e.to_string())),
@@ -165,7 +182,7 @@ impl Client {
     ) -> Result<Box<dyn Read + Send>, UpstreamError> {
         let url = format!("{cache}/{}", info.url);
         let ranged = offset > 0 && info.compression == "none";
-        let mut request = self.get(&url);
+        let mut request = self.get(&url, true);
         if ranged {
             request = request.set("Range", &format!("bytes={offset}-"));
         }

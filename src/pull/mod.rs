@@ -33,6 +33,7 @@ use spool::{Open, Spool};
 use crate::cache::Bounded;
 use crate::discovery::{Discovery, Found};
 use crate::logs::Throttle;
+use crate::nar_check::{Blame, Checked, Prefixes, StartError};
 use crate::narinfo::{HashPart, NarInfo};
 use crate::nix32;
 use crate::peer_client::PeerClient;
@@ -81,12 +82,15 @@ pub struct Pull {
     spool: Spool,
     discovery: Arc<Discovery>,
     peers: PeerClient,
+    /// What cut streams to the local Nix had sent (shared with the peers'
+    /// NARs: the URLs are the same).
+    prefixes: Arc<Prefixes>,
 }
 
 /// Who goes on with a NAR: a peer that pulls, or this node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Via {
-    Peer(SocketAddr),
+    Peer(u64, SocketAddr),
     Here,
 }
 
@@ -97,6 +101,7 @@ impl Pull {
         discovery: Arc<Discovery>,
         peers: PeerClient,
         store: Arc<Store>,
+        prefixes: Arc<Prefixes>,
     ) -> Result<Pull, String> {
         let spool = Spool::new(
             settings.spool_dir,
@@ -111,6 +116,7 @@ impl Pull {
             spool,
             discovery,
             peers,
+            prefixes,
         })
     }
 
@@ -133,15 +139,15 @@ impl Pull {
                 break;
             }
             let why = match self.client.narinfo(cache, hash, left) {
-                Ok(info) if self.trust.accepts(&info) => {
-                    let pulled = Pulled { cache: i, info };
-                    self.remember(
-                        hash,
-                        Answer::Found(Box::new(pulled.clone()), Instant::now()),
-                    );
-                    return Some(pulled);
-                }
-                Ok(_) => "not signed by a key the local Nix trusts".to_string(),
+                Ok(mut info) => match self.trust.keep_trusted(&mut info) {
+                    true => {
+                        let pulled = Pulled { cache: i, info };
+                        let found = Answer::Found(Box::new(pulled.clone()), Instant::now());
+                        self.remember(hash, found);
+                        return Some(pulled);
+                    }
+                    false => "not signed by a key the local Nix trusts".to_string(),
+                },
                 Err(UpstreamError::Missing) => continue,
                 Err(e) => {
                     failed = true;
@@ -172,32 +178,57 @@ impl Pull {
             .filter(|p| nar_hash.is_none_or(|n| n == p.info.nar_hash))
     }
 
-    /// The NAR of `pulled` from byte `offset` on, for the local Nix: from
-    /// the node that fetches it for the LAN, failing over down the
-    /// rendezvous order to this node itself.
+    /// The NAR of `pulled` to hand the local Nix from byte `offset`: read
+    /// from its first byte, from the node that fetches it for the LAN,
+    /// failing over down the rendezvous order to this node itself, and
+    /// checked against its NarHash (`nar_check`). `None` when no node can
+    /// start it, or when the client's first `offset` bytes (of a stream
+    /// that was cut) are not this NAR's.
     pub fn nar(self: &Arc<Self>, pulled: Pulled, offset: u64) -> Option<Box<dyn Read + Send>> {
         let hash = pulled.info.hash_part();
+        let (nar_hash, total) = (pulled.info.nar_hash, pulled.info.nar_size);
         let order = self.order(&hash);
-        if let Some(Via::Peer(first)) = order.first() {
+        if let Some(Via::Peer(_, first)) = order.first() {
             log::debug!("{hash}: fetched for the LAN by {first}");
         }
         let mut nar = PullNar {
             pull: self.clone(),
             pulled,
-            pos: offset,
+            pos: 0,
             order: order.into(),
             current: None,
         };
         match nar.open_next() {
-            Ok(opened) => {
-                nar.current = Some(opened);
-                Some(Box::new(nar))
-            }
+            Ok(opened) => nar.current = Some(opened),
             Err(e) => {
+                log::info!("{hash}: {e}");
+                return None;
+            }
+        }
+        match Checked::start(nar, nar_hash, total, offset, self.prefixes.clone()) {
+            Ok(checked) => Some(Box::new(checked)),
+            Err(StartError::Io(e)) => {
                 log::info!("{hash}: {e}");
                 None
             }
+            Err(StartError::PrefixDiffers) => {
+                log::warn!(
+                    "{hash}: Nix resumes a NAR whose first {offset} bytes were wrong; \
+                     refused (404), so that it gets the path anew"
+                );
+                None
+            }
         }
+    }
+
+    /// The upstream's bytes for `hash` did not hash to its NarHash: its
+    /// narinfo is asked for anew, and its spool file is not read again.
+    fn blame(&self, hash: &HashPart) {
+        log::warn!("{hash}: the NAR pulled through the upstream does not match its NarHash");
+        if let Ok(mut answers) = self.answers.lock() {
+            answers.remove(hash);
+        }
+        self.spool.forget(hash);
     }
 
     /// The NAR of `pulled` from byte `offset` on, fetched by this node
@@ -225,7 +256,7 @@ impl Pull {
     /// live peers that pull and this node, by a hash of node id and path.
     fn order(&self, hash: &HashPart) -> Vec<Via> {
         let mut nodes: Vec<(u64, Via)> = (self.discovery.pullers().into_iter())
-            .map(|(node, addr)| (score(node, hash), Via::Peer(addr)))
+            .map(|(node, addr)| (score(node, hash), Via::Peer(node, addr)))
             .collect();
         nodes.push((score(self.discovery.node(), hash), Via::Here));
         nodes.sort_by_key(|n| std::cmp::Reverse(n.0));
@@ -268,8 +299,12 @@ impl PullNar {
         while let Some(via) = self.order.pop_front() {
             let opened = match via {
                 Via::Here => self.pull.nar_here(&self.pulled, self.pos),
-                Via::Peer(addr) => {
-                    let found = Found { addr, v1: false };
+                Via::Peer(node, addr) => {
+                    let found = Found {
+                        addr,
+                        v1: false,
+                        node: Some(node),
+                    };
                     let info = NarInfo {
                         url: peer_nar_url(&self.pulled.info),
                         ..self.pulled.info.clone()
@@ -287,6 +322,12 @@ impl PullNar {
             "no node can go on with the pulled NAR from byte {}",
             self.pos
         )))
+    }
+}
+
+impl Blame for PullNar {
+    fn bad_bytes(&mut self) {
+        self.pull.blame(&self.pulled.info.hash_part());
     }
 }
 

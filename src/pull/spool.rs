@@ -214,6 +214,14 @@ impl Spool {
         Ok(flight)
     }
 
+    /// Forgets the flight of `hash`: its readers go on, new ones get a new
+    /// download.
+    pub fn forget(&self, hash: &HashPart) {
+        if let Ok(mut flights) = self.flights.lock() {
+            flights.remove(hash);
+        }
+    }
+
     /// Drops failed flights and complete ones nobody reads whose path is
     /// in the local store or that lingered long enough; then, oldest first,
     /// complete unread ones until `room` more bytes fit.
