@@ -127,6 +127,11 @@ impl UpstreamCache {
         sends
     }
 
+    /// The bytes of NAR files sent so far, in all.
+    pub fn nar_sends_total(&self) -> u64 {
+        self.nar_sends().values().map(|(_, bytes)| bytes).sum()
+    }
+
     /// The bytes of the NAR files of cache `name`, in all.
     pub fn nar_bytes(&self, name: &str) -> u64 {
         let dir = self.root.join(name).join("nar");
