@@ -35,6 +35,7 @@ pub(crate) fn pull(m: Mode) -> Vec<Row> {
     for round in 0..m.pick(1, 3) {
         // Plain Nix, straight at the upstream: one alone, then four at once.
         let t = |h: &Host, tag: &str| substitute(h, &top, &url, &ca, &ukey, count, tag);
+        gc(&clients[..1]);
         plain_one.push(t(clients[0], &format!("plain1-{round}")));
         let sent = cache.nar_sends_total();
         let times = at_once(&clients, |h| t(h, &format!("plain4-{round}")));
@@ -45,6 +46,7 @@ pub(crate) fn pull(m: Mode) -> Vec<Row> {
         let nodes = pulling_nodes(&clients, &url, &ca, &ukey);
         let local = "http://127.0.0.1:12304";
         let t = |h: &Host, tag: &str| substitute(h, &top, local, &ca, &ukey, count, tag);
+        gc(&clients[..1]);
         one.push(t(clients[0], &format!("one-{round}")));
         drop(nodes);
         let nodes = pulling_nodes(&clients, &url, &ca, &ukey);
@@ -153,9 +155,9 @@ fn pulling_nodes(hosts: &[&Host], url: &str, ca: &str, key: &Key) -> Vec<Daemon>
     nodes
 }
 
-/// Seconds Nix 2.8's `nix-store -r top` took on `host` from `url`, its
-/// store garbage-collected before and its narinfo cache new; checks that
-/// the `count` paths arrived.
+/// Seconds Nix 2.8's `nix-store -r top` took on `host` from `url` (its
+/// store garbage-collected, see [`gc`]), its narinfo cache new; checks
+/// that the `count` paths arrived.
 fn substitute(
     host: &Host,
     top: &str,
@@ -181,8 +183,17 @@ fn substitute(
     t.real
 }
 
-/// `f` on every host at the same moment; what each returned.
+/// Garbage-collects the stores of `hosts`.
+fn gc(hosts: &[&Host]) {
+    for h in hosts {
+        h.run("nix-store --gc > /dev/null 2>&1");
+    }
+}
+
+/// `f` on every host at the same moment (their stores collected first);
+/// what each returned.
 fn at_once(hosts: &[&Host], f: impl Fn(&Host) -> f64 + Sync) -> Vec<f64> {
+    gc(hosts);
     thread::scope(|s| {
         let runs: Vec<_> = hosts.iter().map(|h| s.spawn(|| f(h))).collect();
         runs.into_iter()

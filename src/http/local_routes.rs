@@ -151,8 +151,9 @@ fn nar(app: &App, hash: &HashPart, nar_hash: Option<[u8; 32]>, incoming: &Incomi
     }
     let body = match incoming.head {
         true => None,
+        // No peer could start it: through the upstreams, if any.
         false => match app.upstream.nar(hash, sources, offset) {
-            None => return Reply::not_found(),
+            None => return pulled_nar(app, hash, nar_hash, incoming),
             body => body,
         },
     };
