@@ -228,6 +228,7 @@ mod tests {
                 19,
             ),
             (Message::Bye, 16),
+            (Message::Pulls { port: 12304 }, 18),
         ];
         for (message, len) in messages {
             let datagram = Datagram::V2 {
