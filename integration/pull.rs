@@ -56,9 +56,10 @@ fn pulling_node(
     host.spawn_peerix_with(&[], &env, &args)
 }
 
-/// Waits until the node on `host` knows `count` peers that pull.
+/// Waits until the node on `host` knows `count` peers that pull (a node
+/// says so with every hello, at least every 30 s).
 fn wait_pullers(host: &Host, count: usize) {
-    let known = support::wait_until(Duration::from_secs(10), || {
+    let known = support::wait_until(Duration::from_secs(40), || {
         let status = host.curl(&[&format!("{LOCAL}/status")]).text();
         status.matches("pulls from upstreams").count() == count
     });

@@ -297,6 +297,14 @@ impl UdpThread {
             NEW_PEER.log(log::Level::Info, || {
                 format!("peer {node:016x} at {from} is here")
             });
+            // A new peer learns at once that this node pulls, whether or
+            // not it heard its hellos.
+            if self.pulls && self.rate.allow(from.ip()) {
+                let pulls = Message::Pulls {
+                    port: self.outbox.port,
+                };
+                self.outbox.send(&self.outbox.v2(0, pulls), from);
+            }
         }
         match message {
             Message::Query { hash } => self.answer(Query {
