@@ -59,11 +59,12 @@ fn pulling_node(
 /// Waits until the node on `host` knows `count` peers that pull (a node
 /// says so with every hello, at least every 30 s).
 fn wait_pullers(host: &Host, count: usize) {
+    let mut status = String::new();
     let known = support::wait_until(Duration::from_secs(40), || {
-        let status = host.curl(&[&format!("{LOCAL}/status")]).text();
+        status = host.curl(&[&format!("{LOCAL}/status")]).text();
         status.matches("pulls from upstreams").count() == count
     });
-    assert!(known, "{} never heard {count} pulling peers", host.name);
+    assert!(known, "{} never heard {count} pulling peers:\n{status}", host.name);
 }
 
 /// Every path of `paths`' closures on `to` verifies and has the NAR hash it
