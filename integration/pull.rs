@@ -57,14 +57,18 @@ fn pulling_node(
 }
 
 /// Waits until the node on `host` knows `count` peers that pull (a node
-/// says so with every hello, at least every 30 s).
+/// says so with every hello, every 30 s, and to each new peer).
 fn wait_pullers(host: &Host, count: usize) {
     let mut status = String::new();
-    let known = support::wait_until(Duration::from_secs(40), || {
+    let known = support::wait_until(Duration::from_secs(70), || {
         status = host.curl(&[&format!("{LOCAL}/status")]).text();
         status.matches("pulls from upstreams").count() == count
     });
-    assert!(known, "{} never heard {count} pulling peers:\n{status}", host.name);
+    assert!(
+        known,
+        "{} never heard {count} pulling peers:\n{status}",
+        host.name
+    );
 }
 
 /// Every path of `paths`' closures on `to` verifies and has the NAR hash it
