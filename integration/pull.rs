@@ -56,19 +56,36 @@ fn pulling_node(
     host.spawn_peerix_with(&[], &env, &args)
 }
 
-/// Waits until the node on `host` knows `count` peers that pull (a node
-/// says so with every hello, every 30 s, and to each new peer).
-fn wait_pullers(host: &Host, count: usize) {
-    let mut status = String::new();
-    let known = support::wait_until(Duration::from_secs(70), || {
-        status = host.curl(&[&format!("{LOCAL}/status")]).text();
-        status.matches("pulls from upstreams").count() == count
-    });
-    assert!(
-        known,
-        "{} never heard {count} pulling peers:\n{status}",
-        host.name
-    );
+/// Waits until the node of each of `hosts` knows the others as peers that
+/// pull (a node says so with every hello, every 30 s, and to each new
+/// peer); on failure, what each node's discovery logged.
+fn wait_pullers(hosts: &[&Host], nodes: &[Daemon]) {
+    for host in hosts {
+        let mut status = String::new();
+        let known = support::wait_until(Duration::from_secs(70), || {
+            status = host.curl(&[&format!("{LOCAL}/status")]).text();
+            status.matches("pulls from upstreams").count() == hosts.len() - 1
+        });
+        if !known {
+            let logs: Vec<String> = (hosts.iter().zip(nodes))
+                .map(|(h, n)| {
+                    let log = n.log();
+                    let lines: Vec<&str> = (log.lines())
+                        .filter(|l| {
+                            l.contains("peer") || l.contains("discovery") || l.contains("panic")
+                        })
+                        .take(40)
+                        .collect();
+                    format!("--- {}:\n{}", h.name, lines.join("\n"))
+                })
+                .collect();
+            panic!(
+                "{} never heard the other pulling nodes:\n{status}\n{}",
+                host.name,
+                logs.join("\n")
+            );
+        }
+    }
 }
 
 /// Every path of `paths`' closures on `to` verifies and has the NAR hash it
@@ -174,9 +191,7 @@ fn four_nodes_at_once_fetch_each_upstream_nar_once() {
     let nodes: Vec<Daemon> = (hosts.iter())
         .map(|h| pulling_node(h, &cache, "SSL_CERT_FILE", &[&url], &ukey))
         .collect();
-    for h in &hosts {
-        wait_pullers(h, 3);
-    }
+    wait_pullers(&hosts, &nodes);
     let tops = [chain[0].as_str(), big.as_str()];
     let results: Vec<(String, bool, String)> = thread::scope(|s| {
         let runs: Vec<_> = (hosts.iter())
@@ -245,9 +260,7 @@ fn the_fetching_node_killed_half_way_leaves_every_other_client_complete() {
     let mut nodes: Vec<Daemon> = (hosts.iter())
         .map(|h| pulling_node(h, &cache, "SSL_CERT_FILE", &[&url], &ukey))
         .collect();
-    for h in &hosts {
-        wait_pullers(h, 2);
-    }
+    wait_pullers(&hosts, &nodes);
     let spooling = |h: &Host| {
         std::fs::read_dir(h.dir.join("state/spool"))
             .map(|d| d.count() > 0)
