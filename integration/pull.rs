@@ -244,6 +244,17 @@ fn four_nodes_at_once_fetch_each_upstream_nar_once() {
         assert_eq!(*whole, 1, "{file} was sent {whole} times:\n{}", cache.log());
     }
     assert!(sent <= total + total / 10, "{sent} bytes for {total}");
+    // Every path is in every store and nobody reads the spool files: they go.
+    let spooled = |h: &Host| {
+        std::fs::read_dir(h.dir.join("state/spool"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let emptied = support::wait_until(Duration::from_secs(20), || {
+        hosts.iter().all(|h| spooled(h) == 0)
+    });
+    let left: Vec<usize> = hosts.iter().map(|h| spooled(h)).collect();
+    assert!(emptied, "spool files left: {left:?}");
 }
 
 #[test]

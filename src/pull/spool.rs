@@ -45,6 +45,8 @@ const READER_STALL: Duration = Duration::from_secs(60);
 const DISK_MARGIN: u64 = 64 * 1024 * 1024;
 /// Bytes copied at a time.
 const CHUNK: usize = 256 * 1024;
+/// How often files nobody needs any more are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 static NO_ROOM: Throttle = Throttle::new();
 
@@ -55,11 +57,16 @@ pub struct Spool {
     /// `None` when the directory could not be made: every client streams
     /// directly.
     dir: Option<PathBuf>,
+    shared: Arc<Shared>,
+    next: AtomicU64,
+}
+
+/// What the spool and its sweeping thread share.
+struct Shared {
     capacity: u64,
     /// Whether the local store holds a path (its file may then go).
     in_store: Box<dyn Fn(&HashPart) -> bool + Send + Sync>,
     flights: Mutex<Bounded<HashPart, Arc<Flight>>>,
-    next: AtomicU64,
 }
 
 /// One download into a file of the spool.
@@ -111,11 +118,30 @@ impl Spool {
                 None
             }
         };
-        Spool {
-            dir,
+        let shared = Arc::new(Shared {
             capacity,
             in_store,
             flights: Mutex::new(Bounded::new(MAX_FLIGHTS)),
+        });
+        // Files go soon after their paths reach the store, not only when
+        // the next download starts.
+        let weak = Arc::downgrade(&shared);
+        let sweeper = std::thread::Builder::new()
+            .name("spool-sweep".into())
+            .stack_size(128 * 1024)
+            .spawn(move || loop {
+                std::thread::sleep(SWEEP_EVERY);
+                let Some(shared) = weak.upgrade() else { return };
+                if let Ok(mut flights) = shared.flights.lock() {
+                    shared.sweep(&mut flights, 0);
+                };
+            });
+        if let Err(e) = sweeper {
+            log::warn!("spool: cannot start its sweeping thread ({e}); files go as room is needed");
+        }
+        Spool {
+            dir,
+            shared,
             next: AtomicU64::new(0),
         }
     }
@@ -163,22 +189,23 @@ impl Spool {
         open: &Open,
     ) -> Result<Arc<Flight>, Option<String>> {
         let dir = self.dir.as_ref().ok_or(None)?;
-        let mut flights = self.flights.lock().map_err(|_| None)?;
+        let shared = &self.shared;
+        let mut flights = shared.flights.lock().map_err(|_| None)?;
         if let Some(f) = flights
             .get(hash)
             .filter(|f| f.nar_hash == nar_hash && !f.failed())
         {
             return Ok(f.clone());
         }
-        self.sweep(&mut flights, total);
+        shared.sweep(&mut flights, total);
         let (used, writing) = (flights.iter()).fold((0, 0), |(used, writing), (_, f)| {
             (used + f.total, writing + usize::from(f.writing()))
         });
-        if used + total > self.capacity {
+        if used + total > shared.capacity {
             return Err(Some(format!(
                 "full ({} of {} MiB in use)",
                 used >> 20,
-                self.capacity >> 20
+                shared.capacity >> 20
             )));
         }
         if writing >= MAX_WRITERS {
@@ -217,11 +244,13 @@ impl Spool {
     /// Forgets the flight of `hash`: its readers go on, new ones get a new
     /// download.
     pub fn forget(&self, hash: &HashPart) {
-        if let Ok(mut flights) = self.flights.lock() {
+        if let Ok(mut flights) = self.shared.flights.lock() {
             flights.remove(hash);
         }
     }
+}
 
+impl Shared {
     /// Drops failed flights and complete ones nobody reads whose path is
     /// in the local store or that lingered long enough; then, oldest first,
     /// complete unread ones until `room` more bytes fit.
@@ -555,13 +584,51 @@ mod tests {
         assert_eq!(out, small);
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
         drop(r);
-        spool.flights.lock().unwrap().remove(&hash('d'));
+        spool.forget(&hash('d'));
         // The writer thread lets go of it as it ends.
         let deadline = Instant::now() + Duration::from_secs(5);
         while fs::read_dir(&dir).unwrap().count() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_file_goes_once_nobody_reads_it_and_its_path_is_in_the_store() {
+        use std::sync::atomic::AtomicBool;
+        let dir = temp("store");
+        let stored = Arc::new(AtomicBool::new(false));
+        let seen = stored.clone();
+        let spool = Spool::new(
+            dir.clone(),
+            1 << 30,
+            Box::new(move |_| seen.load(Ordering::Relaxed)),
+        );
+        let data = vec![7u8; 20_000];
+        let open = source(data.clone(), None, Arc::new(AtomicU64::new(0)));
+        let mut r = spool
+            .read(&hash('f'), [5; 32], data.len() as u64, 0, open)
+            .unwrap();
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        drop(r);
+        std::thread::sleep(SWEEP_EVERY + Duration::from_secs(1));
+        assert_eq!(
+            fs::read_dir(&dir).unwrap().count(),
+            1,
+            "kept: not in the store yet"
+        );
+        stored.store(true, Ordering::Relaxed);
+        let deadline = Instant::now() + SWEEP_EVERY * 3;
+        while fs::read_dir(&dir).unwrap().count() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            fs::read_dir(&dir).unwrap().count(),
+            0,
+            "removed by the sweep"
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 }
