@@ -18,7 +18,8 @@
 //! spool directory), a client streams from the upstream directly, without
 //! sharing, never an error. A file is removed once nobody reads it and the
 //! path is in the local store, or after `LINGER` (peers that ask late still
-//! find it until then), or earlier when room is needed. Files left by an
+//! find it until then), or earlier when room is needed: a sweeping thread
+//! looks every `SWEEP_EVERY`, and every new download first. Files left by an
 //! earlier run (partial ones included) are removed at start.
 
 use std::fs::{self, File};
