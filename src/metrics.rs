@@ -1,7 +1,7 @@
 //! Counters of a running node, rendered in the Prometheus text format on
 //! `/metrics`: requests by route and status, narinfo hits and misses with
 //! the time discovery took, NAR bytes served from the store and fetched from
-//! peers. Counters only ever grow; they are plain atomics and one small map.
+//! peers, NAR replies aborted by their clients. Counters only ever grow; they are plain atomics and one small map.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -23,6 +23,7 @@ pub struct Metrics {
     latency_sum_us: AtomicU64,
     nar_bytes_store: AtomicU64,
     nar_bytes_peers: AtomicU64,
+    nar_aborted: AtomicU64,
 }
 
 /// Where the bytes of a NAR reply come from.
@@ -63,6 +64,12 @@ impl Metrics {
         counter.fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// A NAR reply whose client went away (or stopped reading) before its
+    /// end.
+    pub fn nar_aborted(&self) {
+        self.nar_aborted.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The Prometheus text exposition, with the number of known peers and
     /// of valid store paths.
     pub fn render(&self, peers: usize, store_paths: usize) -> String {
@@ -99,6 +106,12 @@ impl Metrics {
                 "counter",
                 "Narinfo requests of the local Nix that no peer answered.",
                 get(&self.misses),
+            ),
+            (
+                "nar_aborted_total",
+                "counter",
+                "NAR replies whose client went away or stopped reading before the end.",
+                get(&self.nar_aborted),
             ),
             ("peers", "gauge", "Peers heard from lately.", peers as u64),
             (
@@ -160,12 +173,14 @@ mod tests {
         m.lookup(true, Duration::from_micros(1500));
         m.lookup(false, Duration::from_secs(2));
         m.nar_bytes(NarSource::Store, 10);
+        m.nar_aborted();
         let text = m.render(3, 7);
         for line in [
             "peerix_http_requests_total{route=\"narinfo\",status=\"200\"} 2",
             "peerix_http_requests_total{route=\"nar\",status=\"404\"} 1",
             "peerix_narinfo_hits_total 1",
             "peerix_narinfo_misses_total 1",
+            "peerix_nar_aborted_total 1",
             "peerix_peers 3",
             "peerix_store_paths 7",
             "peerix_nar_bytes_total{source=\"store\"} 10",

@@ -1,8 +1,8 @@
 //! What a route answers, and how it is written to the client: status codes,
 //! bodies of known length (never chunked), `Range: bytes=N-` answered 206,
-//! HEAD without a body, and a connection cut when a streamed body fails
+//! HEAD without a body, a connection cut when a streamed body fails
 //! half-way (tiny_http, as patched in src/vendor, shuts the socket down
-//! when a response fails).
+//! when a response fails), and a connection closed after a refusal.
 
 use std::io::{self, Read};
 
@@ -77,10 +77,20 @@ fn header(name: &str, value: &str) -> Header {
     Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("ASCII header")
 }
 
+/// Whether a connection is closed after a reply with this status: a
+/// malformed or refused request (400, 403, 405, 413) says the client is not
+/// one of ours, or not allowed; it gets no further requests on this
+/// connection (a new one costs it a handshake and a place under the caps).
+/// A 404 is an ordinary miss.
+fn closes(status: u16) -> bool {
+    matches!(status, 400 | 403 | 405 | 413)
+}
+
 /// Writes `reply` to the client of `request`. A streamed body that fails
 /// half-way, or is stopped because the daemon stops, cuts the connection,
 /// so the client never takes a short body for a whole one, nor waits for
-/// bytes that will not come.
+/// bytes that will not come. The NAR bytes counted are those the socket
+/// took; a client that went away is counted as an aborted NAR.
 pub fn send(request: Request, reply: Reply, metrics: &Metrics, stop: &Receiver<()>) {
     let peer = request.remote_addr().copied();
     match reply {
@@ -92,7 +102,11 @@ pub fn send(request: Request, reply: Reply, metrics: &Metrics, stop: &Receiver<(
             let response = Response::from_string(body)
                 .with_status_code(StatusCode(status))
                 .with_header(header("Content-Type", content_type));
-            if let Err(e) = request.respond(response) {
+            let sent = match closes(status) {
+                true => request.respond_and_close(response),
+                false => request.respond(response),
+            };
+            if let Err(e) = sent {
                 log::debug!("reply to {peer:?}: {e}");
             }
         }
@@ -115,10 +129,6 @@ pub fn send(request: Request, reply: Reply, metrics: &Metrics, stop: &Receiver<(
                 }),
                 None => Box::new(io::empty()),
             };
-            // Counted as offered: a client that leaves early is not told apart.
-            if streamed {
-                metrics.nar_bytes(source, left);
-            }
             let mut headers = vec![
                 header("Content-Type", content_type),
                 header("Accept-Ranges", "bytes"),
@@ -134,12 +144,23 @@ pub fn send(request: Request, reply: Reply, metrics: &Metrics, stop: &Receiver<(
             let response =
                 Response::new(StatusCode(status), headers, body, Some(left as usize), None)
                     .with_chunked_threshold(usize::MAX);
-            // tiny_http reports a client that went away as success; a body
-            // that failed as an error. Either way the body (and a Nix child
-            // behind it) is dropped, and so killed, right here.
-            match request.respond(response) {
-                Ok(()) if streamed => log::debug!("sent {what} ({left} bytes) to {peer:?}"),
-                Ok(()) => {}
+            // Whatever happened, the body (and a Nix child behind it) is
+            // dropped, and so killed, right here.
+            let result = request.respond(response);
+            if !streamed {
+                return;
+            }
+            let sent = match &result {
+                Ok(sent) => *sent,
+                Err(e) => e.sent,
+            };
+            metrics.nar_bytes(source, sent);
+            match result {
+                Ok(_) => log::debug!("sent {what} ({left} bytes) to {peer:?}"),
+                Err(e) if !e.body_failed => {
+                    metrics.nar_aborted();
+                    log::debug!("{peer:?} left before the end of {what} ({left} bytes): {e}");
+                }
                 Err(e) => log::warn!("sending {what} to {peer:?} failed: {e}; connection cut"),
             }
         }
