@@ -278,3 +278,312 @@ fn a_stopped_nix_daemon_costs_a_404_in_bounded_time() {
         assert!(!stat.contains(") Z "), "zombie {pid}: {stat}");
     }
 }
+
+/// Runs `hostile.py body` from `from` against `addr`: sends `head` (with
+/// `\r\n` written as `\\r\\n`) and returns its line: the status line, then
+/// whether the server closed the connection, then how long that took.
+fn send_head(from: &Host, addr: &str, head: &str) -> String {
+    from.run(&format!("python3 {} body {addr} 12304 '{head}'", hostile()))
+        .trim()
+        .to_owned()
+}
+
+/// How long `host` waits for a 200 from `url`, with the extra curl `args`.
+fn timed_200(host: &Host, url: &str, args: &[&str]) -> Duration {
+    let start = Instant::now();
+    let mut all = vec!["--max-time", "5"];
+    all.extend(args);
+    all.push(url);
+    let got = host.curl(&all);
+    let took = start.elapsed();
+    assert_eq!(got.status, 200, "{url}: {got:?}");
+    took
+}
+
+/// A request with a body, or announcing one, is refused on the connection's
+/// thread and its connection closed at once: a claimed 1e15 bytes (which
+/// made tiny_http allocate that much and abort the daemon), 2^64 - 1 (a
+/// worker panicked), 2 MB that never come (a worker held 30 s per read),
+/// a chunked body, `Expect: 100-continue`; from a peer and from loopback.
+/// The node (with only 2 workers of each kind) stays the same process and
+/// serves peers and the local Nix right after each.
+#[test]
+fn a_request_with_a_body_is_refused_at_once_and_the_node_serves_on() {
+    let Some(net) = Net::new(2) else { return };
+    let (h1, h2) = (net.host(1), net.host(2));
+    let key = generate_key(h1, "h1-1");
+    let mut n1 = node(h1, &key, &[], &["--threads", "2"]);
+    let pid = n1.pid();
+    let peer = h1.addr4.to_string();
+    let claims = [
+        "GET /peer/nix-cache-info HTTP/1.1\\r\\nContent-Length: 1000000000000000\\r\\n\\r\\n",
+        "GET /peer/nix-cache-info HTTP/1.1\\r\\nContent-Length: 18446744073709551615\\r\\n\\r\\n",
+        "GET /peer/nix-cache-info HTTP/1.1\\r\\nContent-Length: 2000000\\r\\n\\r\\nabc",
+        "GET /nix-cache-info HTTP/1.1\\r\\nContent-Length: 99999999999999999999999\\r\\n\\r\\n",
+        "POST /peer/nix-cache-info HTTP/1.1\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n5\\r\\nhello\\r\\n0\\r\\n\\r\\n",
+        "GET /peer/nix-cache-info HTTP/1.1\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\nffffffffffffffff\\r\\n",
+        "PUT /peer/nix-cache-info HTTP/1.1\\r\\nExpect: 100-continue\\r\\nContent-Length: 2000000\\r\\n\\r\\n",
+        "GET /peer/nix-cache-info HTTP/1.1\\r\\nExpect: 100-continue\\r\\n\\r\\n",
+        "GET /peer/nix-cache-info HTTP/1.1\\r\\nContent-Length: -1\\r\\n\\r\\n",
+    ];
+    let (mut slowest_refusal, mut slowest_after) = (0f64, Duration::ZERO);
+    for round in 0..2 {
+        for (from, addr) in [(h2, peer.as_str()), (h1, "127.0.0.1")] {
+            for claim in claims {
+                let line = send_head(from, addr, claim);
+                let fields: Vec<&str> = line.split(" | ").collect();
+                assert!(
+                    fields[0].starts_with("HTTP/1.1 413") || fields[0].starts_with("HTTP/1.1 400"),
+                    "{claim} from {addr}: {line}\n{}",
+                    n1.log()
+                );
+                assert_eq!(fields[1], "closed", "{claim} from {addr}: {line}");
+                let took: f64 = fields[2].trim_end_matches(" s").parse().unwrap();
+                slowest_refusal = slowest_refusal.max(took);
+                assert!(took < 1.0, "{claim} from {addr}: {line}");
+                assert!(n1.try_wait().is_none(), "the node died: {}", n1.log());
+                // Peers and the local Nix are served right after.
+                let after = timed_200(h2, &format!("http://{peer}:12304/peer/nix-cache-info"), &[])
+                    .max(timed_200(h1, &format!("{LOCAL}/nix-cache-info"), &[]));
+                slowest_after = slowest_after.max(after);
+                assert!(
+                    after < Duration::from_secs(1),
+                    "round {round}, {claim}: {after:?}"
+                );
+            }
+        }
+    }
+    eprintln!(
+        "{} refusals: slowest {slowest_refusal:.3} s to the reply and the end of the connection; \
+         slowest request after one {slowest_after:?}",
+        claims.len() * 4
+    );
+    assert_eq!(n1.pid(), pid);
+    assert!(n1.try_wait().is_none(), "the node died: {}", n1.log());
+    let log = n1.log();
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(!log.contains("memory allocation"), "{log}");
+}
+
+/// A request answered 400, 403, 405 or 413 has its connection closed after
+/// the reply, even without `Connection: close`, so a stranger must open a
+/// new connection (and take a place under the caps) for each; a request
+/// pipelined behind it is not answered. A 404 keeps the connection open.
+#[test]
+fn a_refused_request_closes_its_connection() {
+    let Some(net) = Net::new(2) else { return };
+    let (h1, h2) = (net.host(1), net.host(2));
+    let key_file = net.dir.join("network.key");
+    std::fs::write(&key_file, "a secret of the network").unwrap();
+    std::process::Command::new("chmod")
+        .arg("600")
+        .arg(&key_file)
+        .status()
+        .unwrap();
+    let key = generate_key(h1, "h1-1");
+    let n1 = node(
+        h1,
+        &key,
+        &[],
+        &["--network-key-file", key_file.to_str().unwrap()],
+    );
+    let peer = h1.addr4.to_string();
+    let behind = "GET /nix-cache-info HTTP/1.1\\r\\n\\r\\n";
+    for (head, status) in [
+        // No key: 403.
+        ("GET /peer/nix-cache-info HTTP/1.1\\r\\n\\r\\n", "403"),
+        // A method other than GET and HEAD: 405.
+        ("DELETE /peer/nix-cache-info HTTP/1.1\\r\\n\\r\\n", "405"),
+        // A malformed head: 400.
+        (
+            "GET /peer/nix-cache-info HTTP/1.1\\r\\nno colon here\\r\\n\\r\\n",
+            "400",
+        ),
+        // A body: 413.
+        (
+            "GET /peer/nix-cache-info HTTP/1.1\\r\\nContent-Length: 5\\r\\n\\r\\nhello",
+            "413",
+        ),
+    ] {
+        let line = send_head(h2, &peer, &format!("{head}{behind}"));
+        let fields: Vec<&str> = line.split(" | ").collect();
+        assert!(fields[0].contains(status), "{head}: {line}\n{}", n1.log());
+        assert_eq!(fields[1], "closed", "{head}: {line}");
+        assert!(
+            fields[2].trim_end_matches(" s").parse::<f64>().unwrap() < 1.0,
+            "{line}"
+        );
+    }
+    // The local routes from a stranger: 403, closed too.
+    let line = send_head(h2, &peer, "GET /nix-cache-info HTTP/1.1\\r\\n\\r\\n");
+    assert!(
+        line.contains("403") && line.contains("| closed |"),
+        "{line}"
+    );
+    // A miss of the local Nix keeps its connection.
+    let line = send_head(
+        h1,
+        "127.0.0.1",
+        &format!("GET /{}.narinfo HTTP/1.1\\r\\n\\r\\n", "1".repeat(32)),
+    );
+    assert!(line.contains("404") && line.contains("| open |"), "{line}");
+}
+
+/// One source holding 300 connections (each re-sending a request head
+/// every 2 s, which is answered, so the connections stay) gets its share
+/// (32); ten sources holding 300 fill the peers' 256 places, and each new
+/// connection closes the idlest. Then, with the network key set, ten
+/// sources holding 300 idle connections. Meanwhile a peer on another host
+/// is answered within a second, every time.
+#[test]
+fn one_stranger_cannot_hold_every_peer_slot() {
+    let Some(net) = Net::new(3) else { return };
+    let (h1, h2, h3) = (net.host(1), net.host(2), net.host(3));
+    let secret = "a secret of the network";
+    let key_file = net.dir.join("network.key");
+    std::fs::write(&key_file, secret).unwrap();
+    std::process::Command::new("chmod")
+        .arg("600")
+        .arg(&key_file)
+        .status()
+        .unwrap();
+    let network_key = peerix::auth::NetworkKey::new(secret.as_bytes()).unwrap();
+    let key = generate_key(h1, "h1-1");
+    let target = h1.addr4.to_string();
+    let url = format!("http://{target}:12304/peer/nix-cache-info");
+    // More addresses for h3: ten sources in all.
+    let octets = h3.addr4.octets();
+    let mut sources = vec![h3.addr4.to_string()];
+    for i in 0..9 {
+        let extra = format!("{}.{}.{}.{}", octets[0], octets[1], octets[2], 200 + i);
+        h3.run(&format!("ip addr add {extra}/24 dev eth0"));
+        sources.push(extra);
+    }
+    let (one, ten) = (sources[0].clone(), sources.join(","));
+    let mut n1 = node(h1, &key, &[], &[]);
+    let mut logs = String::new();
+    for (label, from, every, keyed) in [
+        ("one source re-sending heads", &one, "2", false),
+        ("ten sources re-sending heads", &ten, "2", false),
+        ("ten sources idle, network key set", &ten, "0", true),
+    ] {
+        if keyed {
+            logs += &n1.log();
+            n1.kill();
+            n1 = node(
+                h1,
+                &key,
+                &[],
+                &["--network-key-file", key_file.to_str().unwrap()],
+            );
+        }
+        // The legitimate peer's request (with a fresh authorization each
+        // time when the key is set).
+        let legit = || {
+            let auth = format!(
+                "Authorization: {}",
+                network_key.authorization("GET", "/peer/nix-cache-info")
+            );
+            let args: &[&str] = if keyed { &["-H", &auth] } else { &[] };
+            timed_200(h2, &url, args)
+        };
+        let mut stranger = h3.spawn_daemon(
+            h3.cmd(
+                "python3",
+                &[
+                    &hostile(),
+                    "hold",
+                    &target,
+                    "12304",
+                    "300",
+                    "10",
+                    every,
+                    from,
+                ],
+            ),
+            "stranger",
+        );
+        assert!(
+            support::wait_until(Duration::from_secs(20), || stranger
+                .log()
+                .contains("opened")),
+            "{}",
+            stranger.log()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        let mut slowest = Duration::ZERO;
+        for _ in 0..8 {
+            slowest = slowest.max(legit());
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        assert!(support::wait_until(Duration::from_secs(30), || stranger
+            .try_wait()
+            .is_some()));
+        let out = stranger.log();
+        eprintln!(
+            "{label}: {}; the other peer was answered in {slowest:?} at most",
+            out.lines().last().unwrap_or_default()
+        );
+        assert!(
+            slowest < Duration::from_secs(1),
+            "{label}: {slowest:?}\n{}",
+            n1.log()
+        );
+        let closed: usize = out
+            .split_whitespace()
+            .last()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(0);
+        match label {
+            // Beyond its share, every connection of one source is closed.
+            "one source re-sending heads" => assert!(closed >= 300 - 32, "{out}"),
+            // Ten sources have room for 320: at least the 44 beyond 256
+            // were closed to make room.
+            _ => assert!(closed >= 300 - 256, "{out}"),
+        }
+    }
+    let log = logs + &n1.log();
+    assert!(log.contains("refused one more"), "{log}");
+    assert!(log.contains("closed the idlest"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// A client that goes away half-way through a NAR is counted as an aborted
+/// NAR on /metrics, and the bytes counted are those sent, not those offered.
+#[test]
+fn a_nar_its_client_left_is_counted_as_aborted() {
+    let Some(net) = Net::new(2) else { return };
+    let (h1, h2) = (net.host(1), net.host(2));
+    let key = generate_key(h1, "h1-1");
+    let big = support::build_random(h1, &net.prefix, 64 << 20);
+    let n1 = node(h1, &key, &[], &[]);
+    let url = format!("http://{}:12304/peer/nar/{}.nar", h1.addr4, hash_of(&big));
+    // Reads a little, slowly, and leaves.
+    let got = h2.curl(&["--limit-rate", "1M", "--max-time", "2", &url]);
+    assert_eq!(got.status, 200);
+    assert_eq!(got.exit, 28, "curl should have timed out: {got:?}");
+    let metrics = || h1.curl(&[&format!("{LOCAL}/metrics")]).text();
+    let value = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap_or(0)))
+            .unwrap_or(0)
+    };
+    assert!(
+        support::wait_until(Duration::from_secs(10), || value(
+            &metrics(),
+            "peerix_nar_aborted_total "
+        ) == 1),
+        "{}\n{}",
+        metrics(),
+        n1.log()
+    );
+    let text = metrics();
+    let sent = value(&text, "peerix_nar_bytes_total{source=\"store\"} ");
+    eprintln!(
+        "an aborted 64 MiB NAR: {sent} bytes counted as sent; curl got {}",
+        got.body.len()
+    );
+    assert!(sent >= got.body.len() as u64, "{text}");
+    assert!(sent < 32 << 20, "{text}");
+    assert!(n1.log().contains("left before the end"), "{}", n1.log());
+}
