@@ -559,7 +559,7 @@ fn a_nar_its_client_left_is_counted_as_aborted() {
     let n1 = node(h1, &key, &[], &[]);
     let url = format!("http://{}:12304/peer/nar/{}.nar", h1.addr4, hash_of(&big));
     // Reads a little, slowly, and leaves.
-    let got = h2.curl(&["--limit-rate", "1M", "--max-time", "2", &url]);
+    let got = h2.curl(&["--limit-rate", "200K", "--max-time", "2", &url]);
     assert_eq!(got.status, 200);
     assert_eq!(got.exit, 28, "curl should have timed out: {got:?}");
     let metrics = || h1.curl(&[&format!("{LOCAL}/metrics")]).text();

@@ -37,7 +37,7 @@ const fn refuse(status: u16, why: &'static str) -> Refusal {
 /// Parses the bytes of a request head: the request line and the header
 /// lines, each ended by CRLF, and the empty line that ends the head (which
 /// may be left out). Refuses what is malformed (400), a version other than
-/// HTTP/1.0 or 1.1 (505), a head that announces a body (413: this server
+/// HTTP/1.0 or 1.1 (400), a head that announces a body (413: this server
 /// takes none; 400 for a `Content-Length` that is not a number) and an
 /// expectation it cannot meet (417).
 pub fn parse_head(bytes: &[u8]) -> Result<Head, Refusal> {
@@ -47,7 +47,18 @@ pub fn parse_head(bytes: &[u8]) -> Result<Head, Refusal> {
         .ok_or(refuse(400, "the request head is not ASCII"))?;
     let text = text.strip_suffix("\r\n\r\n").unwrap_or(text);
     let mut lines = text.split("\r\n");
+    // No control characters but the tab (in header values): a lone CR or
+    // LF is where parsers disagree on where a line ends.
+    if lines
+        .clone()
+        .any(|line| line.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f))
+    {
+        return Err(refuse(400, "control characters in the request head"));
+    }
     let request_line = lines.next().unwrap_or_default();
+    if request_line.contains('\t') {
+        return Err(refuse(400, "malformed request line"));
+    }
     let mut parts = request_line.split(' ');
     let (Some(method), Some(path), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -63,8 +74,8 @@ pub fn parse_head(bytes: &[u8]) -> Result<Head, Refusal> {
     let version = match version {
         "HTTP/1.1" => HTTPVersion(1, 1),
         "HTTP/1.0" => HTTPVersion(1, 0),
-        v if v.starts_with("HTTP/") => return Err(refuse(505, "only HTTP/1.0 and 1.1")),
-        _ => return Err(refuse(400, "malformed request line")),
+        // 400, not 505: bad input never gets a 5xx.
+        _ => return Err(refuse(400, "only HTTP/1.0 and 1.1")),
     };
     let headers = lines
         .map(|line| Header::from_str(line.trim()).map_err(|_| refuse(400, "malformed header")))
@@ -212,11 +223,15 @@ mod tests {
             "GET / HTTP/1.1\r\nX: a\r\n\r\nY: b\r\n\r\n",
             "GET / HTTQ/1.1\r\n\r\n",
             "GET / HTTP/1.1\r\nX: \u{e9}\r\n\r\n",
+            "GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",
+            "GET / HTTP/1.1\nX: a\r\n\r\n",
+            "GET /\0 HTTP/1.1\r\n\r\n",
+            "GET /a\tb HTTP/1.1\r\n\r\n",
         ] {
             assert_eq!(status(head), Err(400), "{head:?}");
         }
-        assert_eq!(status("GET / HTTP/2.0\r\n\r\n"), Err(505));
-        assert_eq!(status("GET / HTTP/0.9\r\n\r\n"), Err(505));
+        assert_eq!(status("GET / HTTP/2.0\r\n\r\n"), Err(400));
+        assert_eq!(status("GET / HTTP/0.9\r\n\r\n"), Err(400));
     }
 
     #[test]
