@@ -7,7 +7,12 @@
 //! node; a node at 64 open files under 200 connections that ask for NARs
 //! and never read (out of descriptors, it waits and serves again); a
 //! stopped nix-daemon, which costs a request a 404 in bounded time and
-//! leaves no `nix-store` behind.
+//! leaves no `nix-store` behind; requests announcing bodies (claims of
+//! 1e15 and 2^64 - 1 bytes, bodies that never come, chunked, `Expect:
+//! 100-continue`), refused at once with the node serving on; connections
+//! closed after a refusal; one or ten sources holding 300 connections
+//! while another peer is served; a NAR its client left, counted as
+//! aborted.
 
 mod support;
 
@@ -288,6 +293,14 @@ fn send_head(from: &Host, addr: &str, head: &str) -> String {
         .to_owned()
 }
 
+/// A network key file (mode 0600) holding `secret`, in `net`'s directory.
+fn network_key_file(net: &Net, secret: &str) -> std::path::PathBuf {
+    let file = net.dir.join("network.key");
+    std::fs::write(&file, secret).unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    file
+}
+
 /// How long `host` waits for a 200 from `url`, with the extra curl `args`.
 fn timed_200(host: &Host, url: &str, args: &[&str]) -> Duration {
     let start = Instant::now();
@@ -373,13 +386,7 @@ fn a_request_with_a_body_is_refused_at_once_and_the_node_serves_on() {
 fn a_refused_request_closes_its_connection() {
     let Some(net) = Net::new(2) else { return };
     let (h1, h2) = (net.host(1), net.host(2));
-    let key_file = net.dir.join("network.key");
-    std::fs::write(&key_file, "a secret of the network").unwrap();
-    std::process::Command::new("chmod")
-        .arg("600")
-        .arg(&key_file)
-        .status()
-        .unwrap();
+    let key_file = network_key_file(&net, "a secret of the network");
     let key = generate_key(h1, "h1-1");
     let n1 = node(
         h1,
@@ -440,13 +447,7 @@ fn one_stranger_cannot_hold_every_peer_slot() {
     let Some(net) = Net::new(3) else { return };
     let (h1, h2, h3) = (net.host(1), net.host(2), net.host(3));
     let secret = "a secret of the network";
-    let key_file = net.dir.join("network.key");
-    std::fs::write(&key_file, secret).unwrap();
-    std::process::Command::new("chmod")
-        .arg("600")
-        .arg(&key_file)
-        .status()
-        .unwrap();
+    let key_file = network_key_file(&net, secret);
     let network_key = peerix::auth::NetworkKey::new(secret.as_bytes()).unwrap();
     let key = generate_key(h1, "h1-1");
     let target = h1.addr4.to_string();
