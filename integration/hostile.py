@@ -22,6 +22,9 @@ count, against one address of a test host, and prints what it did.
         With EVERY > 0, each connection sends a request head every EVERY
         seconds (reading nothing back); SOURCES, a comma-separated list of
         local addresses, spreads the connections over them
+    hostile.py leave ADDR PORT PATH BYTES
+        GETs PATH with a small receive buffer, reads BYTES of the reply and
+        closes the connection; prints how many bytes it read
     hostile.py body ADDR PORT HEAD
         sends HEAD (with \r\n written as the two characters \\r\\n)
         and prints the status line received, whether the server then closed
@@ -215,6 +218,22 @@ def hold(addr, port, count, seconds, every=0.0, sources=""):
     print("opened %d closed-by-server %d" % (closed + len(socks), closed), flush=True)
 
 
+def leave(addr, port, path, count):
+    c = socket.socket(family(addr), socket.SOCK_STREAM)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    c.settimeout(10)
+    c.connect((addr, port))
+    c.sendall(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path).encode())
+    got = 0
+    while got < count:
+        data = c.recv(min(65536, count - got))
+        if not data:
+            break
+        got += len(data)
+    c.close()
+    print("read %d" % got, flush=True)
+
+
 def body(addr, port, head):
     head = head.replace("\\r\\n", "\r\n").encode("latin-1")
     start = time.time()
@@ -295,6 +314,8 @@ if __name__ == "__main__":
     elif cmd == "hold":
         hold(args[0], int(args[1]), int(args[2]), float(args[3]),
              float(args[4]) if len(args) > 4 else 0.0, args[5] if len(args) > 5 else "")
+    elif cmd == "leave":
+        leave(args[0], int(args[1]), args[2], int(args[3]))
     elif cmd == "body":
         body(args[0], int(args[1]), args[2])
     elif cmd == "spoof":
