@@ -581,21 +581,37 @@ fn path_of(request: &Request) -> &str {
     url.split('?').next().unwrap_or_default()
 }
 
+thread_local! {
+    /// Whether this thread runs under `supervise`, which logs its panics.
+    static SUPERVISED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The last panic of this supervised thread: where and what.
+    static LAST_PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
 /// Runs `work` until it returns. When it panics, which no input should
-/// make it do, that is logged (at most a line a second) and it runs again:
-/// a worker that panics is replaced, and the connection of the request it
-/// was answering is cut (tiny_http cuts a request dropped unanswered).
+/// make it do, that is logged once (one line, where and what, at most a
+/// line a second: the default panic hook, which would print every one, is
+/// bypassed on supervised threads) and it runs again: a worker that panics
+/// is replaced, and the connection of the request it was answering is cut
+/// (tiny_http cuts a request dropped unanswered).
 fn supervise(name: &str, mut work: impl FnMut()) {
-    while let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut work)) {
-        let what = (panic.downcast_ref::<&str>().copied())
-            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-            .unwrap_or("a panic");
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| match SUPERVISED.with(|s| s.get()) {
+            true => LAST_PANIC.with(|p| *p.borrow_mut() = Some(info.to_string())),
+            false => default(info),
+        }));
+    });
+    SUPERVISED.with(|s| s.set(true));
+    while std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut work)).is_err() {
+        let what = LAST_PANIC.with(|p| p.borrow_mut().take());
+        let what = what.as_deref().unwrap_or("panicked").replace('\n', " ");
         PANICKED.log(log::Level::Error, || {
-            format!(
-                "http: {name} panicked ({what}); its request's connection was cut, and it goes on"
-            )
+            format!("http: {name} {what}; its request's connection was cut, and it goes on")
         });
     }
+    SUPERVISED.with(|s| s.set(false));
 }
 
 /// A worker thread: answers requests until the daemon stops.
@@ -665,6 +681,8 @@ mod tests {
             }
         });
         assert_eq!(runs, 4);
+        // Told by `supervise`, not by the default hook.
+        assert_eq!(LAST_PANIC.with(|p| p.borrow().clone()), None);
     }
 
     #[test]
