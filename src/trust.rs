@@ -76,6 +76,11 @@ impl Trust {
         trust
     }
 
+    /// The names of the keys accepted.
+    pub fn key_names(&self) -> Vec<String> {
+        self.keys.iter().map(|k| k.name().to_owned()).collect()
+    }
+
     /// True when this narinfo carries a valid signature by a trusted key.
     pub fn accepts(&self, narinfo: &NarInfo) -> bool {
         narinfo.signed_by_any(&self.keys)

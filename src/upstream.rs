@@ -22,6 +22,7 @@ use crate::discovery::{Discovery, Found};
 use crate::narinfo::{HashPart, NarInfo};
 use crate::nix32;
 use crate::peer_client::PeerClient;
+use crate::transfers::Transfer;
 use crate::trust::Trust;
 
 /// The longest a narinfo fetch from one peer may take. A narinfo request
@@ -127,12 +128,13 @@ impl Upstream {
     /// The NAR of `hash` (with the NarHash of `sources`) from byte `offset`
     /// on, from the first of `sources` that serves it, failing over to the
     /// others (and then to peers found anew) mid-stream; `None` when none
-    /// can start it.
+    /// can start it. Its progress goes to `transfer`.
     pub fn nar(
         self: &Arc<Self>,
         hash: &HashPart,
         sources: Vec<Source>,
         offset: u64,
+        transfer: Transfer,
     ) -> Option<Box<dyn Read + Send>> {
         let first = sources.first()?;
         let mut nar = FailoverNar {
@@ -145,6 +147,7 @@ impl Upstream {
             left: sources.into(),
             tried: Vec::new(),
             searched: false,
+            transfer,
         };
         match nar.open_next() {
             Ok(opened) => {
@@ -261,6 +264,7 @@ struct FailoverNar {
     tried: Vec<SocketAddr>,
     /// Whether peers were asked anew once the known sources ran out.
     searched: bool,
+    transfer: Transfer,
 }
 
 impl FailoverNar {
@@ -290,7 +294,10 @@ impl FailoverNar {
                 .client
                 .nar(&source.found, &source.info, self.pos)
             {
-                Ok(body) => return Ok((addr, body)),
+                Ok(body) => {
+                    self.transfer.from_peer(addr);
+                    return Ok((addr, body));
+                }
                 Err(e) => log::warn!("{}: NAR from {addr}: {e}; trying the next peer", self.hash),
             }
         }
@@ -323,6 +330,7 @@ impl Read for FailoverNar {
                 Ok(0) => "it ended early".to_string(),
                 Ok(n) => {
                     self.pos += n as u64;
+                    self.transfer.add(n);
                     return Ok(n);
                 }
                 Err(e) => e.to_string(),

@@ -31,6 +31,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use crate::auth::NetworkKey;
 use crate::narinfo::HashPart;
 use crate::store::Store;
+pub use peers::PeerInfo;
 use peers::PeerTable;
 use rate::RateLimit;
 use targets::SharedTargets;
@@ -239,7 +240,7 @@ enum Command {
         sent: Instant,
         deadline: Instant,
     },
-    Status(Sender<Vec<String>>),
+    Status(Sender<Vec<PeerInfo>>),
     Stop,
 }
 
@@ -416,8 +417,8 @@ impl Discovery {
         self.timeout
     }
 
-    /// One line per known peer.
-    pub fn peers(&self) -> Vec<String> {
+    /// What is known of every peer.
+    pub fn peers(&self) -> Vec<PeerInfo> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let wait = Duration::from_secs(1);
         if self

@@ -17,6 +17,7 @@
 mod local_routes;
 mod peer_routes;
 mod reply;
+pub mod status;
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -45,9 +46,13 @@ pub struct App {
     pub discovery: Arc<Discovery>,
     /// The peers, as the local Nix's upstream.
     pub upstream: Arc<Upstream>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// When set, requests for the peer routes must be authenticated.
     pub network_key: Option<Arc<NetworkKey>>,
+    /// The port peers use, for status.
+    pub port: u16,
+    /// What the node was started with, for status.
+    pub about: status::About,
 }
 
 /// Who a request comes from: the one place where loopback is told apart.
@@ -76,6 +81,8 @@ pub struct Incoming<'a> {
     pub from: Client,
     /// Where the body should start: the `N` of `Range: bytes=N-`.
     pub range: Option<u64>,
+    /// True when the client prefers JSON (`Accept: application/json`).
+    pub json: bool,
 }
 
 /// What one connection may take (tiny_http as patched in src/vendor): an
@@ -419,6 +426,7 @@ fn answer(app: &App, job: Job, stop: &Receiver<()>) {
         head: request.method() == &Method::Head,
         from: job.from,
         range: reply::range(&request),
+        json: reply::accepts_json(&request),
     };
     let reply = peer_routes::route(app, &incoming)
         .or_else(|| local_routes::route(app, &incoming))
@@ -437,7 +445,8 @@ fn answer(app: &App, job: Job, stop: &Receiver<()>) {
 fn route_name(path: &str) -> &'static str {
     match path {
         "/nix-cache-info" => "cache_info",
-        "/status" => "status",
+        "/status" | "/status.json" => "status",
+        "/" => "dashboard",
         "/metrics" => "metrics",
         "/peer/nix-cache-info" => "peer_cache_info",
         p if p.starts_with("/peer/nar/") => "peer_nar",

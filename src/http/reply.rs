@@ -9,7 +9,7 @@ use std::io::{self, Read};
 use crossbeam_channel::{Receiver, TryRecvError};
 use tiny_http::{Header, Request, Response, StatusCode};
 
-use crate::metrics::{Metrics, NarSource};
+use crate::metrics::{Direction, Metrics, NarSource};
 
 pub enum Reply {
     /// A short text body.
@@ -72,6 +72,13 @@ pub fn range(request: &Request) -> Option<u64> {
     }
 }
 
+/// True when the `Accept` header names `application/json`.
+pub fn accepts_json(request: &Request) -> bool {
+    (request.headers().iter())
+        .filter(|h| h.field.equiv("Accept"))
+        .any(|h| h.value.as_str().contains("application/json"))
+}
+
 fn header(name: &str, value: &str) -> Header {
     // Names and values here are our own ASCII constants and numbers.
     Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("ASCII header")
@@ -118,6 +125,9 @@ pub fn send(request: Request, reply: Reply, metrics: &Metrics, stop: &Receiver<(
             // Counted as offered: a client that leaves early is not told apart.
             if streamed {
                 metrics.nar_bytes(source, left);
+                if let (NarSource::Store, Some(peer)) = (source, peer) {
+                    metrics.peer_bytes(peer.ip(), Direction::Sent, left);
+                }
             }
             let mut headers = vec![
                 header("Content-Type", content_type),
