@@ -18,7 +18,7 @@ use crate::metrics::{Direction, Metrics};
 const LISTED: usize = 64;
 
 /// Bytes from one peer are passed to its counters at least this often.
-const FLUSH_EVERY: u64 = 1 << 20;
+const FLUSH_EVERY: u64 = 256 * 1024;
 
 /// The streams in flight.
 #[derive(Default)]
@@ -153,12 +153,12 @@ mod tests {
         );
         let mut t = Transfer::start(&metrics, "x-hello".into(), 3 << 20, 0);
         t.from_peer(a);
-        t.add(2 << 20);
+        t.add(1 << 20);
         let (listed, running) = metrics.transfers.snapshot();
         assert_eq!((listed.len(), running), (1, 1));
-        assert_eq!(listed[0].bytes(), 2 << 20);
+        assert_eq!(listed[0].bytes(), 1 << 20);
         assert_eq!(listed[0].peer(), Some(a));
-        assert_eq!(metrics.peer_totals(a.ip()), (0, 2 << 20));
+        assert_eq!(metrics.peer_totals(a.ip()), (0, 1 << 20));
         // B takes over; its bytes are passed on when the stream ends.
         t.from_peer(b);
         t.add(1000);
