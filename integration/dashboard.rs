@@ -371,6 +371,31 @@ fn grafana_queries_only_exported_series(metrics: &str) {
 }
 
 #[test]
+fn status_warns_of_what_is_unwise() {
+    let Some(net) = Net::new(1) else { return };
+    let h1 = net.host(1);
+    // Nix trusting no key, a key others can read, no peer to ask.
+    h1.add_nix_conf("trusted-public-keys =");
+    let key = generate_key(h1, "h1-1");
+    h1.run(&format!("chmod 640 {}", key.secret.display()));
+    let n1 = node(h1, &key, &[], &["--no-broadcast"]);
+    let warnings = eval_json(&status_json(h1), &["f['warnings']"]).remove(0);
+    for expected in [
+        "can be read by others (mode 640): chmod 600 it",
+        "--no-broadcast and no --extra-host: no peer is ever asked",
+        "no trusted keys",
+    ] {
+        assert!(warnings.contains(expected), "{expected:?} in {warnings}");
+    }
+    // Set up well, it warns of nothing.
+    drop(n1);
+    h1.run(&format!("chmod 600 {}", key.secret.display()));
+    let extra = ["--no-broadcast", "--extra-host", "127.0.0.1"];
+    let _n1 = node(h1, &key, &[&key], &extra);
+    assert_eq!(eval_json(&status_json(h1), &["f['warnings']"]), ["[]"]);
+}
+
+#[test]
 fn version_prints_the_version_and_the_commit() {
     let out = Command::new(env!("CARGO_BIN_EXE_peerix"))
         .arg("--version")
