@@ -92,6 +92,7 @@ fn main() -> ExitCode {
         )),
         network_key,
         metrics: Arc::new(metrics::Metrics::default()),
+        range_skips: http::range_skips(),
         port: config.port,
         about,
     });

@@ -34,7 +34,8 @@ pub struct Progress {
     /// The store path's basename (`<hash>-<name>`).
     pub path: String,
     pub nar_size: u64,
-    /// The byte it started from (a resumed download).
+    /// The byte Nix asked from (a resumed download); the NAR is read from
+    /// its first byte anyway, to check it against its NarHash.
     pub offset: u64,
     pub started: Instant,
     bytes: AtomicU64,
@@ -42,7 +43,7 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// Bytes streamed so far (after `offset`).
+    /// Bytes of the NAR received so far, from its first byte.
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }

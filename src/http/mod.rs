@@ -22,7 +22,7 @@ pub mod status;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -34,6 +34,7 @@ use crate::discovery::Discovery;
 use crate::keys::SigningKey;
 use crate::logs::Throttle;
 use crate::metrics::Metrics;
+use crate::rate::RateLimit;
 use crate::store::Store;
 use crate::upstream::Upstream;
 use reply::Reply;
@@ -53,6 +54,19 @@ pub struct App {
     pub port: u16,
     /// What the node was started with, for status.
     pub about: status::About,
+    /// The bytes each source's `Range` requests may make Nix's serializer
+    /// read and drop (see `range_skips`).
+    pub range_skips: Mutex<RateLimit>,
+}
+
+/// What peers' `Range` requests may cost: each source may have this node
+/// read and drop 256 MiB a second of NAR bytes before the asked start, 2
+/// GiB at once (a peer of ours resumes a broken NAR once). Past that, 503:
+/// a stranger asking for the last byte of the largest NAR over and over
+/// costs whole reads of it.
+pub fn range_skips() -> Mutex<RateLimit> {
+    const MIB: f64 = 1024.0 * 1024.0;
+    Mutex::new(RateLimit::with_burst(256.0 * MIB, 2048.0 * MIB))
 }
 
 /// Who a request comes from: the one place where loopback is told apart.
@@ -81,6 +95,8 @@ pub struct Incoming<'a> {
     pub from: Client,
     /// Where the body should start: the `N` of `Range: bytes=N-`.
     pub range: Option<u64>,
+    /// The client's address.
+    pub peer: Option<IpAddr>,
     /// True when the client prefers JSON (`Accept: application/json`).
     pub json: bool,
 }
@@ -426,6 +442,7 @@ fn answer(app: &App, job: Job, stop: &Receiver<()>) {
         head: request.method() == &Method::Head,
         from: job.from,
         range: reply::range(&request),
+        peer: request.remote_addr().map(|a| a.ip()),
         json: reply::accepts_json(&request),
     };
     let reply = peer_routes::route(app, &incoming)
