@@ -146,9 +146,10 @@ fn status_dashboard_and_grafana_show_two_peers_and_what_came_from_them() {
     assert_eq!(transfer[4], "1");
 
     // The page in a browser, with the transfer in flight.
-    let browser = chromium(h3);
+    let browser = chromium(h3, &["--dump-dom"]);
+    let png = screenshot(h3);
     let still_in_flight = status_json(h3).contains(&big_name);
-    if let Some((dom, _)) = &browser {
+    if let Some(dom) = &browser {
         for id in &ids {
             assert!(
                 dom.contains(&format!("data-node=\"{id}\"")),
@@ -265,16 +266,33 @@ fn status_dashboard_and_grafana_show_two_peers_and_what_came_from_them() {
     }
 
     grafana_queries_only_exported_series(&h3.curl(&[&format!("{LOCAL}/metrics")]).text());
+
+    // The page once every NAR is in shows the numbers of /status.json.
+    if let Some(dom) = chromium(h3, &["--dump-dom"]) {
+        let total = (from_h1 + from_h2).to_string();
+        for id in ["saved-total", "saved-hour"] {
+            assert_eq!(data_value(&dom, id), Some(total.as_str()), "{id}: {dom}");
+        }
+        let hits = format!("{paths}/0");
+        assert_eq!(data_value(&dom, "hits"), Some(hits.as_str()), "{dom}");
+        assert_eq!(data_value(&dom, "peer-count"), Some("2"), "{dom}");
+        for bytes in [from_h1, from_h2] {
+            let cell = format!("<td class=\"n\" data-value=\"{bytes}\">");
+            assert!(dom.contains(&cell), "{cell} in {dom}");
+        }
+        assert!(!dom.contains(&big_name), "a transfer left in {dom}");
+    }
     drop(n3);
-    if let Some((_, png)) = browser {
+    if let Some(png) = png {
         eprintln!("dashboard screenshot: {}", png.display());
     }
 }
 
-/// Runs headless Chromium in `host` on its node's dashboard: the DOM after
-/// the page's script ran, and a screenshot (copied out of the host to
-/// [`screenshot_path`]). `None`, with a message, where Chromium is absent.
-fn chromium(host: &Host) -> Option<(String, PathBuf)> {
+/// Runs headless Chromium in `host` on its node's dashboard with `extra`
+/// arguments (`--dump-dom`, `--screenshot=…`): what it printed (the DOM
+/// after the page's script ran). `None`, with a message, where there is no
+/// Chromium.
+fn chromium(host: &Host, extra: &[&str]) -> Option<String> {
     let Some(bin) = ["chromium", "chromium-browser"].into_iter().find(|b| {
         Command::new("sh")
             .args(["-c", &format!("command -v {b}")])
@@ -284,34 +302,34 @@ fn chromium(host: &Host) -> Option<(String, PathBuf)> {
         eprintln!("skipping the browser part: no chromium (apt-get install chromium)");
         return None;
     };
-    let profile = host.dir.join("chromium");
-    let png = host.dir.join("dashboard.png");
-    let common = [
+    let profile = format!("--user-data-dir={}", host.dir.join("chromium").display());
+    let mut args = vec![
         "--headless",
         "--no-sandbox",
         "--disable-gpu",
         "--no-first-run",
         "--hide-scrollbars",
         "--virtual-time-budget=2000",
+        &profile,
     ];
-    let run = |extra: &[&str]| {
-        let profile = format!("--user-data-dir={}", profile.display());
-        let mut args: Vec<&str> = common.to_vec();
-        args.push(&profile);
-        args.extend(extra);
-        args.push("http://127.0.0.1:12304/");
-        let out = output_within(host.cmd(bin, &args), Duration::from_secs(120))
-            .expect("chromium finished within 2 minutes");
-        assert!(
-            out.status.success(),
-            "chromium {extra:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let dom = run(&["--dump-dom"]);
+    args.extend(extra);
+    args.push("http://127.0.0.1:12304/");
+    let out = output_within(host.cmd(bin, &args), Duration::from_secs(120))
+        .expect("chromium finished within 2 minutes");
+    assert!(
+        out.status.success(),
+        "chromium {extra:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A screenshot of the dashboard on `host`'s node, copied out of the host
+/// to [`screenshot_path`]; `None` where there is no Chromium.
+fn screenshot(host: &Host) -> Option<PathBuf> {
+    let png = host.dir.join("dashboard.png");
     let shot = format!("--screenshot={}", png.display());
-    run(&[&shot, "--window-size=1200,880"]);
+    chromium(host, &[&shot, "--window-size=1200,880"])?;
     assert!(
         fs::metadata(&png).is_ok_and(|m| m.len() > 10_000),
         "no screenshot at {}",
@@ -319,7 +337,15 @@ fn chromium(host: &Host) -> Option<(String, PathBuf)> {
     );
     let out = screenshot_path();
     fs::copy(&png, &out).expect("copy the screenshot out of the host");
-    Some((dom, out))
+    Some(out)
+}
+
+/// The value of `data-value` on the element with `id` in `dom`.
+fn data_value<'a>(dom: &'a str, id: &str) -> Option<&'a str> {
+    let tag = &dom[dom.find(&format!("id=\"{id}\""))?..];
+    let tag = &tag[..tag.find('>')?];
+    let value = &tag[tag.find("data-value=\"")? + "data-value=\"".len()..];
+    Some(&value[..value.find('"')?])
 }
 
 /// Every `peerix_…` series the Grafana dashboard queries is one `/metrics`
