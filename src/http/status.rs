@@ -19,7 +19,6 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 const LONELY_AFTER: Duration = Duration::from_secs(60);
 
 /// What the node was started with, for status.
-#[derive(Default)]
 pub struct About {
     /// Names of the keys peers' narinfo must be signed by.
     pub trusted_keys: Vec<String>,
@@ -38,8 +37,7 @@ pub struct About {
 pub fn text(app: &App) -> Reply {
     let peers = app.discovery.peers();
     let mut text = format!(
-        "peerix {}\nnode {:016x}\nstore: {} valid paths\nnix-store --serve for NARs: {}\npeers: {}\n",
-        env!("CARGO_PKG_VERSION"),
+        "peerix {VERSION}\nnode {:016x}\nstore: {} valid paths\nnix-store --serve for NARs: {}\npeers: {}\n",
         app.discovery.node(),
         app.store.valid_paths(),
         app.store.nar_children(),
