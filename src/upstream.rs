@@ -132,7 +132,10 @@ impl Upstream {
             );
             return Vec::new();
         }
-        all
+        match all.first().map(|s| s.info.nar_hash) {
+            Some(nar_hash) => self.unblamed_first(&nar_hash, all),
+            None => all,
+        }
     }
 
     /// The peers that serve the NAR of `hash` whose NarHash is `nar_hash`,
