@@ -22,6 +22,7 @@
 mod local_routes;
 mod peer_routes;
 mod reply;
+pub mod status;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -52,9 +53,13 @@ pub struct App {
     pub discovery: Arc<Discovery>,
     /// The peers, as the local Nix's upstream.
     pub upstream: Arc<Upstream>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// When set, requests for the peer routes must be authenticated.
     pub network_key: Option<Arc<NetworkKey>>,
+    /// The port peers use, for status.
+    pub port: u16,
+    /// What the node was started with, for status.
+    pub about: status::About,
     /// The bytes each source's `Range` requests may make Nix's serializer
     /// read and drop (see `range_skips`).
     pub range_skips: Mutex<RateLimit>,
@@ -98,6 +103,8 @@ pub struct Incoming<'a> {
     pub range: Option<u64>,
     /// The client's address.
     pub peer: Option<IpAddr>,
+    /// True when the client prefers JSON (`Accept: application/json`).
+    pub json: bool,
 }
 
 /// What one connection may take (tiny_http as patched in src/vendor): an
@@ -636,6 +643,7 @@ fn answer(app: &App, job: Job, stop: &Receiver<()>) {
         from: job.from,
         range: reply::range(&request),
         peer: request.remote_addr().map(|a| a.ip()),
+        json: reply::accepts_json(&request),
     };
     let reply = peer_routes::route(app, &incoming)
         .or_else(|| local_routes::route(app, &incoming))
@@ -654,7 +662,8 @@ fn answer(app: &App, job: Job, stop: &Receiver<()>) {
 fn route_name(path: &str) -> &'static str {
     match path {
         "/nix-cache-info" => "cache_info",
-        "/status" => "status",
+        "/status" | "/status.json" => "status",
+        "/" => "dashboard",
         "/metrics" => "metrics",
         "/peer/nix-cache-info" => "peer_cache_info",
         p if p.starts_with("/peer/nar/") => "peer_nar",
