@@ -145,15 +145,17 @@ def http_junk(addr, port):
         b"GET /nar/../../../etc/passwd HTTP/1.1\r\n\r\n",
     ]
     for r in requests:
+        c = None
         try:
             c = socket.create_connection((addr, port), timeout=5)
             c.sendall(r)
             data = c.recv(200)
             print(data.split(b"\r\n")[0].decode("latin-1") or "(closed)")
         except OSError as e:
-            print("(%s)" % e.__class__.__name__)
+            print("(%s%s)" % (e.__class__.__name__, "" if c else " connecting"))
         finally:
-            c.close()
+            if c:
+                c.close()
 
 
 def pipeline(addr, port, connections, count, first, seconds):
