@@ -128,9 +128,6 @@ const MAX_CONNECTIONS: usize = 256;
 /// (25 connections).
 const MAX_PER_SOURCE: usize = 32;
 
-/// Connections the kernel may hold for the accepting thread.
-const LISTEN_BACKLOG: libc::c_int = 1024;
-
 /// How long a request of the local Nix waits for a worker before it gets
 /// 503.
 const LOCAL_QUEUE_WAIT: Duration = Duration::from_secs(30);
@@ -227,13 +224,6 @@ pub fn start(addrs: &[IpAddr], port: u16, workers: usize, app: Arc<App>) -> Resu
     listener
         .set_nonblocking(true)
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    // A longer queue of connections waiting to be accepted than std's 128
-    // (listen again on the bound socket; the kernel caps it at its
-    // somaxconn): a burst of connections, a stranger's say, waits in the
-    // kernel instead of costing the next client a dropped SYN and a second
-    // of retransmission.
-    // SAFETY: listen on a descriptor this listener owns.
-    unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) };
     let max_connections = MAX_CONNECTIONS.min(fd_limit() / 4).max(4);
     let (stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
     let (local_jobs, local_rx) = crossbeam_channel::bounded(workers * 2);
