@@ -27,6 +27,7 @@ use crate::nar_check::{Blame, Checked, Prefixes, StartError};
 use crate::narinfo::{HashPart, NarInfo};
 use crate::nix32;
 use crate::peer_client::PeerClient;
+use crate::transfers::Transfer;
 use crate::trust::Trust;
 
 /// The longest a narinfo fetch from one peer may take. A narinfo request
@@ -136,7 +137,10 @@ impl Upstream {
             );
             return Vec::new();
         }
-        all
+        match all.first().map(|s| s.info.nar_hash) {
+            Some(nar_hash) => self.unblamed_first(&nar_hash, all),
+            None => all,
+        }
     }
 
     /// The peers that serve the NAR of `hash` whose NarHash is `nar_hash`,
@@ -213,12 +217,14 @@ impl Upstream {
     /// `sources` that serves it, failing over to the others (and then to
     /// peers found anew) mid-stream, and checked against its NarHash.
     /// `None` when none can start it, or when the client's first `offset`
-    /// bytes (of a stream that was cut) are not this NAR's.
+    /// bytes (of a stream that was cut) are not this NAR's. What comes
+    /// from which peer goes to `transfer`.
     pub fn nar(
         self: &Arc<Self>,
         hash: &HashPart,
         sources: Vec<Source>,
         offset: u64,
+        transfer: Transfer,
     ) -> Option<Box<dyn Read + Send>> {
         let first = sources.first()?;
         let (nar_hash, total) = (first.info.nar_hash, first.info.nar_size);
@@ -233,6 +239,7 @@ impl Upstream {
             tried: Vec::new(),
             sent_by: Vec::new(),
             searched: false,
+            transfer,
         };
         match nar.open_next() {
             Ok(opened) => {
@@ -364,6 +371,7 @@ struct FailoverNar {
     sent_by: Vec<(Who, SocketAddr)>,
     /// Whether peers were asked anew once the known sources ran out.
     searched: bool,
+    transfer: Transfer,
 }
 
 impl FailoverNar {
@@ -396,7 +404,10 @@ impl FailoverNar {
                 .client
                 .nar(&source.found, &source.info, self.pos)
             {
-                Ok(body) => return Ok((who, addr, body)),
+                Ok(body) => {
+                    self.transfer.from_peer(addr);
+                    return Ok((who, addr, body));
+                }
                 Err(e) => log::warn!("{}: NAR from {addr}: {e}; trying the next peer", self.hash),
             }
         }
@@ -439,6 +450,7 @@ impl Read for FailoverNar {
                         self.sent_by.push((*who, *from));
                     }
                     self.pos += n as u64;
+                    self.transfer.add(n);
                     return Ok(n);
                 }
                 Err(e) => e.to_string(),

@@ -75,7 +75,7 @@ impl UdpThread {
                         deadline,
                     } => self.register(id, hash, answers, sent, deadline),
                     Command::Status(reply) => {
-                        let _ = reply.send(self.peers.describe());
+                        let _ = reply.send(self.peers.snapshot());
                     }
                     Command::Pullers(reply) => {
                         let _ = reply.send(self.peers.pullers());

@@ -16,7 +16,9 @@
 //!   (`src/pull/`), the narinfo is the first upstream's (checked as a
 //!   peer's), and its NAR comes from the node that fetches it for the
 //!   LAN, decompressed, as it arrives.
-//! - `/status`: this node and the peers it knows, one line each.
+//! - `/status`: this node and the peers it knows, one line each; as JSON
+//!   with `Accept: application/json`, or at `/status.json`.
+//! - `/`: the dashboard (see `status.rs`).
 //! - `/metrics`: counters in the Prometheus text format.
 //!
 //! They answer the local Nix only (403 for others, which Nix takes for
@@ -27,10 +29,11 @@ use std::time::Instant;
 
 use super::peer_routes::cache_info;
 use super::reply::Reply;
-use super::{App, Client, Incoming};
+use super::{status, App, Client, Incoming};
 use crate::metrics::NarSource;
 use crate::narinfo::HashPart;
 use crate::nix32;
+use crate::transfers::Transfer;
 use crate::upstream::Upstream;
 
 /// Answers the request if its path is one of the local routes.
@@ -38,8 +41,12 @@ pub fn route(app: &App, incoming: &Incoming) -> Option<Reply> {
     let rest = incoming.path.strip_prefix('/')?;
     let route = if rest == "nix-cache-info" {
         Route::CacheInfo
-    } else if rest == "status" {
+    } else if rest == "status" && !incoming.json {
         Route::Status
+    } else if rest == "status" || rest == "status.json" {
+        Route::StatusJson
+    } else if rest.is_empty() {
+        Route::Dashboard
     } else if rest == "metrics" {
         Route::Metrics
     } else if let Some(name) = rest.strip_suffix(".narinfo") {
@@ -54,7 +61,9 @@ pub fn route(app: &App, incoming: &Incoming) -> Option<Reply> {
     }
     Some(match route {
         Route::CacheInfo => cache_info(app),
-        Route::Status => status(app),
+        Route::Status => status::text(app),
+        Route::StatusJson => status::json(app),
+        Route::Dashboard => status::dashboard(app),
         Route::Metrics => Reply::text(
             200,
             "text/plain; version=0.0.4",
@@ -75,6 +84,8 @@ pub fn route(app: &App, incoming: &Incoming) -> Option<Reply> {
 enum Route<'a> {
     CacheInfo,
     Status,
+    StatusJson,
+    Dashboard,
     Metrics,
     NarInfo(&'a str),
     Nar(&'a str),
@@ -87,23 +98,6 @@ fn parse_nar_name(name: &str) -> Option<(HashPart, Option<[u8; 32]>)> {
         Some((nar_hash, hash)) => Some((HashPart::parse(hash)?, Some(nix32::decode(nar_hash)?))),
         None => Some((HashPart::parse(name)?, None)),
     }
-}
-
-/// `/status`: this node and the peers it knows, for people.
-fn status(app: &App) -> Reply {
-    let peers = app.discovery.peers();
-    let mut text = format!(
-        "peerix {}\nnode {:016x}\nstore: {} valid paths\nnix-store --serve for NARs: {}\npeers: {}\n",
-        env!("CARGO_PKG_VERSION"),
-        app.discovery.node(),
-        app.store.valid_paths(),
-        app.store.nar_children(),
-        peers.len()
-    );
-    for peer in peers {
-        text.push_str(&format!("  {peer}\n"));
-    }
-    Reply::text(200, "text/plain", text)
 }
 
 /// Asks the peers for `hash` and hands on the first narinfo that passes;
@@ -151,11 +145,15 @@ fn nar(app: &App, hash: &HashPart, nar_hash: Option<[u8; 32]>, incoming: &Incomi
     }
     let body = match incoming.head {
         true => None,
-        // No peer could start it: through the upstreams, if any.
-        false => match app.upstream.nar(hash, sources, offset) {
-            None => return pulled_nar(app, hash, nar_hash, incoming),
-            body => body,
-        },
+        false => {
+            let transfer =
+                Transfer::start(&app.metrics, sources[0].info.path.clone(), total, offset);
+            match app.upstream.nar(hash, sources, offset, transfer) {
+                // No peer could start it: through the upstreams, if any.
+                None => return pulled_nar(app, hash, nar_hash, incoming),
+                body => body,
+            }
+        }
     };
     Reply::Stream {
         content_type: "application/x-nix-nar",
