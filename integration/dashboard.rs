@@ -219,13 +219,13 @@ fn status_dashboard_and_grafana_show_two_peers_and_what_came_from_them() {
     assert_eq!(
         got[4],
         format!(
-            r#"{{"hits": {paths}, "misses": 0, "bytes_from_peers": {}, "bytes_to_peers": 0}}"#,
+            r#"{{"hits": {paths}, "misses": 0, "bytes_from_peers": {}, "bytes_from_peer_pulls": 0, "bytes_from_upstreams": 0, "bytes_to_peers": 0}}"#,
             from_h1 + from_h2
         ),
         "{status}"
     );
     assert_eq!(got[5], "true");
-    assert_eq!(got[6], "[60, 60, 60, 60]");
+    assert_eq!(got[6], "[60, 60, 60, 60, 60, 60]");
     assert_eq!(got[7], (from_h1 + from_h2).to_string());
     assert_eq!((got[8].as_str(), got[9].as_str()), ("[]", "0"));
     assert_eq!(got[10], format!("\"{}\"", node_id(h3)));

@@ -23,9 +23,15 @@ pub const MINUTES: usize = 60;
 pub struct Sample {
     pub hits: u64,
     pub misses: u64,
-    /// NAR bytes from peers to the local Nix.
+    /// NAR bytes from peers' stores to the local Nix.
     pub from_peers: u64,
-    /// NAR bytes from this store to peers.
+    /// NAR bytes of upstream caches that a peer fetched for the LAN, from
+    /// it to the local Nix (over the LAN).
+    pub from_peer_pulls: u64,
+    /// NAR bytes this node fetched from upstream caches itself, to the
+    /// local Nix (over the internet).
+    pub from_upstreams: u64,
+    /// NAR bytes from this store and this node's spool to peers.
     pub to_peers: u64,
 }
 
@@ -35,6 +41,8 @@ impl Sample {
             hits: self.hits.saturating_sub(earlier.hits),
             misses: self.misses.saturating_sub(earlier.misses),
             from_peers: self.from_peers.saturating_sub(earlier.from_peers),
+            from_peer_pulls: (self.from_peer_pulls).saturating_sub(earlier.from_peer_pulls),
+            from_upstreams: (self.from_upstreams).saturating_sub(earlier.from_upstreams),
             to_peers: self.to_peers.saturating_sub(earlier.to_peers),
         }
     }
@@ -44,6 +52,8 @@ impl Sample {
             hits: self.hits + other.hits,
             misses: self.misses + other.misses,
             from_peers: self.from_peers + other.from_peers,
+            from_peer_pulls: self.from_peer_pulls + other.from_peer_pulls,
+            from_upstreams: self.from_upstreams + other.from_upstreams,
             to_peers: self.to_peers + other.to_peers,
         }
     }

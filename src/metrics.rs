@@ -1,7 +1,7 @@
 //! Counters of a running node, rendered in the Prometheus text format on
 //! `/metrics`: requests by route and status, narinfo hits and misses with
-//! the time discovery took, NAR bytes served from the store and fetched from
-//! peers, and per peer, NAR replies aborted by their clients, the NAR
+//! the time discovery took, NAR bytes served from the store and the spool
+//! and fetched from peers and upstream caches, and per peer, NAR replies aborted by their clients, the NAR
 //! streams in flight (`transfers.rs`), the build and the start time. Counters only ever grow; they are plain
 //! atomics and small maps. The last hour of them, minute by minute, is
 //! kept in `history.rs`; `/status.json` and the dashboard read them here.
@@ -38,6 +38,8 @@ pub struct Metrics {
     nar_bytes_store: AtomicU64,
     nar_bytes_peers: AtomicU64,
     nar_bytes_upstream: AtomicU64,
+    nar_bytes_peer_pull: AtomicU64,
+    nar_bytes_spool: AtomicU64,
     nar_aborted: AtomicU64,
     /// NAR bytes per peer address: sent to it, received from it.
     peer_bytes: Mutex<Bounded<IpAddr, [u64; 2]>>,
@@ -62,6 +64,8 @@ impl Default for Metrics {
             nar_bytes_store: AtomicU64::default(),
             nar_bytes_peers: AtomicU64::default(),
             nar_bytes_upstream: AtomicU64::default(),
+            nar_bytes_peer_pull: AtomicU64::default(),
+            nar_bytes_spool: AtomicU64::default(),
             nar_aborted: AtomicU64::default(),
             peer_bytes: Mutex::new(Bounded::new(PEERS_COUNTED)),
             transfers: Transfers::default(),
@@ -86,9 +90,16 @@ pub enum NarSource {
     Store,
     /// A peer, passed on to the local Nix.
     Peer,
-    /// An upstream cache (through the node that fetches it for the LAN),
-    /// passed on to the local Nix or served to a peer.
+    /// An upstream cache, fetched by this node itself (over the internet),
+    /// passed on to the local Nix.
     Upstream,
+    /// An upstream cache's NAR fetched for the LAN by a peer, streamed from
+    /// it (over the LAN), passed on to the local Nix: an internet download
+    /// saved. A stream is counted by the node it started from.
+    PeerPull,
+    /// This node's spool (a NAR it fetches from an upstream for the LAN),
+    /// served to a peer.
+    Spool,
 }
 
 impl Metrics {
@@ -119,6 +130,8 @@ impl Metrics {
             NarSource::Store => &self.nar_bytes_store,
             NarSource::Peer => &self.nar_bytes_peers,
             NarSource::Upstream => &self.nar_bytes_upstream,
+            NarSource::PeerPull => &self.nar_bytes_peer_pull,
+            NarSource::Spool => &self.nar_bytes_spool,
         };
         counter.fetch_add(bytes, Ordering::Relaxed);
     }
@@ -156,7 +169,9 @@ impl Metrics {
             hits: get(&self.hits),
             misses: get(&self.misses),
             from_peers: get(&self.nar_bytes_peers),
-            to_peers: get(&self.nar_bytes_store),
+            from_peer_pulls: get(&self.nar_bytes_peer_pull),
+            from_upstreams: get(&self.nar_bytes_upstream),
+            to_peers: get(&self.nar_bytes_store) + get(&self.nar_bytes_spool),
         }
     }
 
@@ -236,13 +251,19 @@ impl Metrics {
             "counter",
             "NAR bytes sent, by where they came from.",
         );
-        let _ = writeln!(
-            out,
-            "peerix_nar_bytes_total{{source=\"store\"}} {}\npeerix_nar_bytes_total{{source=\"peers\"}} {}\npeerix_nar_bytes_total{{source=\"upstream\"}} {}",
-            get(&self.nar_bytes_store),
-            get(&self.nar_bytes_peers),
-            get(&self.nar_bytes_upstream)
-        );
+        for (source, counter) in [
+            ("store", &self.nar_bytes_store),
+            ("peers", &self.nar_bytes_peers),
+            ("peer_pull", &self.nar_bytes_peer_pull),
+            ("upstream", &self.nar_bytes_upstream),
+            ("spool", &self.nar_bytes_spool),
+        ] {
+            let _ = writeln!(
+                out,
+                "peerix_nar_bytes_total{{source=\"{source}\"}} {}",
+                get(counter)
+            );
+        }
         head(
             &mut out,
             "peer_nar_bytes_total",
@@ -318,6 +339,9 @@ mod tests {
         m.lookup(true, Duration::from_micros(1500));
         m.lookup(false, Duration::from_secs(2));
         m.nar_bytes(NarSource::Store, 10);
+        m.nar_bytes(NarSource::Spool, 4);
+        m.nar_bytes(NarSource::Upstream, 3);
+        m.nar_bytes(NarSource::PeerPull, 2);
         m.nar_aborted();
         m.peer_bytes("10.0.0.2".parse().unwrap(), Direction::Sent, 10);
         m.peer_bytes("::ffff:10.0.0.2".parse().unwrap(), Direction::Received, 5);
@@ -331,6 +355,9 @@ mod tests {
             "peerix_peers 3",
             "peerix_store_paths 7",
             "peerix_nar_bytes_total{source=\"store\"} 10",
+            "peerix_nar_bytes_total{source=\"spool\"} 4",
+            "peerix_nar_bytes_total{source=\"upstream\"} 3",
+            "peerix_nar_bytes_total{source=\"peer_pull\"} 2",
             "peerix_discovery_seconds_bucket{le=\"0.001\"} 0",
             "peerix_discovery_seconds_bucket{le=\"0.002\"} 1",
             "peerix_discovery_seconds_bucket{le=\"1\"} 1",
@@ -350,5 +377,14 @@ mod tests {
             );
         }
         assert!(text.ends_with('\n'));
+        let totals = m.totals();
+        assert_eq!(
+            (
+                totals.to_peers,
+                totals.from_upstreams,
+                totals.from_peer_pulls
+            ),
+            (14, 3, 2)
+        );
     }
 }

@@ -183,11 +183,12 @@ fn pulled_nar(
     if offset >= total {
         return Reply::status(416, "the range starts after the end of the NAR");
     }
-    let body = match incoming.head {
-        true => None,
+    let (body, source) = match incoming.head {
+        true => (None, NarSource::Upstream),
         false => match pull.nar(pulled, offset) {
             None => return Reply::not_found(),
-            body => body,
+            Some((body, true)) => (Some(body), NarSource::PeerPull),
+            Some((body, false)) => (Some(body), NarSource::Upstream),
         },
     };
     Reply::Stream {
@@ -195,7 +196,7 @@ fn pulled_nar(
         len: total,
         range: incoming.range,
         body,
-        source: NarSource::Upstream,
+        source,
         what: format!("the NAR of {hash} from upstream"),
     }
 }

@@ -224,7 +224,7 @@ fn pulled_nar(app: &App, rest: &str, incoming: &Incoming) -> Reply {
         len: pulled.info.nar_size,
         range,
         body,
-        source: NarSource::Upstream,
+        source: NarSource::Spool,
         what: format!("the pulled NAR of {hash}"),
     }
 }

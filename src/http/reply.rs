@@ -194,7 +194,7 @@ pub fn send(request: Request, reply: Reply, metrics: &Arc<Metrics>, stop: &Recei
 /// Counts `n` NAR bytes sent, from `source`, to `peer`.
 fn count_bytes(metrics: &Metrics, source: NarSource, peer: Option<IpAddr>, n: u64) {
     metrics.nar_bytes(source, n);
-    if let (NarSource::Store, Some(peer)) = (source, peer) {
+    if let (NarSource::Store | NarSource::Spool, Some(peer)) = (source, peer) {
         metrics.peer_bytes(peer, Direction::Sent, n);
     }
 }
@@ -219,7 +219,7 @@ struct Exact {
 struct Count {
     metrics: Arc<Metrics>,
     source: NarSource,
-    /// The client: a peer when the NAR comes from this store.
+    /// The client: a peer when the NAR comes from this store or spool.
     peer: Option<IpAddr>,
     unflushed: u64,
     /// The last piece read, not yet known to be sent.

@@ -73,6 +73,7 @@ fn facts(app: &App) -> Json {
             port = app.port
         ));
     }
+    warnings.extend(app.pull.as_ref().and_then(|p| p.warning()));
     let peers = peers.iter().map(|peer| {
         let (sent, received) = (peer.addrs.iter())
             .map(|ip| metrics.peer_totals(*ip))
@@ -174,6 +175,8 @@ fn facts(app: &App) -> Json {
                 ("hits", column(|m| m.hits)),
                 ("misses", column(|m| m.misses)),
                 ("bytes_from_peers", column(|m| m.from_peers)),
+                ("bytes_from_peer_pulls", column(|m| m.from_peer_pulls)),
+                ("bytes_from_upstreams", column(|m| m.from_upstreams)),
                 ("bytes_to_peers", column(|m| m.to_peers)),
             ]),
         ),
@@ -185,6 +188,8 @@ fn totals(s: Sample) -> Json {
         ("hits", Json::Int(s.hits)),
         ("misses", Json::Int(s.misses)),
         ("bytes_from_peers", Json::Int(s.from_peers)),
+        ("bytes_from_peer_pulls", Json::Int(s.from_peer_pulls)),
+        ("bytes_from_upstreams", Json::Int(s.from_upstreams)),
         ("bytes_to_peers", Json::Int(s.to_peers)),
     ])
 }

@@ -183,8 +183,13 @@ impl Pull {
     /// failing over down the rendezvous order to this node itself, and
     /// checked against its NarHash (`nar_check`). `None` when no node can
     /// start it, or when the client's first `offset` bytes (of a stream
-    /// that was cut) are not this NAR's.
-    pub fn nar(self: &Arc<Self>, pulled: Pulled, offset: u64) -> Option<Box<dyn Read + Send>> {
+    /// that was cut) are not this NAR's. With it, whether it starts from a
+    /// peer (over the LAN) rather than from this node's own download.
+    pub fn nar(
+        self: &Arc<Self>,
+        pulled: Pulled,
+        offset: u64,
+    ) -> Option<(Box<dyn Read + Send>, bool)> {
         let hash = pulled.info.hash_part();
         let (nar_hash, total) = (pulled.info.nar_hash, pulled.info.nar_size);
         let order = self.order(&hash);
@@ -198,15 +203,15 @@ impl Pull {
             order: order.into(),
             current: None,
         };
-        match nar.open_next() {
-            Ok(opened) => nar.current = Some(opened),
+        let from_peer = match nar.open_next() {
+            Ok(opened) => matches!(nar.current.insert(opened).0, Via::Peer(..)),
             Err(e) => {
                 log::info!("{hash}: {e}");
                 return None;
             }
-        }
+        };
         match Checked::start(nar, nar_hash, total, offset, self.prefixes.clone()) {
-            Ok(checked) => Some(Box::new(checked)),
+            Ok(checked) => Some((Box::new(checked), from_peer)),
             Err(StartError::Io(e)) => {
                 log::info!("{hash}: {e}");
                 None
@@ -250,6 +255,12 @@ impl Pull {
             offset,
             open,
         )
+    }
+
+    /// What keeps this node from sharing what it pulls, if anything (see
+    /// `Spool::warning`).
+    pub fn warning(&self) -> Option<String> {
+        self.spool.warning()
     }
 
     /// The nodes that may serve `hash`'s NAR, in rendezvous order: the

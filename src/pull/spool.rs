@@ -48,6 +48,8 @@ const DISK_MARGIN: u64 = 64 * 1024 * 1024;
 const CHUNK: usize = 256 * 1024;
 /// How often files nobody needs any more are looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// Status warns this long after the spool last had no room.
+const WARN_FOR: Duration = Duration::from_secs(600);
 
 static NO_ROOM: Throttle = Throttle::new();
 
@@ -58,8 +60,15 @@ pub struct Spool {
     /// `None` when the directory could not be made: every client streams
     /// directly.
     dir: Option<PathBuf>,
+    /// Why the directory could not be made, for status.
+    unusable: Option<String>,
     shared: Arc<Shared>,
     next: AtomicU64,
+    /// The last time a NAR was streamed without sharing for want of room
+    /// (or of a directory), and why; for status.
+    no_room: Mutex<Option<(Instant, String)>>,
+    /// NARs streamed without sharing so, since start.
+    unshared: AtomicU64,
 }
 
 /// What the spool and its sweeping thread share.
@@ -101,7 +110,7 @@ impl Spool {
         capacity: u64,
         in_store: Box<dyn Fn(&HashPart) -> bool + Send + Sync>,
     ) -> Spool {
-        let dir = match prepare(&dir) {
+        let (dir, unusable) = match prepare(&dir) {
             Ok(removed) => {
                 if removed > 0 {
                     log::info!(
@@ -109,14 +118,12 @@ impl Spool {
                         dir.display()
                     );
                 }
-                Some(dir)
+                (Some(dir), None)
             }
             Err(e) => {
-                log::warn!(
-                    "spool: cannot use {}: {e}; NARs from upstream caches are streamed without sharing",
-                    dir.display()
-                );
-                None
+                let why = format!("cannot use {}: {e}", dir.display());
+                log::warn!("spool: {why}; NARs from upstream caches are streamed without sharing");
+                (None, Some(why))
             }
         };
         let shared = Arc::new(Shared {
@@ -142,9 +149,32 @@ impl Spool {
         }
         Spool {
             dir,
+            unusable,
             shared,
             next: AtomicU64::new(0),
+            no_room: Mutex::new(None),
+            unshared: AtomicU64::new(0),
         }
+    }
+
+    /// What keeps the spool from sharing NARs, if anything: a directory
+    /// it cannot use, or no room (spool or disk full, too many downloads)
+    /// within the last `WARN_FOR`.
+    pub fn warning(&self) -> Option<String> {
+        let unshared = self.unshared.load(Ordering::Relaxed);
+        if let Some(why) = &self.unusable {
+            return Some(format!(
+                "the spool {why}: NARs from upstream caches are streamed without sharing \
+                 ({unshared} since start)"
+            ));
+        }
+        let last = self.no_room.lock().ok()?.clone();
+        let (at, why) = last.filter(|(at, _)| at.elapsed() < WARN_FOR)?;
+        Some(format!(
+            "the spool had no room {} s ago ({why}): NARs from upstream caches were streamed \
+             without sharing ({unshared} since start); see --spool-size",
+            at.elapsed().as_secs()
+        ))
     }
 
     /// The NAR of `hash` (`total` bytes, with `nar_hash`) from byte
@@ -161,7 +191,11 @@ impl Spool {
         let flight = match self.flight(hash, nar_hash, total, &open) {
             Ok(flight) => flight,
             Err(why) => {
+                self.unshared.fetch_add(1, Ordering::Relaxed);
                 if let Some(why) = why {
+                    if let Ok(mut last) = self.no_room.lock() {
+                        *last = Some((Instant::now(), why.clone()));
+                    }
                     NO_ROOM.log(log::Level::Info, || {
                         format!("spool: {why}; {hash} is streamed without sharing")
                     });
@@ -574,6 +608,9 @@ mod tests {
         r.read_to_end(&mut out).unwrap();
         assert_eq!(out, data[10..]);
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 0, "nothing spooled");
+        let warning = spool.warning().expect("a warning once it had no room");
+        assert!(warning.contains("full (0 of 0 MiB in use)"), "{warning}");
+        assert!(warning.contains("(1 since start)"), "{warning}");
         // One that fits is spooled, and removed once nobody reads it.
         let small = vec![6u8; 10_000];
         let open = source(small.clone(), None, opened.clone());
@@ -593,6 +630,16 @@ mod tests {
         }
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_unusable_directory_is_a_warning() {
+        let file = temp("not-a-dir");
+        fs::write(&file, b"a file where the directory should be").unwrap();
+        let spool = spool(&file.join("spool"), 1 << 30);
+        let warning = spool.warning().expect("a warning");
+        assert!(warning.contains("cannot use"), "{warning}");
+        let _ = fs::remove_file(&file);
     }
 
     #[test]
