@@ -8,6 +8,9 @@
 //! limit, which is looked at while it is in flight. Chromium is Debian's
 //! `chromium` package; without it the browser part is skipped with a
 //! message.
+//!
+//! Then a node whose Nix got a closure through upstream caches, part from
+//! its own downloads and part from a peer's pulls.
 
 mod support;
 
@@ -16,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use support::upstream_cache::{wait_pullers, UpstreamCache};
 use support::{build_chain, build_random, generate_key, node, output_within, Host, Net, LOCAL};
 
 /// The Grafana dashboard shipped in integration/.
@@ -285,6 +289,109 @@ fn status_dashboard_and_grafana_show_two_peers_and_what_came_from_them() {
     drop(n3);
     if let Some(png) = png {
         eprintln!("dashboard screenshot: {}", png.display());
+    }
+}
+
+/// A node whose Nix got a closure through the upstream caches shows its
+/// NarSizes, exactly, split between what it downloaded itself ("from
+/// upstreams") and what a peer pulled for the LAN ("over the LAN"); the
+/// peer counts what it served from its pulls, in its totals and for that
+/// peer; a spool directory it cannot use is a warning.
+#[test]
+fn status_shows_bytes_from_upstreams_and_from_peers_pulls() {
+    let Some(net) = Net::new(3) else { return };
+    let (up, h2, h3) = (net.host(1), net.host(2), net.host(3));
+    let ukey = generate_key(up, "upstream-1");
+    let cache = UpstreamCache::start(up);
+    // 16 paths, each fetched by h2 or h3 by rendezvous order: that one of
+    // them fetches none is a chance of 2^-15.
+    let chain = build_chain(up, "status-pull", 16);
+    let url = cache.publish(up, "xz", "xz", &ukey, &[&chain[0]]);
+    // h2's state directory is a file: its spool cannot be made, and it
+    // streams its pulls without sharing them.
+    fs::write(h2.dir.join("state"), "not a directory").unwrap();
+    let nodes = [
+        cache.node(h2, "SSL_CERT_FILE", &[&url], &ukey, &[]),
+        cache.node(h3, "SSL_CERT_FILE", &[&url], &ukey, &[]),
+    ];
+    wait_pullers(&[h2, h3], &nodes);
+    substitute(h3, &[&chain[0]], &[&ukey]);
+    let total = closure_nar_size(up, &chain[0]);
+
+    let figures = [
+        "f['totals']['since_start']['bytes_from_upstreams']",
+        "f['totals']['since_start']['bytes_from_peer_pulls']",
+    ];
+    // A reply's last bytes are counted as its stream is dropped.
+    let mut status = String::new();
+    let counted = support::wait_until(Duration::from_secs(5), || {
+        status = status_json(h3);
+        let got = eval_json(&status, &figures);
+        got.iter().map(|n| n.parse::<u64>().unwrap()).sum::<u64>() == total
+    });
+    assert!(counted, "{total} bytes in all on h3: {status}");
+    let got = eval_json(
+        &status,
+        &[
+            figures[0],
+            figures[1],
+            "f['totals']['since_start']['bytes_from_peers']",
+            "f['totals']['last_hour'] == f['totals']['since_start']",
+            "sum(f['last_hour']['bytes_from_upstreams'])",
+            "sum(f['last_hour']['bytes_from_peer_pulls'])",
+            "[w for w in f['warnings'] if 'spool' in w]",
+        ],
+    );
+    let (own, lan): (u64, u64) = (got[0].parse().unwrap(), got[1].parse().unwrap());
+    eprintln!("h3: {own} bytes from its own downloads, {lan} from h2's pulls, {total} in all");
+    assert!(own > 0 && lan > 0, "both nodes fetched some: {status}");
+    assert_eq!(got[2], "0", "no peer had them in its store");
+    assert_eq!(got[3], "true");
+    assert_eq!(
+        (got[4].as_str(), got[5].as_str()),
+        (got[0].as_str(), got[1].as_str())
+    );
+    assert_eq!(got[6], "[]", "h3's spool is fine");
+
+    // h2 counted what it served h3 from its pulls as h3 counted it.
+    let h3_id = node_id(h3);
+    let mut theirs = String::new();
+    let served = support::wait_until(Duration::from_secs(5), || {
+        theirs = status_json(h2);
+        let got = eval_json(
+            &theirs,
+            &[
+                "f['totals']['since_start']['bytes_to_peers']",
+                &format!("[p['bytes_sent'] for p in f['peers'] if p['node'] == '{h3_id}']"),
+            ],
+        );
+        got == [lan.to_string(), format!("[{lan}]")]
+    });
+    assert!(served, "h2 served {lan} bytes of its pulls to h3: {theirs}");
+    let warnings = eval_json(&theirs, &["f['warnings']"]).remove(0);
+    assert!(
+        warnings.contains("the spool cannot use") && warnings.contains("streamed without sharing"),
+        "{warnings}"
+    );
+
+    // The page shows the same figures.
+    if let Some(dom) = chromium(h3, &["--dump-dom"]) {
+        assert_eq!(
+            data_value(&dom, "upstream-hour"),
+            Some(own.to_string().as_str()),
+            "{dom}"
+        );
+        assert_eq!(
+            data_value(&dom, "upstream-total"),
+            Some(own.to_string().as_str()),
+            "{dom}"
+        );
+        assert_eq!(
+            data_value(&dom, "saved-hour"),
+            Some(lan.to_string().as_str()),
+            "{dom}"
+        );
+        assert!(dom.contains("of it peers' pulls"), "{dom}");
     }
 }
 

@@ -15,78 +15,14 @@ mod support;
 use std::thread;
 use std::time::Duration;
 
-use support::upstream_cache::UpstreamCache;
+use support::upstream_cache::{wait_pullers, UpstreamCache};
 use support::{
-    build_chain, generate_key, hash_of, nar_hash, nix_clients, realise_args, Daemon, Host, Key,
-    Net, LOCAL,
+    build_chain, generate_key, hash_of, nar_hash, nix_clients, realise_args, Daemon, Host, Net,
+    LOCAL,
 };
 
 /// How long one `nix-store -r` may take.
 const LIMIT: Duration = Duration::from_secs(180);
-
-/// A node on `host` pulling through `urls`, trusting `upstream`'s key,
-/// with the test CA in `ca_variable` (`SSL_CERT_FILE` or
-/// `NIX_SSL_CERT_FILE`).
-fn pulling_node(
-    host: &Host,
-    cache: &UpstreamCache,
-    ca_variable: &str,
-    urls: &[&str],
-    upstream: &Key,
-) -> Daemon {
-    let key = generate_key(host, &format!("{}-1", host.name));
-    let state = host.dir.join("state");
-    let mut args = vec![
-        "--private-key",
-        key.secret.to_str().unwrap(),
-        "--trusted-key",
-        &upstream.public,
-        "--state-dir",
-        state.to_str().unwrap(),
-    ];
-    for url in urls {
-        args.extend(["--upstream", url]);
-    }
-    // NIX_SSL_CERT_FILE comes first, as for Nix: empty, SSL_CERT_FILE counts.
-    let env = [
-        ("NIX_SSL_CERT_FILE", ""),
-        ("SSL_CERT_FILE", ""),
-        (ca_variable, cache.ca.to_str().unwrap()),
-    ];
-    host.spawn_peerix_with(&[], &env, &args)
-}
-
-/// Waits until the node of each of `hosts` knows the others as peers that
-/// pull (a node says so with every hello, every 30 s, and to each new
-/// peer); on failure, what each node's discovery logged.
-fn wait_pullers(hosts: &[&Host], nodes: &[Daemon]) {
-    for host in hosts {
-        let mut status = String::new();
-        let known = support::wait_until(Duration::from_secs(70), || {
-            status = host.curl(&[&format!("{LOCAL}/status")]).text();
-            status.matches("pulls from upstreams").count() == hosts.len() - 1
-        });
-        if !known {
-            let logs: Vec<String> = (hosts.iter().zip(nodes))
-                .map(|(h, n)| {
-                    let log = n.log();
-                    let lines: Vec<&str> = (log.lines())
-                        .filter(|l| {
-                            l.contains("peer") || l.contains("discovery") || l.contains("panic")
-                        })
-                        .take(40)
-                        .collect();
-                    format!("--- {}:\n{}", h.name, lines.join("\n"))
-                })
-                .collect();
-            panic!(
-                "{} never heard the other pulling nodes:\n{status}\n{}",
-                host.name,
-                logs.join("\n")
-            );
-        }
-    }
-}
 
 /// Every path of `paths`' closures on `to` verifies and has the NAR hash it
 /// has on `from`.
@@ -134,7 +70,7 @@ fn every_nix_gets_xz_zstd_and_uncompressed_upstream_paths() {
     let untrusted = build_chain(up, "untrusted", 1).remove(0);
     urls.push(cache.publish(up, "untrusted", "xz", &stranger, &[&untrusted]));
     let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
-    let n2 = pulling_node(h2, &cache, "NIX_SSL_CERT_FILE", &urls, &ukey);
+    let n2 = cache.node(h2, "NIX_SSL_CERT_FILE", &urls, &ukey, &[]);
 
     // The narinfo is the upstream's, raw, its NAR on the node.
     let hash = hash_of(&tops[0][0]);
@@ -189,7 +125,7 @@ fn four_nodes_at_once_fetch_each_upstream_nar_once() {
     up.limit_rate(50);
     let hosts: Vec<&Host> = (2..=5).map(|i| net.host(i)).collect();
     let nodes: Vec<Daemon> = (hosts.iter())
-        .map(|h| pulling_node(h, &cache, "SSL_CERT_FILE", &[&url], &ukey))
+        .map(|h| cache.node(h, "SSL_CERT_FILE", &[&url], &ukey, &[]))
         .collect();
     wait_pullers(&hosts, &nodes);
     let tops = [chain[0].as_str(), big.as_str()];
@@ -269,7 +205,7 @@ fn the_fetching_node_killed_half_way_leaves_every_other_client_complete() {
     up.limit_rate(40);
     let hosts: Vec<&Host> = (2..=4).map(|i| net.host(i)).collect();
     let mut nodes: Vec<Daemon> = (hosts.iter())
-        .map(|h| pulling_node(h, &cache, "SSL_CERT_FILE", &[&url], &ukey))
+        .map(|h| cache.node(h, "SSL_CERT_FILE", &[&url], &ukey, &[]))
         .collect();
     wait_pullers(&hosts, &nodes);
     let spooling = |h: &Host| {

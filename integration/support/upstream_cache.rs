@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use super::{Daemon, Host, Key};
+use std::time::Duration;
+
+use super::{generate_key, wait_until, Daemon, Host, Key, LOCAL};
 
 /// The port the stand-in listens on.
 pub const PORT: u16 = 8443;
@@ -144,5 +146,71 @@ impl UpstreamCache {
     /// The log of answers, for messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A node on `host` pulling through `urls` of this stand-in, trusting
+    /// `upstream`'s key, with the test CA in `ca_variable` (`SSL_CERT_FILE`
+    /// or `NIX_SSL_CERT_FILE`), and `extra` arguments.
+    pub fn node(
+        &self,
+        host: &Host,
+        ca_variable: &str,
+        urls: &[&str],
+        upstream: &Key,
+        extra: &[&str],
+    ) -> Daemon {
+        let key = generate_key(host, &format!("{}-1", host.name));
+        let state = host.dir.join("state");
+        let mut args = vec![
+            "--private-key",
+            key.secret.to_str().unwrap(),
+            "--trusted-key",
+            &upstream.public,
+            "--state-dir",
+            state.to_str().unwrap(),
+        ];
+        for url in urls {
+            args.extend(["--upstream", url]);
+        }
+        args.extend(extra);
+        // NIX_SSL_CERT_FILE comes first, as for Nix: empty, SSL_CERT_FILE counts.
+        let env = [
+            ("NIX_SSL_CERT_FILE", ""),
+            ("SSL_CERT_FILE", ""),
+            (ca_variable, self.ca.to_str().unwrap()),
+        ];
+        host.spawn_peerix_with(&[], &env, &args)
+    }
+}
+
+/// Waits until the node of each of `hosts` knows the others as peers that
+/// pull (a node says so with every hello, every 30 s, and to each new
+/// peer); on failure, what each node's discovery logged.
+pub fn wait_pullers(hosts: &[&Host], nodes: &[Daemon]) {
+    for host in hosts {
+        let mut status = String::new();
+        let known = wait_until(Duration::from_secs(70), || {
+            status = host.curl(&[&format!("{LOCAL}/status")]).text();
+            status.matches("pulls from upstreams").count() == hosts.len() - 1
+        });
+        if !known {
+            let logs: Vec<String> = (hosts.iter().zip(nodes))
+                .map(|(h, n)| {
+                    let log = n.log();
+                    let lines: Vec<&str> = (log.lines())
+                        .filter(|l| {
+                            l.contains("peer") || l.contains("discovery") || l.contains("panic")
+                        })
+                        .take(40)
+                        .collect();
+                    format!("--- {}:\n{}", h.name, lines.join("\n"))
+                })
+                .collect();
+            panic!(
+                "{} never heard the other pulling nodes:\n{status}\n{}",
+                host.name,
+                logs.join("\n")
+            );
+        }
     }
 }
