@@ -171,8 +171,8 @@ impl Spool {
         let last = self.no_room.lock().ok()?.clone();
         let (at, why) = last.filter(|(at, _)| at.elapsed() < WARN_FOR)?;
         Some(format!(
-            "the spool had no room {} s ago ({why}): NARs from upstream caches were streamed \
-             without sharing ({unshared} since start); see --spool-size",
+            "the spool could not take a NAR {} s ago: {why}; NARs from upstream caches were streamed \
+             without sharing ({unshared} since start)",
             at.elapsed().as_secs()
         ))
     }
