@@ -74,6 +74,7 @@ let
     ++ concatMap (key: [ "--trusted-key" key ]) cfg.trustedKeys
     ++ concatMap (key: [ "--share-signed-by" key ]) cfg.shareOnlySignedBy
     ++ concatMap (pattern: [ "--never-share" pattern ]) cfg.neverShare
+    ++ optionals (cfg.compress != "auto") [ "--compress" cfg.compress ]
     ++ optional cfg.verbose "--verbose"
     ++ cfg.extraArgs;
 
@@ -271,6 +272,19 @@ in
       type = types.bool;
       default = false;
       description = "Whether to ask only `extraHosts`, without broadcasting queries on the LAN.";
+    };
+
+    compress = mkOption {
+      type = types.enum [ "auto" "always" "never" ];
+      default = "auto";
+      description = ''
+        Compression of NARs between nodes of this daemon (`--compress`):
+        `auto` compresses (zstd) while the link, not the CPU, is the
+        bottleneck and the data compresses; `always` on every link (a slow
+        link and a fast sender); `never` sends and asks for raw NARs (a
+        small machine whose CPU is worth more than its link). Original
+        Peerix nodes and the local Nix always get raw NARs.
+      '';
     };
 
     timeout = mkOption {

@@ -143,6 +143,7 @@ let
         verbose = true;
         shareOnlySignedBy = [ cacheNixosOrg ];
         neverShare = [ "*-secret*" ];
+        compress = "never";
         networkKeyFile = "/var/lib/peerix/network-key";
         extraArgs = [ "--answer-rate" "1000" ];
         globalCacheTTL = 60;
@@ -396,7 +397,7 @@ let
           (bin c) "--port" "12305" "--timeout" "300" "--priority" "10" "--bind" "::" "--threads" "8"
           "--extra-host" "build-server" "--extra-host" "[fd00::7]:12305" "--no-broadcast"
           "--trusted-key" peerC "--share-signed-by" cacheNixosOrg "--never-share" "*-secret*"
-          "--verbose" "--answer-rate" "1000"
+          "--compress" "never" "--verbose" "--answer-rate" "1000"
           "--private-key" "%d/peerix-private-key" "--network-key-file" "%d/peerix-network-key"
         ];
       "both keys loaded at run time, neither path in ExecStart" =

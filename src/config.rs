@@ -7,6 +7,7 @@ use std::time::Duration;
 use argh::FromArgs;
 
 use crate::auth::NetworkKey;
+use crate::compress;
 use crate::keys::{KeyError, PublicKey, SigningKey};
 use crate::share::Policy;
 
@@ -81,6 +82,12 @@ pub struct Args {
     /// without it get nothing (original Peerix nodes included)
     #[argh(option)]
     pub network_key_file: Option<PathBuf>,
+
+    /// compress NARs between nodes of ours: auto (while the link, not the
+    /// CPU, is the bottleneck and the data compresses), always or never
+    /// (default auto)
+    #[argh(option, default = "compress::Mode::Auto")]
+    pub compress: compress::Mode,
 }
 
 /// The validated configuration the daemon runs with.
@@ -98,6 +105,7 @@ pub struct Config {
     pub share: Policy,
     pub network_key: Option<NetworkKey>,
     pub answer_rate: u32,
+    pub compress: compress::Mode,
 }
 
 /// A configuration the daemon cannot start with.
@@ -170,6 +178,7 @@ impl Config {
             share,
             network_key,
             answer_rate: args.answer_rate,
+            compress: args.compress,
         })
     }
 

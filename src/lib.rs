@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod cache;
 pub mod child;
+pub mod compress;
 pub mod config;
 pub mod discovery;
 pub mod http;

@@ -66,11 +66,12 @@ fn main() -> ExitCode {
         discovery: discovery.clone(),
         upstream: Arc::new(upstream::Upstream::new(
             discovery.clone(),
-            peer_client::PeerClient::new(network_key.clone()),
+            peer_client::PeerClient::new(network_key.clone(), config.compress),
             trust::Trust::from_nix(config.trusted_keys),
         )),
         network_key,
         metrics: metrics::Metrics::default(),
+        compress: config.compress,
     });
     let server = match http::start(&listen, config.port, config.threads, app.clone()) {
         Ok(s) => s,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::NetworkKey;
+use crate::compress::{self, Decoder};
 use crate::discovery::Found;
 use crate::narinfo::{self, HashPart, NarInfo};
 
@@ -44,12 +45,15 @@ pub struct PeerClient {
     agent: ureq::Agent,
     /// Authenticates requests to peers, when the network has a key.
     key: Option<Arc<NetworkKey>>,
+    /// Whether to ask nodes of ours for the framed, compressible stream.
+    compress: compress::Mode,
 }
 
 impl PeerClient {
-    pub fn new(key: Option<Arc<NetworkKey>>) -> PeerClient {
+    pub fn new(key: Option<Arc<NetworkKey>>, compress: compress::Mode) -> PeerClient {
         PeerClient {
             key,
+            compress,
             agent: ureq::AgentBuilder::new()
                 .timeout_connect(CONNECT_TIMEOUT)
                 .timeout_read(STALL_TIMEOUT)
@@ -119,7 +123,9 @@ impl PeerClient {
     /// byte `offset` on: with `Range` (206); a peer that sends the whole
     /// NAR anyway (an original Peerix) has the bytes before `offset` read
     /// and dropped. The URL must be a plain relative path: relative to
-    /// `/peer/` on ours, to the root on an original Peerix.
+    /// `/peer/` on ours, to the root on an original Peerix. Nodes of ours
+    /// are asked for the framed stream (`compress.rs`) unless compression
+    /// is off; what comes back is plain NAR bytes either way.
     pub fn nar(
         &self,
         found: &Found,
@@ -143,6 +149,9 @@ impl PeerClient {
         if offset > 0 {
             request = request.set("Range", &format!("bytes={offset}-"));
         }
+        if !found.v1 && self.compress != compress::Mode::Never {
+            request = request.set("Accept-Encoding", compress::ENCODING);
+        }
         let response = request
             .call()
             .map_err(|e| FetchError::Http(e.to_string()))?;
@@ -152,21 +161,42 @@ impl PeerClient {
             Some(Err(_)) => return Err(FetchError::Invalid("bad Content-Length".into())),
             None => None,
         };
+        // A framed stream has no length of its own: the decoder ends only
+        // at a block boundary, and the reply's exact length is checked in
+        // NAR bytes by the route that passes it on.
+        let framed = match response.header("Content-Encoding") {
+            None => false,
+            Some(compress::ENCODING) if length.is_none() => true,
+            Some(other) => {
+                return Err(FetchError::Invalid(format!(
+                    "Content-Encoding {other:?} with Content-Length {length:?}"
+                )))
+            }
+        };
+        let nar_length = match framed {
+            true => Some(total - offset),
+            false => length,
+        };
         let resumed = response.status() == 206;
         if resumed {
             let range = format!("bytes {offset}-{}/{total}", total.saturating_sub(1));
-            if response.header("Content-Range") != Some(&*range) || length != Some(total - offset) {
+            if response.header("Content-Range") != Some(&*range)
+                || nar_length != Some(total - offset)
+            {
                 return Err(FetchError::Invalid(format!(
                     "asked for {range}, got {:?} of {length:?} bytes",
                     response.header("Content-Range")
                 )));
             }
-        } else if length.is_some_and(|l| l != total) {
+        } else if nar_length.is_some_and(|l| l != total) {
             return Err(FetchError::Invalid(format!(
                 "{length:?} bytes, where the narinfo says {total}"
             )));
         }
-        let mut body: Box<dyn Read + Send> = Box::new(response.into_reader());
+        let mut body: Box<dyn Read + Send> = match framed {
+            true => Box::new(Decoder::new(response.into_reader())),
+            false => Box::new(response.into_reader()),
+        };
         if !resumed && offset > 0 {
             let skipped = io::copy(&mut (&mut body).take(offset), &mut io::sink())
                 .map_err(|e| FetchError::Http(format!("reading up to byte {offset}: {e}")))?;

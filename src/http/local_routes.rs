@@ -142,7 +142,9 @@ fn nar(app: &App, hash: &HashPart, nar_hash: Option<[u8; 32]>, incoming: &Incomi
             body => body,
         },
     };
+    // The local Nix gets plain NAR bytes, as from any binary cache.
     Reply::Stream {
+        compress: None,
         content_type: "application/x-nix-nar",
         len: total,
         range: incoming.range,

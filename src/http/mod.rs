@@ -48,6 +48,8 @@ pub struct App {
     pub metrics: Metrics,
     /// When set, requests for the peer routes must be authenticated.
     pub network_key: Option<Arc<NetworkKey>>,
+    /// Whether NARs to peers that ask for it are compressed, and how.
+    pub compress: crate::compress::Mode,
 }
 
 /// Who a request comes from: the one place where loopback is told apart.
@@ -76,6 +78,9 @@ pub struct Incoming<'a> {
     pub from: Client,
     /// Where the body should start: the `N` of `Range: bytes=N-`.
     pub range: Option<u64>,
+    /// The client asked for the framed, compressible NAR stream
+    /// (`compress.rs`): only nodes of ours do.
+    pub framed: bool,
 }
 
 /// What one connection may take (tiny_http as patched in src/vendor): an
@@ -419,6 +424,7 @@ fn answer(app: &App, job: Job, stop: &Receiver<()>) {
         head: request.method() == &Method::Head,
         from: job.from,
         range: reply::range(&request),
+        framed: reply::asks_framed(&request),
     };
     let reply = peer_routes::route(app, &incoming)
         .or_else(|| local_routes::route(app, &incoming))

@@ -18,6 +18,7 @@ use base64::Engine;
 
 use super::reply::Reply;
 use super::{App, Incoming};
+use crate::compress::Mode;
 use crate::logs::Throttle;
 use crate::metrics::NarSource;
 use crate::narinfo::{basename_of, HashPart, STORE_DIR};
@@ -34,6 +35,11 @@ pub fn is_peer_route(path: &str) -> bool {
 /// Answers the request if its path is one of the peer routes.
 pub fn route(app: &App, incoming: &Incoming) -> Option<Reply> {
     let (path, head, range) = (incoming.path, incoming.head, incoming.range);
+    // Only our own routes offer the framed stream: original nodes never ask.
+    let compress = match incoming.framed && app.compress != Mode::Never {
+        true => Some(app.compress),
+        false => None,
+    };
     if !is_peer_route(path) {
         return None;
     }
@@ -45,7 +51,7 @@ pub fn route(app: &App, incoming: &Incoming) -> Option<Reply> {
             "nix-cache-info" => cache_info(app),
             _ => match rest.strip_prefix("nar/") {
                 Some(nar) => match nar.strip_suffix(".nar").map(HashPart::parse) {
-                    Some(Some(hash)) => nar_reply(app, &hash, head, range),
+                    Some(Some(hash)) => nar_reply(app, &hash, head, range, compress),
                     _ => Reply::status(400, "expected /peer/nar/<32-char hash>.nar"),
                 },
                 None => match rest.strip_suffix(".narinfo").map(HashPart::parse) {
@@ -61,7 +67,7 @@ pub fn route(app: &App, incoming: &Incoming) -> Option<Reply> {
         Some(nar) => match nar.strip_suffix(".nar").and_then(decode_v1_nar_name) {
             Some(Ok(basename)) => match HashPart::of_basename(&basename) {
                 Some(hash) if app.store.lookup(&hash).as_deref() == Some(&*basename) => {
-                    nar_reply(app, &hash, head, range)
+                    nar_reply(app, &hash, head, range, None)
                 }
                 _ => Reply::not_found(),
             },
@@ -125,7 +131,13 @@ fn narinfo_reply(app: &App, hash: &HashPart, url: String) -> Reply {
     }
 }
 
-fn nar_reply(app: &App, hash: &HashPart, head: bool, range: Option<u64>) -> Reply {
+fn nar_reply(
+    app: &App,
+    hash: &HashPart,
+    head: bool,
+    range: Option<u64>,
+    compress: Option<Mode>,
+) -> Reply {
     let info = match path_info(app, hash) {
         Ok(info) => info,
         Err(reply) => return reply,
@@ -145,6 +157,7 @@ fn nar_reply(app: &App, hash: &HashPart, head: bool, range: Option<u64>) -> Repl
         },
     };
     Reply::Stream {
+        compress,
         content_type: "application/x-nix-nar",
         len: info.nar_size,
         range,

@@ -9,6 +9,7 @@ use std::io::{self, Read};
 use crossbeam_channel::{Receiver, TryRecvError};
 use tiny_http::{Header, Request, Response, StatusCode};
 
+use crate::compress::{self, Encoder};
 use crate::metrics::{Metrics, NarSource};
 
 pub enum Reply {
@@ -19,8 +20,11 @@ pub enum Reply {
         body: String,
     },
     /// A streamed body (a NAR) of `len` bytes in all; with `range`, from
-    /// that byte on (206). `body` is `None` for HEAD.
+    /// that byte on (206). `body` is `None` for HEAD. With `compress`, sent
+    /// as the framed stream of `compress.rs`, chunked (offsets and
+    /// `Content-Range` still count NAR bytes).
     Stream {
+        compress: Option<compress::Mode>,
         content_type: &'static str,
         len: u64,
         range: Option<u64>,
@@ -72,6 +76,13 @@ pub fn range(request: &Request) -> Option<u64> {
     }
 }
 
+/// True when the request asks for the framed stream in `Accept-Encoding`.
+pub fn asks_framed(request: &Request) -> bool {
+    (request.headers().iter())
+        .filter(|h| h.field.equiv("Accept-Encoding"))
+        .any(|h| compress::accepts(h.value.as_str()))
+}
+
 fn header(name: &str, value: &str) -> Header {
     // Names and values here are our own ASCII constants and numbers.
     Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("ASCII header")
@@ -97,6 +108,7 @@ pub fn send(request: Request, reply: Reply, metrics: &Metrics, stop: &Receiver<(
             }
         }
         Reply::Stream {
+            compress,
             content_type,
             len,
             range,
@@ -107,13 +119,15 @@ pub fn send(request: Request, reply: Reply, metrics: &Metrics, stop: &Receiver<(
             let streamed = body.is_some();
             let offset = range.unwrap_or(0);
             let left = len - offset.min(len);
-            let body: Box<dyn Read + Send> = match body {
-                Some(body) => Box::new(Exact {
-                    inner: body,
-                    left,
-                    stop: stop.clone(),
-                }),
-                None => Box::new(io::empty()),
+            let exact = |body| Exact {
+                inner: body,
+                left,
+                stop: stop.clone(),
+            };
+            let (body, length, compress): (Box<dyn Read + Send>, _, _) = match (body, compress) {
+                (Some(body), Some(mode)) => (Box::new(Encoder::new(exact(body), mode)), None, true),
+                (Some(body), None) => (Box::new(exact(body)), Some(left as usize), false),
+                (None, _) => (Box::new(io::empty()), Some(left as usize), false),
             };
             // Counted as offered: a client that leaves early is not told apart.
             if streamed {
@@ -130,10 +144,12 @@ pub fn send(request: Request, reply: Reply, metrics: &Metrics, stop: &Receiver<(
                     &format!("bytes {offset}-{last}/{len}"),
                 ));
             }
+            if compress {
+                headers.push(header("Content-Encoding", compress::ENCODING));
+            }
             let status = if range.is_some() { 206 } else { 200 };
-            let response =
-                Response::new(StatusCode(status), headers, body, Some(left as usize), None)
-                    .with_chunked_threshold(usize::MAX);
+            let response = Response::new(StatusCode(status), headers, body, length, None)
+                .with_chunked_threshold(usize::MAX);
             // tiny_http reports a client that went away as success; a body
             // that failed as an error. Either way the body (and a Nix child
             // behind it) is dropped, and so killed, right here.
