@@ -381,3 +381,62 @@ fn each_path_costs_one_query_and_one_narinfo_fetch_over_reused_connections() {
         n1.log()
     );
 }
+
+/// Two peers have the same large NARs: one behind 20 Mbit/s, one
+/// unlimited. Once the node has seen the slow one's pace, the next NARs
+/// come from the fast one, found by a discovery round of its own when the
+/// narinfo came from the slow one (which answers first about half the
+/// time: four NARs in a row from the fast one would be luck 1 in 16).
+#[test]
+fn the_fastest_peer_serves_a_nar_once_paces_are_learnt() {
+    let Some(net) = Net::new(3) else { return };
+    let (slow, fast, h3) = (net.host(1), net.host(2), net.host(3));
+    let key = generate_key(slow, "shared-1");
+    let paths: Vec<String> = (0..5)
+        .map(|i| support::build_random(slow, &format!("{}-pace{i}", net.prefix), 12 << 20))
+        .collect();
+    for p in &paths {
+        copy_to(slow, fast, p);
+    }
+    slow.limit_rate(20);
+    let _slow_node = node(slow, &key, &[], &[]);
+    let n3 = node(h3, &generate_key(h3, "h3-1"), &[&key], &[]);
+    let fetch = |path: &str| -> String {
+        let info = h3
+            .curl(&[&format!("{LOCAL}/{}.narinfo", hash_of(path))])
+            .text();
+        let url = info
+            .lines()
+            .find_map(|l| l.strip_prefix("URL: "))
+            .unwrap_or_else(|| panic!("no URL: {info}"))
+            .to_string();
+        let before = n3.log().len();
+        let nar = h3.curl(&[&format!("{LOCAL}/{url}")]);
+        assert_eq!(nar.status, 200);
+        assert_eq!(body_sha256(h3, &nar.body), dump_sha256(slow, path, 0));
+        let log = n3.log();
+        let line = (log[before..].lines())
+            .find(|l| l.contains(": NAR of"))
+            .unwrap_or_else(|| panic!("{log}"))
+            .to_string();
+        line
+    };
+    // Where a line says the NAR came from: the address a peer answered
+    // discovery from, IPv4 or link-local IPv6.
+    let from = |line: &str, host: &Host| {
+        let ll =
+            host.run("ip -o -6 addr show dev eth0 scope link | awk '{print $4}' | cut -d/ -f1");
+        let tail = line.rsplit(" from ").next().unwrap_or("");
+        tail.contains(&host.addr4.to_string()) || tail.contains(&format!("[{ll}%"))
+    };
+    // The slow peer alone: its pace is learnt.
+    wait_offered(slow, &paths[0]);
+    let line = fetch(&paths[0]);
+    assert!(from(&line, slow), "{line}");
+    let _fast_node = node(fast, &key, &[], &[]);
+    wait_offered(fast, &paths[1]);
+    for p in &paths[1..] {
+        let line = fetch(p);
+        assert!(from(&line, fast), "{line}\n{}", n3.log());
+    }
+}

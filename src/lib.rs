@@ -18,5 +18,6 @@ pub mod peer_client;
 pub mod share;
 pub mod signals;
 pub mod store;
+pub mod throughput;
 pub mod trust;
 pub mod upstream;

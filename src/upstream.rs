@@ -9,7 +9,9 @@
 //! peers whose own narinfo for the path has that NarHash. When the peer
 //! streaming a NAR stops or stalls, another with the same NarHash goes on
 //! from the same byte (`Range`), so Nix gets one unbroken NAR; only when
-//! none is left is the connection cut.
+//! none is left is the connection cut. The peers are asked fastest first
+//! (`throughput.rs`); for a large NAR, every peer with its NarHash is
+//! looked for, not only the one whose narinfo Nix got.
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
@@ -22,6 +24,7 @@ use crate::discovery::{Discovery, Found};
 use crate::narinfo::{HashPart, NarInfo};
 use crate::nix32;
 use crate::peer_client::PeerClient;
+use crate::throughput::Throughput;
 use crate::trust::Trust;
 
 /// The longest a narinfo fetch from one peer may take. A narinfo request
@@ -33,6 +36,10 @@ const REMEMBERED: usize = 4096;
 
 /// Sources remembered per path, at most.
 const SOURCES_PER_PATH: usize = 8;
+
+/// A NAR at least this large is worth a discovery round to find every
+/// peer that has it, so that the fastest serves it.
+const LARGE_NAR: u64 = 8 << 20;
 
 /// A peer that serves a path's NAR: where, and its narinfo for the path
 /// (checked: parsed strictly, signed by a key the local Nix trusts, raw).
@@ -47,6 +54,7 @@ pub struct Upstream {
     client: PeerClient,
     trust: Trust,
     known: Mutex<Bounded<HashPart, Vec<Source>>>,
+    throughput: Throughput,
 }
 
 impl Upstream {
@@ -56,6 +64,7 @@ impl Upstream {
             client,
             trust,
             known: Mutex::new(Bounded::new(REMEMBERED)),
+            throughput: Throughput::default(),
         }
     }
 
@@ -125,16 +134,26 @@ impl Upstream {
     }
 
     /// The NAR of `hash` (with the NarHash of `sources`) from byte `offset`
-    /// on, from the first of `sources` that serves it, failing over to the
+    /// on, from the fastest of `sources` that serves it, failing over to the
     /// others (and then to peers found anew) mid-stream; `None` when none
-    /// can start it.
+    /// can start it. A large NAR with a single known source first looks for
+    /// the other peers that have it.
     pub fn nar(
         self: &Arc<Self>,
         hash: &HashPart,
-        sources: Vec<Source>,
+        mut sources: Vec<Source>,
         offset: u64,
     ) -> Option<Box<dyn Read + Send>> {
-        let first = sources.first()?;
+        let first = sources.first()?.clone();
+        let searched = sources.len() < 2 && first.info.nar_size - offset >= LARGE_NAR;
+        if searched {
+            for found in self.search(hash, &first.info.nar_hash) {
+                if !sources.iter().any(|s| s.found.addr == found.found.addr) {
+                    sources.push(found);
+                }
+            }
+        }
+        let sources = (self.throughput).fastest_first(sources, |s| s.found.addr);
         let mut nar = FailoverNar {
             upstream: self.clone(),
             hash: *hash,
@@ -144,14 +163,14 @@ impl Upstream {
             current: None,
             left: sources.into(),
             tried: Vec::new(),
-            searched: false,
+            searched,
         };
         match nar.open_next() {
             Ok(opened) => {
                 log::debug!(
                     "{hash}: NAR of {} bytes from {}{}",
                     nar.total,
-                    opened.0,
+                    opened.addr,
                     if offset > 0 {
                         format!(" from byte {offset}")
                     } else {
@@ -256,16 +275,24 @@ struct FailoverNar {
     total: u64,
     /// The next byte to read.
     pos: u64,
-    current: Option<(SocketAddr, Box<dyn Read + Send>)>,
+    current: Option<Current>,
     left: VecDeque<Source>,
     tried: Vec<SocketAddr>,
     /// Whether peers were asked anew once the known sources ran out.
     searched: bool,
 }
 
+/// The peer a NAR is coming from now, and since when.
+struct Current {
+    addr: SocketAddr,
+    body: Box<dyn Read + Send>,
+    opened: Instant,
+    from: u64,
+}
+
 impl FailoverNar {
     /// Opens the next source at `pos`; an error when none is left.
-    fn open_next(&mut self) -> io::Result<(SocketAddr, Box<dyn Read + Send>)> {
+    fn open_next(&mut self) -> io::Result<Current> {
         loop {
             let Some(source) = self.left.pop_front() else {
                 if self.searched {
@@ -290,36 +317,58 @@ impl FailoverNar {
                 .client
                 .nar(&source.found, &source.info, self.pos)
             {
-                Ok(body) => return Ok((addr, body)),
+                Ok(body) => {
+                    return Ok(Current {
+                        addr,
+                        body,
+                        opened: Instant::now(),
+                        from: self.pos,
+                    })
+                }
                 Err(e) => log::warn!("{}: NAR from {addr}: {e}; trying the next peer", self.hash),
             }
         }
+    }
+
+    /// Leaves the current peer, its pace learnt from what it sent.
+    fn leave_current(&mut self) {
+        if let Some(current) = self.current.take() {
+            let sent = self.pos - current.from;
+            (self.upstream.throughput).record(current.addr, sent, current.opened.elapsed());
+        }
+    }
+}
+
+impl Drop for FailoverNar {
+    fn drop(&mut self) {
+        self.leave_current();
     }
 }
 
 impl Read for FailoverNar {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.pos >= self.total || buf.is_empty() {
+            self.leave_current();
             return Ok(0);
         }
         let want = buf
             .len()
             .min(usize::try_from(self.total - self.pos).unwrap_or(usize::MAX));
         loop {
-            let (from, body) = match &mut self.current {
+            let current = match &mut self.current {
                 Some(current) => current,
                 None => {
                     let opened = self.open_next()?;
                     log::info!(
                         "{}: going on from {} at byte {}",
                         self.hash,
-                        opened.0,
+                        opened.addr,
                         self.pos
                     );
                     self.current.insert(opened)
                 }
             };
-            let failure = match body.read(&mut buf[..want]) {
+            let failure = match current.body.read(&mut buf[..want]) {
                 Ok(0) => "it ended early".to_string(),
                 Ok(n) => {
                     self.pos += n as u64;
@@ -328,12 +377,13 @@ impl Read for FailoverNar {
                 Err(e) => e.to_string(),
             };
             log::info!(
-                "{}: the NAR from {from} broke at byte {} of {} ({failure}); another peer goes on",
+                "{}: the NAR from {} broke at byte {} of {} ({failure}); another peer goes on",
                 self.hash,
+                current.addr,
                 self.pos,
                 self.total
             );
-            self.current = None;
+            self.leave_current();
         }
     }
 }
