@@ -220,7 +220,12 @@ fn incompressible_data_is_sent_raw_after_the_first_blocks() {
                 );
                 assert_eq!(compressed_blocks(&n1), 0);
             }
-            true => assert!(zstd * 2 >= kinds.len(), "{zstd} of {}", kinds.len()),
+            true => assert!(
+                zstd * 2 >= kinds.len(),
+                "{zstd} of {}: {:?}",
+                kinds.len(),
+                log_lines(&n1, "NAR stream sent")
+            ),
         }
     }
 }

@@ -82,10 +82,12 @@ pub fn accepts(accept_encoding: &str) -> bool {
 #[derive(Debug)]
 struct Policy {
     mode: Mode,
-    /// Wire bytes a second the socket took, when writes waited (EWMA).
+    /// Seconds the socket took per wire byte (EWMA: an average of time,
+    /// not of rates, so that a block the socket buffer swallowed at once
+    /// does not outweigh the ones that waited).
     link: Option<f64>,
-    /// NAR bytes a second zstd compressed (EWMA).
-    speed: Option<f64>,
+    /// Seconds zstd took per NAR byte (EWMA).
+    zstd: Option<f64>,
     /// NAR bytes per zstd byte of the last compressed blocks (EWMA).
     ratio: Option<f64>,
     poor_in_a_row: u32,
@@ -102,7 +104,7 @@ impl Policy {
         Policy {
             mode,
             link: None,
-            speed: None,
+            zstd: None,
             ratio: None,
             poor_in_a_row: 0,
             given_up: false,
@@ -119,10 +121,10 @@ impl Policy {
             Mode::Auto => {}
         }
         // The first block is compressed to learn how well and how fast.
-        let (Some(speed), Some(ratio)) = (self.speed, self.ratio) else {
+        let (Some(zstd), Some(ratio)) = (self.zstd, self.ratio) else {
             return true;
         };
-        let pays = ratio >= POOR_RATIO && self.link.is_some_and(|l| speed > SPEED_MARGIN * l);
+        let pays = ratio >= POOR_RATIO && self.link.is_some_and(|l| zstd * SPEED_MARGIN < l);
         // Now and then the other choice, to see whether things changed.
         match self.blocks % PROBE_EVERY == 0 {
             true => !pays,
@@ -134,7 +136,7 @@ impl Policy {
     fn compressed(&mut self, nar: usize, encoded: usize, took: Duration) {
         let ratio = nar as f64 / encoded.max(1) as f64;
         self.ratio = ewma(self.ratio, ratio);
-        self.speed = ewma(self.speed, nar as f64 / took.as_secs_f64().max(1e-6));
+        self.zstd = ewma(self.zstd, took.as_secs_f64() / nar.max(1) as f64);
         self.poor_in_a_row = match ratio < POOR_RATIO {
             true => self.poor_in_a_row + 1,
             false => 0,
@@ -155,9 +157,8 @@ impl Policy {
     /// then just slower to make than to send).
     fn written(&mut self, wire: usize, waited: Duration, made: Duration, was_raw: bool) {
         self.blocks += 1;
-        let rate = wire as f64 / waited.as_secs_f64().max(1e-6);
         if was_raw || waited > made / 4 {
-            self.link = ewma(self.link, rate);
+            self.link = ewma(self.link, waited.as_secs_f64() / wire.max(1) as f64);
         }
     }
 }
@@ -265,7 +266,13 @@ impl<R: Read> Read for Encoder<R> {
         }
         if self.out_pos == self.out.len() && !self.next_block()? {
             let (raw, zstd) = self.counts();
-            log::debug!("NAR stream sent: {zstd} blocks compressed, {raw} raw");
+            let mb = |v: Option<f64>| v.map_or("?".into(), |v| format!("{:.1}", 1e-6 / v));
+            log::debug!(
+                "NAR stream sent: {zstd} blocks compressed, {raw} raw (link {} MB/s, zstd {} MB/s at {}x)",
+                mb(self.policy.link),
+                mb(self.policy.zstd),
+                self.policy.ratio.map_or("?".into(), |r| format!("{r:.2}"))
+            );
             return Ok(0);
         }
         let n = buf.len().min(self.out.len() - self.out_pos);

@@ -72,6 +72,7 @@ fn main() -> ExitCode {
         network_key,
         metrics: metrics::Metrics::default(),
         compress: config.compress,
+        range_skips: http::range_skips(),
     });
     let server = match http::start(&listen, config.port, config.threads, app.clone()) {
         Ok(s) => s,

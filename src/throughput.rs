@@ -5,13 +5,14 @@
 //! A peer's pace is an average of its recent NAR transfers (bytes a second,
 //! halfway between the last ones and the new one), counted only for
 //! transfers long enough (`MIN_BYTES`) that latency does not dominate.
-//! Peers are known by their HTTP address, as the NAR sources are.
+//! Peers are known by node id (original nodes by address), as NAR sources
+//! are.
 
-use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::cache::Bounded;
+use crate::discovery::Who;
 
 /// Peers whose pace is remembered, per generation of the table.
 const REMEMBERED: usize = 256;
@@ -20,7 +21,7 @@ const MIN_BYTES: u64 = 1 << 20;
 
 pub struct Throughput {
     /// Bytes a second, per peer.
-    paces: Mutex<Bounded<SocketAddr, f64>>,
+    paces: Mutex<Bounded<Who, f64>>,
 }
 
 impl Default for Throughput {
@@ -33,7 +34,7 @@ impl Default for Throughput {
 
 impl Throughput {
     /// `peer` sent `bytes` of a NAR in `took`.
-    pub fn record(&self, peer: SocketAddr, bytes: u64, took: Duration) {
+    pub fn record(&self, peer: Who, bytes: u64, took: Duration) {
         if bytes < MIN_BYTES {
             return;
         }
@@ -46,7 +47,7 @@ impl Throughput {
             None => pace,
         };
         log::debug!(
-            "{peer}: {:.1} MB/s for {bytes} bytes, {:.1} MB/s on average",
+            "{peer:?}: {:.1} MB/s for {bytes} bytes, {:.1} MB/s on average",
             pace / 1e6,
             average / 1e6
         );
@@ -54,7 +55,7 @@ impl Throughput {
     }
 
     /// The pace learnt for `peer`, in bytes a second.
-    pub fn pace(&self, peer: &SocketAddr) -> Option<f64> {
+    pub fn pace(&self, peer: &Who) -> Option<f64> {
         self.paces.lock().ok()?.get(peer).copied()
     }
 
@@ -62,7 +63,7 @@ impl Throughput {
     /// measured yet ranks as the median of those measured, ahead of any of
     /// that pace: it is worth a try before a peer known to be middling,
     /// not before one known to be fast. Otherwise the order is kept.
-    pub fn fastest_first<T>(&self, items: Vec<T>, addr_of: impl Fn(&T) -> SocketAddr) -> Vec<T> {
+    pub fn fastest_first<T>(&self, items: Vec<T>, addr_of: impl Fn(&T) -> Who) -> Vec<T> {
         let mut ranked: Vec<(Option<f64>, T)> = (items.into_iter())
             .map(|i| (self.pace(&addr_of(&i)), i))
             .collect();
@@ -83,8 +84,8 @@ impl Throughput {
 mod tests {
     use super::*;
 
-    fn addr(i: u8) -> SocketAddr {
-        SocketAddr::from(([10, 0, 0, i], 12304))
+    fn addr(i: u8) -> Who {
+        Who::Addr([10, 0, 0, i].into())
     }
 
     fn ranked(t: &Throughput, peers: &[u8]) -> Vec<u8> {

@@ -9,9 +9,13 @@
 //! peers whose own narinfo for the path has that NarHash. When the peer
 //! streaming a NAR stops or stalls, another with the same NarHash goes on
 //! from the same byte (`Range`), so Nix gets one unbroken NAR; only when
-//! none is left is the connection cut. The peers are asked fastest first
-//! (`throughput.rs`); for a large NAR, every peer with its NarHash is
-//! looked for, not only the one whose narinfo Nix got.
+//! none is left is the connection cut. Every NAR is checked against its
+//! NarHash on its way to Nix (`nar_check.rs`): a peer whose bytes do not
+//! match is no longer asked for that NAR. Peers are told apart by node id
+//! (one node heard over IPv4 and IPv6 is one source), original nodes by
+//! address. The peers are asked fastest first (`throughput.rs`); for a
+//! large NAR, every peer with its NarHash is looked for, not only the one
+//! whose narinfo Nix got.
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
@@ -20,7 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::cache::Bounded;
-use crate::discovery::{Discovery, Found};
+use crate::discovery::{Discovery, Found, Who};
+use crate::nar_check::{Blame, Checked, Prefixes, StartError};
 use crate::narinfo::{HashPart, NarInfo};
 use crate::nix32;
 use crate::peer_client::PeerClient;
@@ -54,7 +59,24 @@ pub struct Upstream {
     client: PeerClient,
     trust: Trust,
     known: Mutex<Bounded<HashPart, Vec<Source>>>,
+    /// Peers that sent bytes not matching a NarHash: alone (never asked
+    /// for that NAR again) or in a stream spliced from several (asked
+    /// last).
+    blamed: Mutex<Bounded<NarHash, Vec<(Who, Guilt)>>>,
+    /// What cut streams to the local Nix had sent (for its resumes).
+    prefixes: Arc<Prefixes>,
+    /// How fast each peer sent its recent NARs.
     throughput: Throughput,
+}
+
+type NarHash = [u8; 32];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Guilt {
+    /// It alone sent a NAR that did not match.
+    Sure,
+    /// It was one of several that a NAR that did not match came from.
+    Suspect,
 }
 
 impl Upstream {
@@ -64,6 +86,8 @@ impl Upstream {
             client,
             trust,
             known: Mutex::new(Bounded::new(REMEMBERED)),
+            blamed: Mutex::new(Bounded::new(REMEMBERED)),
+            prefixes: Arc::new(Prefixes::new()),
             throughput: Throughput::default(),
         }
     }
@@ -130,58 +154,130 @@ impl Upstream {
             }
             true
         });
-        found
+        self.unblamed_first(nar_hash, found)
     }
 
-    /// The NAR of `hash` (with the NarHash of `sources`) from byte `offset`
-    /// on, from the fastest of `sources` that serves it, failing over to the
-    /// others (and then to peers found anew) mid-stream; `None` when none
-    /// can start it. A large NAR with a single known source first looks for
-    /// the other peers that have it.
+    /// `sources` without the peers surely guilty of wrong bytes for
+    /// `nar_hash`, the suspects last.
+    fn unblamed_first(&self, nar_hash: &[u8; 32], mut sources: Vec<Source>) -> Vec<Source> {
+        let Ok(blamed) = self.blamed.lock() else {
+            return sources;
+        };
+        let Some(guilty) = blamed.get(nar_hash) else {
+            return sources;
+        };
+        let guilt = |s: &Source| {
+            let who = s.found.who();
+            guilty.iter().find(|(w, _)| *w == who).map(|(_, g)| *g)
+        };
+        sources.retain(|s| guilt(s) != Some(Guilt::Sure));
+        sources.sort_by_key(|s| guilt(s).is_some());
+        sources
+    }
+
+    /// Peers sent bytes that do not hash to `nar_hash`: one alone is never
+    /// asked for it again; of several, each is asked last from now on.
+    fn blame(&self, hash: &HashPart, nar_hash: &[u8; 32], from: &[(Who, SocketAddr)]) {
+        let guilt = match from.len() {
+            1 => Guilt::Sure,
+            _ => Guilt::Suspect,
+        };
+        let names: Vec<String> = from.iter().map(|(_, a)| a.to_string()).collect();
+        log::warn!(
+            "{hash}: the NAR from {} does not match its NarHash {}; {}",
+            names.join(" and "),
+            nix32::encode(nar_hash),
+            match guilt {
+                Guilt::Sure => "that peer is no longer asked for it",
+                Guilt::Suspect => "those peers are asked for it last",
+            }
+        );
+        if let Ok(mut blamed) = self.blamed.lock() {
+            let guilty = blamed.entry_or_insert_with(*nar_hash, Vec::new);
+            for (who, _) in from {
+                match guilty.iter_mut().find(|(w, _)| w == who) {
+                    Some((_, g)) if *g == Guilt::Suspect => *g = guilt,
+                    Some(_) => {}
+                    None => guilty.push((*who, guilt)),
+                }
+            }
+            guilty.truncate(SOURCES_PER_PATH * 2);
+        }
+        if guilt == Guilt::Sure {
+            if let Ok(mut known) = self.known.lock() {
+                if let Some(sources) = known.get_mut(hash) {
+                    sources
+                        .retain(|s| !(s.info.nar_hash == *nar_hash && s.found.who() == from[0].0));
+                }
+            }
+        }
+    }
+
+    /// The NAR of `hash` (with the NarHash of `sources`) to hand on from
+    /// byte `offset`: read from its first byte, from the fastest of
+    /// `sources` that serves it, failing over to the others (and then to
+    /// peers found anew) mid-stream, and checked against its NarHash.
+    /// `None` when none can start it, or when the client's first `offset`
+    /// bytes (of a stream that was cut) are not this NAR's. A large NAR
+    /// with one known source first looks for the other peers that have it.
     pub fn nar(
         self: &Arc<Self>,
         hash: &HashPart,
         mut sources: Vec<Source>,
         offset: u64,
     ) -> Option<Box<dyn Read + Send>> {
-        let first = sources.first()?.clone();
-        let searched = sources.len() < 2 && first.info.nar_size - offset >= LARGE_NAR;
+        let first = sources.first()?;
+        let (nar_hash, total) = (first.info.nar_hash, first.info.nar_size);
+        let searched = sources.len() < 2 && total >= LARGE_NAR;
         if searched {
-            for found in self.search(hash, &first.info.nar_hash) {
-                if !sources.iter().any(|s| s.found.addr == found.found.addr) {
+            for found in self.search(hash, &nar_hash) {
+                if !sources.iter().any(|s| s.found.who() == found.found.who()) {
                     sources.push(found);
                 }
             }
         }
-        let sources = (self.throughput).fastest_first(sources, |s| s.found.addr);
+        let sources = (self.throughput).fastest_first(sources, |s| s.found.who());
         let mut nar = FailoverNar {
             upstream: self.clone(),
             hash: *hash,
-            nar_hash: first.info.nar_hash,
-            total: first.info.nar_size,
-            pos: offset,
+            nar_hash,
+            total,
+            pos: 0,
             current: None,
-            left: sources.into(),
+            left: self.unblamed_first(&nar_hash, sources).into(),
             tried: Vec::new(),
+            sent_by: Vec::new(),
             searched,
         };
         match nar.open_next() {
             Ok(opened) => {
                 log::debug!(
-                    "{hash}: NAR of {} bytes from {}{}",
-                    nar.total,
+                    "{hash}: NAR of {total} bytes from {}{}",
                     opened.addr,
                     if offset > 0 {
-                        format!(" from byte {offset}")
+                        format!(", handed on from byte {offset}")
                     } else {
                         String::new()
                     }
                 );
                 nar.current = Some(opened);
-                Some(Box::new(nar))
             }
             Err(e) => {
                 log::info!("{hash}: {e}");
+                return None;
+            }
+        }
+        match Checked::start(nar, nar_hash, total, offset, self.prefixes.clone()) {
+            Ok(checked) => Some(Box::new(checked)),
+            Err(StartError::Io(e)) => {
+                log::info!("{hash}: {e}");
+                None
+            }
+            Err(StartError::PrefixDiffers) => {
+                log::warn!(
+                    "{hash}: Nix resumes a NAR whose first {offset} bytes were wrong; \
+                     refused (404), so that it gets the path anew"
+                );
                 None
             }
         }
@@ -203,7 +299,7 @@ impl Upstream {
             return;
         };
         let sources = known.entry_or_insert_with(source.info.hash_part(), Vec::new);
-        sources.retain(|s| s.found.addr != source.found.addr);
+        sources.retain(|s| s.found.who() != source.found.who());
         sources.insert(0, source.clone());
         sources.truncate(SOURCES_PER_PATH);
     }
@@ -252,14 +348,14 @@ impl Upstream {
         hash: &HashPart,
         timeout: Duration,
     ) -> Result<NarInfo, String> {
-        let info = (self.client.narinfo(found, hash, timeout)).map_err(|e| e.to_string())?;
+        let mut info = (self.client.narinfo(found, hash, timeout)).map_err(|e| e.to_string())?;
         if info.compression != "none" {
             return Err(format!(
                 "its NAR is compressed ({}); only raw NARs are passed on",
                 info.compression
             ));
         }
-        if !self.trust.accepts(&info) {
+        if !self.trust.keep_trusted(&mut info) {
             return Err("not signed by a key the local Nix trusts".into());
         }
         Ok(info)
@@ -277,13 +373,17 @@ struct FailoverNar {
     pos: u64,
     current: Option<Current>,
     left: VecDeque<Source>,
-    tried: Vec<SocketAddr>,
+    /// The peers asked so far.
+    tried: Vec<Who>,
+    /// The peers that sent bytes of it, in order.
+    sent_by: Vec<(Who, SocketAddr)>,
     /// Whether peers were asked anew once the known sources ran out.
     searched: bool,
 }
 
 /// The peer a NAR is coming from now, and since when.
 struct Current {
+    who: Who,
     addr: SocketAddr,
     body: Box<dyn Read + Send>,
     opened: Instant,
@@ -306,12 +406,15 @@ impl FailoverNar {
                 let tried = &self.tried;
                 self.left = found
                     .into_iter()
-                    .filter(|s| !tried.contains(&s.found.addr))
+                    .filter(|s| !tried.contains(&s.found.who()))
                     .collect();
                 continue;
             };
-            let addr = source.found.addr;
-            self.tried.push(addr);
+            let (who, addr) = (source.found.who(), source.found.addr);
+            if self.tried.contains(&who) {
+                continue;
+            }
+            self.tried.push(who);
             match self
                 .upstream
                 .client
@@ -319,6 +422,7 @@ impl FailoverNar {
             {
                 Ok(body) => {
                     return Ok(Current {
+                        who,
                         addr,
                         body,
                         opened: Instant::now(),
@@ -329,12 +433,14 @@ impl FailoverNar {
             }
         }
     }
+}
 
+impl FailoverNar {
     /// Leaves the current peer, its pace learnt from what it sent.
     fn leave_current(&mut self) {
         if let Some(current) = self.current.take() {
             let sent = self.pos - current.from;
-            (self.upstream.throughput).record(current.addr, sent, current.opened.elapsed());
+            (self.upstream.throughput).record(current.who, sent, current.opened.elapsed());
         }
     }
 }
@@ -342,6 +448,13 @@ impl FailoverNar {
 impl Drop for FailoverNar {
     fn drop(&mut self) {
         self.leave_current();
+    }
+}
+
+impl Blame for FailoverNar {
+    fn bad_bytes(&mut self) {
+        self.upstream
+            .blame(&self.hash, &self.nar_hash, &self.sent_by);
     }
 }
 
@@ -368,18 +481,21 @@ impl Read for FailoverNar {
                     self.current.insert(opened)
                 }
             };
+            let (who, from) = (current.who, current.addr);
             let failure = match current.body.read(&mut buf[..want]) {
                 Ok(0) => "it ended early".to_string(),
                 Ok(n) => {
+                    if self.sent_by.last().map(|(w, _)| w) != Some(&who) {
+                        self.sent_by.push((who, from));
+                    }
                     self.pos += n as u64;
                     return Ok(n);
                 }
                 Err(e) => e.to_string(),
             };
             log::info!(
-                "{}: the NAR from {} broke at byte {} of {} ({failure}); another peer goes on",
+                "{}: the NAR from {from} broke at byte {} of {} ({failure}); another peer goes on",
                 self.hash,
-                current.addr,
                 self.pos,
                 self.total
             );

@@ -15,7 +15,6 @@
 //! authenticated. Each source gets at most `--answer-rate` answers a second.
 
 mod peers;
-mod rate;
 mod targets;
 mod udp;
 pub mod wire;
@@ -30,9 +29,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::auth::NetworkKey;
 use crate::narinfo::HashPart;
+use crate::rate::RateLimit;
 use crate::store::Store;
 use peers::PeerTable;
-use rate::RateLimit;
 use targets::SharedTargets;
 use udp::UdpThread;
 use wire::{Datagram, Message, NodeId};
@@ -116,6 +115,26 @@ pub struct Found {
     pub addr: SocketAddr,
     /// An original Peerix, whose routes are the `/local/…` ones.
     pub v1: bool,
+    /// The node id of a peer of ours (original nodes have none).
+    pub node: Option<wire::NodeId>,
+}
+
+impl Found {
+    /// Who the peer is, whichever of its addresses it was heard from: one
+    /// node heard over IPv4 and IPv6 link-local is one source of a NAR.
+    pub fn who(&self) -> Who {
+        match self.node {
+            Some(node) => Who::Node(node),
+            None => Who::Addr(self.addr.ip().to_canonical()),
+        }
+    }
+}
+
+/// A peer's identity: its node id, or for an original node its address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Who {
+    Node(wire::NodeId),
+    Addr(std::net::IpAddr),
 }
 
 /// What the UDP thread tells a worker about its query.

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::peers::PeerTable;
-use super::rate::RateLimit;
 use super::targets::SharedTargets;
 use super::wire::{Datagram, Message, NodeId};
 use super::{Answer, Command, Found, Outbox, Pending, Query, HELLO_EVERY, RECENT, STARTUP, TICK};
@@ -18,6 +17,7 @@ use crate::auth::{AuthError, NetworkKey};
 use crate::cache::Bounded;
 use crate::logs::Throttle;
 use crate::narinfo::HashPart;
+use crate::rate::RateLimit;
 use crate::store::Store;
 
 pub(super) struct UdpThread {
@@ -259,6 +259,7 @@ impl UdpThread {
                 let found = Found {
                     addr: SocketAddr::new(from.ip(), port),
                     v1: true,
+                    node: None,
                 };
                 let _ = p.answers.try_send(Answer::Have(found));
                 let took = p.sent.elapsed();
@@ -300,7 +301,11 @@ impl UdpThread {
             Message::Have { hash, port } => {
                 let mut addr = from;
                 addr.set_port(port);
-                let found = Found { addr, v1: false };
+                let found = Found {
+                    addr,
+                    v1: false,
+                    node: Some(node),
+                };
                 if let Some(p) = self.pending.get_mut(&id).filter(|p| p.hash == hash) {
                     if !p.have.contains(&node) {
                         p.have.push(node);

@@ -21,7 +21,7 @@ mod reply;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -33,6 +33,7 @@ use crate::discovery::Discovery;
 use crate::keys::SigningKey;
 use crate::logs::Throttle;
 use crate::metrics::Metrics;
+use crate::rate::RateLimit;
 use crate::store::Store;
 use crate::upstream::Upstream;
 use reply::Reply;
@@ -50,6 +51,19 @@ pub struct App {
     pub network_key: Option<Arc<NetworkKey>>,
     /// Whether NARs to peers that ask for it are compressed, and how.
     pub compress: crate::compress::Mode,
+    /// The bytes each source's `Range` requests may make Nix's serializer
+    /// read and drop (see `range_skips`).
+    pub range_skips: Mutex<RateLimit>,
+}
+
+/// What peers' `Range` requests may cost: each source may have this node
+/// read and drop 256 MiB a second of NAR bytes before the asked start, 2
+/// GiB at once (a peer of ours resumes a broken NAR once). Past that, 503:
+/// a stranger asking for the last byte of the largest NAR over and over
+/// costs whole reads of it.
+pub fn range_skips() -> Mutex<RateLimit> {
+    const MIB: f64 = 1024.0 * 1024.0;
+    Mutex::new(RateLimit::with_burst(256.0 * MIB, 2048.0 * MIB))
 }
 
 /// Who a request comes from: the one place where loopback is told apart.
@@ -81,6 +95,8 @@ pub struct Incoming<'a> {
     /// The client asked for the framed, compressible NAR stream
     /// (`compress.rs`): only nodes of ours do.
     pub framed: bool,
+    /// The client's address.
+    pub peer: Option<IpAddr>,
 }
 
 /// What one connection may take (tiny_http as patched in src/vendor): an
@@ -425,6 +441,7 @@ fn answer(app: &App, job: Job, stop: &Receiver<()>) {
         from: job.from,
         range: reply::range(&request),
         framed: reply::asks_framed(&request),
+        peer: request.remote_addr().map(|a| a.ip()),
     };
     let reply = peer_routes::route(app, &incoming)
         .or_else(|| local_routes::route(app, &incoming))
