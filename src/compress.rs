@@ -283,11 +283,14 @@ impl<R: Read> Read for Encoder<R> {
     }
 }
 
-/// Plain NAR bytes from a framed stream. Ends (`Ok(0)`) only at a block
-/// boundary; a stream cut inside a block, or a malformed block, is an
-/// error, never short or wrong bytes.
+/// Plain NAR bytes from a framed stream of `left` NAR bytes. Ends (`Ok(0)`)
+/// only at a block boundary; a stream cut inside a block, or a malformed
+/// block, is an error, never short or wrong bytes. Once the last byte is
+/// decoded it reads the stream's end at once, so that the connection under
+/// it is free for the next request even if nobody reads on.
 pub struct Decoder<R> {
     source: R,
+    left: u64,
     decompressor: Option<zstd::bulk::Decompressor<'static>>,
     /// Raw NAR bytes of the current block still to pass on from `source`.
     raw_left: usize,
@@ -297,9 +300,10 @@ pub struct Decoder<R> {
 }
 
 impl<R: Read> Decoder<R> {
-    pub fn new(source: R) -> Decoder<R> {
+    pub fn new(source: R, left: u64) -> Decoder<R> {
         Decoder {
             source,
+            left,
             decompressor: None,
             raw_left: 0,
             encoded: Vec::new(),
@@ -367,11 +371,9 @@ fn cut(inside: &str) -> io::Error {
     )
 }
 
-impl<R: Read> Read for Decoder<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
+impl<R: Read> Decoder<R> {
+    /// Decoded bytes into `buf`, without the end-of-stream bookkeeping.
+    fn read_blocks(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.raw_left == 0 && self.pos == self.decoded.len() && !self.next_block()? {
             return Ok(0);
         }
@@ -387,6 +389,31 @@ impl<R: Read> Read for Decoder<R> {
         let n = buf.len().min(self.decoded.len() - self.pos);
         buf[..n].copy_from_slice(&self.decoded[self.pos..self.pos + n]);
         self.pos += n;
+        Ok(n)
+    }
+}
+
+impl<R: Read> Read for Decoder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() || self.left == 0 {
+            return Ok(0);
+        }
+        let n = self.read_blocks(buf)?;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.left = self.left.saturating_sub(n as u64);
+        if self.left == 0 {
+            let ended = self.raw_left == 0
+                && self.pos == self.decoded.len()
+                && self.source.read(&mut [0u8; 1])? == 0;
+            if !ended {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the compressed NAR stream goes on past the NAR's end",
+                ));
+            }
+        }
         Ok(n)
     }
 }
@@ -442,10 +469,15 @@ mod tests {
         (stream, kinds)
     }
 
-    fn decode(stream: &[u8]) -> io::Result<Vec<u8>> {
+    /// Decodes a stream that should hold `len` NAR bytes.
+    fn decode_len(stream: &[u8], len: usize) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();
-        Decoder::new(stream).read_to_end(&mut out)?;
+        Decoder::new(stream, len as u64).read_to_end(&mut out)?;
         Ok(out)
+    }
+
+    fn decode(stream: &[u8]) -> io::Result<Vec<u8>> {
+        decode_len(stream, usize::MAX)
     }
 
     #[test]
@@ -532,6 +564,21 @@ mod tests {
         bad[1..5].copy_from_slice(&(MAX_BLOCK as u32 + 1).to_be_bytes());
         assert!(decode(&bad).is_err());
         assert!(decode(&[0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn the_stream_ends_with_its_last_nar_byte() {
+        let data = compressible(2 * BLOCK);
+        let (stream, _) = encode(&data, Mode::Always);
+        assert_eq!(decode_len(&stream, data.len()).unwrap(), data);
+        // The end is read with the last byte: nothing is left unread.
+        let mut source = &stream[..];
+        let mut decoder = Decoder::new(&mut source, data.len() as u64);
+        let mut out = vec![0u8; data.len()];
+        decoder.read_exact(&mut out).unwrap();
+        assert!(source.is_empty());
+        // More blocks than the NAR's bytes: an error, not extra bytes.
+        assert!(decode_len(&stream, data.len() - BLOCK).is_err());
     }
 
     #[test]

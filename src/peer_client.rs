@@ -236,7 +236,7 @@ impl PeerClient {
             )));
         }
         let mut body: Box<dyn Read + Send> = match framed {
-            true => Box::new(Decoder::new(reply.body)),
+            true => Box::new(Decoder::new(reply.body, total - offset.min(total))),
             false => Box::new(reply.body),
         };
         if !resumed && offset > 0 {

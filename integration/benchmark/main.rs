@@ -21,7 +21,7 @@
 //!
 //! Flags: `--quick` (one small iteration of everything, for CI), `--only
 //! SECTION[,SECTION…]` (misses, v1, nar, load, index, upkeep, closure,
-//! realistic, lan20), `--out FILE` (where the JSON goes in full mode).
+//! realistic, lan20, compress, fastest), `--out FILE` (where the JSON goes in full mode).
 
 //!
 //! Layout (`integration/benchmark/`): this file reads the flags and runs the
@@ -41,6 +41,7 @@ mod support;
 mod closure;
 mod index;
 mod lan20;
+mod links;
 mod load;
 mod misses;
 mod nar;
@@ -133,6 +134,8 @@ const SECTIONS: &[(&str, Section)] = &[
     ("closure", closure::closure),
     ("realistic", realistic::realistic),
     ("lan20", lan20::lan20),
+    ("compress", links::compress),
+    ("fastest", links::fastest),
 ];
 
 /// Runs the sections, prints the table and writes or prints the JSON.
