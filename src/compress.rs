@@ -170,8 +170,12 @@ pub struct Encoder<R> {
     source: R,
     policy: Policy,
     compressor: Option<zstd::bulk::Compressor<'static>>,
+    /// A block's header and NAR bytes: sent as they are when raw.
     input: Vec<u8>,
-    out: Vec<u8>,
+    /// A block's header and zstd frame.
+    zstd: Vec<u8>,
+    /// Whether `input` (else `zstd`) is being sent, and how far.
+    raw: bool,
     out_pos: usize,
     /// The last block: wire bytes, raw or not, and how long making it took.
     last: Option<(usize, bool, Duration)>,
@@ -189,7 +193,8 @@ impl<R: Read> Encoder<R> {
             policy: Policy::new(mode),
             compressor: None,
             input: Vec::new(),
-            out: Vec::new(),
+            zstd: Vec::new(),
+            raw: true,
             out_pos: 0,
             last: None,
             waited: Duration::ZERO,
@@ -210,24 +215,22 @@ impl<R: Read> Encoder<R> {
             self.policy.written(wire, self.waited, made, raw);
         }
         let start = Instant::now();
-        self.input.resize(BLOCK, 0);
+        self.input.resize(HEADER + BLOCK, 0);
         let mut filled = 0;
         while filled < BLOCK {
-            match self.source.read(&mut self.input[filled..]) {
+            match self.source.read(&mut self.input[HEADER + filled..]) {
                 Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        self.input.truncate(filled);
+        self.input.truncate(HEADER + filled);
         if filled == 0 {
             return Ok(false);
         }
-        self.out.clear();
         self.out_pos = 0;
-        self.out.resize(HEADER, 0);
-        let mut kind = RAW;
+        self.raw = true;
         if self.policy.compress_next() {
             let zstart = Instant::now();
             let compressor = match &mut self.compressor {
@@ -235,27 +238,33 @@ impl<R: Read> Encoder<R> {
                 None => self.compressor.insert(zstd::bulk::Compressor::new(LEVEL)?),
             };
             let bound = zstd::zstd_safe::compress_bound(filled);
-            self.out.resize(HEADER + bound, 0);
-            let encoded = compressor.compress_to_buffer(&self.input, &mut self.out[HEADER..])?;
+            self.zstd.resize(HEADER + bound, 0);
+            let encoded =
+                compressor.compress_to_buffer(&self.input[HEADER..], &mut self.zstd[HEADER..])?;
             self.policy.compressed(filled, encoded, zstart.elapsed());
-            self.out.truncate(HEADER + encoded);
-            kind = match encoded < filled {
-                true => ZSTD,
-                false => RAW,
-            };
+            self.zstd.truncate(HEADER + encoded);
+            self.raw = encoded >= filled;
         }
-        if kind == RAW {
-            self.out.truncate(HEADER);
-            self.out.extend_from_slice(&self.input);
-        }
-        let encoded = self.out.len() - HEADER;
-        self.out[0] = kind;
-        self.out[1..5].copy_from_slice(&(filled as u32).to_be_bytes());
-        self.out[5..9].copy_from_slice(&(encoded as u32).to_be_bytes());
+        let (kind, out) = match self.raw {
+            true => (RAW, &mut self.input),
+            false => (ZSTD, &mut self.zstd),
+        };
+        let encoded = out.len() - HEADER;
+        out[0] = kind;
+        out[1..5].copy_from_slice(&(filled as u32).to_be_bytes());
+        out[5..9].copy_from_slice(&(encoded as u32).to_be_bytes());
         self.counts[usize::from(kind == ZSTD)] += 1;
-        self.last = Some((self.out.len(), kind == RAW, start.elapsed()));
+        self.last = Some((out.len(), self.raw, start.elapsed()));
         self.waited = Duration::ZERO;
         Ok(true)
+    }
+
+    /// The bytes of the block being sent.
+    fn out(&self) -> &[u8] {
+        match self.raw {
+            true => &self.input,
+            false => &self.zstd,
+        }
     }
 }
 
@@ -264,7 +273,7 @@ impl<R: Read> Read for Encoder<R> {
         if let Some(left) = self.left_at.take() {
             self.waited += left.elapsed();
         }
-        if self.out_pos == self.out.len() && !self.next_block()? {
+        if self.out_pos == self.out().len() && !self.next_block()? {
             let (raw, zstd) = self.counts();
             let mb = |v: Option<f64>| v.map_or("?".into(), |v| format!("{:.1}", 1e-6 / v));
             log::debug!(
@@ -275,8 +284,9 @@ impl<R: Read> Read for Encoder<R> {
             );
             return Ok(0);
         }
-        let n = buf.len().min(self.out.len() - self.out_pos);
-        buf[..n].copy_from_slice(&self.out[self.out_pos..self.out_pos + n]);
+        let out = &self.out()[self.out_pos..];
+        let n = buf.len().min(out.len());
+        buf[..n].copy_from_slice(&out[..n]);
         self.out_pos += n;
         self.left_at = Some(Instant::now());
         Ok(n)
