@@ -440,3 +440,63 @@ fn the_fastest_peer_serves_a_nar_once_paces_are_learnt() {
         assert!(from(&line, fast), "{line}\n{}", n3.log());
     }
 }
+
+/// A large NAR that two peers hold comes from both at once, in stripes;
+/// one of them freezes (SIGSTOP) half way: after the stall limit its
+/// stripe is taken over by the other, and Nix gets the NAR its narinfo
+/// names (Nix checks the NarHash too).
+#[test]
+fn a_stalled_striping_peer_loses_its_stripe_and_the_nar_still_matches() {
+    let Some(net) = Net::new(3) else { return };
+    let (h1, h2, h3) = (net.host(1), net.host(2), net.host(3));
+    let key = generate_key(h1, "shared-1");
+    let path = support::build_random(h1, &format!("{}-stripe", net.prefix), 96 << 20);
+    copy_to(h1, h2, &path);
+    let want = dump_sha256(h1, &path, 0);
+    // 96 MiB over two 100 Mbit/s links: about 4 s.
+    h1.limit_rate(100);
+    h2.limit_rate(100);
+    let n1 = node(h1, &key, &[], &[]);
+    let n2 = node(h2, &key, &[], &[]);
+    let n3 = node(h3, &generate_key(h3, "h3-1"), &[&key], &[]);
+    wait_offered(h1, &path);
+    wait_offered(h2, &path);
+    let args = realise_args(&[&path], &[&key]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut nix = h3.spawn_daemon(h3.cmd("nix-store", &args), "nix-store");
+    let hash = hash_of(&path);
+    let started = support::wait_until(Duration::from_secs(30), || {
+        !log_lines(&n3, &format!("{hash}: NAR of")).is_empty()
+    });
+    assert!(started, "no NAR stream: {}", n3.log());
+    assert!(
+        log_lines(&n3, "from 2 peers at once").len() == 1,
+        "{}",
+        n3.log()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let signal = |sig: &str, pid: u32| {
+        std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("kill");
+    };
+    signal("-STOP", n2.pid());
+    let finished = support::wait_until(Duration::from_secs(120), || nix.try_wait().is_some());
+    signal("-CONT", n2.pid());
+    assert!(finished, "nix-store hangs");
+    assert!(
+        nix.try_wait().is_some_and(|s| s.success()),
+        "{}\nnode:\n{}",
+        nix.log(),
+        n3.log()
+    );
+    let broke = log_lines(&n3, "broke at byte");
+    let taken = log_lines(&n3, "goes on from");
+    assert_eq!((broke.len(), taken.len()), (1, 1), "{}", n3.log());
+    assert!(taken[0].contains(&h1.addr4.to_string()) || !taken[0].contains(&h2.addr4.to_string()));
+    assert_eq!(dump_sha256(h3, &path, 0), want);
+    // The NAR came in once: Nix asked once, both peers served a stripe.
+    assert_eq!(log_lines(&n3, "GET /nar/").len(), 1, "{}", n3.log());
+    assert!(n1.log().contains("sent the NAR"), "{}", n1.log());
+}

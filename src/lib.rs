@@ -21,6 +21,7 @@ pub mod rate;
 pub mod share;
 pub mod signals;
 pub mod store;
+pub mod stripe;
 pub mod throughput;
 pub mod trust;
 pub mod upstream;

@@ -17,6 +17,7 @@ use crate::compress::{self, Decoder};
 use crate::discovery::Found;
 use crate::narinfo::{self, HashPart, NarInfo};
 use crate::peer_http::{Connections, Reply};
+use crate::stripe::{self, Stripe};
 
 /// A connection to a LAN peer that takes longer than this is a dead peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -73,25 +74,18 @@ impl PeerClient {
 
     /// GET `path` on the peer at `addr`, authenticated when there is a
     /// network key: the reply's head by `deadline`, each read of its body
-    /// within `stall`; with `framed`, asking for the framed stream.
+    /// within `stall`, with `headers` beside the authorization.
     /// Statuses other than 200 and 206 are errors.
     fn get(
         &self,
         addr: SocketAddr,
         path: &str,
-        (range, framed): (Option<u64>, bool),
+        mut headers: Vec<(&str, String)>,
         deadline: Instant,
         stall: Duration,
     ) -> Result<Reply, FetchError> {
-        let mut headers = Vec::new();
-        if framed {
-            headers.push(("Accept-Encoding", compress::ENCODING.to_string()));
-        }
         if let Some(key) = &self.key {
             headers.push(("Authorization", key.authorization("GET", path)));
-        }
-        if let Some(offset) = range {
-            headers.push(("Range", format!("bytes={offset}-")));
         }
         let reply = (self.connections)
             .get(addr, path, &headers, deadline, stall)
@@ -130,7 +124,7 @@ impl PeerClient {
     ) -> Result<NarInfo, FetchError> {
         let deadline = Instant::now() + timeout;
         let path = PeerClient::narinfo_path(found, hash);
-        let reply = self.get(found.addr, &path, (None, false), deadline, timeout)?;
+        let reply = self.get(found.addr, &path, Vec::new(), deadline, timeout)?;
         if reply.status != 200 {
             reply.discard();
             return Err(FetchError::Invalid("a narinfo answered 206".into()));
@@ -167,12 +161,15 @@ impl PeerClient {
     /// path: relative to `/peer/` on ours, to the root on an original
     /// Peerix. Nodes of ours are asked for the framed stream
     /// (`compress.rs`) unless compression is off; what this returns is
-    /// plain NAR bytes either way.
+    /// plain NAR bytes either way. With `stripe`, a node of ours is asked
+    /// for that stripe's bytes only (`stripe.rs`), and what this returns is
+    /// them.
     pub fn nar(
         &self,
         found: &Found,
         info: &NarInfo,
         offset: u64,
+        stripe: Option<Stripe>,
     ) -> Result<Box<dyn Read + Send>, FetchError> {
         let url = &info.url;
         let plain = !url.is_empty()
@@ -190,12 +187,21 @@ impl PeerClient {
         let head_by = Instant::now()
             + NAR_HEAD_TIMEOUT
             + Duration::from_secs_f64(offset as f64 / SKIP_PACE as f64);
-        let range = (offset > 0).then_some(offset);
-        let framed = !found.v1 && self.compress != compress::Mode::Never;
+        let framed = !found.v1 && (self.compress != compress::Mode::Never || stripe.is_some());
+        let mut headers = Vec::new();
+        if offset > 0 {
+            headers.push(("Range", format!("bytes={offset}-")));
+        }
+        if framed {
+            headers.push(("Accept-Encoding", compress::ENCODING.to_string()));
+        }
+        if let Some(stripe) = stripe {
+            headers.push((stripe::HEADER, stripe.render()));
+        }
         let reply = self.get(
             found.addr,
             &format!("{base}{url}"),
-            (range, framed),
+            headers,
             head_by,
             STALL_TIMEOUT,
         )?;
@@ -235,8 +241,19 @@ impl PeerClient {
                 "{length:?} bytes, where the narinfo says {total}"
             )));
         }
+        let left = match stripe {
+            Some(stripe) if framed && reply.header(stripe::HEADER) == Some(&stripe.render()) => {
+                stripe.bytes_in(offset, total)
+            }
+            Some(_) => {
+                return Err(FetchError::Invalid(
+                    "the stripe asked for is not sent".into(),
+                ))
+            }
+            None => total - offset.min(total),
+        };
         let mut body: Box<dyn Read + Send> = match framed {
-            true => Box::new(Decoder::new(reply.body, total - offset.min(total))),
+            true => Box::new(Decoder::new(reply.body, left)),
             false => Box::new(reply.body),
         };
         if !resumed && offset > 0 {

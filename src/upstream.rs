@@ -29,6 +29,7 @@ use crate::nar_check::{Blame, Checked, Prefixes, StartError};
 use crate::narinfo::{HashPart, NarInfo};
 use crate::nix32;
 use crate::peer_client::PeerClient;
+use crate::stripe::{self, Stripe, Striped};
 use crate::throughput::Throughput;
 use crate::trust::Trust;
 
@@ -177,7 +178,7 @@ impl Upstream {
 
     /// Peers sent bytes that do not hash to `nar_hash`: one alone is never
     /// asked for it again; of several, each is asked last from now on.
-    fn blame(&self, hash: &HashPart, nar_hash: &[u8; 32], from: &[(Who, SocketAddr)]) {
+    pub(crate) fn blame(&self, hash: &HashPart, nar_hash: &[u8; 32], from: &[(Who, SocketAddr)]) {
         let guilt = match from.len() {
             1 => Guilt::Sure,
             _ => Guilt::Suspect,
@@ -237,6 +238,18 @@ impl Upstream {
             }
         }
         let sources = (self.throughput).fastest_first(sources, |s| s.found.who());
+        let sources = self.unblamed_first(&nar_hash, sources);
+        let lanes = self.lanes(&sources, total);
+        if lanes >= 2 {
+            let ours: Vec<Source> = sources.iter().filter(|s| !s.found.v1).cloned().collect();
+            match Striped::start(self.clone(), *hash, ours, lanes) {
+                Ok(striped) => {
+                    log::debug!("{hash}: NAR of {total} bytes from {lanes} peers at once");
+                    return self.checked_nar(hash, striped, nar_hash, total, offset);
+                }
+                Err(e) => log::info!("{hash}: {e}; one peer at a time"),
+            }
+        }
         let mut nar = FailoverNar {
             upstream: self.clone(),
             hash: *hash,
@@ -244,7 +257,7 @@ impl Upstream {
             total,
             pos: 0,
             current: None,
-            left: self.unblamed_first(&nar_hash, sources).into(),
+            left: sources.into(),
             tried: Vec::new(),
             sent_by: Vec::new(),
             searched,
@@ -267,6 +280,54 @@ impl Upstream {
                 return None;
             }
         }
+        self.checked_nar(hash, nar, nar_hash, total, offset)
+    }
+
+    /// How many peers to fetch a NAR of `total` bytes from at once: those
+    /// of ours among `sources` (fastest first) that keep up with the
+    /// fastest (at least half its pace, or not measured yet), up to
+    /// `stripe::MAX_LANES`; none for a NAR under `stripe::MIN_NAR`.
+    fn lanes(&self, sources: &[Source], total: u64) -> usize {
+        if total < stripe::MIN_NAR {
+            return 0;
+        }
+        let paces: Vec<Option<f64>> = (sources.iter())
+            .filter(|s| !s.found.v1)
+            .map(|s| self.throughput.pace(&s.found.who()))
+            .collect();
+        let best = paces.iter().flatten().fold(0.0, |a: f64, &b| a.max(b));
+        (paces.iter())
+            .take_while(|p| p.is_none_or(|p| p * 2.0 >= best))
+            .count()
+            .min(stripe::MAX_LANES)
+    }
+
+    /// Opens a lane of a striped NAR: `stripe`'s bytes from `pos` on.
+    pub(crate) fn open_stripe(
+        &self,
+        source: &Source,
+        pos: u64,
+        stripe: Stripe,
+    ) -> io::Result<Box<dyn Read + Send>> {
+        (self.client)
+            .nar(&source.found, &source.info, pos, Some(stripe))
+            .map_err(|e| io::Error::other(e.to_string()))
+    }
+
+    /// `who` sent `bytes` of a NAR, waited for in `took`.
+    pub(crate) fn learn(&self, who: Who, bytes: u64, took: Duration) {
+        self.throughput.record(who, bytes, took);
+    }
+
+    /// `nar` checked against its NarHash, handed on from byte `offset`.
+    fn checked_nar(
+        &self,
+        hash: &HashPart,
+        nar: impl Read + Blame + Send + 'static,
+        nar_hash: [u8; 32],
+        total: u64,
+        offset: u64,
+    ) -> Option<Box<dyn Read + Send>> {
         match Checked::start(nar, nar_hash, total, offset, self.prefixes.clone()) {
             Ok(checked) => Some(Box::new(checked)),
             Err(StartError::Io(e)) => {
@@ -418,7 +479,7 @@ impl FailoverNar {
             match self
                 .upstream
                 .client
-                .nar(&source.found, &source.info, self.pos)
+                .nar(&source.found, &source.info, self.pos, None)
             {
                 Ok(body) => {
                     return Ok(Current {

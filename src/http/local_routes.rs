@@ -145,6 +145,7 @@ fn nar(app: &App, hash: &HashPart, nar_hash: Option<[u8; 32]>, incoming: &Incomi
     // The local Nix gets plain NAR bytes, as from any binary cache.
     Reply::Stream {
         compress: None,
+        stripe: None,
         content_type: "application/x-nix-nar",
         len: total,
         range: incoming.range,

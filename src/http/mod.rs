@@ -95,6 +95,8 @@ pub struct Incoming<'a> {
     /// The client asked for the framed, compressible NAR stream
     /// (`compress.rs`): only nodes of ours do.
     pub framed: bool,
+    /// The stripe of the NAR asked for (`stripe.rs`), with `framed`.
+    pub stripe: Option<crate::stripe::Stripe>,
     /// The client's address.
     pub peer: Option<IpAddr>,
 }
@@ -441,6 +443,7 @@ fn answer(app: &App, job: Job, stop: &Receiver<()>) {
         from: job.from,
         range: reply::range(&request),
         framed: reply::asks_framed(&request),
+        stripe: reply::stripe(&request),
         peer: request.remote_addr().map(|a| a.ip()),
     };
     let reply = peer_routes::route(app, &incoming)

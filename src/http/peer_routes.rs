@@ -36,7 +36,9 @@ pub fn is_peer_route(path: &str) -> bool {
 pub fn route(app: &App, incoming: &Incoming) -> Option<Reply> {
     let path = incoming.path;
     // Only our own routes offer the framed stream: original nodes never ask.
-    let compress = match incoming.framed && app.compress != Mode::Never {
+    // A stripe is sent framed even without compression.
+    let framed = incoming.framed && (app.compress != Mode::Never || incoming.stripe.is_some());
+    let compress = match framed {
         true => Some(app.compress),
         false => None,
     };
@@ -178,6 +180,7 @@ fn nar_reply(app: &App, hash: &HashPart, incoming: &Incoming, compress: Option<M
     };
     Reply::Stream {
         compress,
+        stripe: incoming.stripe,
         content_type: "application/x-nix-nar",
         len: info.nar_size,
         range,

@@ -11,6 +11,7 @@ use tiny_http::{Header, Request, Response, StatusCode};
 
 use crate::compress::{self, Encoder};
 use crate::metrics::{Metrics, NarSource};
+use crate::stripe::{self, Filter, Stripe};
 
 pub enum Reply {
     /// A short text body.
@@ -25,6 +26,8 @@ pub enum Reply {
     /// `Content-Range` still count NAR bytes).
     Stream {
         compress: Option<compress::Mode>,
+        /// Only this stripe's bytes (`stripe.rs`); with `compress` only.
+        stripe: Option<Stripe>,
         content_type: &'static str,
         len: u64,
         range: Option<u64>,
@@ -83,6 +86,13 @@ pub fn asks_framed(request: &Request) -> bool {
         .any(|h| compress::accepts(h.value.as_str()))
 }
 
+/// The stripe a request asks for in `X-Peerix-Stripe`, if well-formed.
+pub fn stripe(request: &Request) -> Option<Stripe> {
+    (request.headers().iter())
+        .find(|h| h.field.equiv(stripe::HEADER))
+        .and_then(|h| Stripe::parse(h.value.as_str()))
+}
+
 fn header(name: &str, value: &str) -> Header {
     // Names and values here are our own ASCII constants and numbers.
     Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("ASCII header")
@@ -109,6 +119,7 @@ pub fn send(request: Request, reply: Reply, metrics: &Metrics, stop: &Receiver<(
         }
         Reply::Stream {
             compress,
+            stripe,
             content_type,
             len,
             range,
@@ -124,8 +135,15 @@ pub fn send(request: Request, reply: Reply, metrics: &Metrics, stop: &Receiver<(
                 left,
                 stop: stop.clone(),
             };
+            let stripe = stripe.filter(|_| compress.is_some() && body.is_some());
             let (body, length, compress): (Box<dyn Read + Send>, _, _) = match (body, compress) {
-                (Some(body), Some(mode)) => (Box::new(Encoder::new(exact(body), mode)), None, true),
+                (Some(body), Some(mode)) => match stripe {
+                    Some(s) => {
+                        let filtered = Filter::new(exact(body), s, offset);
+                        (Box::new(Encoder::new(filtered, mode)), None, true)
+                    }
+                    None => (Box::new(Encoder::new(exact(body), mode)), None, true),
+                },
                 (Some(body), None) => (Box::new(exact(body)), Some(left as usize), false),
                 (None, _) => (Box::new(io::empty()), Some(left as usize), false),
             };
@@ -146,6 +164,9 @@ pub fn send(request: Request, reply: Reply, metrics: &Metrics, stop: &Receiver<(
             }
             if compress {
                 headers.push(header("Content-Encoding", compress::ENCODING));
+            }
+            if let Some(s) = stripe {
+                headers.push(header(stripe::HEADER, &s.render()));
             }
             let status = if range.is_some() { 206 } else { 200 };
             let response = Response::new(StatusCode(status), headers, body, length, None)
