@@ -12,6 +12,10 @@
 //! `fastest`: two peers with the same NARs, one behind 20 Mbit/s and one
 //! unlimited; once the local node has seen both, the time of a NAR beside
 //! the fast peer alone.
+//!
+//! `stripe`: three peers each behind 100 Mbit/s, compression off on every
+//! node (to see the effect alone): a large NAR from all three at once
+//! beside one peer alone.
 
 use std::thread;
 use std::time::Duration;
@@ -214,4 +218,43 @@ pub(crate) fn fastest(m: Mode) -> Vec<Row> {
     .baseline("the unlimited peer alone", alone)
     .target(Target::TimesBaseline(1.2))
     .note(&note)]
+}
+
+pub(crate) fn stripe(m: Mode) -> Vec<Row> {
+    let net = Net::new(4).expect("test hosts");
+    let local = net.host(4);
+    let peers = [net.host(1), net.host(2), net.host(3)];
+    let key = generate_key(peers[0], "bench-1");
+    let size = m.pick(48u64, 192) << 20;
+    let path = random_path(peers[0], "stripe.bin", size);
+    for p in &peers[1..] {
+        copy_to(peers[0], p, &path);
+    }
+    for p in &peers {
+        set_rate(p, Some(100));
+    }
+    let nar = nar_size(peers[0], &path);
+    let url = nar_urls(peers[0], std::slice::from_ref(&path)).remove(0);
+    let local_node = node(local, &key, &["--compress", "never"]);
+    let reps = m.pick(1, 3);
+    let first = peer_node(peers[0], &key, "never", &[&path]);
+    let one: Vec<f64> = (0..reps)
+        .map(|_| nar / MIB / fetch(local, &url, first.pid(), local_node.pid(), nar).0)
+        .collect();
+    let _others: Vec<Node> = (peers[1..].iter())
+        .map(|p| peer_node(p, &key, "never", &[&path]))
+        .collect();
+    wait_peers(local, 3);
+    let three: Vec<f64> = (0..reps)
+        .map(|_| nar / MIB / fetch(local, &url, first.pid(), local_node.pid(), nar).0)
+        .collect();
+    vec![Row::new(
+        "stripe_three_peers_mib_s",
+        "NAR throughput from three peers each behind 100 Mbit/s, client unlimited, --compress never",
+        "MiB/s",
+        three,
+    )
+    .baseline("one of them alone", one)
+    .target(Target::AtLeastTimesBaseline(2.5))
+    .note(&format!("{:.0} MiB NAR of random bytes", nar / MIB))]
 }

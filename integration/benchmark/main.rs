@@ -21,7 +21,7 @@
 //!
 //! Flags: `--quick` (one small iteration of everything, for CI), `--only
 //! SECTION[,SECTION…]` (misses, v1, nar, load, index, upkeep, closure,
-//! realistic, lan20, compress, fastest), `--out FILE` (where the JSON goes in full mode).
+//! realistic, lan20, compress, fastest, stripe), `--out FILE` (where the JSON goes in full mode).
 
 //!
 //! Layout (`integration/benchmark/`): this file reads the flags and runs the
@@ -136,6 +136,7 @@ const SECTIONS: &[(&str, Section)] = &[
     ("lan20", lan20::lan20),
     ("compress", links::compress),
     ("fastest", links::fastest),
+    ("stripe", links::stripe),
 ];
 
 /// Runs the sections, prints the table and writes or prints the JSON.
