@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use crate::harness::*;
 use crate::report::*;
-use crate::support::{build_programs, copy_to, generate_key, wait_offered, Host, Key, Net};
+use crate::support::{
+    build_programs, copy_to, generate_key, wait_offered, wait_until, Host, Key, Net,
+};
 
 /// Limits what `host` sends to `mbit` megabits a second (a token bucket on
 /// its side of the veth), or lifts the limit.
@@ -42,9 +44,22 @@ fn set_rate(host: &Host, mbit: Option<u32>) {
     }
 }
 
-/// One NAR through the local node: seconds, and the CPU seconds the
-/// sender and the receiver (each node with its Nix children) spent on it.
+/// One NAR through the local node, after its narinfo as Nix asks (not
+/// timed; asked again for up to 10 s, the first query of a path a peer
+/// has not answered before may be missed): seconds, and the CPU seconds
+/// the sender and the receiver (each node with its Nix children) spent on
+/// the NAR.
 fn fetch(local: &Host, url: &str, sender: u32, receiver: u32, size: f64) -> (f64, f64, f64) {
+    let hash = url
+        .trim_end_matches(".nar")
+        .rsplit('-')
+        .next()
+        .unwrap_or("");
+    let narinfo = [format!("/{hash}.narinfo")];
+    let found = wait_until(Duration::from_secs(10), || {
+        http_load(local, &narinfo, 1)[0].status == 200
+    });
+    assert!(found, "no peer answers for {hash}");
     let settle = || thread::sleep(Duration::from_millis(300));
     settle();
     let (s0, r0) = (tree_cpu_secs(sender), tree_cpu_secs(receiver));
