@@ -229,12 +229,20 @@ impl Upstream {
     ) -> Option<Box<dyn Read + Send>> {
         let first = sources.first()?;
         let (nar_hash, total) = (first.info.nar_hash, first.info.nar_size);
-        let searched = sources.len() < 2 && total >= LARGE_NAR;
+        // A large NAR is worth a discovery round: every peer that has it,
+        // as it is now (a node that restarted answers with its new
+        // identity, and is not taken for two).
+        let searched = total >= LARGE_NAR;
         if searched {
-            for found in self.search(hash, &nar_hash) {
-                if !sources.iter().any(|s| s.found.who() == found.found.who()) {
-                    sources.push(found);
-                }
+            let mut found = self.search(hash, &nar_hash);
+            let mut seen = Vec::new();
+            found.retain(|s| {
+                let new = !seen.contains(&s.found.who());
+                seen.push(s.found.who());
+                new
+            });
+            if !found.is_empty() {
+                sources = found;
             }
         }
         let sources = (self.throughput).fastest_first(sources, |s| s.found.who());
@@ -360,7 +368,9 @@ impl Upstream {
             return;
         };
         let sources = known.entry_or_insert_with(source.info.hash_part(), Vec::new);
-        sources.retain(|s| s.found.who() != source.found.who());
+        // Another identity at the same address is a node that restarted.
+        sources
+            .retain(|s| s.found.who() != source.found.who() && s.found.addr != source.found.addr);
         sources.insert(0, source.clone());
         sources.truncate(SOURCES_PER_PATH);
     }
