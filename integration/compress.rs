@@ -1,9 +1,10 @@
 //! Compression between nodes of ours (`src/compress.rs`), with real Nix in
 //! network namespaces and links limited by `tc`.
 //!
-//! Covers: a compressed stream whose peer is killed half way, another peer
-//! going on at the same NAR byte (compressed too) and Nix getting the NAR
-//! its narinfo names; curl, curl `--compressed`, the original's routes and
+//! Covers: a compressed stream whose peer is killed half way (the NAR
+//! comes from both peers at once, in stripes), the other peer going on at
+//! the same NAR byte (compressed too) and Nix getting the NAR its narinfo
+//! names; curl, curl `--compressed`, the original's routes and
 //! a node with `--compress never` getting raw bytes, while a node of ours
 //! gets the framed stream (whole and from a byte on); random data sent raw
 //! after the first blocks on a link where real programs are compressed.
@@ -73,10 +74,11 @@ fn a_compressed_stream_killed_mid_way_fails_over_at_the_right_nar_byte() {
     let Some(net) = Net::new(3) else { return };
     let (h1, h2, h3) = (net.host(1), net.host(2), net.host(3));
     let key = generate_key(h1, "shared-1");
-    let path = build_programs(h1, &net.prefix, 160 << 20);
+    let path = build_programs(h1, &net.prefix, 256 << 20);
     copy_to(h1, h2, &path);
     let want = dump(h1, &path);
-    // About 60 MiB compressed at 100 Mbit/s: 5 s to kill the peer half way.
+    // About 95 MiB compressed, striped over two 100 Mbit/s links: 4 s to
+    // kill a peer half way.
     h1.limit_rate(100);
     h2.limit_rate(100);
     let n1 = node(h1, &key, &[], &["--compress", "always"]);

@@ -27,8 +27,10 @@ use crate::upstream::{Source, Upstream};
 
 /// The request and reply header naming a stripe.
 pub const HEADER: &str = "X-Peerix-Stripe";
-/// NAR bytes per block dealt to a lane.
-pub const BLOCK: u64 = 4 << 20;
+/// NAR bytes per block dealt to a lane: small enough that the sockets of
+/// the lanes not being read hold their next block (a LAN's TCP buffers stay
+/// small, its round trips being short), so that no lane idles.
+pub const BLOCK: u64 = 512 << 10;
 /// NARs smaller than this come from one peer.
 pub const MIN_NAR: u64 = 32 << 20;
 /// Peers one NAR is fetched from at once, at most.
@@ -251,7 +253,7 @@ impl Read for Striped {
             if self.lanes[i].body.is_none() {
                 self.open(i)?;
                 log::info!(
-                    "{}: stripe {i} goes on from {} at byte {}",
+                    "{}: stripe {i}: going on from {} at byte {}",
                     self.hash,
                     self.lanes[i].source.found.addr,
                     self.pos
@@ -278,7 +280,7 @@ impl Read for Striped {
                 Err(e) => e.to_string(),
             };
             log::info!(
-                "{}: stripe {i} from {} broke at byte {} of {} ({failure}); another peer takes it",
+                "{}: stripe {i}: the NAR from {} broke at byte {} of {} ({failure}); another peer goes on",
                 self.hash,
                 lane.source.found.addr,
                 self.pos,
