@@ -291,23 +291,33 @@ impl Upstream {
         self.checked_nar(hash, nar, nar_hash, total, offset)
     }
 
-    /// How many peers to fetch a NAR of `total` bytes from at once: those
-    /// of ours among `sources` (fastest first) that keep up with the
-    /// fastest (at least half its pace, or not measured yet), up to
-    /// `stripe::MAX_LANES`; none for a NAR under `stripe::MIN_NAR`.
+    /// How many peers to fetch a NAR of `total` bytes from at once: the
+    /// first k of ours among `sources` (fastest first), up to
+    /// `stripe::MAX_LANES`, for the k that makes k times the slowest of
+    /// them largest (a stripe goes at its slowest lane's pace; a peer not
+    /// measured yet counts as the fastest). 1 when one peer alone is
+    /// faster; none for a NAR under `stripe::MIN_NAR`.
     fn lanes(&self, sources: &[Source], total: u64) -> usize {
         if total < stripe::MIN_NAR {
             return 0;
         }
         let paces: Vec<Option<f64>> = (sources.iter())
             .filter(|s| !s.found.v1)
+            .take(stripe::MAX_LANES)
             .map(|s| self.throughput.pace(&s.found.who()))
             .collect();
         let best = paces.iter().flatten().fold(0.0, |a: f64, &b| a.max(b));
-        (paces.iter())
-            .take_while(|p| p.is_none_or(|p| p * 2.0 >= best))
-            .count()
-            .min(stripe::MAX_LANES)
+        let mut slowest = f64::INFINITY;
+        let mut chosen = (0, 0.0);
+        for (i, pace) in paces.iter().enumerate() {
+            slowest = slowest.min(pace.unwrap_or(best).max(f64::MIN_POSITIVE));
+            let k = i + 1;
+            let rate = k as f64 * slowest;
+            if rate >= chosen.1 || best == 0.0 {
+                chosen = (k, rate);
+            }
+        }
+        chosen.0
     }
 
     /// Opens a lane of a striped NAR: `stripe`'s bytes from `pos` on.
