@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use crate::discovery::Who;
 use crate::nar_check::Blame;
 use crate::narinfo::HashPart;
+use crate::transfers::Transfer;
 use crate::upstream::{Source, Upstream};
 
 /// The request and reply header naming a stripe.
@@ -151,16 +152,22 @@ pub struct Striped {
     next_source: usize,
     failed: Vec<Who>,
     sent_by: Vec<(Who, SocketAddr)>,
+    /// What comes from which peer, for the status; and the peer that
+    /// sent the last bytes.
+    transfer: Option<Transfer>,
+    last_from: Option<SocketAddr>,
 }
 
 impl Striped {
-    /// Starts a lane on each of the first `every` of `sources`; an error
-    /// when a lane cannot start on any of them.
+    /// Starts a lane on each of the first `every` of `sources`, taking
+    /// `transfer`; an error (and `transfer` left in place) when a lane
+    /// cannot start on any of them.
     pub fn start(
         upstream: Arc<Upstream>,
         hash: HashPart,
         sources: Vec<Source>,
         every: usize,
+        transfer: &mut Option<Transfer>,
     ) -> io::Result<Striped> {
         let every = every.min(sources.len());
         let total = sources.first().map_or(0, |s| s.info.nar_size);
@@ -182,10 +189,13 @@ impl Striped {
             sources,
             failed: Vec::new(),
             sent_by: Vec::new(),
+            transfer: None,
+            last_from: None,
         };
         for i in 0..every {
             striped.open(i)?;
         }
+        striped.transfer = transfer.take();
         Ok(striped)
     }
 
@@ -271,6 +281,13 @@ impl Read for Striped {
                 Ok(n) => {
                     lane.bytes += n as u64;
                     let who = (lane.source.found.who(), lane.source.found.addr);
+                    if let Some(transfer) = &mut self.transfer {
+                        if self.last_from != Some(who.1) {
+                            transfer.from_peer(who.1);
+                            self.last_from = Some(who.1);
+                        }
+                        transfer.add(n);
+                    }
                     if !self.sent_by.iter().any(|(w, _)| *w == who.0) {
                         self.sent_by.push(who);
                     }

@@ -79,6 +79,11 @@ impl Trust {
         trust
     }
 
+    /// The names of the keys accepted.
+    pub fn key_names(&self) -> Vec<String> {
+        self.keys.iter().map(|k| k.name().to_owned()).collect()
+    }
+
     /// Keeps only the signatures that a trusted key verifies, a few at
     /// most (what a peer sent may carry any number of others); false when
     /// none is left.

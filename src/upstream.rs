@@ -31,6 +31,7 @@ use crate::nix32;
 use crate::peer_client::PeerClient;
 use crate::stripe::{self, Stripe, Striped};
 use crate::throughput::Throughput;
+use crate::transfers::Transfer;
 use crate::trust::Trust;
 
 /// The longest a narinfo fetch from one peer may take. A narinfo request
@@ -142,7 +143,10 @@ impl Upstream {
             );
             return Vec::new();
         }
-        all
+        match all.first().map(|s| s.info.nar_hash) {
+            Some(nar_hash) => self.unblamed_first(&nar_hash, all),
+            None => all,
+        }
     }
 
     /// The peers that serve the NAR of `hash` whose NarHash is `nar_hash`,
@@ -219,13 +223,15 @@ impl Upstream {
     /// `sources` that serves it, failing over to the others (and then to
     /// peers found anew) mid-stream, and checked against its NarHash.
     /// `None` when none can start it, or when the client's first `offset`
-    /// bytes (of a stream that was cut) are not this NAR's. A large NAR
-    /// with one known source first looks for the other peers that have it.
+    /// bytes (of a stream that was cut) are not this NAR's. For a large NAR
+    /// the peers are asked anew first, so that the fastest can be chosen,
+    /// or several at once. What comes from which peer goes to `transfer`.
     pub fn nar(
         self: &Arc<Self>,
         hash: &HashPart,
         mut sources: Vec<Source>,
         offset: u64,
+        transfer: Transfer,
     ) -> Option<Box<dyn Read + Send>> {
         let first = sources.first()?;
         let (nar_hash, total) = (first.info.nar_hash, first.info.nar_size);
@@ -248,9 +254,10 @@ impl Upstream {
         let sources = (self.throughput).fastest_first(sources, |s| s.found.who());
         let sources = self.unblamed_first(&nar_hash, sources);
         let lanes = self.lanes(&sources, total);
+        let mut transfer = Some(transfer);
         if lanes >= 2 {
             let ours: Vec<Source> = sources.iter().filter(|s| !s.found.v1).cloned().collect();
-            match Striped::start(self.clone(), *hash, ours, lanes) {
+            match Striped::start(self.clone(), *hash, ours, lanes, &mut transfer) {
                 Ok(striped) => {
                     log::debug!("{hash}: NAR of {total} bytes from {lanes} peers at once");
                     return self.checked_nar(hash, striped, nar_hash, total, offset);
@@ -258,6 +265,7 @@ impl Upstream {
                 Err(e) => log::info!("{hash}: {e}; one peer at a time"),
             }
         }
+        let transfer = transfer?;
         let mut nar = FailoverNar {
             upstream: self.clone(),
             hash: *hash,
@@ -269,6 +277,7 @@ impl Upstream {
             tried: Vec::new(),
             sent_by: Vec::new(),
             searched,
+            transfer,
         };
         match nar.open_next() {
             Ok(opened) => {
@@ -460,6 +469,7 @@ struct FailoverNar {
     sent_by: Vec<(Who, SocketAddr)>,
     /// Whether peers were asked anew once the known sources ran out.
     searched: bool,
+    transfer: Transfer,
 }
 
 /// The peer a NAR is coming from now, and since when.
@@ -502,13 +512,14 @@ impl FailoverNar {
                 .nar(&source.found, &source.info, self.pos, None)
             {
                 Ok(body) => {
+                    self.transfer.from_peer(addr);
                     return Ok(Current {
                         who,
                         addr,
                         body,
                         opened: Instant::now(),
                         from: self.pos,
-                    })
+                    });
                 }
                 Err(e) => log::warn!("{}: NAR from {addr}: {e}; trying the next peer", self.hash),
             }
@@ -570,6 +581,7 @@ impl Read for FailoverNar {
                         self.sent_by.push((who, from));
                     }
                     self.pos += n as u64;
+                    self.transfer.add(n);
                     return Ok(n);
                 }
                 Err(e) => e.to_string(),

@@ -31,6 +31,7 @@ use crate::auth::NetworkKey;
 use crate::narinfo::HashPart;
 use crate::rate::RateLimit;
 use crate::store::Store;
+pub use peers::PeerInfo;
 use peers::PeerTable;
 use targets::SharedTargets;
 use udp::UdpThread;
@@ -258,7 +259,7 @@ enum Command {
         sent: Instant,
         deadline: Instant,
     },
-    Status(Sender<Vec<String>>),
+    Status(Sender<Vec<PeerInfo>>),
     Stop,
 }
 
@@ -435,8 +436,8 @@ impl Discovery {
         self.timeout
     }
 
-    /// One line per known peer.
-    pub fn peers(&self) -> Vec<String> {
+    /// What is known of every peer.
+    pub fn peers(&self) -> Vec<PeerInfo> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let wait = Duration::from_secs(1);
         if self

@@ -73,7 +73,7 @@ impl UdpThread {
                         deadline,
                     } => self.register(id, hash, answers, sent, deadline),
                     Command::Status(reply) => {
-                        let _ = reply.send(self.peers.describe());
+                        let _ = reply.send(self.peers.snapshot());
                     }
                     Command::Stop => {
                         self.broadcast(Message::Bye);

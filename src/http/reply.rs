@@ -1,16 +1,19 @@
 //! What a route answers, and how it is written to the client: status codes,
 //! bodies of known length (never chunked), `Range: bytes=N-` answered 206,
-//! HEAD without a body, and a connection cut when a streamed body fails
+//! HEAD without a body, a connection cut when a streamed body fails
 //! half-way (tiny_http, as patched in src/vendor, shuts the socket down
-//! when a response fails).
+//! when a response fails), and a connection closed after a refusal.
 
 use std::io::{self, Read};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, TryRecvError};
 use tiny_http::{Header, Request, Response, StatusCode};
 
 use crate::compress::{self, Encoder};
-use crate::metrics::{Metrics, NarSource};
+use crate::metrics::{Direction, Metrics, NarSource};
 use crate::stripe::{self, Filter, Stripe};
 
 pub enum Reply {
@@ -21,9 +24,9 @@ pub enum Reply {
         body: String,
     },
     /// A streamed body (a NAR) of `len` bytes in all; with `range`, from
-    /// that byte on (206). `body` is `None` for HEAD. With `compress`, sent
-    /// as the framed stream of `compress.rs`, chunked (offsets and
-    /// `Content-Range` still count NAR bytes).
+    /// that byte on (206). `body` is `None` for HEAD.
+    /// With `compress`, sent as the framed stream of `compress.rs`,
+    /// chunked (offsets and `Content-Range` still count NAR bytes).
     Stream {
         compress: Option<compress::Mode>,
         /// Only this stripe's bytes (`stripe.rs`); with `compress` only.
@@ -93,16 +96,33 @@ pub fn stripe(request: &Request) -> Option<Stripe> {
         .and_then(|h| Stripe::parse(h.value.as_str()))
 }
 
+/// True when the `Accept` header names `application/json`.
+pub fn accepts_json(request: &Request) -> bool {
+    (request.headers().iter())
+        .filter(|h| h.field.equiv("Accept"))
+        .any(|h| h.value.as_str().contains("application/json"))
+}
+
 fn header(name: &str, value: &str) -> Header {
     // Names and values here are our own ASCII constants and numbers.
     Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("ASCII header")
 }
 
+/// Whether a connection is closed after a reply with this status: a
+/// malformed or refused request (400, 403, 405, 413) says the client is not
+/// one of ours, or not allowed; it gets no further requests on this
+/// connection (a new one costs it a handshake and a place under the caps).
+/// A 404 is an ordinary miss.
+fn closes(status: u16) -> bool {
+    matches!(status, 400 | 403 | 405 | 413)
+}
+
 /// Writes `reply` to the client of `request`. A streamed body that fails
 /// half-way, or is stopped because the daemon stops, cuts the connection,
 /// so the client never takes a short body for a whole one, nor waits for
-/// bytes that will not come.
-pub fn send(request: Request, reply: Reply, metrics: &Metrics, stop: &Receiver<()>) {
+/// bytes that will not come. The NAR bytes counted are those the socket
+/// took; a client that went away is counted as an aborted NAR.
+pub fn send(request: Request, reply: Reply, metrics: &Arc<Metrics>, stop: &Receiver<()>) {
     let peer = request.remote_addr().copied();
     match reply {
         Reply::Text {
@@ -113,7 +133,11 @@ pub fn send(request: Request, reply: Reply, metrics: &Metrics, stop: &Receiver<(
             let response = Response::from_string(body)
                 .with_status_code(StatusCode(status))
                 .with_header(header("Content-Type", content_type));
-            if let Err(e) = request.respond(response) {
+            let sent = match closes(status) {
+                true => request.respond_and_close(response),
+                false => request.respond(response),
+            };
+            if let Err(e) = sent {
                 log::debug!("reply to {peer:?}: {e}");
             }
         }
@@ -130,13 +154,23 @@ pub fn send(request: Request, reply: Reply, metrics: &Metrics, stop: &Receiver<(
             let streamed = body.is_some();
             let offset = range.unwrap_or(0);
             let left = len - offset.min(len);
+            let count = Count {
+                metrics: metrics.clone(),
+                source,
+                peer: peer.map(|p| p.ip()),
+                unflushed: 0,
+                pending: 0,
+                counted: Arc::new(AtomicU64::new(0)),
+            };
+            let counted = count.counted.clone();
             let exact = |body| Exact {
                 inner: body,
                 left,
                 stop: stop.clone(),
+                count: Some(count),
             };
             let stripe = stripe.filter(|_| compress.is_some() && body.is_some());
-            let (body, length, compress): (Box<dyn Read + Send>, _, _) = match (body, compress) {
+            let (body, length, framed): (Box<dyn Read + Send>, _, _) = match (body, compress) {
                 (Some(body), Some(mode)) => match stripe {
                     Some(s) => {
                         let filtered = Filter::new(exact(body), s, offset);
@@ -147,10 +181,6 @@ pub fn send(request: Request, reply: Reply, metrics: &Metrics, stop: &Receiver<(
                 (Some(body), None) => (Box::new(exact(body)), Some(left as usize), false),
                 (None, _) => (Box::new(io::empty()), Some(left as usize), false),
             };
-            // Counted as offered: a client that leaves early is not told apart.
-            if streamed {
-                metrics.nar_bytes(source, left);
-            }
             let mut headers = vec![
                 header("Content-Type", content_type),
                 header("Accept-Ranges", "bytes"),
@@ -162,7 +192,7 @@ pub fn send(request: Request, reply: Reply, metrics: &Metrics, stop: &Receiver<(
                     &format!("bytes {offset}-{last}/{len}"),
                 ));
             }
-            if compress {
+            if framed {
                 headers.push(header("Content-Encoding", compress::ENCODING));
             }
             if let Some(s) = stripe {
@@ -171,25 +201,98 @@ pub fn send(request: Request, reply: Reply, metrics: &Metrics, stop: &Receiver<(
             let status = if range.is_some() { 206 } else { 200 };
             let response = Response::new(StatusCode(status), headers, body, length, None)
                 .with_chunked_threshold(usize::MAX);
-            // tiny_http reports a client that went away as success; a body
-            // that failed as an error. Either way the body (and a Nix child
-            // behind it) is dropped, and so killed, right here.
-            match request.respond(response) {
-                Ok(()) if streamed => log::debug!("sent {what} ({left} bytes) to {peer:?}"),
-                Ok(()) => {}
+            // Whatever happened, the body (and a Nix child behind it) is
+            // dropped, and so killed, right here.
+            let result = request.respond(response);
+            if !streamed {
+                return;
+            }
+            let sent = match &result {
+                Ok(sent) => *sent,
+                Err(e) => e.sent,
+            };
+            // The part of the last piece the socket took before it failed
+            // (in NAR bytes: not known for a framed stream, whose bytes on
+            // the wire are not the NAR's).
+            let short = sent.saturating_sub(counted.load(Ordering::Relaxed));
+            if short > 0 && !framed {
+                count_bytes(metrics, source, peer.map(|p| p.ip()), short);
+            }
+            match result {
+                Ok(_) => log::debug!("sent {what} ({left} bytes) to {peer:?}"),
+                Err(e) if !e.body_failed => {
+                    metrics.nar_aborted();
+                    log::debug!("{peer:?} left before the end of {what} ({left} bytes): {e}");
+                }
                 Err(e) => log::warn!("sending {what} to {peer:?} failed: {e}; connection cut"),
             }
         }
     }
 }
 
+/// Counts `n` NAR bytes sent, from `source`, to `peer`.
+fn count_bytes(metrics: &Metrics, source: NarSource, peer: Option<IpAddr>, n: u64) {
+    metrics.nar_bytes(source, n);
+    if let (NarSource::Store, Some(peer)) = (source, peer) {
+        metrics.peer_bytes(peer, Direction::Sent, n);
+    }
+}
+
 /// A body that must be exactly `left` bytes long: ending early or running
 /// over is an error, so that the connection is cut instead of ending a 200
 /// that looks complete. It also ends with an error when the daemon stops.
+/// Its bytes are counted as they are read (`count`).
 struct Exact {
     inner: Box<dyn Read + Send>,
     left: u64,
     stop: Receiver<()>,
+    count: Option<Count>,
+}
+
+/// Bytes of a NAR reply, for the metrics: passed on at least every
+/// `FLUSH_EVERY` bytes and when the reply ends (however it ends). A piece
+/// read is counted when the next is asked for, which tiny_http does only
+/// once the socket took the whole piece; what the socket took of the last
+/// piece when a reply broke off is added by `send` (from `counted`), so
+/// that what is counted is what was sent.
+struct Count {
+    metrics: Arc<Metrics>,
+    source: NarSource,
+    /// The client: a peer when the NAR comes from this store.
+    peer: Option<IpAddr>,
+    unflushed: u64,
+    /// The last piece read, not yet known to be sent.
+    pending: u64,
+    /// Bytes counted so far.
+    counted: Arc<AtomicU64>,
+}
+
+/// How often a NAR reply's bytes reach the counters, at least.
+const FLUSH_EVERY: u64 = 256 * 1024;
+
+impl Count {
+    /// A piece of `n` bytes was read: the one before it was sent.
+    fn read(&mut self, n: usize) {
+        let sent = std::mem::replace(&mut self.pending, n as u64);
+        self.unflushed += sent;
+        self.counted.fetch_add(sent, Ordering::Relaxed);
+        if self.unflushed >= FLUSH_EVERY {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        let n = std::mem::take(&mut self.unflushed);
+        if n > 0 {
+            count_bytes(&self.metrics, self.source, self.peer, n);
+        }
+    }
+}
+
+impl Drop for Count {
+    fn drop(&mut self) {
+        self.flush();
+    }
 }
 
 impl Read for Exact {
@@ -198,6 +301,9 @@ impl Read for Exact {
             return Err(io::Error::other("the daemon is stopping"));
         }
         if self.left == 0 {
+            if let Some(count) = &mut self.count {
+                count.read(0);
+            }
             // Read on to see that the source ends here.
             return match self.inner.read(&mut [0u8; 1])? {
                 0 => Ok(0),
@@ -215,6 +321,9 @@ impl Read for Exact {
             ));
         }
         self.left -= n as u64;
+        if let Some(count) = &mut self.count {
+            count.read(n);
+        }
         Ok(n)
     }
 }
@@ -230,6 +339,7 @@ mod tests {
             inner: Box::new(data),
             left: len,
             stop,
+            count: None,
         }
         .read_to_end(&mut out)?;
         Ok(out)
@@ -250,6 +360,7 @@ mod tests {
             inner: Box::new(&b"abcdef"[..]),
             left: 6,
             stop,
+            count: None,
         };
         let mut buf = [0u8; 2];
         assert_eq!(body.read(&mut buf).unwrap(), 2);
