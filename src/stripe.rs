@@ -156,6 +156,7 @@ pub struct Striped {
     /// sent the last bytes.
     transfer: Option<Transfer>,
     last_from: Option<SocketAddr>,
+    started: Instant,
 }
 
 impl Striped {
@@ -191,6 +192,7 @@ impl Striped {
             sent_by: Vec::new(),
             transfer: None,
             last_from: None,
+            started: Instant::now(),
         };
         for i in 0..every {
             striped.open(i)?;
@@ -231,7 +233,7 @@ impl Striped {
     fn replace(&mut self, i: usize) -> io::Result<()> {
         let lane = &mut self.lanes[i];
         self.failed.push(lane.source.found.who());
-        (self.upstream).learn(lane.source.found.who(), lane.bytes, lane.waited);
+        (self.upstream).learn(lane.source.found.who(), lane.bytes, lane.waited, false);
         (lane.bytes, lane.waited, lane.body) = (0, Duration::ZERO, None);
         let n = self.sources.len();
         for k in 0..n {
@@ -318,9 +320,20 @@ impl Blame for Striped {
 }
 
 impl Drop for Striped {
+    /// Learns the lanes' paces. The lane that waited longest set the pace
+    /// of all, and its bytes over its waits are its own pace; the others
+    /// were read from what their sockets held while it was waited for, so
+    /// their waits say little (a peer as fast as the slowest looks much
+    /// faster): they are known to be at least as fast as the stripe went.
     fn drop(&mut self) {
-        for lane in &self.lanes {
-            (self.upstream).learn(lane.source.found.who(), lane.bytes, lane.waited);
+        let took = self.started.elapsed();
+        let slowest = (0..self.lanes.len()).max_by_key(|&i| self.lanes[i].waited);
+        for (i, lane) in self.lanes.iter().enumerate() {
+            let who = lane.source.found.who();
+            match Some(i) == slowest {
+                true => (self.upstream).learn(who, lane.bytes, lane.waited, false),
+                false => (self.upstream).learn(who, lane.bytes, took, true),
+            }
         }
     }
 }

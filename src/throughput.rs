@@ -35,6 +35,17 @@ impl Default for Throughput {
 impl Throughput {
     /// `peer` sent `bytes` of a NAR in `took`.
     pub fn record(&self, peer: Who, bytes: u64, took: Duration) {
+        self.update(peer, bytes, took, false);
+    }
+
+    /// `peer` sent `bytes` in `took` while held back by a slower one (a
+    /// lane of a stripe that waited for another): it is at least this
+    /// fast, so its pace is raised to this, never lowered.
+    pub fn record_at_least(&self, peer: Who, bytes: u64, took: Duration) {
+        self.update(peer, bytes, took, true);
+    }
+
+    fn update(&self, peer: Who, bytes: u64, took: Duration, at_least: bool) {
         if bytes < MIN_BYTES {
             return;
         }
@@ -43,6 +54,7 @@ impl Throughput {
             return;
         };
         let average = match paces.get(&peer) {
+            Some(&old) if at_least => old.max(pace),
             Some(old) => 0.5 * old + 0.5 * pace,
             None => pace,
         };

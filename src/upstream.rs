@@ -341,9 +341,13 @@ impl Upstream {
             .map_err(|e| io::Error::other(e.to_string()))
     }
 
-    /// `who` sent `bytes` of a NAR, waited for in `took`.
-    pub(crate) fn learn(&self, who: Who, bytes: u64, took: Duration) {
-        self.throughput.record(who, bytes, took);
+    /// `who` sent `bytes` of a NAR, waited for in `took`; with `at_least`,
+    /// while held back by a slower peer (see `Throughput::record_at_least`).
+    pub(crate) fn learn(&self, who: Who, bytes: u64, took: Duration, at_least: bool) {
+        match at_least {
+            true => self.throughput.record_at_least(who, bytes, took),
+            false => self.throughput.record(who, bytes, took),
+        }
     }
 
     /// `nar` checked against its NarHash, handed on from byte `offset`.
