@@ -422,12 +422,14 @@ fn the_fastest_peer_serves_a_nar_once_paces_are_learnt() {
         line
     };
     // Where a line says the NAR came from: the address a peer answered
-    // discovery from, IPv4 or link-local IPv6.
+    // discovery from, IPv4, IPv6 or link-local IPv6.
     let from = |line: &str, host: &Host| {
         let ll =
             host.run("ip -o -6 addr show dev eth0 scope link | awk '{print $4}' | cut -d/ -f1");
         let tail = line.rsplit(" from ").next().unwrap_or("");
-        tail.contains(&host.addr4.to_string()) || tail.contains(&format!("[{ll}%"))
+        tail.contains(&host.addr4.to_string())
+            || tail.contains(&format!("[{}]", host.addr6))
+            || tail.contains(&format!("[{ll}%"))
     };
     // The slow peer alone: its pace is learnt.
     wait_offered(slow, &paths[0]);
