@@ -37,6 +37,7 @@ pub struct Metrics {
     latency_sum_us: AtomicU64,
     nar_bytes_store: AtomicU64,
     nar_bytes_peers: AtomicU64,
+    nar_bytes_upstream: AtomicU64,
     nar_aborted: AtomicU64,
     /// NAR bytes per peer address: sent to it, received from it.
     peer_bytes: Mutex<Bounded<IpAddr, [u64; 2]>>,
@@ -60,6 +61,7 @@ impl Default for Metrics {
             latency_sum_us: AtomicU64::default(),
             nar_bytes_store: AtomicU64::default(),
             nar_bytes_peers: AtomicU64::default(),
+            nar_bytes_upstream: AtomicU64::default(),
             nar_aborted: AtomicU64::default(),
             peer_bytes: Mutex::new(Bounded::new(PEERS_COUNTED)),
             transfers: Transfers::default(),
@@ -84,6 +86,9 @@ pub enum NarSource {
     Store,
     /// A peer, passed on to the local Nix.
     Peer,
+    /// An upstream cache (through the node that fetches it for the LAN),
+    /// passed on to the local Nix or served to a peer.
+    Upstream,
 }
 
 impl Metrics {
@@ -113,6 +118,7 @@ impl Metrics {
         let counter = match source {
             NarSource::Store => &self.nar_bytes_store,
             NarSource::Peer => &self.nar_bytes_peers,
+            NarSource::Upstream => &self.nar_bytes_upstream,
         };
         counter.fetch_add(bytes, Ordering::Relaxed);
     }
@@ -232,9 +238,10 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "peerix_nar_bytes_total{{source=\"store\"}} {}\npeerix_nar_bytes_total{{source=\"peers\"}} {}",
+            "peerix_nar_bytes_total{{source=\"store\"}} {}\npeerix_nar_bytes_total{{source=\"peers\"}} {}\npeerix_nar_bytes_total{{source=\"upstream\"}} {}",
             get(&self.nar_bytes_store),
-            get(&self.nar_bytes_peers)
+            get(&self.nar_bytes_peers),
+            get(&self.nar_bytes_upstream)
         );
         head(
             &mut out,

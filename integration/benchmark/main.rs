@@ -21,7 +21,7 @@
 //!
 //! Flags: `--quick` (one small iteration of everything, for CI), `--only
 //! SECTION[,SECTION…]` (misses, v1, nar, load, index, upkeep, closure,
-//! realistic, lan20, compress, fastest, stripe), `--out FILE` (where the JSON goes in full mode).
+//! realistic, lan20, pull, compress, fastest, stripe), `--out FILE` (where the JSON goes in full mode).
 
 //!
 //! Layout (`integration/benchmark/`): this file reads the flags and runs the
@@ -45,6 +45,7 @@ mod links;
 mod load;
 mod misses;
 mod nar;
+mod pull;
 mod realistic;
 mod upkeep;
 mod v1;
@@ -134,6 +135,7 @@ const SECTIONS: &[(&str, Section)] = &[
     ("closure", closure::closure),
     ("realistic", realistic::realistic),
     ("lan20", lan20::lan20),
+    ("pull", pull::pull),
     ("compress", links::compress),
     ("fastest", links::fastest),
     ("stripe", links::stripe),

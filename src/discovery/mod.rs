@@ -157,6 +157,9 @@ pub struct Settings {
     pub network_key: Option<Arc<NetworkKey>>,
     /// Answers a second to one source; 0 for no limit.
     pub answer_rate: u32,
+    /// This node fetches from upstream caches for its peers: say so
+    /// beside every hello.
+    pub pulls: bool,
 }
 
 /// Queries waiting for the share policy's verdict, at most; more are
@@ -260,6 +263,7 @@ enum Command {
         deadline: Instant,
     },
     Status(Sender<Vec<PeerInfo>>),
+    Pullers(Sender<Vec<(NodeId, SocketAddr)>>),
     Stop,
 }
 
@@ -365,6 +369,7 @@ impl Discovery {
             recent: crate::cache::Bounded::new(RECENT_MAX),
             last_hello: None,
             started: Instant::now(),
+            pulls: settings.pulls,
         };
         std::thread::Builder::new()
             .name("discovery-udp".into())
@@ -449,6 +454,19 @@ impl Discovery {
         }
         self.outbox.wake();
         rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default()
+    }
+
+    /// The live peers of ours that fetch from upstream caches for their
+    /// peers, with their HTTP addresses; empty when the UDP thread does not
+    /// answer within a second.
+    pub fn pullers(&self) -> Vec<(NodeId, SocketAddr)> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let wait = Duration::from_secs(1);
+        if (self.commands.send_timeout(Command::Pullers(tx), wait)).is_err() {
+            return Vec::new();
+        }
+        self.outbox.wake();
+        rx.recv_timeout(wait).unwrap_or_default()
     }
 
     /// Says goodbye to the peers and stops the UDP thread.

@@ -36,6 +36,8 @@ pub(super) struct UdpThread {
     pub(super) recent: Bounded<HashPart, Vec<(Option<NodeId>, Found, Instant)>>,
     pub(super) last_hello: Option<Instant>,
     pub(super) started: Instant,
+    /// Whether to say `Pulls` beside every hello.
+    pub(super) pulls: bool,
 }
 
 /// Queries of ours waiting for answers, at most (each is kept until its
@@ -74,6 +76,9 @@ impl UdpThread {
                     } => self.register(id, hash, answers, sent, deadline),
                     Command::Status(reply) => {
                         let _ = reply.send(self.peers.snapshot());
+                    }
+                    Command::Pullers(reply) => {
+                        let _ = reply.send(self.peers.pullers());
                     }
                     Command::Stop => {
                         self.broadcast(Message::Bye);
@@ -273,7 +278,9 @@ impl UdpThread {
 
     fn handle_v2(&mut self, node: NodeId, id: u32, message: Message, from: SocketAddr) {
         let port = match message {
-            Message::Have { port, .. } | Message::Hello { port, .. } => Some(port),
+            Message::Have { port, .. } | Message::Hello { port, .. } | Message::Pulls { port } => {
+                Some(port)
+            }
             _ => None,
         };
         if matches!(message, Message::Bye) {
@@ -290,6 +297,14 @@ impl UdpThread {
             NEW_PEER.log(log::Level::Info, || {
                 format!("peer {node:016x} at {from} is here")
             });
+            // A new peer learns at once that this node pulls, whether or
+            // not it heard its hellos.
+            if self.pulls && self.rate.allow(from.ip()) {
+                let pulls = Message::Pulls {
+                    port: self.outbox.port,
+                };
+                self.outbox.send(&self.outbox.v2(0, pulls), from);
+            }
         }
         match message {
             Message::Query { hash } => self.answer(Query {
@@ -328,7 +343,14 @@ impl UdpThread {
                     port: self.outbox.port,
                 };
                 self.outbox.send(&self.outbox.v2(0, hello), from);
+                if self.pulls {
+                    let pulls = Message::Pulls {
+                        port: self.outbox.port,
+                    };
+                    self.outbox.send(&self.outbox.v2(0, pulls), from);
+                }
             }
+            Message::Pulls { .. } => self.peers.heard_pulls(node),
             Message::Hello { .. } | Message::Bye => {}
         }
     }
@@ -356,6 +378,11 @@ impl UdpThread {
                 want_reply: first,
                 port: self.outbox.port,
             });
+            if self.pulls {
+                self.broadcast(Message::Pulls {
+                    port: self.outbox.port,
+                });
+            }
             self.last_hello = Some(now);
             self.peers.expire();
             self.recent.retain(|_, entries| {

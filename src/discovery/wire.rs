@@ -15,12 +15,17 @@
 //! |---|---|
 //! | 0–1 | magic `PX` |
 //! | 2 | version, 2 |
-//! | 3 | kind: 1 query, 2 have, 3 not here, 4 hello, 5 bye |
+//! | 3 | kind: 1 query, 2 have, 3 not here, 4 hello, 5 bye, 6 pulls |
 //! | 4–11 | sender's node id (u64 BE, random per process) |
 //! | 12–15 | request id (u32 BE; 0 for hello and bye) |
-//! | 16– | by kind: query and not here: hash (32); have: hash (32) and HTTP port (u16 BE); hello: flags (1; bit 0 asks for a hello back) and HTTP port (u16 BE); bye: nothing |
+//! | 16– | by kind: query and not here: hash (32); have: hash (32) and HTTP port (u16 BE); hello: flags (1; bit 0 asks for a hello back) and HTTP port (u16 BE); bye: nothing; pulls: HTTP port (u16 BE) |
 //!
-//! Every kind has exactly one length (48, 50, 48, 19, 16 bytes).
+//! Every kind has exactly one length (48, 50, 48, 19, 16, 18 bytes).
+//!
+//! `pulls` goes out beside every hello of a node with upstream caches
+//! (`--upstream`): it may be asked for paths it fetches from them
+//! (`src/pull/`). Nodes before it drop the unknown kind, as every node
+//! drops what it cannot parse, so their hellos and ours are unchanged.
 
 use crate::narinfo::HashPart;
 
@@ -46,11 +51,25 @@ pub enum Datagram {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
-    Query { hash: HashPart },
-    Have { hash: HashPart, port: u16 },
-    NotHere { hash: HashPart },
-    Hello { want_reply: bool, port: u16 },
+    Query {
+        hash: HashPart,
+    },
+    Have {
+        hash: HashPart,
+        port: u16,
+    },
+    NotHere {
+        hash: HashPart,
+    },
+    Hello {
+        want_reply: bool,
+        port: u16,
+    },
     Bye,
+    /// The sender fetches from upstream caches for its peers.
+    Pulls {
+        port: u16,
+    },
 }
 
 const HEADER: usize = 16;
@@ -77,6 +96,7 @@ impl Datagram {
                     Message::NotHere { .. } => 3,
                     Message::Hello { .. } => 4,
                     Message::Bye => 5,
+                    Message::Pulls { .. } => 6,
                 };
                 out.extend_from_slice(MAGIC);
                 out.extend_from_slice(&[VERSION, kind]);
@@ -90,6 +110,7 @@ impl Datagram {
                         out.extend_from_slice(hash.as_str().as_bytes());
                         out.extend_from_slice(&port.to_be_bytes());
                     }
+                    Message::Pulls { port } => out.extend_from_slice(&port.to_be_bytes()),
                     Message::Hello { want_reply, port } => {
                         out.push(u8::from(*want_reply));
                         out.extend_from_slice(&port.to_be_bytes());
@@ -142,6 +163,7 @@ impl Datagram {
                         port: port_at(17)?,
                     },
                     (5, 16) => Message::Bye,
+                    (6, 18) => Message::Pulls { port: port_at(16)? },
                     _ => return None,
                 };
                 Some(Datagram::V2 { node, id, message })
@@ -206,6 +228,7 @@ mod tests {
                 19,
             ),
             (Message::Bye, 16),
+            (Message::Pulls { port: 12304 }, 18),
         ];
         for (message, len) in messages {
             let datagram = Datagram::V2 {

@@ -40,6 +40,7 @@ use crate::discovery::Discovery;
 use crate::keys::SigningKey;
 use crate::logs::Throttle;
 use crate::metrics::Metrics;
+use crate::pull::Pull;
 use crate::rate::RateLimit;
 use crate::store::Store;
 use crate::upstream::Upstream;
@@ -53,6 +54,8 @@ pub struct App {
     pub discovery: Arc<Discovery>,
     /// The peers, as the local Nix's upstream.
     pub upstream: Arc<Upstream>,
+    /// Upstream caches, when this node pulls through them.
+    pub pull: Option<Arc<Pull>>,
     pub metrics: Arc<Metrics>,
     /// When set, requests for the peer routes must be authenticated.
     pub network_key: Option<Arc<NetworkKey>>,
@@ -676,6 +679,7 @@ fn route_name(path: &str) -> &'static str {
         "/metrics" => "metrics",
         "/peer/nix-cache-info" => "peer_cache_info",
         p if p.starts_with("/peer/nar/") => "peer_nar",
+        p if p.starts_with("/peer/pull/") => "peer_pull",
         p if p.starts_with("/peer/") => "peer_narinfo",
         p if p.starts_with("/local/nar/") => "v1_nar",
         p if p.starts_with("/local/") => "v1_narinfo",
