@@ -76,6 +76,7 @@ let
     ++ concatMap (pattern: [ "--never-share" pattern ]) cfg.neverShare
     ++ concatMap (url: [ "--upstream" url ]) cfg.upstreams
     ++ optionals (cfg.spoolSize != null) [ "--spool-size" (toString cfg.spoolSize) ]
+    ++ optionals (cfg.compress != "auto") [ "--compress" cfg.compress ]
     ++ optional cfg.verbose "--verbose"
     ++ cfg.extraArgs;
 
@@ -273,6 +274,19 @@ in
       type = types.bool;
       default = false;
       description = "Whether to ask only `extraHosts`, without broadcasting queries on the LAN.";
+    };
+
+    compress = mkOption {
+      type = types.enum [ "auto" "always" "never" ];
+      default = "auto";
+      description = ''
+        Compression of NARs between nodes of this daemon (`--compress`):
+        `auto` compresses (zstd) while the link, not the CPU, is the
+        bottleneck and the data compresses; `always` on every link (a slow
+        link and a fast sender); `never` sends and asks for raw NARs (a
+        small machine whose CPU is worth more than its link). Original
+        Peerix nodes and the local Nix always get raw NARs.
+      '';
     };
 
     timeout = mkOption {

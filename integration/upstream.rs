@@ -381,3 +381,138 @@ fn each_path_costs_one_query_and_one_narinfo_fetch_over_reused_connections() {
         n1.log()
     );
 }
+
+/// Two peers have the same large NARs: one behind 20 Mbit/s, one
+/// unlimited. Once the node has seen the slow one's pace, the next NARs
+/// come from the fast one, found by a discovery round of its own when the
+/// narinfo came from the slow one (which answers first about half the
+/// time: four NARs in a row from the fast one would be luck 1 in 16).
+#[test]
+fn the_fastest_peer_serves_a_nar_once_paces_are_learnt() {
+    let Some(net) = Net::new(3) else { return };
+    let (slow, fast, h3) = (net.host(1), net.host(2), net.host(3));
+    let key = generate_key(slow, "shared-1");
+    let paths: Vec<String> = (0..5)
+        .map(|i| support::build_random(slow, &format!("{}-pace{i}", net.prefix), 12 << 20))
+        .collect();
+    for p in &paths {
+        copy_to(slow, fast, p);
+    }
+    slow.limit_rate(20);
+    let _slow_node = node(slow, &key, &[], &[]);
+    let n3 = node(h3, &generate_key(h3, "h3-1"), &[&key], &[]);
+    let fetch = |path: &str| -> String {
+        let info = h3
+            .curl(&[&format!("{LOCAL}/{}.narinfo", hash_of(path))])
+            .text();
+        let url = info
+            .lines()
+            .find_map(|l| l.strip_prefix("URL: "))
+            .unwrap_or_else(|| panic!("no URL: {info}"))
+            .to_string();
+        let before = n3.log().len();
+        let nar = h3.curl(&[&format!("{LOCAL}/{url}")]);
+        assert_eq!(nar.status, 200);
+        assert_eq!(body_sha256(h3, &nar.body), dump_sha256(slow, path, 0));
+        let log = n3.log();
+        let line = (log[before..].lines())
+            .find(|l| l.contains(": NAR of"))
+            .unwrap_or_else(|| panic!("{log}"))
+            .to_string();
+        line
+    };
+    // Where a line says the NAR came from: the address a peer answered
+    // discovery from, IPv4, IPv6 or link-local IPv6.
+    let from = |line: &str, host: &Host| {
+        let ll =
+            host.run("ip -o -6 addr show dev eth0 scope link | awk '{print $4}' | cut -d/ -f1");
+        let tail = line.rsplit(" from ").next().unwrap_or("");
+        tail.contains(&host.addr4.to_string())
+            || tail.contains(&format!("[{}]", host.addr6))
+            || tail.contains(&format!("[{ll}%"))
+    };
+    // The slow peer alone: its pace is learnt.
+    wait_offered(slow, &paths[0]);
+    let line = fetch(&paths[0]);
+    assert!(from(&line, slow), "{line}");
+    let _fast_node = node(fast, &key, &[], &[]);
+    wait_offered(fast, &paths[1]);
+    for p in &paths[1..] {
+        let line = fetch(p);
+        assert!(from(&line, fast), "{line}\n{}", n3.log());
+    }
+}
+
+/// A large NAR that two peers hold comes from both at once, in stripes;
+/// one of them freezes (SIGSTOP) half way: after the stall limit its
+/// stripe is taken over by the other, and Nix gets the NAR its narinfo
+/// names (Nix checks the NarHash too).
+#[test]
+fn a_stalled_striping_peer_loses_its_stripe_and_the_nar_still_matches() {
+    let Some(net) = Net::new(3) else { return };
+    let (h1, h2, h3) = (net.host(1), net.host(2), net.host(3));
+    let key = generate_key(h1, "shared-1");
+    let path = support::build_random(h1, &format!("{}-stripe", net.prefix), 96 << 20);
+    copy_to(h1, h2, &path);
+    let want = dump_sha256(h1, &path, 0);
+    // 96 MiB over two 100 Mbit/s links: about 4 s.
+    h1.limit_rate(100);
+    h2.limit_rate(100);
+    let n1 = node(h1, &key, &[], &[]);
+    let n2 = node(h2, &key, &[], &[]);
+    let n3 = node(h3, &generate_key(h3, "h3-1"), &[&key], &[]);
+    wait_offered(h1, &path);
+    wait_offered(h2, &path);
+    let args = realise_args(&[&path], &[&key]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut nix = h3.spawn_daemon(h3.cmd("nix-store", &args), "nix-store");
+    let hash = hash_of(&path);
+    let started = support::wait_until(Duration::from_secs(30), || {
+        !log_lines(&n3, &format!("{hash}: NAR of")).is_empty()
+    });
+    assert!(started, "no NAR stream: {}", n3.log());
+    assert!(
+        log_lines(&n3, "from 2 peers at once").len() == 1,
+        "{}",
+        n3.log()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let signal = |sig: &str, pid: u32| {
+        std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("kill");
+    };
+    signal("-STOP", n2.pid());
+    let finished = support::wait_until(Duration::from_secs(120), || nix.try_wait().is_some());
+    signal("-CONT", n2.pid());
+    assert!(finished, "nix-store hangs");
+    assert!(
+        nix.try_wait().is_some_and(|s| s.success()),
+        "{}\nnode:\n{}",
+        nix.log(),
+        n3.log()
+    );
+    let broke = log_lines(&n3, "broke at byte");
+    let taken = log_lines(&n3, "going on from");
+    assert_eq!((broke.len(), taken.len()), (1, 1), "{}", n3.log());
+    // The stripe went on from the other peer, at the byte it broke at.
+    let stalled = broke[0]
+        .split(" from ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next());
+    let next = taken[0]
+        .split(" from ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next());
+    assert!(stalled.is_some() && stalled != next, "{broke:?} {taken:?}");
+    let at = taken[0].rsplit("at byte ").next().unwrap_or("?");
+    assert!(
+        broke[0].contains(&format!("at byte {at} ")),
+        "{broke:?} {taken:?}"
+    );
+    assert_eq!(dump_sha256(h3, &path, 0), want);
+    // The NAR came in once: Nix asked once, both peers served a stripe.
+    assert_eq!(log_lines(&n3, "GET /nar/").len(), 1, "{}", n3.log());
+    assert!(n1.log().contains("sent the NAR"), "{}", n1.log());
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 use argh::FromArgs;
 
 use crate::auth::NetworkKey;
+use crate::compress;
 use crate::keys::{KeyError, PublicKey, SigningKey};
 use crate::share::Policy;
 
@@ -96,6 +97,11 @@ pub struct Args {
     #[argh(option)]
     pub network_key_file: Option<PathBuf>,
 
+    /// compress NARs between nodes of ours: auto (while the link, not the
+    /// CPU, is the bottleneck and the data compresses), always or never
+    /// (default auto)
+    #[argh(option, default = "compress::Mode::Auto")]
+    pub compress: compress::Mode,
     /// an upstream binary cache (e.g. https://cache.nixos.org) to fetch
     /// paths no peer has from, once for the whole LAN; repeat for several,
     /// tried in order
@@ -144,6 +150,7 @@ pub struct Config {
     pub share: Policy,
     pub network_key: Option<NetworkKey>,
     pub answer_rate: u32,
+    pub compress: compress::Mode,
     /// Upstream caches, in order; none: the node asks only its peers.
     pub upstreams: Vec<crate::pull::Cache>,
     pub state_dir: PathBuf,
@@ -260,6 +267,7 @@ impl Config {
             share,
             network_key,
             answer_rate: args.answer_rate,
+            compress: args.compress,
         })
     }
 

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod cache;
 pub mod child;
+pub mod compress;
 pub mod config;
 pub mod discovery;
 pub mod history;
@@ -23,6 +24,8 @@ pub mod rate;
 pub mod share;
 pub mod signals;
 pub mod store;
+pub mod stripe;
+pub mod throughput;
 pub mod transfers;
 pub mod trust;
 pub mod upstream;

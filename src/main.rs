@@ -85,7 +85,7 @@ fn main() -> ExitCode {
     };
     let upstream = Arc::new(upstream::Upstream::new(
         discovery.clone(),
-        peer_client::PeerClient::new(network_key.clone()),
+        peer_client::PeerClient::new(network_key.clone(), config.compress),
         trust.clone(),
     ));
     let pull = match config.upstreams.is_empty() {
@@ -97,7 +97,7 @@ fn main() -> ExitCode {
                 spool_dir: config.state_dir.join("spool"),
                 spool_bytes: config.spool_bytes,
             };
-            let peers = peer_client::PeerClient::new(network_key.clone());
+            let peers = peer_client::PeerClient::new(network_key.clone(), config.compress);
             match pull::Pull::new(
                 settings,
                 trust,
@@ -126,6 +126,7 @@ fn main() -> ExitCode {
         pull,
         network_key,
         metrics: Arc::new(metrics::Metrics::default()),
+        compress: config.compress,
         range_skips: http::range_skips(),
         port: config.port,
         about,

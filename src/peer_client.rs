@@ -13,9 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::NetworkKey;
+use crate::compress::{self, Decoder};
 use crate::discovery::Found;
 use crate::narinfo::{self, HashPart, NarInfo};
 use crate::peer_http::{Connections, Reply};
+use crate::stripe::{self, Stripe};
 
 /// A connection to a LAN peer that takes longer than this is a dead peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -53,12 +55,15 @@ pub struct PeerClient {
     connections: Connections,
     /// Authenticates requests to peers, when the network has a key.
     key: Option<Arc<NetworkKey>>,
+    /// Whether to ask nodes of ours for the framed, compressible stream.
+    compress: compress::Mode,
 }
 
 impl PeerClient {
-    pub fn new(key: Option<Arc<NetworkKey>>) -> PeerClient {
+    pub fn new(key: Option<Arc<NetworkKey>>, compress: compress::Mode) -> PeerClient {
         PeerClient {
             key,
+            compress,
             connections: Connections::new(
                 IDLE_CONNECTIONS,
                 CONNECT_TIMEOUT,
@@ -69,21 +74,18 @@ impl PeerClient {
 
     /// GET `path` on the peer at `addr`, authenticated when there is a
     /// network key: the reply's head by `deadline`, each read of its body
-    /// within `stall`. Statuses other than 200 and 206 are errors.
+    /// within `stall`, with `headers` beside the authorization.
+    /// Statuses other than 200 and 206 are errors.
     fn get(
         &self,
         addr: SocketAddr,
         path: &str,
-        range: Option<u64>,
+        mut headers: Vec<(&str, String)>,
         deadline: Instant,
         stall: Duration,
     ) -> Result<Reply, FetchError> {
-        let mut headers = Vec::new();
         if let Some(key) = &self.key {
             headers.push(("Authorization", key.authorization("GET", path)));
-        }
-        if let Some(offset) = range {
-            headers.push(("Range", format!("bytes={offset}-")));
         }
         let reply = (self.connections)
             .get(addr, path, &headers, deadline, stall)
@@ -122,7 +124,7 @@ impl PeerClient {
     ) -> Result<NarInfo, FetchError> {
         let deadline = Instant::now() + timeout;
         let path = PeerClient::narinfo_path(found, hash);
-        let reply = self.get(found.addr, &path, None, deadline, timeout)?;
+        let reply = self.get(found.addr, &path, Vec::new(), deadline, timeout)?;
         if reply.status != 200 {
             reply.discard();
             return Err(FetchError::Invalid("a narinfo answered 206".into()));
@@ -157,12 +159,17 @@ impl PeerClient {
     /// `Range`), whose bytes before `offset` are then read and dropped.
     /// Any other status is refused. The URL must be a plain relative
     /// path: relative to `/peer/` on ours, to the root on an original
-    /// Peerix.
+    /// Peerix. Nodes of ours are asked for the framed stream
+    /// (`compress.rs`) unless compression is off; what this returns is
+    /// plain NAR bytes either way. With `stripe`, a node of ours is asked
+    /// for that stripe's bytes only (`stripe.rs`), and what this returns is
+    /// them.
     pub fn nar(
         &self,
         found: &Found,
         info: &NarInfo,
         offset: u64,
+        stripe: Option<Stripe>,
     ) -> Result<Box<dyn Read + Send>, FetchError> {
         let url = &info.url;
         if !narinfo::is_plain_relative_url(url) {
@@ -174,11 +181,21 @@ impl PeerClient {
         let head_by = Instant::now()
             + NAR_HEAD_TIMEOUT
             + Duration::from_secs_f64(offset as f64 / SKIP_PACE as f64);
-        let range = (offset > 0).then_some(offset);
+        let framed = !found.v1 && (self.compress != compress::Mode::Never || stripe.is_some());
+        let mut headers = Vec::new();
+        if offset > 0 {
+            headers.push(("Range", format!("bytes={offset}-")));
+        }
+        if framed {
+            headers.push(("Accept-Encoding", compress::ENCODING.to_string()));
+        }
+        if let Some(stripe) = stripe {
+            headers.push((stripe::HEADER, stripe.render()));
+        }
         let reply = self.get(
             found.addr,
             &format!("{base}{url}"),
-            range,
+            headers,
             head_by,
             STALL_TIMEOUT,
         )?;
@@ -187,6 +204,22 @@ impl PeerClient {
             Some(Ok(len)) => Some(len),
             Some(Err(_)) => return Err(FetchError::Invalid("bad Content-Length".into())),
             None => None,
+        };
+        // A framed stream has no length of its own: the decoder ends only
+        // at a block boundary, and the NAR's exact length is checked in
+        // NAR bytes by the route that passes it on.
+        let framed = match reply.header("Content-Encoding") {
+            None => false,
+            Some(compress::ENCODING) if framed && length.is_none() => true,
+            Some(other) => {
+                return Err(FetchError::Invalid(format!(
+                    "Content-Encoding {other:?} with Content-Length {length:?}"
+                )))
+            }
+        };
+        let length = match framed {
+            true => Some(total - offset.min(total)),
+            false => length,
         };
         let resumed = reply.status == 206;
         if resumed {
@@ -202,7 +235,21 @@ impl PeerClient {
                 "{length:?} bytes, where the narinfo says {total}"
             )));
         }
-        let mut body: Box<dyn Read + Send> = Box::new(reply.body);
+        let left = match stripe {
+            Some(stripe) if framed && reply.header(stripe::HEADER) == Some(&stripe.render()) => {
+                stripe.bytes_in(offset, total)
+            }
+            Some(_) => {
+                return Err(FetchError::Invalid(
+                    "the stripe asked for is not sent".into(),
+                ))
+            }
+            None => total - offset.min(total),
+        };
+        let mut body: Box<dyn Read + Send> = match framed {
+            true => Box::new(Decoder::new(reply.body, left)),
+            false => Box::new(reply.body),
+        };
         if !resumed && offset > 0 {
             let skipped = io::copy(&mut (&mut body).take(offset), &mut io::sink())
                 .map_err(|e| FetchError::Http(format!("reading up to byte {offset}: {e}")))?;

@@ -13,7 +13,9 @@
 //! NarHash on its way to Nix (`nar_check.rs`): a peer whose bytes do not
 //! match is no longer asked for that NAR. Peers are told apart by node id
 //! (one node heard over IPv4 and IPv6 is one source), original nodes by
-//! address.
+//! address. The peers are asked fastest first (`throughput.rs`); for a
+//! large NAR, every peer with its NarHash is looked for, not only the one
+//! whose narinfo Nix got.
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
@@ -27,6 +29,8 @@ use crate::nar_check::{Blame, Checked, Prefixes, StartError};
 use crate::narinfo::{HashPart, NarInfo};
 use crate::nix32;
 use crate::peer_client::PeerClient;
+use crate::stripe::{self, Stripe, Striped};
+use crate::throughput::Throughput;
 use crate::transfers::Transfer;
 use crate::trust::Trust;
 
@@ -39,6 +43,10 @@ const REMEMBERED: usize = 4096;
 
 /// Sources remembered per path, at most.
 const SOURCES_PER_PATH: usize = 8;
+
+/// A NAR at least this large is worth a discovery round to find every
+/// peer that has it, so that the fastest serves it.
+const LARGE_NAR: u64 = 8 << 20;
 
 /// A peer that serves a path's NAR: where, and its narinfo for the path
 /// (checked: parsed strictly, signed by a key the local Nix trusts, raw).
@@ -59,6 +67,8 @@ pub struct Upstream {
     blamed: Mutex<Bounded<NarHash, Vec<(Who, Guilt)>>>,
     /// What cut streams to the local Nix had sent (for its resumes).
     prefixes: Arc<Prefixes>,
+    /// How fast each peer sent its recent NARs.
+    throughput: Throughput,
 }
 
 type NarHash = [u8; 32];
@@ -80,6 +90,7 @@ impl Upstream {
             known: Mutex::new(Bounded::new(REMEMBERED)),
             blamed: Mutex::new(Bounded::new(REMEMBERED)),
             prefixes: Arc::new(Prefixes::new()),
+            throughput: Throughput::default(),
         }
     }
 
@@ -176,7 +187,7 @@ impl Upstream {
 
     /// Peers sent bytes that do not hash to `nar_hash`: one alone is never
     /// asked for it again; of several, each is asked last from now on.
-    fn blame(&self, hash: &HashPart, nar_hash: &[u8; 32], from: &[(Who, SocketAddr)]) {
+    pub(crate) fn blame(&self, hash: &HashPart, nar_hash: &[u8; 32], from: &[(Who, SocketAddr)]) {
         let guilt = match from.len() {
             1 => Guilt::Sure,
             _ => Guilt::Suspect,
@@ -213,21 +224,53 @@ impl Upstream {
     }
 
     /// The NAR of `hash` (with the NarHash of `sources`) to hand on from
-    /// byte `offset`: read from its first byte, from the first of
+    /// byte `offset`: read from its first byte, from the fastest of
     /// `sources` that serves it, failing over to the others (and then to
     /// peers found anew) mid-stream, and checked against its NarHash.
     /// `None` when none can start it, or when the client's first `offset`
-    /// bytes (of a stream that was cut) are not this NAR's. What comes
-    /// from which peer goes to `transfer`.
+    /// bytes (of a stream that was cut) are not this NAR's. For a large NAR
+    /// the peers are asked anew first, so that the fastest can be chosen,
+    /// or several at once. What comes from which peer goes to `transfer`.
     pub fn nar(
         self: &Arc<Self>,
         hash: &HashPart,
-        sources: Vec<Source>,
+        mut sources: Vec<Source>,
         offset: u64,
         transfer: Transfer,
     ) -> Option<Box<dyn Read + Send>> {
         let first = sources.first()?;
         let (nar_hash, total) = (first.info.nar_hash, first.info.nar_size);
+        // A large NAR is worth a discovery round: every peer that has it,
+        // as it is now (a node that restarted answers with its new
+        // identity, and is not taken for two).
+        let searched = total >= LARGE_NAR;
+        if searched {
+            let mut found = self.search(hash, &nar_hash);
+            let mut seen = Vec::new();
+            found.retain(|s| {
+                let new = !seen.contains(&s.found.who());
+                seen.push(s.found.who());
+                new
+            });
+            if !found.is_empty() {
+                sources = found;
+            }
+        }
+        let sources = (self.throughput).fastest_first(sources, |s| s.found.who());
+        let sources = self.unblamed_first(&nar_hash, sources);
+        let lanes = self.lanes(&sources, total);
+        let mut transfer = Some(transfer);
+        if lanes >= 2 {
+            let ours: Vec<Source> = sources.iter().filter(|s| !s.found.v1).cloned().collect();
+            match Striped::start(self.clone(), *hash, ours, lanes, &mut transfer) {
+                Ok(striped) => {
+                    log::debug!("{hash}: NAR of {total} bytes from {lanes} peers at once");
+                    return self.checked_nar(hash, striped, nar_hash, total, offset);
+                }
+                Err(e) => log::info!("{hash}: {e}; one peer at a time"),
+            }
+        }
+        let transfer = transfer?;
         let mut nar = FailoverNar {
             upstream: self.clone(),
             hash: *hash,
@@ -235,17 +278,17 @@ impl Upstream {
             total,
             pos: 0,
             current: None,
-            left: self.unblamed_first(&nar_hash, sources).into(),
+            left: sources.into(),
             tried: Vec::new(),
             sent_by: Vec::new(),
-            searched: false,
+            searched,
             transfer,
         };
         match nar.open_next() {
             Ok(opened) => {
                 log::debug!(
                     "{hash}: NAR of {total} bytes from {}{}",
-                    opened.1,
+                    opened.addr,
                     if offset > 0 {
                         format!(", handed on from byte {offset}")
                     } else {
@@ -259,6 +302,68 @@ impl Upstream {
                 return None;
             }
         }
+        self.checked_nar(hash, nar, nar_hash, total, offset)
+    }
+
+    /// How many peers to fetch a NAR of `total` bytes from at once: the
+    /// first k of ours among `sources` (fastest first), up to
+    /// `stripe::MAX_LANES`, for the k that makes k times the slowest of
+    /// them largest (a stripe goes at its slowest lane's pace; a peer not
+    /// measured yet counts as the fastest). 1 when one peer alone is
+    /// faster; none for a NAR under `stripe::MIN_NAR`.
+    fn lanes(&self, sources: &[Source], total: u64) -> usize {
+        if total < stripe::MIN_NAR {
+            return 0;
+        }
+        let paces: Vec<Option<f64>> = (sources.iter())
+            .filter(|s| !s.found.v1)
+            .take(stripe::MAX_LANES)
+            .map(|s| self.throughput.pace(&s.found.who()))
+            .collect();
+        let best = paces.iter().flatten().fold(0.0, |a: f64, &b| a.max(b));
+        let mut slowest = f64::INFINITY;
+        let mut chosen = (0, 0.0);
+        for (i, pace) in paces.iter().enumerate() {
+            slowest = slowest.min(pace.unwrap_or(best).max(f64::MIN_POSITIVE));
+            let k = i + 1;
+            let rate = k as f64 * slowest;
+            if rate >= chosen.1 || best == 0.0 {
+                chosen = (k, rate);
+            }
+        }
+        chosen.0
+    }
+
+    /// Opens a lane of a striped NAR: `stripe`'s bytes from `pos` on.
+    pub(crate) fn open_stripe(
+        &self,
+        source: &Source,
+        pos: u64,
+        stripe: Stripe,
+    ) -> io::Result<Box<dyn Read + Send>> {
+        (self.client)
+            .nar(&source.found, &source.info, pos, Some(stripe))
+            .map_err(|e| io::Error::other(e.to_string()))
+    }
+
+    /// `who` sent `bytes` of a NAR, waited for in `took`; with `at_least`,
+    /// while held back by a slower peer (see `Throughput::record_at_least`).
+    pub(crate) fn learn(&self, who: Who, bytes: u64, took: Duration, at_least: bool) {
+        match at_least {
+            true => self.throughput.record_at_least(who, bytes, took),
+            false => self.throughput.record(who, bytes, took),
+        }
+    }
+
+    /// `nar` checked against its NarHash, handed on from byte `offset`.
+    fn checked_nar(
+        &self,
+        hash: &HashPart,
+        nar: impl Read + Blame + Send + 'static,
+        nar_hash: [u8; 32],
+        total: u64,
+        offset: u64,
+    ) -> Option<Box<dyn Read + Send>> {
         match Checked::start(nar, nar_hash, total, offset, self.prefixes.clone()) {
             Ok(checked) => Some(Box::new(checked)),
             Err(StartError::Io(e)) => {
@@ -291,7 +396,9 @@ impl Upstream {
             return;
         };
         let sources = known.entry_or_insert_with(source.info.hash_part(), Vec::new);
-        sources.retain(|s| s.found.who() != source.found.who());
+        // Another identity at the same address is a node that restarted.
+        sources
+            .retain(|s| s.found.who() != source.found.who() && s.found.addr != source.found.addr);
         sources.insert(0, source.clone());
         sources.truncate(SOURCES_PER_PATH);
     }
@@ -363,7 +470,7 @@ struct FailoverNar {
     total: u64,
     /// The next byte to read.
     pos: u64,
-    current: Option<(Who, SocketAddr, Box<dyn Read + Send>)>,
+    current: Option<Current>,
     left: VecDeque<Source>,
     /// The peers asked so far.
     tried: Vec<Who>,
@@ -374,9 +481,18 @@ struct FailoverNar {
     transfer: Transfer,
 }
 
+/// The peer a NAR is coming from now, and since when.
+struct Current {
+    who: Who,
+    addr: SocketAddr,
+    body: Box<dyn Read + Send>,
+    opened: Instant,
+    from: u64,
+}
+
 impl FailoverNar {
     /// Opens the next source at `pos`; an error when none is left.
-    fn open_next(&mut self) -> io::Result<(Who, SocketAddr, Box<dyn Read + Send>)> {
+    fn open_next(&mut self) -> io::Result<Current> {
         loop {
             let Some(source) = self.left.pop_front() else {
                 if self.searched {
@@ -402,15 +518,37 @@ impl FailoverNar {
             match self
                 .upstream
                 .client
-                .nar(&source.found, &source.info, self.pos)
+                .nar(&source.found, &source.info, self.pos, None)
             {
                 Ok(body) => {
                     self.transfer.from_peer(addr);
-                    return Ok((who, addr, body));
+                    return Ok(Current {
+                        who,
+                        addr,
+                        body,
+                        opened: Instant::now(),
+                        from: self.pos,
+                    });
                 }
                 Err(e) => log::warn!("{}: NAR from {addr}: {e}; trying the next peer", self.hash),
             }
         }
+    }
+}
+
+impl FailoverNar {
+    /// Leaves the current peer, its pace learnt from what it sent.
+    fn leave_current(&mut self) {
+        if let Some(current) = self.current.take() {
+            let sent = self.pos - current.from;
+            (self.upstream.throughput).record(current.who, sent, current.opened.elapsed());
+        }
+    }
+}
+
+impl Drop for FailoverNar {
+    fn drop(&mut self) {
+        self.leave_current();
     }
 }
 
@@ -424,30 +562,32 @@ impl Blame for FailoverNar {
 impl Read for FailoverNar {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.pos >= self.total || buf.is_empty() {
+            self.leave_current();
             return Ok(0);
         }
         let want = buf
             .len()
             .min(usize::try_from(self.total - self.pos).unwrap_or(usize::MAX));
         loop {
-            let (who, from, body) = match &mut self.current {
+            let current = match &mut self.current {
                 Some(current) => current,
                 None => {
                     let opened = self.open_next()?;
                     log::info!(
                         "{}: going on from {} at byte {}",
                         self.hash,
-                        opened.1,
+                        opened.addr,
                         self.pos
                     );
                     self.current.insert(opened)
                 }
             };
-            let failure = match body.read(&mut buf[..want]) {
+            let (who, from) = (current.who, current.addr);
+            let failure = match current.body.read(&mut buf[..want]) {
                 Ok(0) => "it ended early".to_string(),
                 Ok(n) => {
-                    if self.sent_by.last().map(|(w, _)| w) != Some(who) {
-                        self.sent_by.push((*who, *from));
+                    if self.sent_by.last().map(|(w, _)| w) != Some(&who) {
+                        self.sent_by.push((who, from));
                     }
                     self.pos += n as u64;
                     self.transfer.add(n);
@@ -461,7 +601,7 @@ impl Read for FailoverNar {
                 self.pos,
                 self.total
             );
-            self.current = None;
+            self.leave_current();
         }
     }
 }

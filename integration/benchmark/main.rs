@@ -21,7 +21,7 @@
 //!
 //! Flags: `--quick` (one small iteration of everything, for CI), `--only
 //! SECTION[,SECTION…]` (misses, v1, nar, load, index, upkeep, closure,
-//! realistic, lan20, pull), `--out FILE` (where the JSON goes in full mode).
+//! realistic, lan20, pull, compress, fastest, stripe), `--out FILE` (where the JSON goes in full mode).
 
 //!
 //! Layout (`integration/benchmark/`): this file reads the flags and runs the
@@ -41,6 +41,7 @@ mod support;
 mod closure;
 mod index;
 mod lan20;
+mod links;
 mod load;
 mod misses;
 mod nar;
@@ -135,6 +136,9 @@ const SECTIONS: &[(&str, Section)] = &[
     ("realistic", realistic::realistic),
     ("lan20", lan20::lan20),
     ("pull", pull::pull),
+    ("compress", links::compress),
+    ("fastest", links::fastest),
+    ("stripe", links::stripe),
 ];
 
 /// Runs the sections, prints the table and writes or prints the JSON.

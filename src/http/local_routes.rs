@@ -155,7 +155,10 @@ fn nar(app: &App, hash: &HashPart, nar_hash: Option<[u8; 32]>, incoming: &Incomi
             }
         }
     };
+    // The local Nix gets plain NAR bytes, as from any binary cache.
     Reply::Stream {
+        compress: None,
+        stripe: None,
         content_type: "application/x-nix-nar",
         len: total,
         range: incoming.range,
@@ -192,6 +195,8 @@ fn pulled_nar(
         },
     };
     Reply::Stream {
+        compress: None,
+        stripe: None,
         content_type: "application/x-nix-nar",
         len: total,
         range: incoming.range,

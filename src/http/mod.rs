@@ -59,6 +59,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// When set, requests for the peer routes must be authenticated.
     pub network_key: Option<Arc<NetworkKey>>,
+    /// Whether NARs to peers that ask for it are compressed, and how.
+    pub compress: crate::compress::Mode,
     /// The port peers use, for status.
     pub port: u16,
     /// What the node was started with, for status.
@@ -104,6 +106,11 @@ pub struct Incoming<'a> {
     pub from: Client,
     /// Where the body should start: the `N` of `Range: bytes=N-`.
     pub range: Option<u64>,
+    /// The client asked for the framed, compressible NAR stream
+    /// (`compress.rs`): only nodes of ours do.
+    pub framed: bool,
+    /// The stripe of the NAR asked for (`stripe.rs`), with `framed`.
+    pub stripe: Option<crate::stripe::Stripe>,
     /// The client's address.
     pub peer: Option<IpAddr>,
     /// True when the client prefers JSON (`Accept: application/json`).
@@ -645,6 +652,8 @@ fn answer(app: &App, job: Job, stop: &Receiver<()>) {
         head: request.method() == &Method::Head,
         from: job.from,
         range: reply::range(&request),
+        framed: reply::asks_framed(&request),
+        stripe: reply::stripe(&request),
         peer: request.remote_addr().map(|a| a.ip()),
         json: reply::accepts_json(&request),
     };

@@ -18,6 +18,7 @@ use base64::Engine;
 
 use super::reply::Reply;
 use super::{App, Incoming};
+use crate::compress::Mode;
 use crate::logs::Throttle;
 use crate::metrics::NarSource;
 use crate::narinfo::{basename_of, HashPart, STORE_DIR};
@@ -34,6 +35,13 @@ pub fn is_peer_route(path: &str) -> bool {
 /// Answers the request if its path is one of the peer routes.
 pub fn route(app: &App, incoming: &Incoming) -> Option<Reply> {
     let path = incoming.path;
+    // Only our own routes offer the framed stream: original nodes never ask.
+    // A stripe is sent framed even without compression.
+    let framed = incoming.framed && (app.compress != Mode::Never || incoming.stripe.is_some());
+    let compress = match framed {
+        true => Some(app.compress),
+        false => None,
+    };
     if !is_peer_route(path) {
         return None;
     }
@@ -46,7 +54,7 @@ pub fn route(app: &App, incoming: &Incoming) -> Option<Reply> {
             _ if rest.starts_with("pull/") => pulled_nar(app, rest, incoming),
             _ => match rest.strip_prefix("nar/") {
                 Some(nar) => match nar.strip_suffix(".nar").map(HashPart::parse) {
-                    Some(Some(hash)) => nar_reply(app, &hash, incoming),
+                    Some(Some(hash)) => nar_reply(app, &hash, incoming, compress),
                     _ => Reply::status(400, "expected /peer/nar/<32-char hash>.nar"),
                 },
                 None => match rest.strip_suffix(".narinfo").map(HashPart::parse) {
@@ -62,7 +70,7 @@ pub fn route(app: &App, incoming: &Incoming) -> Option<Reply> {
         Some(nar) => match nar.strip_suffix(".nar").and_then(decode_v1_nar_name) {
             Some(Ok(basename)) => match HashPart::of_basename(&basename) {
                 Some(hash) if app.store.lookup(&hash).as_deref() == Some(&*basename) => {
-                    nar_reply(app, &hash, incoming)
+                    nar_reply(app, &hash, incoming, None)
                 }
                 _ => Reply::not_found(),
             },
@@ -138,7 +146,7 @@ fn narinfo_reply(app: &App, hash: &HashPart, url: String) -> Reply {
     }
 }
 
-fn nar_reply(app: &App, hash: &HashPart, incoming: &Incoming) -> Reply {
+fn nar_reply(app: &App, hash: &HashPart, incoming: &Incoming, compress: Option<Mode>) -> Reply {
     let (head, range) = (incoming.head, incoming.range);
     let info = match path_info(app, hash) {
         Ok(info) => info,
@@ -172,6 +180,8 @@ fn nar_reply(app: &App, hash: &HashPart, incoming: &Incoming) -> Reply {
         },
     };
     Reply::Stream {
+        compress,
+        stripe: incoming.stripe,
         content_type: "application/x-nix-nar",
         len: info.nar_size,
         range,
@@ -219,7 +229,10 @@ fn pulled_nar(app: &App, rest: &str, incoming: &Incoming) -> Reply {
             }
         },
     };
+    // A pulled NAR goes out raw, as it arrives in the spool.
     Reply::Stream {
+        compress: None,
+        stripe: None,
         content_type: "application/x-nix-nar",
         len: pulled.info.nar_size,
         range,

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, TryRecvError};
 use tiny_http::{Header, Request, Response, StatusCode};
 
+use crate::compress::{self, Encoder};
 use crate::metrics::{Direction, Metrics, NarSource};
+use crate::stripe::{self, Filter, Stripe};
 
 pub enum Reply {
     /// A short text body.
@@ -23,7 +25,12 @@ pub enum Reply {
     },
     /// A streamed body (a NAR) of `len` bytes in all; with `range`, from
     /// that byte on (206). `body` is `None` for HEAD.
+    /// With `compress`, sent as the framed stream of `compress.rs`,
+    /// chunked (offsets and `Content-Range` still count NAR bytes).
     Stream {
+        compress: Option<compress::Mode>,
+        /// Only this stripe's bytes (`stripe.rs`); with `compress` only.
+        stripe: Option<Stripe>,
         content_type: &'static str,
         len: u64,
         range: Option<u64>,
@@ -75,6 +82,20 @@ pub fn range(request: &Request) -> Option<u64> {
     }
 }
 
+/// True when the request asks for the framed stream in `Accept-Encoding`.
+pub fn asks_framed(request: &Request) -> bool {
+    (request.headers().iter())
+        .filter(|h| h.field.equiv("Accept-Encoding"))
+        .any(|h| compress::accepts(h.value.as_str()))
+}
+
+/// The stripe a request asks for in `X-Peerix-Stripe`, if well-formed.
+pub fn stripe(request: &Request) -> Option<Stripe> {
+    (request.headers().iter())
+        .find(|h| h.field.equiv(stripe::HEADER))
+        .and_then(|h| Stripe::parse(h.value.as_str()))
+}
+
 /// True when the `Accept` header names `application/json`.
 pub fn accepts_json(request: &Request) -> bool {
     (request.headers().iter())
@@ -121,6 +142,8 @@ pub fn send(request: Request, reply: Reply, metrics: &Arc<Metrics>, stop: &Recei
             }
         }
         Reply::Stream {
+            compress,
+            stripe,
             content_type,
             len,
             range,
@@ -140,14 +163,23 @@ pub fn send(request: Request, reply: Reply, metrics: &Arc<Metrics>, stop: &Recei
                 counted: Arc::new(AtomicU64::new(0)),
             };
             let counted = count.counted.clone();
-            let body: Box<dyn Read + Send> = match body {
-                Some(body) => Box::new(Exact {
-                    inner: body,
-                    left,
-                    stop: stop.clone(),
-                    count: Some(count),
-                }),
-                None => Box::new(io::empty()),
+            let exact = |body| Exact {
+                inner: body,
+                left,
+                stop: stop.clone(),
+                count: Some(count),
+            };
+            let stripe = stripe.filter(|_| compress.is_some() && body.is_some());
+            let (body, length, framed): (Box<dyn Read + Send>, _, _) = match (body, compress) {
+                (Some(body), Some(mode)) => match stripe {
+                    Some(s) => {
+                        let filtered = Filter::new(exact(body), s, offset);
+                        (Box::new(Encoder::new(filtered, mode)), None, true)
+                    }
+                    None => (Box::new(Encoder::new(exact(body), mode)), None, true),
+                },
+                (Some(body), None) => (Box::new(exact(body)), Some(left as usize), false),
+                (None, _) => (Box::new(io::empty()), Some(left as usize), false),
             };
             let mut headers = vec![
                 header("Content-Type", content_type),
@@ -160,10 +192,15 @@ pub fn send(request: Request, reply: Reply, metrics: &Arc<Metrics>, stop: &Recei
                     &format!("bytes {offset}-{last}/{len}"),
                 ));
             }
+            if framed {
+                headers.push(header("Content-Encoding", compress::ENCODING));
+            }
+            if let Some(s) = stripe {
+                headers.push(header(stripe::HEADER, &s.render()));
+            }
             let status = if range.is_some() { 206 } else { 200 };
-            let response =
-                Response::new(StatusCode(status), headers, body, Some(left as usize), None)
-                    .with_chunked_threshold(usize::MAX);
+            let response = Response::new(StatusCode(status), headers, body, length, None)
+                .with_chunked_threshold(usize::MAX);
             // Whatever happened, the body (and a Nix child behind it) is
             // dropped, and so killed, right here.
             let result = request.respond(response);
@@ -174,9 +211,11 @@ pub fn send(request: Request, reply: Reply, metrics: &Arc<Metrics>, stop: &Recei
                 Ok(sent) => *sent,
                 Err(e) => e.sent,
             };
-            // The part of the last piece the socket took before it failed.
+            // The part of the last piece the socket took before it failed
+            // (in NAR bytes: not known for a framed stream, whose bytes on
+            // the wire are not the NAR's).
             let short = sent.saturating_sub(counted.load(Ordering::Relaxed));
-            if short > 0 {
+            if short > 0 && !framed {
                 count_bytes(metrics, source, peer.map(|p| p.ip()), short);
             }
             match result {

@@ -320,7 +320,7 @@ impl PullNar {
                         url: peer_nar_url(&self.pulled.info),
                         ..self.pulled.info.clone()
                     };
-                    (self.pull.peers.nar(&found, &info, self.pos))
+                    (self.pull.peers.nar(&found, &info, self.pos, None))
                         .map_err(|e| io::Error::other(e.to_string()))
                 }
             };

@@ -424,8 +424,10 @@ where
                 TransferEncoding::Chunked => {
                     use chunked_transfer::Encoder;
 
-                    let mut writer = Encoder::new(writer);
-                    sent.bytes += io::copy(&mut reader, &mut writer)?;
+                    // peerix patch: 60 KiB chunks (its most: a chunk size of four hex
+                    // digits), copied with a large buffer.
+                    let mut writer = Encoder::with_chunks_size(writer, 60 * 1024);
+                    copy_large(&mut reader, &mut writer, sent)?;
                 }
 
                 TransferEncoding::Identity => {

@@ -1,0 +1,235 @@
+//! Compression between nodes of ours (`src/compress.rs`), with real Nix in
+//! network namespaces and links limited by `tc`.
+//!
+//! Covers: a compressed stream whose peer is killed half way (the NAR
+//! comes from both peers at once, in stripes), the other peer going on at
+//! the same NAR byte (compressed too) and Nix getting the NAR its narinfo
+//! names; curl, curl `--compressed`, the original's routes and
+//! a node with `--compress never` getting raw bytes, while a node of ours
+//! gets the framed stream (whole and from a byte on); random data sent raw
+//! after the first blocks on a link where real programs are compressed.
+
+mod support;
+
+use std::io::Read;
+use std::time::Duration;
+
+use peerix::compress::{Decoder, ENCODING};
+use support::{
+    build_programs, build_random, copy_to, generate_key, hash_of, node, realise_args, wait_offered,
+    Daemon, Host, Net,
+};
+
+/// The NAR of `path` as Nix serializes it on `host`.
+fn dump(host: &Host, path: &str) -> Vec<u8> {
+    let out = host.cmd("nix-store", &["--dump", path]).output().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+/// The kinds (0 raw, 1 zstd) of the blocks of a framed stream.
+fn block_kinds(stream: &[u8]) -> Vec<u8> {
+    let (mut kinds, mut at) = (Vec::new(), 0);
+    while at + 9 <= stream.len() {
+        kinds.push(stream[at]);
+        at += 9 + u32::from_be_bytes(stream[at + 5..at + 9].try_into().unwrap()) as usize;
+    }
+    assert_eq!(at, stream.len(), "the stream ends at a block boundary");
+    kinds
+}
+
+/// The NAR bytes of a framed stream of `len` of them.
+fn decode(stream: &[u8], len: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    Decoder::new(stream, len as u64)
+        .read_to_end(&mut out)
+        .expect("a valid framed stream");
+    out
+}
+
+fn log_lines(daemon: &Daemon, what: &str) -> Vec<String> {
+    (daemon.log().lines())
+        .filter(|l| l.contains(what))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The `N` of the sender's "N blocks compressed" lines, summed.
+fn compressed_blocks(daemon: &Daemon) -> u64 {
+    log_lines(daemon, "blocks compressed")
+        .iter()
+        .filter_map(|l| {
+            l.split("sent: ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+#[test]
+fn a_compressed_stream_killed_mid_way_fails_over_at_the_right_nar_byte() {
+    let Some(net) = Net::new(3) else { return };
+    let (h1, h2, h3) = (net.host(1), net.host(2), net.host(3));
+    let key = generate_key(h1, "shared-1");
+    let path = build_programs(h1, &net.prefix, 256 << 20);
+    copy_to(h1, h2, &path);
+    let want = dump(h1, &path);
+    // About 95 MiB compressed, striped over two 100 Mbit/s links: 4 s to
+    // kill a peer half way.
+    h1.limit_rate(100);
+    h2.limit_rate(100);
+    let n1 = node(h1, &key, &[], &["--compress", "always"]);
+    let n2 = node(h2, &key, &[], &["--compress", "always"]);
+    let n3 = node(h3, &generate_key(h3, "h3-1"), &[&key], &[]);
+    wait_offered(h1, &path);
+    wait_offered(h2, &path);
+    let args = realise_args(&[&path], &[&key]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut nix = h3.spawn_daemon(h3.cmd("nix-store", &args), "nix-store");
+    let hash = hash_of(&path);
+    let started = support::wait_until(Duration::from_secs(30), || {
+        !log_lines(&n3, &format!("{hash}: NAR of")).is_empty()
+    });
+    assert!(started, "no NAR stream: {}", n3.log());
+    std::thread::sleep(Duration::from_millis(1500));
+    let line = log_lines(&n3, &format!("{hash}: NAR of")).remove(0);
+    let (mut streaming, other) = match line.contains(&h1.addr4.to_string()) {
+        true => (n1, n2),
+        false => (n2, n1),
+    };
+    streaming.kill();
+    let finished = support::wait_until(Duration::from_secs(120), || nix.try_wait().is_some());
+    assert!(finished, "nix-store hangs");
+    assert!(
+        nix.try_wait().is_some_and(|s| s.success()),
+        "{}\nnode:\n{}",
+        nix.log(),
+        n3.log()
+    );
+    let broke = log_lines(&n3, "broke at byte");
+    let resumed = log_lines(&n3, "going on from");
+    assert_eq!((broke.len(), resumed.len()), (1, 1), "{}", n3.log());
+    let offset: u64 = resumed[0]
+        .rsplit("at byte ")
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .expect("an offset");
+    assert!(offset > 0 && offset < want.len() as u64, "{}", resumed[0]);
+    assert!(
+        broke[0].contains(&format!("at byte {offset} ")),
+        "{broke:?}"
+    );
+    // The peer that went on (from that NAR byte) sent the rest compressed.
+    assert!(compressed_blocks(&other) > 0, "{}", other.log());
+    assert_eq!(dump(h3, &path), want, "the NAR Nix got");
+}
+
+#[test]
+fn curl_and_original_nodes_get_raw_bytes_and_our_nodes_the_framed_stream() {
+    let Some(net) = Net::new(2) else { return };
+    let (h1, h2) = (net.host(1), net.host(2));
+    let key = generate_key(h1, "k-1");
+    let path = build_programs(h1, &net.prefix, 8 << 20);
+    let want = dump(h1, &path);
+    let n1 = node(h1, &key, &[], &["--compress", "always"]);
+    wait_offered(h1, &path);
+    let url = format!("http://{}:12304/peer/nar/{}.nar", h1.addr4, hash_of(&path));
+    let ours = format!("Accept-Encoding: {ENCODING}");
+
+    // curl, with and without --compressed (which asks for zstd): raw.
+    for extra in [&[][..], &["--compressed"][..]] {
+        let mut args = vec![url.as_str()];
+        args.extend(extra);
+        let got = h2.curl(&args);
+        assert_eq!(got.status, 200);
+        assert_eq!(got.header("Content-Encoding"), None, "{extra:?}");
+        let length = want.len().to_string();
+        assert_eq!(got.header("Content-Length"), Some(length.as_str()));
+        assert!(got.body == want, "{extra:?}: the NAR, raw");
+    }
+    // The original's route never frames, even when asked.
+    let v1 = h1.run(&format!(
+        "curl -s http://127.0.0.1:12304/local/{}.narinfo | sed -n 's/^URL: //p'",
+        hash_of(&path)
+    ));
+    let got = h2.curl(&[&format!("http://{}:12304/{v1}", h1.addr4), "-H", &ours]);
+    assert_eq!(got.status, 200, "{v1}");
+    assert_eq!(got.header("Content-Encoding"), None);
+    assert!(got.body == want);
+
+    // A node of ours asks for the framed stream: compressed blocks that
+    // decode to the NAR, whole or from a NAR byte on.
+    let got = h2.curl(&[&url, "-H", &ours]);
+    assert_eq!(
+        got.status,
+        200,
+        "{} {:?} {}",
+        got.stderr,
+        got.headers,
+        n1.log()
+    );
+    assert_eq!(got.header("Content-Encoding"), Some(ENCODING));
+    assert!(block_kinds(&got.body).contains(&1));
+    assert!(got.body.len() < want.len() * 2 / 3, "{}", got.body.len());
+    assert!(decode(&got.body, want.len()) == want);
+    let from = 3_000_001;
+    let range = format!("Range: bytes={from}-");
+    let got = h2.curl(&[&url, "-H", &ours, "-H", &range]);
+    assert_eq!(got.status, 206);
+    let content_range = format!("bytes {from}-{}/{}", want.len() - 1, want.len());
+    assert_eq!(got.header("Content-Range"), Some(content_range.as_str()));
+    assert!(decode(&got.body, want.len() - from) == want[from..]);
+
+    // A node with --compress never answers raw, even when asked.
+    drop(n1);
+    let _n1 = node(h1, &key, &[], &["--compress", "never"]);
+    wait_offered(h1, &path);
+    let got = h2.curl(&[&url, "-H", &ours]);
+    assert_eq!(got.header("Content-Encoding"), None);
+    assert!(got.body == want);
+}
+
+#[test]
+fn incompressible_data_is_sent_raw_after_the_first_blocks() {
+    let Some(net) = Net::new(2) else { return };
+    let (h1, h2) = (net.host(1), net.host(2));
+    let key = generate_key(h1, "k-1");
+    let random = build_random(h1, &net.prefix, 24 << 20);
+    let programs = build_programs(h1, &net.prefix, 24 << 20);
+    // On 100 Mbit/s compressing pays for programs; not for random bytes.
+    h1.limit_rate(100);
+    let n1 = node(h1, &key, &[], &[]);
+    let ours = format!("Accept-Encoding: {ENCODING}");
+    for (path, compresses) in [(&random, false), (&programs, true)] {
+        wait_offered(h1, path);
+        let url = format!("http://{}:12304/peer/nar/{}.nar", h1.addr4, hash_of(path));
+        let got = h2.curl(&[&url, "-H", &ours]);
+        assert_eq!(got.header("Content-Encoding"), Some(ENCODING));
+        let kinds = block_kinds(&got.body);
+        let zstd = kinds.iter().filter(|&&k| k == 1).count();
+        let nar = dump(h1, path);
+        assert!(decode(&got.body, nar.len()) == nar);
+        match compresses {
+            // zstd stores random blocks raw anyway: the sender gave up trying.
+            false => {
+                assert_eq!(zstd, 0);
+                assert_eq!(
+                    log_lines(&n1, "sent raw from here on").len(),
+                    1,
+                    "{}",
+                    n1.log()
+                );
+                assert_eq!(compressed_blocks(&n1), 0);
+            }
+            true => assert!(
+                zstd * 2 >= kinds.len(),
+                "{zstd} of {}: {:?}",
+                kinds.len(),
+                log_lines(&n1, "NAR stream sent")
+            ),
+        }
+    }
+}

@@ -1,0 +1,601 @@
+//! Adaptive compression of NARs between nodes of ours: the framed stream a
+//! peer route sends when asked for it, the sender's choice per block (raw
+//! or zstd) and the receiver's decoder back to plain NAR bytes.
+//!
+//! The stream is a run of blocks, each a 9-byte header (kind: 0 raw, 1 a
+//! zstd frame; the block's NAR bytes and its encoded bytes, both u32 big
+//! endian) and the encoded bytes. Blocks hold at most `MAX_BLOCK` NAR
+//! bytes; the stream ends at a block boundary once every NAR byte asked
+//! for is sent. Offsets stay in NAR bytes: `Range: bytes=N-` asks for the
+//! stream of the NAR from byte N, and a receiver that fails over counts the
+//! decoded bytes it passed on.
+//!
+//! The sender compresses a block only while it pays: while the link, not
+//! the CPU, is the bottleneck (writing the last blocks to the socket took
+//! longer than compressing takes, by a margin) and the data compresses
+//! (better than `POOR_RATIO`). A stream whose blocks compress worse than
+//! that `GIVE_UP_AFTER` times in a row is sent raw to its end.
+
+use std::io::{self, Read};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+/// The content coding of the framed stream, asked for in `Accept-Encoding`
+/// and named in `Content-Encoding`. Not `zstd`: a client that asks for
+/// that (curl `--compressed`) expects one zstd stream, which this is not.
+pub const ENCODING: &str = "x-peerix-zblocks";
+
+/// NAR bytes per block the sender makes.
+const BLOCK: usize = 256 * 1024;
+/// The most NAR bytes a receiver accepts in one block.
+const MAX_BLOCK: usize = 1024 * 1024;
+const HEADER: usize = 9;
+const RAW: u8 = 0;
+const ZSTD: u8 = 1;
+/// zstd's fastest level with real gains (`zstd -1`: 2.7x on binaries).
+const LEVEL: i32 = 1;
+
+/// Compress only while compressing is this much faster than the link
+/// drains raw bytes: the receiver decompresses, and both pay CPU.
+const SPEED_MARGIN: f64 = 1.5;
+/// A block whose NAR bytes are fewer than this many times its zstd bytes
+/// compresses poorly.
+const POOR_RATIO: f64 = 1.1;
+/// Poorly compressing blocks in a row after which a stream stays raw.
+const GIVE_UP_AFTER: u32 = 2;
+/// Every this many blocks the sender tries the other choice once, to see
+/// whether the link or the CPU changed.
+const PROBE_EVERY: u64 = 32;
+
+/// Whether this node compresses NARs to its peers and asks them to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Compress while it pays (see the module's comment).
+    Auto,
+    /// Compress every block (still raw where zstd would not shrink it).
+    Always,
+    /// Never compress nor ask for it: NARs travel raw, as before.
+    Never,
+}
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        match s {
+            "auto" => Ok(Mode::Auto),
+            "always" => Ok(Mode::Always),
+            "never" => Ok(Mode::Never),
+            _ => Err(format!("{s:?} is not one of auto, always, never")),
+        }
+    }
+}
+
+/// True when an `Accept-Encoding` value asks for the framed stream.
+pub fn accepts(accept_encoding: &str) -> bool {
+    accept_encoding
+        .split(',')
+        .any(|c| c.split(';').next().unwrap_or("").trim() == ENCODING)
+}
+
+/// The sender's choice per block, from what it measured of the link and of
+/// zstd on this stream.
+#[derive(Debug)]
+struct Policy {
+    mode: Mode,
+    /// Seconds the socket took per wire byte (EWMA: an average of time,
+    /// not of rates, so that a block the socket buffer swallowed at once
+    /// does not outweigh the ones that waited).
+    link: Option<f64>,
+    /// Seconds zstd took per NAR byte (EWMA).
+    zstd: Option<f64>,
+    /// NAR bytes per zstd byte of the last compressed blocks (EWMA).
+    ratio: Option<f64>,
+    poor_in_a_row: u32,
+    given_up: bool,
+    blocks: u64,
+}
+
+fn ewma(old: Option<f64>, new: f64) -> Option<f64> {
+    Some(old.map_or(new, |o| 0.5 * o + 0.5 * new))
+}
+
+impl Policy {
+    fn new(mode: Mode) -> Policy {
+        Policy {
+            mode,
+            link: None,
+            zstd: None,
+            ratio: None,
+            poor_in_a_row: 0,
+            given_up: false,
+            blocks: 0,
+        }
+    }
+
+    /// Whether to compress the next block.
+    fn compress_next(&self) -> bool {
+        match self.mode {
+            Mode::Never => return false,
+            Mode::Always => return true,
+            Mode::Auto if self.given_up => return false,
+            Mode::Auto => {}
+        }
+        // The first block is compressed to learn how well and how fast.
+        let (Some(zstd), Some(ratio)) = (self.zstd, self.ratio) else {
+            return true;
+        };
+        let pays = ratio >= POOR_RATIO && self.link.is_some_and(|l| zstd * SPEED_MARGIN < l);
+        // Now and then the other choice, to see whether things changed.
+        match self.blocks % PROBE_EVERY == 0 {
+            true => !pays,
+            false => pays,
+        }
+    }
+
+    /// A block of `nar` NAR bytes was compressed to `encoded` in `took`.
+    fn compressed(&mut self, nar: usize, encoded: usize, took: Duration) {
+        let ratio = nar as f64 / encoded.max(1) as f64;
+        self.ratio = ewma(self.ratio, ratio);
+        self.zstd = ewma(self.zstd, took.as_secs_f64() / nar.max(1) as f64);
+        self.poor_in_a_row = match ratio < POOR_RATIO {
+            true => self.poor_in_a_row + 1,
+            false => 0,
+        };
+        if self.mode == Mode::Auto && self.poor_in_a_row >= GIVE_UP_AFTER {
+            if !self.given_up {
+                log::debug!("NAR stream compresses {ratio:.2}x: sent raw from here on");
+            }
+            self.given_up = true;
+        }
+    }
+
+    /// The last block's `wire` bytes were written in `waited` (the time the
+    /// writer spent outside the encoder), after `made` spent making them.
+    /// A write that waited about as long as making the block took says how
+    /// fast the link drains; one that did not says the link is not the
+    /// bottleneck, which counts only for raw blocks (compressed ones are
+    /// then just slower to make than to send).
+    fn written(&mut self, wire: usize, waited: Duration, made: Duration, was_raw: bool) {
+        self.blocks += 1;
+        if was_raw || waited > made / 4 {
+            self.link = ewma(self.link, waited.as_secs_f64() / wire.max(1) as f64);
+        }
+    }
+}
+
+/// The framed stream of a NAR: reads plain NAR bytes from `source` and
+/// yields blocks, each compressed or not as `Policy` decides. It times
+/// the reader that drains it (the reply writer) to learn the link's pace.
+pub struct Encoder<R> {
+    source: R,
+    policy: Policy,
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+    /// A block's header and NAR bytes: sent as they are when raw.
+    input: Vec<u8>,
+    /// A block's header and zstd frame.
+    zstd: Vec<u8>,
+    /// Whether `input` (else `zstd`) is being sent, and how far.
+    raw: bool,
+    out_pos: usize,
+    /// The last block: wire bytes, raw or not, and how long making it took.
+    last: Option<(usize, bool, Duration)>,
+    /// Time spent outside `read` since the last block was made.
+    waited: Duration,
+    left_at: Option<Instant>,
+    /// Blocks sent compressed and raw, for the log.
+    counts: [u64; 2],
+}
+
+impl<R: Read> Encoder<R> {
+    pub fn new(source: R, mode: Mode) -> Encoder<R> {
+        Encoder {
+            source,
+            policy: Policy::new(mode),
+            compressor: None,
+            input: Vec::new(),
+            zstd: Vec::new(),
+            raw: true,
+            out_pos: 0,
+            last: None,
+            waited: Duration::ZERO,
+            left_at: None,
+            counts: [0; 2],
+        }
+    }
+
+    /// Blocks sent so far: (raw, compressed).
+    pub fn counts(&self) -> (u64, u64) {
+        (self.counts[0], self.counts[1])
+    }
+
+    /// Reads the next block of the source and encodes it into `out`;
+    /// false at the end of the source.
+    fn next_block(&mut self) -> io::Result<bool> {
+        if let Some((wire, raw, made)) = self.last.take() {
+            self.policy.written(wire, self.waited, made, raw);
+        }
+        let start = Instant::now();
+        self.input.resize(HEADER + BLOCK, 0);
+        let mut filled = 0;
+        while filled < BLOCK {
+            match self.source.read(&mut self.input[HEADER + filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.input.truncate(HEADER + filled);
+        if filled == 0 {
+            return Ok(false);
+        }
+        self.out_pos = 0;
+        self.raw = true;
+        if self.policy.compress_next() {
+            let zstart = Instant::now();
+            let compressor = match &mut self.compressor {
+                Some(c) => c,
+                None => self.compressor.insert(zstd::bulk::Compressor::new(LEVEL)?),
+            };
+            let bound = zstd::zstd_safe::compress_bound(filled);
+            self.zstd.resize(HEADER + bound, 0);
+            let encoded =
+                compressor.compress_to_buffer(&self.input[HEADER..], &mut self.zstd[HEADER..])?;
+            self.policy.compressed(filled, encoded, zstart.elapsed());
+            self.zstd.truncate(HEADER + encoded);
+            self.raw = encoded >= filled;
+        }
+        let (kind, out) = match self.raw {
+            true => (RAW, &mut self.input),
+            false => (ZSTD, &mut self.zstd),
+        };
+        let encoded = out.len() - HEADER;
+        out[0] = kind;
+        out[1..5].copy_from_slice(&(filled as u32).to_be_bytes());
+        out[5..9].copy_from_slice(&(encoded as u32).to_be_bytes());
+        self.counts[usize::from(kind == ZSTD)] += 1;
+        self.last = Some((out.len(), self.raw, start.elapsed()));
+        self.waited = Duration::ZERO;
+        Ok(true)
+    }
+
+    /// The bytes of the block being sent.
+    fn out(&self) -> &[u8] {
+        match self.raw {
+            true => &self.input,
+            false => &self.zstd,
+        }
+    }
+}
+
+impl<R: Read> Read for Encoder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(left) = self.left_at.take() {
+            self.waited += left.elapsed();
+        }
+        if self.out_pos == self.out().len() && !self.next_block()? {
+            let (raw, zstd) = self.counts();
+            let mb = |v: Option<f64>| v.map_or("?".into(), |v| format!("{:.1}", 1e-6 / v));
+            log::debug!(
+                "NAR stream sent: {zstd} blocks compressed, {raw} raw (link {} MB/s, zstd {} MB/s at {}x)",
+                mb(self.policy.link),
+                mb(self.policy.zstd),
+                self.policy.ratio.map_or("?".into(), |r| format!("{r:.2}"))
+            );
+            return Ok(0);
+        }
+        let out = &self.out()[self.out_pos..];
+        let n = buf.len().min(out.len());
+        buf[..n].copy_from_slice(&out[..n]);
+        self.out_pos += n;
+        self.left_at = Some(Instant::now());
+        Ok(n)
+    }
+}
+
+/// Plain NAR bytes from a framed stream of `left` NAR bytes. Ends (`Ok(0)`)
+/// only at a block boundary; a stream cut inside a block, or a malformed
+/// block, is an error, never short or wrong bytes. Once the last byte is
+/// decoded it reads the stream's end at once, so that the connection under
+/// it is free for the next request even if nobody reads on.
+pub struct Decoder<R> {
+    source: R,
+    left: u64,
+    decompressor: Option<zstd::bulk::Decompressor<'static>>,
+    /// Raw NAR bytes of the current block still to pass on from `source`.
+    raw_left: usize,
+    encoded: Vec<u8>,
+    decoded: Vec<u8>,
+    pos: usize,
+}
+
+impl<R: Read> Decoder<R> {
+    pub fn new(source: R, left: u64) -> Decoder<R> {
+        Decoder {
+            source,
+            left,
+            decompressor: None,
+            raw_left: 0,
+            encoded: Vec::new(),
+            decoded: Vec::new(),
+            pos: 0,
+        }
+    }
+
+    /// Reads the next block's header, and a zstd block whole; false at the
+    /// end of the stream.
+    fn next_block(&mut self) -> io::Result<bool> {
+        let mut header = [0u8; HEADER];
+        let mut got = 0;
+        while got < HEADER {
+            match self.source.read(&mut header[got..]) {
+                Ok(0) if got == 0 => return Ok(false),
+                Ok(0) => return Err(cut("a block header")),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let nar = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        let encoded = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) as usize;
+        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+        if nar == 0 || nar > MAX_BLOCK {
+            return Err(bad("a compressed NAR block of 0 or too many bytes"));
+        }
+        match header[0] {
+            RAW if encoded == nar => {
+                self.raw_left = nar;
+                Ok(true)
+            }
+            ZSTD if encoded > 0 && encoded <= zstd::zstd_safe::compress_bound(MAX_BLOCK) => {
+                self.encoded.resize(encoded, 0);
+                self.source
+                    .read_exact(&mut self.encoded)
+                    .map_err(|e| match e.kind() {
+                        io::ErrorKind::UnexpectedEof => cut("a zstd block"),
+                        _ => e,
+                    })?;
+                let decompressor = match &mut self.decompressor {
+                    Some(d) => d,
+                    None => self.decompressor.insert(zstd::bulk::Decompressor::new()?),
+                };
+                self.decoded.resize(nar, 0);
+                let n = decompressor
+                    .decompress_to_buffer(&self.encoded, &mut self.decoded)
+                    .map_err(|e| bad(&format!("a zstd block does not decompress: {e}")))?;
+                if n != nar {
+                    return Err(bad("a zstd block decompresses to another length"));
+                }
+                self.pos = 0;
+                Ok(true)
+            }
+            _ => Err(bad("a compressed NAR block of unknown kind or length")),
+        }
+    }
+}
+
+fn cut(inside: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("the compressed NAR stream ended inside {inside}"),
+    )
+}
+
+impl<R: Read> Decoder<R> {
+    /// Decoded bytes into `buf`, without the end-of-stream bookkeeping.
+    fn read_blocks(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.raw_left == 0 && self.pos == self.decoded.len() && !self.next_block()? {
+            return Ok(0);
+        }
+        if self.raw_left > 0 {
+            let want = buf.len().min(self.raw_left);
+            let n = self.source.read(&mut buf[..want])?;
+            if n == 0 {
+                return Err(cut("a raw block"));
+            }
+            self.raw_left -= n;
+            return Ok(n);
+        }
+        let n = buf.len().min(self.decoded.len() - self.pos);
+        buf[..n].copy_from_slice(&self.decoded[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl<R: Read> Read for Decoder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() || self.left == 0 {
+            return Ok(0);
+        }
+        let n = self.read_blocks(buf)?;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.left = self.left.saturating_sub(n as u64);
+        if self.left == 0 {
+            let ended = self.raw_left == 0
+                && self.pos == self.decoded.len()
+                && self.source.read(&mut [0u8; 1])? == 0;
+            if !ended {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the compressed NAR stream goes on past the NAR's end",
+                ));
+            }
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes that compress about as well as programs do (~3x).
+    fn compressible(len: usize) -> Vec<u8> {
+        let words: [&[u8]; 6] = [
+            b"\x00\x00\x00\x00",
+            b"libc.so.6",
+            b"\x48\x89\xe5",
+            b"GLIBC_2.2.5",
+            b"\xff\xff",
+            b"main",
+        ];
+        let mut state = 12345u32;
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            state = state.wrapping_mul(1103515245).wrapping_add(12345);
+            out.extend_from_slice(words[(state >> 16) as usize % words.len()]);
+            out.push((state >> 8) as u8);
+        }
+        out.truncate(len);
+        out
+    }
+
+    fn random(len: usize) -> Vec<u8> {
+        let mut state = 0x9e3779b97f4a7c15u64;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    }
+
+    /// Encodes `data` in `mode`, returns the stream and the kinds of its blocks.
+    fn encode(data: &[u8], mode: Mode) -> (Vec<u8>, Vec<u8>) {
+        let mut stream = Vec::new();
+        Encoder::new(data, mode).read_to_end(&mut stream).unwrap();
+        let mut kinds = Vec::new();
+        let mut at = 0;
+        while at < stream.len() {
+            kinds.push(stream[at]);
+            let enc = u32::from_be_bytes(stream[at + 5..at + 9].try_into().unwrap()) as usize;
+            at += HEADER + enc;
+        }
+        (stream, kinds)
+    }
+
+    /// Decodes a stream that should hold `len` NAR bytes.
+    fn decode_len(stream: &[u8], len: usize) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        Decoder::new(stream, len as u64).read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    fn decode(stream: &[u8]) -> io::Result<Vec<u8>> {
+        decode_len(stream, usize::MAX)
+    }
+
+    #[test]
+    fn streams_round_trip_in_every_mode() {
+        for data in [
+            compressible(3 * BLOCK + 17),
+            random(BLOCK + 1),
+            vec![7u8; 10],
+        ] {
+            for mode in [Mode::Auto, Mode::Always, Mode::Never] {
+                let (stream, _) = encode(&data, mode);
+                assert_eq!(decode(&stream).unwrap(), data, "{mode:?}");
+            }
+        }
+        let (stream, kinds) = encode(&compressible(3 * BLOCK), Mode::Always);
+        assert_eq!(kinds, [ZSTD; 3]);
+        assert!(stream.len() < 3 * BLOCK / 2);
+        assert_eq!(encode(&compressible(BLOCK), Mode::Never).1, [RAW]);
+    }
+
+    #[test]
+    fn incompressible_data_is_sent_raw_after_the_first_blocks() {
+        let (_, kinds) = encode(&random(64 * BLOCK), Mode::Auto);
+        // zstd stores random data raw anyway: the encoder must stop trying.
+        let mut policy = Policy::new(Mode::Auto);
+        let mut tried = 0;
+        for _ in 0..64 {
+            if policy.compress_next() {
+                tried += 1;
+                policy.compressed(BLOCK, BLOCK + 20, Duration::from_micros(300));
+            }
+            policy.written(
+                BLOCK,
+                Duration::from_millis(20),
+                Duration::from_micros(400),
+                true,
+            );
+        }
+        assert!(tried <= GIVE_UP_AFTER, "tried {tried} times");
+        assert!(kinds.iter().all(|&k| k == RAW));
+    }
+
+    #[test]
+    fn compression_follows_the_link() {
+        let block = Duration::from_millis(1); // 256 KiB in 1 ms: 260 MB/s
+        let mut slow = Policy::new(Mode::Auto);
+        let mut fast = Policy::new(Mode::Auto);
+        let (mut slow_z, mut fast_z) = (0, 0);
+        for _ in 0..30 {
+            if slow.compress_next() {
+                slow_z += 1;
+                slow.compressed(BLOCK, BLOCK / 3, block);
+                // 12 MB/s: a 100 Mbit/s link.
+                slow.written(BLOCK / 3, Duration::from_millis(7), block, false);
+            } else {
+                slow.written(BLOCK, Duration::from_millis(21), Duration::ZERO, true);
+            }
+            if fast.compress_next() {
+                fast_z += 1;
+                fast.compressed(BLOCK, BLOCK / 3, block);
+                fast.written(BLOCK / 3, Duration::from_micros(50), block, false);
+            } else {
+                // 2.6 GB/s: a veth.
+                fast.written(BLOCK, Duration::from_micros(100), Duration::ZERO, true);
+            }
+        }
+        assert!(slow_z >= 28, "{slow_z}");
+        assert!(fast_z <= 2, "{fast_z}");
+    }
+
+    #[test]
+    fn cut_or_malformed_streams_are_errors() {
+        let (stream, _) = encode(&compressible(2 * BLOCK), Mode::Always);
+        for cut_at in [1, HEADER, HEADER + 10, stream.len() - 1] {
+            assert!(decode(&stream[..cut_at]).is_err(), "cut at {cut_at}");
+        }
+        let mut bad = stream.clone();
+        bad[0] = 9;
+        assert!(decode(&bad).is_err());
+        let mut bad = stream.clone();
+        bad[HEADER + 4] ^= 0xff;
+        assert!(decode(&bad).is_err());
+        let mut bad = stream;
+        bad[1..5].copy_from_slice(&(MAX_BLOCK as u32 + 1).to_be_bytes());
+        assert!(decode(&bad).is_err());
+        assert!(decode(&[0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn the_stream_ends_with_its_last_nar_byte() {
+        let data = compressible(2 * BLOCK);
+        let (stream, _) = encode(&data, Mode::Always);
+        assert_eq!(decode_len(&stream, data.len()).unwrap(), data);
+        // The end is read with the last byte: nothing is left unread.
+        let mut source = &stream[..];
+        let mut decoder = Decoder::new(&mut source, data.len() as u64);
+        let mut out = vec![0u8; data.len()];
+        decoder.read_exact(&mut out).unwrap();
+        assert!(source.is_empty());
+        // More blocks than the NAR's bytes: an error, not extra bytes.
+        assert!(decode_len(&stream, data.len() - BLOCK).is_err());
+    }
+
+    #[test]
+    fn accept_encoding_is_parsed() {
+        assert!(accepts(ENCODING));
+        assert!(accepts(&format!("gzip, {ENCODING};q=1")));
+        assert!(!accepts("gzip, deflate, br, zstd"));
+        assert!(!accepts(""));
+    }
+}

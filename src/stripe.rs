@@ -1,0 +1,406 @@
+//! Several peers at once for a large NAR: the NAR is cut into blocks of
+//! `BLOCK` bytes dealt round-robin to up to `MAX_LANES` peers (a stripe
+//! each), every peer streams its stripe over one connection, and the
+//! receiver reads the lanes in turn, so Nix gets the NAR in order.
+//!
+//! A stripe is asked for with `X-Peerix-Stripe: BLOCK/EVERY/INDEX` beside
+//! `Accept-Encoding: x-peerix-zblocks` (and `Range: bytes=N-`): the sender
+//! serializes the NAR as always, from N on, and sends only the bytes of
+//! the blocks `j` (counted from the NAR's start) with `j % EVERY == INDEX`,
+//! as the framed stream of `compress.rs` (raw blocks when compression is
+//! off), echoing the header. Memory stays bounded without a reordering
+//! buffer of our own: a lane not being read waits in its socket (TCP flow
+//! control holds the sender), so at most the socket buffers hold NAR bytes
+//! ahead. A lane whose peer fails or stalls (no byte for the stall timeout
+//! of the peer client) is asked of another peer from the byte it stopped
+//! at; the others go on.
+
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::discovery::Who;
+use crate::nar_check::Blame;
+use crate::narinfo::HashPart;
+use crate::transfers::Transfer;
+use crate::upstream::{Source, Upstream};
+
+/// The request and reply header naming a stripe.
+pub const HEADER: &str = "X-Peerix-Stripe";
+/// NAR bytes per block dealt to a lane: small enough that the sockets of
+/// the lanes not being read hold their next block (a LAN's TCP buffers stay
+/// small, its round trips being short), so that no lane idles.
+pub const BLOCK: u64 = 512 << 10;
+/// NARs smaller than this come from one peer.
+pub const MIN_NAR: u64 = 32 << 20;
+/// Peers one NAR is fetched from at once, at most.
+pub const MAX_LANES: usize = 4;
+
+/// The blocks `j` of `block` bytes with `j % every == index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stripe {
+    pub block: u64,
+    pub every: u64,
+    pub index: u64,
+}
+
+impl Stripe {
+    /// Parses `BLOCK/EVERY/INDEX`; `None` for anything else, or sizes out
+    /// of bounds (64 KiB to 64 MiB blocks, 2 to 16 lanes).
+    pub fn parse(s: &str) -> Option<Stripe> {
+        let mut parts = s.trim().split('/').map(|p| p.parse::<u64>().ok());
+        let stripe = Stripe {
+            block: parts.next()??,
+            every: parts.next()??,
+            index: parts.next()??,
+        };
+        let sane = parts.next().is_none()
+            && (64 << 10..=64 << 20).contains(&stripe.block)
+            && (2..=16).contains(&stripe.every)
+            && stripe.index < stripe.every;
+        sane.then_some(stripe)
+    }
+
+    pub fn render(&self) -> String {
+        format!("{}/{}/{}", self.block, self.every, self.index)
+    }
+
+    /// The stripe's bytes in `[from, to)` of the NAR.
+    pub fn bytes_in(&self, from: u64, to: u64) -> u64 {
+        self.bytes_before(to) - self.bytes_before(from.min(to))
+    }
+
+    fn bytes_before(&self, x: u64) -> u64 {
+        let round = self.block * self.every;
+        let start = self.index * self.block;
+        (x / round) * self.block + (x % round).saturating_sub(start).min(self.block)
+    }
+
+    /// Where the stripe's next byte at or after `pos` is.
+    fn next_at(&self, pos: u64) -> u64 {
+        let round = self.block * self.every;
+        let start = (pos / round) * round + self.index * self.block;
+        if pos < start {
+            start
+        } else if pos < start + self.block {
+            pos
+        } else {
+            start + round
+        }
+    }
+}
+
+/// The sender's side: the bytes of `stripe` from a NAR read from byte
+/// `pos` on, the others read and dropped.
+pub struct Filter<R> {
+    inner: R,
+    stripe: Stripe,
+    pos: u64,
+}
+
+impl<R: Read> Filter<R> {
+    pub fn new(inner: R, stripe: Stripe, pos: u64) -> Filter<R> {
+        Filter { inner, stripe, pos }
+    }
+}
+
+impl<R: Read> Read for Filter<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let next = self.stripe.next_at(self.pos);
+            if next > self.pos {
+                let skip = next - self.pos;
+                let skipped = io::copy(&mut (&mut self.inner).take(skip), &mut io::sink())?;
+                self.pos += skipped;
+                if skipped < skip {
+                    return Ok(0);
+                }
+                continue;
+            }
+            let block_end = (self.pos / self.stripe.block + 1) * self.stripe.block;
+            let want = buf
+                .len()
+                .min(usize::try_from(block_end - self.pos).unwrap_or(usize::MAX));
+            let n = self.inner.read(&mut buf[..want])?;
+            self.pos += n as u64;
+            return Ok(n);
+        }
+    }
+}
+
+/// One peer's stripe of the NAR on its way in.
+struct Lane {
+    source: Source,
+    body: Option<Box<dyn Read + Send>>,
+    /// NAR bytes it sent, and the time spent waiting for them.
+    bytes: u64,
+    waited: Duration,
+}
+
+/// The receiver's side: the NAR of `total` bytes from several peers at
+/// once, in order.
+pub struct Striped {
+    upstream: Arc<Upstream>,
+    hash: HashPart,
+    total: u64,
+    pos: u64,
+    lanes: Vec<Lane>,
+    /// Every peer that serves the NAR, fastest first: the lanes' first
+    /// peers, then those that take over a lane.
+    sources: Vec<Source>,
+    next_source: usize,
+    failed: Vec<Who>,
+    sent_by: Vec<(Who, SocketAddr)>,
+    /// What comes from which peer, for the status; and the peer that
+    /// sent the last bytes.
+    transfer: Option<Transfer>,
+    last_from: Option<SocketAddr>,
+    started: Instant,
+}
+
+impl Striped {
+    /// Starts a lane on each of the first `every` of `sources`, taking
+    /// `transfer`; an error (and `transfer` left in place) when a lane
+    /// cannot start on any of them.
+    pub fn start(
+        upstream: Arc<Upstream>,
+        hash: HashPart,
+        sources: Vec<Source>,
+        every: usize,
+        transfer: &mut Option<Transfer>,
+    ) -> io::Result<Striped> {
+        let every = every.min(sources.len());
+        let total = sources.first().map_or(0, |s| s.info.nar_size);
+        let lanes = (sources.iter().take(every).cloned())
+            .map(|source| Lane {
+                source,
+                body: None,
+                bytes: 0,
+                waited: Duration::ZERO,
+            })
+            .collect();
+        let mut striped = Striped {
+            upstream,
+            hash,
+            total,
+            pos: 0,
+            lanes,
+            next_source: every,
+            sources,
+            failed: Vec::new(),
+            sent_by: Vec::new(),
+            transfer: None,
+            last_from: None,
+            started: Instant::now(),
+        };
+        for i in 0..every {
+            striped.open(i)?;
+        }
+        striped.transfer = transfer.take();
+        Ok(striped)
+    }
+
+    fn stripe(&self, lane: usize) -> Stripe {
+        Stripe {
+            block: BLOCK,
+            every: self.lanes.len() as u64,
+            index: lane as u64,
+        }
+    }
+
+    /// Opens lane `i` at `pos` on its peer, or on the next peers in turn
+    /// when its own fails.
+    fn open(&mut self, i: usize) -> io::Result<()> {
+        loop {
+            let stripe = self.stripe(i);
+            let source = self.lanes[i].source.clone();
+            match (self.upstream).open_stripe(&source, self.pos, stripe) {
+                Ok(body) => {
+                    self.lanes[i].body = Some(body);
+                    return Ok(());
+                }
+                Err(e) => {
+                    log::warn!("{}: stripe {i} from {}: {e}", self.hash, source.found.addr);
+                    self.replace(i)?;
+                }
+            }
+        }
+    }
+
+    /// Gives lane `i` to the next peer that has not failed (one already
+    /// serving another lane will do); an error when none is left.
+    fn replace(&mut self, i: usize) -> io::Result<()> {
+        let lane = &mut self.lanes[i];
+        self.failed.push(lane.source.found.who());
+        (self.upstream).learn(lane.source.found.who(), lane.bytes, lane.waited, false);
+        (lane.bytes, lane.waited, lane.body) = (0, Duration::ZERO, None);
+        let n = self.sources.len();
+        for k in 0..n {
+            let candidate = &self.sources[(self.next_source + k) % n];
+            if !self.failed.contains(&candidate.found.who()) {
+                self.next_source = (self.next_source + k + 1) % n;
+                self.lanes[i].source = candidate.clone();
+                return Ok(());
+            }
+        }
+        Err(io::Error::other(format!(
+            "no peer left for stripe {i} of its NAR (at byte {})",
+            self.pos
+        )))
+    }
+}
+
+impl Read for Striped {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos >= self.total || buf.is_empty() {
+            return Ok(0);
+        }
+        let i = ((self.pos / BLOCK) % self.lanes.len() as u64) as usize;
+        let block_end = (self.pos / BLOCK + 1) * BLOCK;
+        let want = buf
+            .len()
+            .min(usize::try_from(block_end.min(self.total) - self.pos).unwrap_or(usize::MAX));
+        loop {
+            if self.lanes[i].body.is_none() {
+                self.open(i)?;
+                log::info!(
+                    "{}: stripe {i}: going on from {} at byte {}",
+                    self.hash,
+                    self.lanes[i].source.found.addr,
+                    self.pos
+                );
+            }
+            let lane = &mut self.lanes[i];
+            let Some(body) = lane.body.as_mut() else {
+                continue;
+            };
+            let started = Instant::now();
+            let result = body.read(&mut buf[..want]);
+            lane.waited += started.elapsed();
+            let failure = match result {
+                Ok(0) => "it ended early".to_string(),
+                Ok(n) => {
+                    lane.bytes += n as u64;
+                    let who = (lane.source.found.who(), lane.source.found.addr);
+                    if let Some(transfer) = &mut self.transfer {
+                        if self.last_from != Some(who.1) {
+                            transfer.from_peer(who.1);
+                            self.last_from = Some(who.1);
+                        }
+                        transfer.add(n);
+                    }
+                    if !self.sent_by.iter().any(|(w, _)| *w == who.0) {
+                        self.sent_by.push(who);
+                    }
+                    self.pos += n as u64;
+                    return Ok(n);
+                }
+                Err(e) => e.to_string(),
+            };
+            log::info!(
+                "{}: stripe {i}: the NAR from {} broke at byte {} of {} ({failure}); another peer goes on",
+                self.hash,
+                lane.source.found.addr,
+                self.pos,
+                self.total
+            );
+            self.replace(i)?;
+        }
+    }
+}
+
+impl Blame for Striped {
+    fn bad_bytes(&mut self) {
+        let nar_hash = self.sources.first().map(|s| s.info.nar_hash);
+        if let Some(nar_hash) = nar_hash {
+            self.upstream.blame(&self.hash, &nar_hash, &self.sent_by);
+        }
+    }
+}
+
+impl Drop for Striped {
+    /// Learns the lanes' paces. The lane that waited longest set the pace
+    /// of all, and its bytes over its waits are its own pace; the others
+    /// were read from what their sockets held while it was waited for, so
+    /// their waits say little (a peer as fast as the slowest looks much
+    /// faster): they are known to be at least as fast as the stripe went.
+    fn drop(&mut self) {
+        let took = self.started.elapsed();
+        let slowest = (0..self.lanes.len()).max_by_key(|&i| self.lanes[i].waited);
+        for (i, lane) in self.lanes.iter().enumerate() {
+            let who = lane.source.found.who();
+            match Some(i) == slowest {
+                true => (self.upstream).learn(who, lane.bytes, lane.waited, false),
+                false => (self.upstream).learn(who, lane.bytes, took, true),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stripes_parse_and_count_their_bytes() {
+        let s = Stripe::parse("65536/3/1").unwrap();
+        assert_eq!(s.render(), "65536/3/1");
+        for bad in [
+            "",
+            "65536/3",
+            "65536/3/3",
+            "1/3/0",
+            "65536/1/0",
+            "65536/3/1/0",
+            "x/3/1",
+        ] {
+            assert_eq!(Stripe::parse(bad), None, "{bad}");
+        }
+        let s = Stripe {
+            block: 10,
+            every: 3,
+            index: 1,
+        };
+        // Blocks 1, 4, 7…: bytes 10..20, 40..50, 70..80.
+        assert_eq!(s.bytes_in(0, 100), 30);
+        assert_eq!(s.bytes_in(15, 45), 10);
+        assert_eq!(s.bytes_in(0, 95), 30);
+        assert_eq!(s.next_at(0), 10);
+        assert_eq!(s.next_at(15), 15);
+        assert_eq!(s.next_at(20), 40);
+    }
+
+    #[test]
+    fn filtered_lanes_interleave_to_the_nar() {
+        let nar: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
+        for from in [0, 5, 333] {
+            let lanes: Vec<Vec<u8>> = (0..3)
+                .map(|index| {
+                    let stripe = Stripe {
+                        block: 64,
+                        every: 3,
+                        index,
+                    };
+                    let mut out = Vec::new();
+                    (Filter::new(&nar[from..], stripe, from as u64))
+                        .read_to_end(&mut out)
+                        .unwrap();
+                    assert_eq!(out.len() as u64, stripe.bytes_in(from as u64, 1000));
+                    out
+                })
+                .collect();
+            let mut at = [0usize; 3];
+            let mut joined = Vec::new();
+            let mut pos = from;
+            while pos < 1000 {
+                let lane = (pos / 64) % 3;
+                let n = (64 - pos % 64).min(1000 - pos);
+                joined.extend_from_slice(&lanes[lane][at[lane]..at[lane] + n]);
+                at[lane] += n;
+                pos += n;
+            }
+            assert_eq!(joined, nar[from..]);
+        }
+    }
+}
