@@ -155,7 +155,7 @@ fn a_nar_that_does_not_match_its_nar_hash_never_reaches_nix_whole() {
     std::fs::write(&file, &bytes).unwrap();
     assert_eq!(nar_hash(h1, &path), nar_hash(h2, &path));
 
-    let _n1 = node(h1, &key, &[], &[]);
+    let n1 = node(h1, &key, &[], &[]);
     let n3 = node(h3, &generate_key(h3, "h3-1"), &[&key], &[]);
     wait_offered(h1, &path);
     let args = realise_args(&[&path], &[&key]);
@@ -170,15 +170,17 @@ fn a_nar_that_does_not_match_its_nar_hash_never_reaches_nix_whole() {
     assert!(log.contains(&h1.addr4.to_string()), "{log}");
 
     // A good peer comes; Nix's next try gets the path from it.
-    let _n2 = node(h2, &key, &[], &[]);
+    let n2 = node(h2, &key, &[], &[]);
     wait_offered(h2, &path);
     let second = support::output_within(h3.cmd("nix-store", &args), Duration::from_secs(120))
         .expect("nix-store -r finished");
     assert!(
         second.status.success(),
-        "{}\n{}",
+        "{}\n{}\nh2:\n{}\nh1:\n{}",
         String::from_utf8_lossy(&second.stderr),
-        n3.log()
+        n3.log(),
+        n2.log(),
+        n1.log()
     );
     h3.run(&format!("nix-store --verify-path {path}"));
 }
