@@ -17,5 +17,6 @@ pub mod peer_client;
 pub mod share;
 pub mod signals;
 pub mod store;
+pub mod summary;
 pub mod trust;
 pub mod upstream;
