@@ -13,6 +13,7 @@ use std::time::Duration;
 use crate::auth::NetworkKey;
 use crate::discovery::Found;
 use crate::narinfo::{self, HashPart, NarInfo};
+use crate::summary;
 
 /// A connection to a LAN peer that takes longer than this is a dead peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -113,6 +114,29 @@ impl PeerClient {
             )));
         }
         Ok(info)
+    }
+
+    /// The changes to the store summary of the peer of ours at `addr`
+    /// since `since` (0: the whole summary); gives up after `timeout`.
+    pub fn summary(
+        &self,
+        addr: SocketAddr,
+        since: u64,
+        timeout: Duration,
+    ) -> Result<summary::Update, FetchError> {
+        let response = self
+            .get(addr, &format!("/peer/summary/{since}"))
+            .timeout(timeout)
+            .call()
+            .map_err(|e| FetchError::Http(e.to_string()))?;
+        let mut body = Vec::new();
+        response
+            .into_reader()
+            .take(summary::MAX_ENCODED as u64 + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| FetchError::Http(format!("reading the summary: {e}")))?;
+        summary::Update::parse(&body)
+            .ok_or_else(|| FetchError::Invalid(format!("a summary of {} bytes", body.len())))
     }
 
     /// Starts receiving the NAR that the peer's narinfo `info` names, from

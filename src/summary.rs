@@ -56,6 +56,9 @@ const REMOVED_MIN: usize = 256;
 /// Changes accepted in one delta, at most.
 const DELTA_MAX: usize = LOG_MAX;
 
+/// The longest encoded update accepted.
+pub const MAX_ENCODED: usize = 4 + 1 + 8 + 4 + MAX_BITS / 8 + 8 + 4 + DELTA_MAX * CHANGE_LEN;
+
 const MAGIC: &[u8; 4] = b"PXS1";
 
 /// The two 64-bit hashes a path's probes come from. Hash parts are

@@ -13,9 +13,16 @@
 //! answers it when it knows. With a network key every datagram of ours is
 //! sealed and checked (`auth.rs`), and v1 is not spoken: it cannot be
 //! authenticated. Each source gets at most `--answer-rate` answers a second.
+//!
+//! Past one broadcast domain and past a few dozen nodes: nodes pass on the
+//! peers they hear (`exchange.rs`), and keep each other's store summaries
+//! (`summaries.rs`), so that a query goes by unicast to the peers that may
+//! hold the path, and a miss sends nothing at all.
 
+mod exchange;
 mod peers;
 mod rate;
+mod summaries;
 mod targets;
 mod udp;
 pub mod wire;
@@ -31,8 +38,10 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use crate::auth::NetworkKey;
 use crate::narinfo::HashPart;
 use crate::store::Store;
+use exchange::Exchange;
 use peers::PeerTable;
 use rate::RateLimit;
+use summaries::{Fetched, Routes, SharedRoutes, Summaries};
 use targets::SharedTargets;
 use udp::UdpThread;
 use wire::{Datagram, Message, NodeId};
@@ -74,6 +83,8 @@ pub struct Asked<'a> {
     /// When to send the query once more, if no peer has said it has the
     /// path by then (a datagram lost on a busy network).
     resend_at: Option<Instant>,
+    /// The peers it went to by unicast; `None` when it went everywhere.
+    to: Option<Vec<SocketAddr>>,
 }
 
 impl Asked<'_> {
@@ -100,7 +111,8 @@ impl Asked<'_> {
                 Err(RecvTimeoutError::Timeout) if Instant::now() < self.deadline => {
                     if self.resend_at.take().is_some() {
                         log::debug!("discovery: no answer yet for {}; asking again", self.hash);
-                        self.discovery.send_query(self.id, &self.hash);
+                        self.discovery
+                            .send_query(self.id, &self.hash, self.to.as_deref());
                     }
                 }
                 Err(_) => return None,
@@ -227,6 +239,7 @@ pub struct Discovery {
     outbox: Arc<Outbox>,
     commands: Sender<Command>,
     targets: SharedTargets,
+    routes: SharedRoutes,
     next_id: AtomicU32,
     timeout: Duration,
 }
@@ -238,7 +251,11 @@ enum Command {
         answers: Sender<Answer>,
         sent: Instant,
         deadline: Instant,
+        /// The peers it went to, when it went to chosen ones.
+        waiting: Option<Vec<NodeId>>,
     },
+    /// A peer's summary, fetched.
+    Fetched(Fetched),
     Status(Sender<Vec<String>>),
     Stop,
 }
@@ -323,10 +340,21 @@ impl Discovery {
             key: settings.network_key.clone(),
         });
         let (commands, commands_rx) = crossbeam_channel::bounded(COMMANDS_MAX);
+        let routes: SharedRoutes = Arc::new(std::sync::RwLock::new(Arc::new(Routes {
+            legacy: true,
+            ..Routes::default()
+        })));
+        let summaries = Summaries::start(
+            crate::peer_client::PeerClient::new(settings.network_key.clone()),
+            commands.clone(),
+            outbox.clone(),
+            peers::MAX_PEERS,
+        )?;
         let discovery = Arc::new(Discovery {
             outbox: outbox.clone(),
             commands,
             targets: targets.clone(),
+            routes: routes.clone(),
             next_id: AtomicU32::new(random_u64() as u32),
             timeout: settings.timeout,
         });
@@ -345,6 +373,12 @@ impl Discovery {
             recent: crate::cache::Bounded::new(RECENT_MAX),
             last_hello: None,
             started: Instant::now(),
+            exchange: Exchange::default(),
+            summaries,
+            routes,
+            routes_stale: true,
+            announced: 0,
+            last_notice: None,
         };
         std::thread::Builder::new()
             .name("discovery-udp".into())
@@ -363,40 +397,71 @@ impl Discovery {
         Ok(discovery)
     }
 
-    /// Asks the peers who has `hash`; see [`Asked::next_have`].
+    /// Asks the peers who has `hash`; see [`Asked::next_have`]. With the
+    /// peers' summaries the query goes by unicast to those that may hold
+    /// the path (and to those whose summary is not known): when there are
+    /// none, nothing is sent and the answer is a miss at once.
     pub fn ask(&self, hash: &HashPart) -> Asked<'_> {
         let (answers, rx) = crossbeam_channel::bounded(ANSWERS_MAX);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
-        let deadline = now + self.timeout;
+        let routes = self.routes.read().map(|r| r.clone()).unwrap_or_default();
+        let chosen = (!routes.legacy).then(|| routes.recipients(hash));
+        let mut asked = Asked {
+            discovery: self,
+            id,
+            hash: *hash,
+            answers: rx,
+            deadline: now + self.timeout,
+            resend_at: Some(now + self.timeout / 3),
+            to: None,
+        };
+        if chosen.as_ref().is_some_and(Vec::is_empty) {
+            log::debug!("discovery: no peer may have {hash}");
+            asked.deadline = now;
+            asked.resend_at = None;
+            return asked;
+        }
+        let (waiting, to) = match chosen {
+            Some(chosen) => {
+                let (nodes, addrs) = chosen.into_iter().unzip();
+                (Some(nodes), Some(addrs))
+            }
+            None => (None, None),
+        };
         let registered = self.commands.try_send(Command::Register {
             id,
             hash: *hash,
             answers,
             sent: now,
-            deadline,
+            deadline: asked.deadline,
+            waiting,
         });
+        asked.to = to;
         if registered.is_ok() {
-            self.send_query(id, hash);
+            self.send_query(id, hash, asked.to.as_deref());
             log::debug!("discovery: asked for {hash} (query {id})");
         }
-        Asked {
-            discovery: self,
-            id,
-            hash: *hash,
-            answers: rx,
-            deadline,
-            resend_at: Some(now + self.timeout / 3),
-        }
+        asked
     }
 
-    /// Sends query `id` for `hash` to every target.
-    fn send_query(&self, id: u32, hash: &HashPart) {
+    /// Sends query `id` for `hash` to the peers `to`, or to every target.
+    fn send_query(&self, id: u32, hash: &HashPart, to: Option<&[SocketAddr]>) {
         let v2 = self.outbox.v2(id, Message::Query { hash: *hash });
+        if let Some(to) = to {
+            // The answers wake the UDP thread, which sees the registration
+            // before them.
+            for addr in to {
+                self.outbox.send(&v2, *addr);
+            }
+            return;
+        }
         // v1 cannot be authenticated: with a network key only ours is spoken.
         let v1 = (self.outbox.key.is_none()).then_some(Datagram::V1Request { id, hash: *hash });
         let targets = self.targets.read().map(|t| t.clone()).unwrap_or_default();
-        for addr in targets.all() {
+        let routes = self.routes.read().map(|r| r.clone()).unwrap_or_default();
+        let mesh = routes.mesh.iter().filter(|a| !targets.hosts.contains(a));
+        for addr in targets.all().chain(mesh) {
             for datagram in std::iter::once(&v2).chain(&v1) {
                 self.outbox.send(datagram, *addr);
             }

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use super::wire::NodeId;
+use super::wire::{NodeId, PeerEntry};
 use crate::cache::Bounded;
 
 /// A peer not heard from for this long is forgotten. Peers say hello
@@ -32,7 +32,7 @@ const MAX_STRIKES: u8 = 2;
 const MAX_ADDRS: usize = 8;
 
 /// Peers of ours, and original Peerix nodes, per generation of their table.
-const MAX_PEERS: usize = 512;
+pub const MAX_PEERS: usize = 512;
 const MAX_V1_PEERS: usize = 128;
 
 /// Answer times remembered per original Peerix node.
@@ -154,6 +154,37 @@ impl PeerTable {
             .filter(|(_, p)| p.last_heard.elapsed() < PEER_TTL && p.strikes < MAX_STRIKES)
             .map(|(id, _)| *id)
             .collect()
+    }
+
+    /// True when `node` is a live peer of ours.
+    pub fn knows(&self, node: NodeId) -> bool {
+        (self.ours.get(&node)).is_some_and(|p| p.last_heard.elapsed() < PEER_TTL)
+    }
+
+    /// The live peers of ours that answer every query, at the address
+    /// they were last heard from.
+    pub fn expected_addrs(&self) -> Vec<(NodeId, SocketAddr)> {
+        (self.ours.iter())
+            .filter(|(_, p)| p.last_heard.elapsed() < PEER_TTL && p.strikes < MAX_STRIKES)
+            .map(|(id, p)| (*id, p.addrs[0]))
+            .collect()
+    }
+
+    /// The peers to pass on to others: those heard lately, with how long ago.
+    pub fn live_entries(&self) -> Vec<PeerEntry> {
+        (self.ours.iter())
+            .filter(|(_, p)| p.last_heard.elapsed() < PEER_TTL && p.strikes < MAX_STRIKES)
+            .map(|(node, p)| PeerEntry {
+                node: *node,
+                addr: p.addrs[0],
+                age: p.last_heard.elapsed().as_secs().min(u64::from(u16::MAX)) as u16,
+            })
+            .collect()
+    }
+
+    /// True when an original Peerix node was heard lately.
+    pub fn v1_about(&self) -> bool {
+        (self.v1.iter()).any(|(_, p)| p.last_heard.elapsed() < V1_TTL)
     }
 
     /// How long a query waits for original Peerix nodes (they answer only

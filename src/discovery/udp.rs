@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::exchange::{self, Exchange};
 use super::peers::PeerTable;
 use super::rate::RateLimit;
+use super::summaries::{Routes, SharedRoutes, Summaries};
 use super::targets::SharedTargets;
 use super::wire::{Datagram, Message, NodeId};
 use super::{Answer, Command, Found, Outbox, Pending, Query, HELLO_EVERY, RECENT, STARTUP, TICK};
@@ -36,7 +38,20 @@ pub(super) struct UdpThread {
     pub(super) recent: Bounded<HashPart, Vec<(Option<NodeId>, Found, Instant)>>,
     pub(super) last_hello: Option<Instant>,
     pub(super) started: Instant,
+    pub(super) exchange: Exchange,
+    pub(super) summaries: Summaries,
+    /// Where queries go, for the workers.
+    pub(super) routes: SharedRoutes,
+    /// The routes must be published again.
+    pub(super) routes_stale: bool,
+    /// The version of this store's summary last told the peers.
+    pub(super) announced: u64,
+    pub(super) last_notice: Option<Instant>,
 }
+
+/// Notices of this store's summary are this far apart at least: a build
+/// adding paths one by one makes one notice for many.
+const NOTICE_GAP: Duration = Duration::from_millis(100);
 
 /// Queries of ours waiting for answers, at most (each is kept until its
 /// timeout); beyond, a query is sent unregistered and its worker waits out
@@ -71,9 +86,21 @@ impl UdpThread {
                         answers,
                         sent,
                         deadline,
-                    } => self.register(id, hash, answers, sent, deadline),
+                        waiting,
+                    } => self.register(id, hash, answers, (sent, deadline), waiting),
+                    Command::Fetched(fetched) => {
+                        self.routes_stale |= self.summaries.fetched(fetched);
+                    }
                     Command::Status(reply) => {
-                        let _ = reply.send(self.peers.describe());
+                        let mut lines = self.peers.describe();
+                        lines.push(format!(
+                            "summaries of peers: {} bytes in all",
+                            self.summaries.bytes()
+                        ));
+                        lines.extend(self.peers.expected_addrs().iter().map(|(node, _)| {
+                            format!("{node:016x}{}", self.summaries.describe(*node))
+                        }));
+                        let _ = reply.send(lines);
                     }
                     Command::Stop => {
                         self.broadcast(Message::Bye);
@@ -109,17 +136,28 @@ impl UdpThread {
         id: u32,
         hash: HashPart,
         answers: Sender<Answer>,
-        sent: Instant,
-        deadline: Instant,
+        (sent, deadline): (Instant, Instant),
+        chosen: Option<Vec<NodeId>>,
     ) {
-        let waiting = self.peers.expected();
-        let starting = waiting.is_empty() && self.started.elapsed() <= STARTUP;
-        let settled_at = match starting || self.silent_extra_host() {
-            true => deadline,
-            false => match self.peers.v1_wait(deadline - sent) {
-                Some(wait) => (sent + wait).min(deadline),
-                None => sent,
-            },
+        let settled_at;
+        let waiting = match chosen {
+            // Chosen from the summaries: no peer silent on a miss is asked.
+            Some(chosen) => {
+                settled_at = sent;
+                chosen
+            }
+            None => {
+                let waiting = self.peers.expected();
+                let starting = waiting.is_empty() && self.started.elapsed() <= STARTUP;
+                settled_at = match starting || self.silent_extra_host() {
+                    true => deadline,
+                    false => match self.peers.v1_wait(deadline - sent) {
+                        Some(wait) => (sent + wait).min(deadline),
+                        None => sent,
+                    },
+                };
+                waiting
+            }
         };
         // Peers that said "have" lately are offered first, at once.
         let mut have = Vec::new();
@@ -165,11 +203,56 @@ impl UdpThread {
             .any(|a| !self.peers.is_ours(a.ip().to_canonical()))
     }
 
-    fn broadcast(&self, message: Message) {
+    /// Sends `message` to every target and to the peers reached by
+    /// unicast only.
+    fn broadcast(&mut self, message: Message) {
         let datagram = self.outbox.v2(0, message);
         let targets = self.targets.read().map(|t| t.clone()).unwrap_or_default();
-        for addr in targets.all() {
+        let mesh = self.exchange.unicast(&self.peers);
+        let mesh = mesh.iter().filter(|a| !targets.hosts.contains(a));
+        for addr in targets.all().chain(mesh) {
             self.outbox.send(&datagram, *addr);
+        }
+    }
+
+    /// Sends this node's peers to `to`, asking for its own when `want_reply`.
+    fn send_lists(&self, to: SocketAddr, want_reply: bool) {
+        let mut lists = exchange::lists(&self.peers);
+        if lists.is_empty() {
+            lists.push(Vec::new());
+        }
+        for peers in lists {
+            let message = Message::Peers { want_reply, peers };
+            self.outbox.send(&self.outbox.v2(0, message), to);
+        }
+    }
+
+    /// True when `ip` is one of the extra hosts.
+    fn is_extra_host(&self, ip: std::net::IpAddr) -> bool {
+        let targets = self.targets.read().map(|t| t.clone()).unwrap_or_default();
+        targets.hosts.iter().any(|a| a.ip() == ip)
+    }
+
+    /// Publishes where queries go now, for the workers.
+    fn publish_routes(&mut self) {
+        self.routes_stale = false;
+        let expected = self.peers.expected_addrs();
+        let starting = expected.is_empty() && self.started.elapsed() <= STARTUP;
+        let legacy =
+            starting || expected.is_empty() || self.peers.v1_about() || self.silent_extra_host();
+        let mut routes = Routes {
+            legacy,
+            mesh: self.exchange.unicast(&self.peers),
+            ..Routes::default()
+        };
+        for (node, addr) in expected {
+            match self.summaries.current(node) {
+                Some(summary) => routes.summarised.push((node, addr, summary)),
+                None => routes.others.push((node, addr)),
+            }
+        }
+        if let Ok(mut shared) = self.routes.write() {
+            *shared = Arc::new(routes);
         }
     }
 
@@ -272,7 +355,9 @@ impl UdpThread {
 
     fn handle_v2(&mut self, node: NodeId, id: u32, message: Message, from: SocketAddr) {
         let port = match message {
-            Message::Have { port, .. } | Message::Hello { port, .. } => Some(port),
+            Message::Have { port, .. }
+            | Message::Hello { port, .. }
+            | Message::Notice { port, .. } => Some(port),
             _ => None,
         };
         if matches!(message, Message::Bye) {
@@ -280,15 +365,25 @@ impl UdpThread {
                 format!("peer {node:016x} at {from} said goodbye")
             });
             self.peers.forget(node);
+            self.summaries.forget(node);
+            self.exchange.forget(node);
+            self.routes_stale = true;
             for entries in self.recent.values_mut() {
                 entries.retain(|(n, _, _)| *n != Some(node));
             }
             return;
         }
-        if self.peers.heard(node, from, port) {
+        let new = self.peers.heard(node, from, port);
+        let unicast = matches!(message, Message::Peers { .. }) || self.is_extra_host(from.ip());
+        self.exchange.heard(node, from, unicast);
+        if new {
             NEW_PEER.log(log::Level::Info, || {
                 format!("peer {node:016x} at {from} is here")
             });
+            self.routes_stale = true;
+            if unicast && !matches!(message, Message::Peers { .. }) {
+                self.send_lists(from, true);
+            }
         }
         match message {
             Message::Query { hash } => self.answer(Query {
@@ -308,6 +403,7 @@ impl UdpThread {
                     }
                     p.answered(node);
                     self.remember(hash, Some(node), found);
+                    self.summaries.hit(node);
                 }
             }
             Message::NotHere { hash } => {
@@ -323,9 +419,31 @@ impl UdpThread {
                     port: self.outbox.port,
                 };
                 self.outbox.send(&self.outbox.v2(0, hello), from);
+                self.send_notice(from);
+            }
+            Message::Notice { port, version } => {
+                let mut http = from;
+                http.set_port(port);
+                self.summaries.announced(node, http, version);
+                self.routes_stale = true;
+            }
+            Message::Peers { want_reply, peers } => {
+                self.exchange.learn(&peers, self.outbox.node, &self.peers);
+                if want_reply && self.rate.allow(from.ip()) {
+                    self.send_lists(from, false);
+                }
             }
             Message::Hello { .. } | Message::Bye => {}
         }
+    }
+
+    /// Tells `to` this store's summary version.
+    fn send_notice(&self, to: SocketAddr) {
+        let notice = Message::Notice {
+            port: self.outbox.port,
+            version: self.store.summary_version(),
+        };
+        self.outbox.send(&self.outbox.v2(0, notice), to);
     }
 
     /// Drops expired queries (striking peers that never answered), forgets
@@ -342,22 +460,47 @@ impl UdpThread {
             if let Some(p) = self.pending.remove(&id) {
                 for node in p.waiting {
                     self.peers.strike(node);
+                    self.routes_stale = true;
                 }
             }
         }
-        if self.last_hello.is_none_or(|t| t.elapsed() >= HELLO_EVERY) {
+        for addr in self.exchange.due_probes() {
+            self.send_lists(addr, true);
+        }
+        let version = self.store.summary_version();
+        let hello_due = self.last_hello.is_none_or(|t| t.elapsed() >= HELLO_EVERY);
+        let notice_due = version != self.announced
+            && self.last_notice.is_none_or(|t| t.elapsed() >= NOTICE_GAP);
+        if notice_due || hello_due {
+            self.announced = version;
+            self.last_notice = Some(now);
+            self.broadcast(Message::Notice {
+                port: self.outbox.port,
+                version,
+            });
+        }
+        if hello_due {
             let first = self.last_hello.is_none();
             self.broadcast(Message::Hello {
                 want_reply: first,
                 port: self.outbox.port,
             });
+            for addr in self.exchange.unicast(&self.peers) {
+                self.send_lists(addr, true);
+            }
             self.last_hello = Some(now);
             self.peers.expire();
+            let peers = &self.peers;
+            self.summaries.prune(|node| peers.knows(node));
+            self.routes_stale = true;
             self.recent.retain(|_, entries| {
                 entries.retain(|(_, _, at)| at.elapsed() < RECENT);
                 !entries.is_empty()
             });
             self.rate.forget_idle();
+        }
+        if self.routes_stale {
+            self.publish_routes();
         }
     }
 }

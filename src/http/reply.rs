@@ -18,6 +18,11 @@ pub enum Reply {
         content_type: &'static str,
         body: String,
     },
+    /// A short binary body (a store summary).
+    Bytes {
+        content_type: &'static str,
+        body: Vec<u8>,
+    },
     /// A streamed body (a NAR) of `len` bytes in all; with `range`, from
     /// that byte on (206). `body` is `None` for HEAD.
     Stream {
@@ -51,6 +56,7 @@ impl Reply {
     pub fn status_code(&self) -> u16 {
         match self {
             Reply::Text { status, .. } => *status,
+            Reply::Bytes { .. } => 200,
             Reply::Stream { range: None, .. } => 200,
             Reply::Stream { range: Some(_), .. } => 206,
         }
@@ -92,6 +98,13 @@ pub fn send(request: Request, reply: Reply, metrics: &Metrics, stop: &Receiver<(
             let response = Response::from_string(body)
                 .with_status_code(StatusCode(status))
                 .with_header(header("Content-Type", content_type));
+            if let Err(e) = request.respond(response) {
+                log::debug!("reply to {peer:?}: {e}");
+            }
+        }
+        Reply::Bytes { content_type, body } => {
+            let response =
+                Response::from_data(body).with_header(header("Content-Type", content_type));
             if let Err(e) = request.respond(response) {
                 log::debug!("reply to {peer:?}: {e}");
             }
