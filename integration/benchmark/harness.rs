@@ -2,7 +2,6 @@
 //! client run inside a host, processes (CPU, memory), fake stores, timed
 //! substitution.
 
-use std::fmt::Write as _;
 use std::fs;
 use std::path::PathBuf;
 use std::process::Command;
@@ -404,23 +403,7 @@ impl Drop for TmpfsStore {
 /// Fills `host`'s store with `count` empty directories registered as valid
 /// paths (fake NAR hash and size; nothing reads them).
 pub(crate) fn fake_store(host: &Host, count: usize) {
-    let store = host.nix_dir.join("store");
-    let mut rng = client::Rng::new();
-    let mut reg = String::new();
-    for i in 0..count {
-        let name = format!("{}-bench-fake-{i}", rng.hash());
-        fs::create_dir(store.join(&name)).expect("make a fake store entry");
-        let _ = write!(
-            reg,
-            "/nix/store/{name}\nsha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s\n120\n\n0\n"
-        );
-    }
-    let file = host.dir.join("register.txt");
-    fs::write(&file, reg).expect("write the registration");
-    host.run(&format!(
-        "nix-store --register-validity --hash-given < {}",
-        file.display()
-    ));
+    crate::support::fake_paths(host, "bench-fake", count);
 }
 
 /// Seconds Nix 2.8's `nix-store -r top` took on `client` from the binary

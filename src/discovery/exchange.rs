@@ -14,8 +14,9 @@
 //!
 //! With a network key every datagram is authenticated, so only nodes of
 //! the network are heard at all. Without one, a stranger's list can make
-//! this node probe at most `PROBES_PER_TICK` addresses a tick (one
-//! datagram each, of at most 938 bytes, to port the stranger names) and
+//! this node probe at most `PROBES_PER_TICK` nodes a tick, at up to
+//! `CANDIDATE_ADDRS` addresses each (a datagram of at most 938 bytes each,
+//! to the port the stranger names), each at most `PROBES` times, and
 //! hold at most `CANDIDATES_MAX` candidates; it can never make a node
 //! believe a peer exists that did not answer itself.
 
@@ -42,8 +43,12 @@ const PROBE_EVERY: Duration = Duration::from_secs(2);
 /// A candidate not told about again for this long is forgotten.
 const CANDIDATE_TTL: Duration = Duration::from_secs(120);
 
+/// Addresses kept per candidate.
+const CANDIDATE_ADDRS: usize = 4;
+
 struct Candidate {
-    addr: SocketAddr,
+    /// Where it was heard from by those who told of it.
+    addrs: Vec<SocketAddr>,
     told: Instant,
     probes: u8,
     next_probe: Instant,
@@ -75,15 +80,17 @@ impl Exchange {
             if entry.node == me || unusable || peers.knows(entry.node) {
                 continue;
             }
-            let candidate = self.candidates.entry_or_insert_with(entry.node, || Candidate {
-                addr: entry.addr,
-                told: now,
-                probes: 0,
-                next_probe: now,
-            });
+            let candidate = self
+                .candidates
+                .entry_or_insert_with(entry.node, || Candidate {
+                    addrs: Vec::new(),
+                    told: now,
+                    probes: 0,
+                    next_probe: now,
+                });
             candidate.told = now;
-            if candidate.addr != entry.addr {
-                candidate.addr = entry.addr;
+            if !candidate.addrs.contains(&entry.addr) && candidate.addrs.len() < CANDIDATE_ADDRS {
+                candidate.addrs.push(entry.addr);
                 candidate.probes = 0;
             }
         }
@@ -108,22 +115,22 @@ impl Exchange {
     /// probed enough or not told about lately are dropped.
     pub fn due_probes(&mut self) -> Vec<SocketAddr> {
         let now = Instant::now();
-        self.candidates.retain(|_, c| {
-            c.probes < PROBES && now.duration_since(c.told) < CANDIDATE_TTL
-        });
+        self.candidates
+            .retain(|_, c| c.probes < PROBES && now.duration_since(c.told) < CANDIDATE_TTL);
         let mut due = Vec::new();
-        for (_, c) in self.candidates.iter() {
-            if due.len() < PROBES_PER_TICK && c.next_probe <= now {
-                due.push(c.addr);
+        let mut chosen = Vec::new();
+        for (node, c) in self.candidates.iter() {
+            if chosen.len() < PROBES_PER_TICK && c.next_probe <= now {
+                chosen.push(*node);
+                due.extend_from_slice(&c.addrs);
             }
         }
-        self.candidates.retain(|_, c| {
-            if due.contains(&c.addr) {
+        for node in chosen {
+            if let Some(c) = self.candidates.get_mut(&node) {
                 c.probes += 1;
                 c.next_probe = now + PROBE_EVERY;
             }
-            true
-        });
+        }
         due
     }
 
@@ -138,7 +145,10 @@ impl Exchange {
 /// The lists to send: this node's live peers, `PEERS_MAX` a message.
 pub fn lists(peers: &PeerTable) -> Vec<Vec<PeerEntry>> {
     let entries: Vec<PeerEntry> = peers.live_entries();
-    entries.chunks(PEERS_MAX).map(<[PeerEntry]>::to_vec).collect()
+    entries
+        .chunks(PEERS_MAX)
+        .map(<[PeerEntry]>::to_vec)
+        .collect()
 }
 
 #[cfg(test)]
@@ -192,6 +202,6 @@ mod tests {
             ex.learn(&[entry(i + 10, &addr)], 1, &peers);
         }
         assert!(ex.candidates.len() <= 2 * CANDIDATES_MAX);
-        assert!(ex.due_probes().len() <= PROBES_PER_TICK);
+        assert!(ex.due_probes().len() <= PROBES_PER_TICK * CANDIDATE_ADDRS);
     }
 }

@@ -440,7 +440,13 @@ impl Discovery {
         asked.to = to;
         if registered.is_ok() {
             self.send_query(id, hash, asked.to.as_deref());
-            log::debug!("discovery: asked for {hash} (query {id})");
+            match &asked.to {
+                Some(to) => log::debug!(
+                    "discovery: asked {} peers that may have {hash} (query {id})",
+                    to.len()
+                ),
+                None => log::debug!("discovery: asked for {hash} (query {id})"),
+            }
         }
         asked
     }

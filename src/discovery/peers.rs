@@ -170,16 +170,28 @@ impl PeerTable {
             .collect()
     }
 
-    /// The peers to pass on to others: those heard lately, with how long ago.
+    /// The peers to pass on to others: those heard lately, with how long
+    /// ago, one entry per address they were heard from (but IPv6
+    /// link-local ones, which mean nothing past the link).
     pub fn live_entries(&self) -> Vec<PeerEntry> {
-        (self.ours.iter())
-            .filter(|(_, p)| p.last_heard.elapsed() < PEER_TTL && p.strikes < MAX_STRIKES)
-            .map(|(node, p)| PeerEntry {
-                node: *node,
-                addr: p.addrs[0],
-                age: p.last_heard.elapsed().as_secs().min(u64::from(u16::MAX)) as u16,
-            })
-            .collect()
+        let live = (self.ours.iter())
+            .filter(|(_, p)| p.last_heard.elapsed() < PEER_TTL && p.strikes < MAX_STRIKES);
+        let mut entries = Vec::new();
+        for (node, p) in live {
+            let age = p.last_heard.elapsed().as_secs().min(u64::from(u16::MAX)) as u16;
+            for addr in &p.addrs {
+                let link_local =
+                    matches!(addr, SocketAddr::V6(v6) if v6.ip().segments()[0] & 0xffc0 == 0xfe80);
+                if !link_local {
+                    entries.push(PeerEntry {
+                        node: *node,
+                        addr: *addr,
+                        age,
+                    });
+                }
+            }
+        }
+        entries
     }
 
     /// True when an original Peerix node was heard lately.
@@ -235,15 +247,16 @@ impl PeerTable {
         self.v1.retain(|_, p| p.last_heard.elapsed() < V1_TTL);
     }
 
-    /// One line per peer, for logs and status.
-    pub fn describe(&self) -> Vec<String> {
+    /// One line per peer, for logs and status, each of ours ending with
+    /// what `more` says of it.
+    pub fn describe(&self, more: impl Fn(NodeId) -> String) -> Vec<String> {
         let mut lines: Vec<String> = self
             .ours
             .iter()
             .map(|(id, p)| {
                 let addrs: Vec<String> = p.addrs.iter().map(|a| a.ip().to_string()).collect();
                 format!(
-                    "{id:016x} {} http {} heard {:.0?} ago{}",
+                    "{id:016x} {} http {} heard {:.0?} ago{}{}",
                     addrs.join(" "),
                     p.http_port.map_or("?".into(), |p| p.to_string()),
                     p.last_heard.elapsed(),
@@ -251,7 +264,8 @@ impl PeerTable {
                         " (not answering)"
                     } else {
                         ""
-                    }
+                    },
+                    more(*id)
                 )
             })
             .collect();

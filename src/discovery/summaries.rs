@@ -42,6 +42,9 @@ const FETCHES_MAX: usize = 256;
 /// How long a fetch may take, and when one not come back is tried again.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// A fetch that failed is tried again after this.
+const RETRY: Duration = Duration::from_secs(1);
+
 static FETCH_FAILED: Throttle = Throttle::new();
 
 /// Where a query goes; published by the UDP thread, read by workers.
@@ -104,6 +107,8 @@ pub struct Summaries {
     fetches: Sender<Fetch>,
     /// Peers whose summaries are held, at most (with the peer table's bound).
     max_peers: usize,
+    /// When a failed fetch is to be tried again.
+    retry_at: Option<Instant>,
 }
 
 impl Summaries {
@@ -141,6 +146,7 @@ impl Summaries {
             peers: HashMap::new(),
             fetches,
             max_peers,
+            retry_at: None,
         })
     }
 
@@ -168,7 +174,9 @@ impl Summaries {
             return;
         };
         let current = held.summary.as_ref().map(|s| s.version);
-        let busy = held.fetching.is_some_and(|t| t.elapsed() < FETCH_TIMEOUT * 2);
+        let busy = held
+            .fetching
+            .is_some_and(|t| t.elapsed() < FETCH_TIMEOUT * 2);
         if current == Some(held.announced) || busy || held.dropped {
             return;
         }
@@ -195,6 +203,7 @@ impl Summaries {
                 FETCH_FAILED.log(log::Level::Info, || {
                     format!("discovery: cannot fetch the summary of peer {node:016x}: {e}")
                 });
+                self.retry_at.get_or_insert(Instant::now() + RETRY);
                 return false;
             }
         };
@@ -218,12 +227,22 @@ impl Summaries {
         true
     }
 
+    /// Tries the failed fetches again, when it is time.
+    pub fn retry_failed(&mut self) {
+        if self.retry_at.is_none_or(|t| Instant::now() < t) {
+            return;
+        }
+        self.retry_at = None;
+        let nodes: Vec<NodeId> = self.peers.keys().copied().collect();
+        for node in nodes {
+            self.fetch_if_due(node);
+        }
+    }
+
     /// The peer's summary, when it is the version it told last.
     pub fn current(&self, node: NodeId) -> Option<Arc<PeerSummary>> {
         let held = self.peers.get(&node)?;
-        held.summary
-            .clone()
-            .filter(|s| s.version == held.announced)
+        held.summary.clone().filter(|s| s.version == held.announced)
     }
 
     /// The peer answered a hit.

@@ -14,7 +14,7 @@ use super::peers::PeerTable;
 use super::rate::RateLimit;
 use super::summaries::{Routes, SharedRoutes, Summaries};
 use super::targets::SharedTargets;
-use super::wire::{Datagram, Message, NodeId};
+use super::wire::{Datagram, Message, NodeId, PeerEntry};
 use super::{Answer, Command, Found, Outbox, Pending, Query, HELLO_EVERY, RECENT, STARTUP, TICK};
 use crate::auth::{AuthError, NetworkKey};
 use crate::cache::Bounded;
@@ -92,14 +92,8 @@ impl UdpThread {
                         self.routes_stale |= self.summaries.fetched(fetched);
                     }
                     Command::Status(reply) => {
-                        let mut lines = self.peers.describe();
-                        lines.push(format!(
-                            "summaries of peers: {} bytes in all",
-                            self.summaries.bytes()
-                        ));
-                        lines.extend(self.peers.expected_addrs().iter().map(|(node, _)| {
-                            format!("{node:016x}{}", self.summaries.describe(*node))
-                        }));
+                        let summaries = &self.summaries;
+                        let lines = self.peers.describe(|node| summaries.describe(node));
                         let _ = reply.send(lines);
                     }
                     Command::Stop => {
@@ -384,6 +378,7 @@ impl UdpThread {
             if unicast && !matches!(message, Message::Peers { .. }) {
                 self.send_lists(from, true);
             }
+            self.tell_mesh(node, from);
         }
         match message {
             Message::Query { hash } => self.answer(Query {
@@ -437,6 +432,21 @@ impl UdpThread {
         }
     }
 
+    /// Tells the nodes reached by unicast of a peer just heard from `addr`.
+    fn tell_mesh(&mut self, node: NodeId, addr: SocketAddr) {
+        let entry = PeerEntry { node, addr, age: 0 };
+        let message = Message::Peers {
+            want_reply: false,
+            peers: vec![entry],
+        };
+        let datagram = self.outbox.v2(0, message);
+        for to in self.exchange.unicast(&self.peers) {
+            if to != addr {
+                self.outbox.send(&datagram, to);
+            }
+        }
+    }
+
     /// Tells `to` this store's summary version.
     fn send_notice(&self, to: SocketAddr) {
         let notice = Message::Notice {
@@ -467,10 +477,11 @@ impl UdpThread {
         for addr in self.exchange.due_probes() {
             self.send_lists(addr, true);
         }
+        self.summaries.retry_failed();
         let version = self.store.summary_version();
         let hello_due = self.last_hello.is_none_or(|t| t.elapsed() >= HELLO_EVERY);
-        let notice_due = version != self.announced
-            && self.last_notice.is_none_or(|t| t.elapsed() >= NOTICE_GAP);
+        let notice_due =
+            version != self.announced && self.last_notice.is_none_or(|t| t.elapsed() >= NOTICE_GAP);
         if notice_due || hello_due {
             self.announced = version;
             self.last_notice = Some(now);

@@ -50,14 +50,27 @@ pub enum Datagram {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
-    Query { hash: HashPart },
-    Have { hash: HashPart, port: u16 },
-    NotHere { hash: HashPart },
-    Hello { want_reply: bool, port: u16 },
+    Query {
+        hash: HashPart,
+    },
+    Have {
+        hash: HashPart,
+        port: u16,
+    },
+    NotHere {
+        hash: HashPart,
+    },
+    Hello {
+        want_reply: bool,
+        port: u16,
+    },
     Bye,
     /// The sender's store summary is now at `version` (`summary.rs`);
     /// fetch it from its HTTP `port`.
-    Notice { port: u16, version: u64 },
+    Notice {
+        port: u16,
+        version: u64,
+    },
     /// Peers the sender heard from itself lately.
     Peers {
         want_reply: bool,
