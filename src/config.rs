@@ -81,6 +81,12 @@ pub struct Args {
     /// without it get nothing (original Peerix nodes included)
     #[argh(option)]
     pub network_key_file: Option<PathBuf>,
+
+    /// never ask original Peerix nodes (their format is broadcast with
+    /// every query otherwise): on a LAN of this version only, a miss then
+    /// sends nothing
+    #[argh(switch)]
+    pub no_v1: bool,
 }
 
 /// The validated configuration the daemon runs with.
@@ -98,6 +104,8 @@ pub struct Config {
     pub share: Policy,
     pub network_key: Option<NetworkKey>,
     pub answer_rate: u32,
+    /// Ask original Peerix nodes too.
+    pub v1: bool,
 }
 
 /// A configuration the daemon cannot start with.
@@ -170,6 +178,7 @@ impl Config {
             share,
             network_key,
             answer_rate: args.answer_rate,
+            v1: !args.no_v1,
         })
     }
 

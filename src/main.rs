@@ -50,6 +50,7 @@ fn main() -> ExitCode {
             timeout: config.timeout,
             network_key: network_key.clone(),
             answer_rate: config.answer_rate,
+            v1: config.v1,
         },
         store.clone(),
     ) {

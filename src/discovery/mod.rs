@@ -149,6 +149,8 @@ pub struct Settings {
     pub network_key: Option<Arc<NetworkKey>>,
     /// Answers a second to one source; 0 for no limit.
     pub answer_rate: u32,
+    /// Ask original Peerix nodes too, in their format.
+    pub v1: bool,
 }
 
 /// Queries waiting for the share policy's verdict, at most; more are
@@ -242,6 +244,8 @@ pub struct Discovery {
     routes: SharedRoutes,
     next_id: AtomicU32,
     timeout: Duration,
+    /// Ask original Peerix nodes too (`--no-v1` turns it off).
+    v1: bool,
 }
 
 enum Command {
@@ -355,6 +359,7 @@ impl Discovery {
             commands,
             targets: targets.clone(),
             routes: routes.clone(),
+            v1: settings.v1,
             next_id: AtomicU32::new(random_u64() as u32),
             timeout: settings.timeout,
         });
@@ -420,6 +425,9 @@ impl Discovery {
             log::debug!("discovery: no peer may have {hash}");
             asked.deadline = now;
             asked.resend_at = None;
+            // An original Peerix not heard yet may have it: it is asked as
+            // before, and learnt when it answers.
+            self.send_v1(id, hash);
             return asked;
         }
         let (waiting, to) = match chosen {
@@ -460,10 +468,12 @@ impl Discovery {
             for addr in to {
                 self.outbox.send(&v2, *addr);
             }
+            self.send_v1(id, hash);
             return;
         }
         // v1 cannot be authenticated: with a network key only ours is spoken.
-        let v1 = (self.outbox.key.is_none()).then_some(Datagram::V1Request { id, hash: *hash });
+        let v1 = (self.outbox.key.is_none() && self.v1)
+            .then_some(Datagram::V1Request { id, hash: *hash });
         let targets = self.targets.read().map(|t| t.clone()).unwrap_or_default();
         let routes = self.routes.read().map(|r| r.clone()).unwrap_or_default();
         let mesh = routes.mesh.iter().filter(|a| !targets.hosts.contains(a));
@@ -475,6 +485,20 @@ impl Discovery {
         // The UDP thread may have nobody to hear from: let it see the
         // registration now.
         self.outbox.wake();
+    }
+
+    /// Sends query `id` for `hash` in the original's format to the LAN,
+    /// unless the network has a key (v1 cannot be authenticated) or
+    /// `--no-v1` says there is no original Peerix about.
+    fn send_v1(&self, id: u32, hash: &HashPart) {
+        if self.outbox.key.is_some() || !self.v1 {
+            return;
+        }
+        let targets = self.targets.read().map(|t| t.clone()).unwrap_or_default();
+        let v1 = Datagram::V1Request { id, hash: *hash };
+        for addr in targets.all() {
+            self.outbox.send(&v1, *addr);
+        }
     }
 
     /// This node's id on the wire.

@@ -227,6 +227,11 @@ impl UdpThread {
         targets.hosts.iter().any(|a| a.ip() == ip)
     }
 
+    /// True when the routes published ask the old way.
+    fn legacy_published(&self) -> bool {
+        self.routes.read().is_ok_and(|r| r.legacy)
+    }
+
     /// Publishes where queries go now, for the workers.
     fn publish_routes(&mut self) {
         self.routes_stale = false;
@@ -318,6 +323,7 @@ impl UdpThread {
                 self.peers.heard_v1(from.ip());
                 // Nodes of ours asked in v2 as well and get that answer.
                 if !self.peers.is_ours(from.ip()) {
+                    self.routes_stale |= !self.legacy_published();
                     self.answer(Query {
                         hash,
                         id,
@@ -330,6 +336,7 @@ impl UdpThread {
                 if self.peers.is_ours(from.ip()) {
                     return; // its v2 answer counts
                 }
+                self.routes_stale |= !self.legacy_published();
                 let Some(p) = self.pending.get(&id).filter(|p| p.hash == hash) else {
                     return self.peers.heard_v1(from.ip());
                 };
