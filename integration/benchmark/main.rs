@@ -21,7 +21,7 @@
 //!
 //! Flags: `--quick` (one small iteration of everything, for CI), `--only
 //! SECTION[,SECTION…]` (misses, v1, nar, load, index, upkeep, closure,
-//! realistic, lan20), `--out FILE` (where the JSON goes in full mode).
+//! realistic, lan20, scale), `--out FILE` (where the JSON goes in full mode).
 
 //!
 //! Layout (`integration/benchmark/`): this file reads the flags and runs the
@@ -45,6 +45,7 @@ mod load;
 mod misses;
 mod nar;
 mod realistic;
+mod scale;
 mod upkeep;
 mod v1;
 
@@ -133,6 +134,7 @@ const SECTIONS: &[(&str, Section)] = &[
     ("closure", closure::closure),
     ("realistic", realistic::realistic),
     ("lan20", lan20::lan20),
+    ("scale", scale::scale),
 ];
 
 /// Runs the sections, prints the table and writes or prints the JSON.
