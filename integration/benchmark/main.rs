@@ -21,7 +21,7 @@
 //!
 //! Flags: `--quick` (one small iteration of everything, for CI), `--only
 //! SECTION[,SECTION…]` (misses, v1, nar, load, index, upkeep, closure,
-//! realistic, lan20, scale), `--out FILE` (where the JSON goes in full mode).
+//! realistic, lan20, scale, sim), `--out FILE` (where the JSON goes in full mode).
 
 //!
 //! Layout (`integration/benchmark/`): this file reads the flags and runs the
@@ -46,6 +46,7 @@ mod misses;
 mod nar;
 mod realistic;
 mod scale;
+mod sim;
 mod upkeep;
 mod v1;
 
@@ -135,6 +136,7 @@ const SECTIONS: &[(&str, Section)] = &[
     ("realistic", realistic::realistic),
     ("lan20", lan20::lan20),
     ("scale", scale::scale),
+    ("sim", sim::sim),
 ];
 
 /// Runs the sections, prints the table and writes or prints the JSON.

@@ -42,9 +42,7 @@ fn scale_at(m: Mode, hosts: usize) -> Vec<Row> {
         .collect();
     let local = net.host(1);
     wait_peers(local, hosts - 1);
-    let all = wait_until(Duration::from_secs(60), || {
-        summaries(local).0 == hosts - 1
-    });
+    let all = wait_until(Duration::from_secs(60), || summaries(local).0 == hosts - 1);
     assert!(all, "the asking node never had every summary");
     let counts = || -> Vec<(f64, f64)> { nodes.iter().map(|d| udp_counts_all(d.pid())).collect() };
     let n = m.pick(20, 500);
@@ -56,7 +54,11 @@ fn scale_at(m: Mode, hosts: usize) -> Vec<Row> {
         let d = |i: usize| (after[i].0 - before[i].0, after[i].1 - before[i].1);
         let local = d(0);
         let lan: f64 = (0..hosts).map(|i| d(i).1).sum();
-        (local.1 / queries, (local.0 + local.1) / queries, lan / queries)
+        (
+            local.1 / queries,
+            (local.0 + local.1) / queries,
+            lan / queries,
+        )
     };
 
     let before = counts();
@@ -91,7 +93,11 @@ fn scale_at(m: Mode, hosts: usize) -> Vec<Row> {
     let (in0, _) = ip_octets(local_pid);
     let version = |host: &Host| -> String {
         let status = host.curl(&[&format!("http://{LOCAL}/status")]).text();
-        status.lines().map(String::from).collect::<Vec<_>>().join("\n")
+        status
+            .lines()
+            .map(String::from)
+            .collect::<Vec<_>>()
+            .join("\n")
     };
     let before_status = version(local);
     let started = Instant::now();
