@@ -41,9 +41,13 @@ fn scale_at(m: Mode, hosts: usize) -> Vec<Row> {
         .map(|h| node(h, &key, &["--no-v1"]))
         .collect();
     let local = net.host(1);
-    wait_peers(local, hosts - 1);
-    let all = wait_until(Duration::from_secs(60), || summaries(local).0 == hosts - 1);
+    // Nodes index their stores while the others start: on a small machine
+    // a hundred take a while.
+    let all = wait_until(Duration::from_secs(30 + 2 * hosts as u64), || {
+        summaries(local).0 == hosts - 1
+    });
     assert!(all, "the asking node never had every summary");
+    wait_peers(local, hosts - 1);
     let counts = || -> Vec<(f64, f64)> { nodes.iter().map(|d| udp_counts_all(d.pid())).collect() };
     let n = m.pick(20, 500);
     let queries = (n + 5) as f64;
