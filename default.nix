@@ -12,6 +12,9 @@
   rustPlatform ? pkgs.rustPlatform,
   makeWrapper ? pkgs.makeWrapper,
   nix ? pkgs.nix,
+  # The git commit the source is from, shown by `peerix --version` and the
+  # dashboard (the flake passes its own; a build has no .git to ask).
+  commit ? null,
 }:
 
 let
@@ -43,6 +46,9 @@ rustPlatform.buildRustPackage {
   cargoLock.lockFile = ./Cargo.lock;
 
   nativeBuildInputs = [ makeWrapper ];
+
+  # Read by src/build.rs.
+  env = lib.optionalAttrs (commit != null) { PEERIX_COMMIT = commit; };
 
   # The daemon runs nix-store and nix. A nix already on PATH (on NixOS, the
   # system's, which its nix-daemon runs) comes first; this one is the

@@ -23,7 +23,8 @@
       overlay = self.overlays.default;
 
       packages = forAllSystems (system: pkgs: {
-        peerix = pkgs.callPackage ./default.nix { };
+        # With the flake's commit for `peerix --version` (none when dirty).
+        peerix = pkgs.callPackage ./default.nix { commit = self.shortRev or null; };
         default = self.packages.${system}.peerix;
       });
 

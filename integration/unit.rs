@@ -384,9 +384,11 @@ fn readme_unit_runs_the_node_as_its_own_user_through_the_nix_daemon() {
 
     // A multi-user Nix as Debian's nix-setup-systemd installs it: the
     // nix-users group, a nix.conf (the harness's settings), the daemon's
-    // socket directory for root and nix-users only.
+    // socket directory for root and nix-users only. The group is there
+    // already where the machine itself has nix-setup-systemd (apt installs
+    // it with nix-bin unless told not to).
     system.install(&format!(
-        "groupadd --system nix-users\n\
+        "getent group nix-users >/dev/null || groupadd --system nix-users\n\
          rm -rf /etc/nix && mkdir /etc/nix && printf '%s' '{NIX_CONF}' > /etc/nix/nix.conf\n\
          chmod 755 /nix /nix/var /nix/var/nix\n\
          install -d -m 0770 -o root -g nix-users /nix/var/nix/daemon-socket"

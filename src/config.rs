@@ -13,6 +13,20 @@ use crate::share::Policy;
 /// The port of the original Peerix, for TCP (HTTP) and UDP alike.
 pub const DEFAULT_PORT: u16 = 12304;
 
+/// The version of the daemon, as `--version` prints it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The git commit the daemon was built from, when known (see src/build.rs).
+pub const COMMIT: Option<&str> = option_env!("PEERIX_COMMIT");
+
+/// `peerix 0.2.0 (commit 1a2b3c4d5e6f)`, or without the commit.
+pub fn version_line() -> String {
+    match COMMIT {
+        Some(commit) => format!("peerix {VERSION} (commit {commit})"),
+        None => format!("peerix {VERSION}"),
+    }
+}
+
 /// Peerix: a peer-to-peer binary cache for Nix. Every machine on the LAN
 /// serves its /nix/store to the others, and substitutes from them through
 /// this daemon on localhost.
@@ -87,6 +101,10 @@ pub struct Args {
     /// sends nothing
     #[argh(switch)]
     pub no_v1: bool,
+
+    /// print the version (and the commit it was built from) and exit
+    #[argh(switch, short = 'V')]
+    pub version: bool,
 }
 
 /// The validated configuration the daemon runs with.
@@ -106,6 +124,9 @@ pub struct Config {
     pub answer_rate: u32,
     /// Ask original Peerix nodes too.
     pub v1: bool,
+    /// What is unwise about this configuration (logged at start; shown by
+    /// `/status` and the dashboard).
+    pub warnings: Vec<String>,
 }
 
 /// A configuration the daemon cannot start with.
@@ -165,7 +186,29 @@ impl Config {
         if let Some(h) = args.extra_host.iter().find(|h| h.trim().is_empty()) {
             return Err(ConfigError::Invalid(format!("--extra-host {h:?} is empty")));
         }
+        // Logged where they are found (the key files' when they are read).
+        let mut warnings: Vec<String> = [
+            (&args.private_key, "private key"),
+            (&args.network_key_file, "network key"),
+        ]
+        .into_iter()
+        .filter_map(|(path, what)| crate::keys::exposure(path.as_deref()?, what))
+        .collect();
+        let mut warn = |warning: &str| {
+            log::warn!("{warning}");
+            warnings.push(warning.to_owned());
+        };
+        if signing_key.is_none() {
+            warn(
+                "no --private-key: peers accept from this node only paths signed by \
+                 keys they already trust (such as cache.nixos.org's), not its own builds",
+            );
+        }
+        if args.no_broadcast && args.extra_host.is_empty() {
+            warn("--no-broadcast and no --extra-host: no peer is ever asked");
+        }
         Ok(Config {
+            warnings,
             port: args.port,
             bind: args.bind,
             signing_key,

@@ -49,24 +49,31 @@ impl std::error::Error for KeyError {}
 /// Warns when a secret key file can be read by others than its owner, or
 /// lies in the (world-readable) Nix store. Never shows the key itself.
 pub fn warn_if_exposed(path: &Path, what: &str) {
+    if let Some(warning) = exposure(path, what) {
+        log::warn!("{warning}");
+    }
+}
+
+/// What is wrong with where a secret key file lies, if anything: in the
+/// Nix store, or readable by others than its owner.
+pub fn exposure(path: &Path, what: &str) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let resolved = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
     if resolved.starts_with("/nix/store") {
-        log::warn!(
+        return Some(format!(
             "the {what} {} is in the Nix store, where every user and every peer that \
              asks for its path can read it: make a new key outside the store",
             path.display()
-        );
-    } else if let Ok(meta) = std::fs::metadata(&resolved) {
-        let mode = meta.permissions().mode();
-        if mode & 0o044 != 0 {
-            log::warn!(
-                "the {what} {} can be read by others (mode {:o}): chmod 600 it",
-                path.display(),
-                mode & 0o777
-            );
-        }
+        ));
     }
+    let mode = std::fs::metadata(&resolved).ok()?.permissions().mode();
+    (mode & 0o044 != 0).then(|| {
+        format!(
+            "the {what} {} can be read by others (mode {:o}): chmod 600 it",
+            path.display(),
+            mode & 0o777
+        )
+    })
 }
 
 /// Splits `name:base64` and decodes the base64 part into exactly `N` bytes.

@@ -9,6 +9,10 @@ use peerix::{discovery, http, metrics, peer_client, signals, store, trust, upstr
 
 fn main() -> ExitCode {
     let args: Args = argh::from_env();
+    if args.version {
+        println!("{}", peerix::config::version_line());
+        return ExitCode::SUCCESS;
+    }
     let level = if args.verbose { "debug" } else { "info" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format_target(false)
@@ -60,6 +64,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let trust = trust::Trust::from_nix(config.trusted_keys);
+    let mut warnings = config.warnings;
+    if trust.key_names().is_empty() {
+        let warning = "no trusted keys (the local Nix's trusted-public-keys, --trusted-key): \
+                       no peer's narinfo is ever handed to Nix";
+        log::warn!("{warning}");
+        warnings.push(warning.into());
+    }
+    let about = http::status::About {
+        trusted_keys: trust.key_names(),
+        signing_key: config.signing_key.as_ref().map(|k| k.name().to_owned()),
+        share: config.share.to_string(),
+        network_key: network_key.is_some(),
+        broadcast: config.broadcast,
+        extra_hosts: config.extra_hosts.clone(),
+        warnings,
+    };
     let app = Arc::new(http::App {
         store,
         key: config.signing_key,
@@ -68,10 +89,13 @@ fn main() -> ExitCode {
         upstream: Arc::new(upstream::Upstream::new(
             discovery.clone(),
             peer_client::PeerClient::new(network_key.clone()),
-            trust::Trust::from_nix(config.trusted_keys),
+            trust,
         )),
         network_key,
-        metrics: metrics::Metrics::default(),
+        metrics: Arc::new(metrics::Metrics::default()),
+        range_skips: http::range_skips(),
+        port: config.port,
+        about,
     });
     let server = match http::start(&listen, config.port, config.threads, app.clone()) {
         Ok(s) => s,

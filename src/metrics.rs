@@ -1,19 +1,33 @@
 //! Counters of a running node, rendered in the Prometheus text format on
 //! `/metrics`: requests by route and status, narinfo hits and misses with
 //! the time discovery took, NAR bytes served from the store and fetched from
-//! peers. Counters only ever grow; they are plain atomics and one small map.
+//! peers, and per peer, the NAR streams in flight (`transfers.rs`), the
+//! build and the start time. Counters only ever grow; they are plain
+//! atomics and small maps. The last hour of them, minute by minute, is
+//! kept in `history.rs`; `/status.json` and the dashboard read them here.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::cache::Bounded;
+use crate::config::{COMMIT, VERSION};
+use crate::history::{History, Sample};
+use crate::transfers::Transfers;
 
 /// Upper bounds (seconds) of the discovery latency histogram.
 const BUCKETS: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
-#[derive(Default)]
+/// Peers whose NAR bytes are counted, per generation of the map.
+const PEERS_COUNTED: usize = 256;
+
 pub struct Metrics {
+    started: Instant,
+    /// The start as a Unix time, in seconds.
+    started_unix: f64,
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -23,6 +37,42 @@ pub struct Metrics {
     latency_sum_us: AtomicU64,
     nar_bytes_store: AtomicU64,
     nar_bytes_peers: AtomicU64,
+    /// NAR bytes per peer address: sent to it, received from it.
+    peer_bytes: Mutex<Bounded<IpAddr, [u64; 2]>>,
+    /// NAR streams from peers to the local Nix, in flight.
+    pub transfers: Transfers,
+    history: History,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let started = Instant::now();
+        let started_unix = (SystemTime::now().duration_since(SystemTime::UNIX_EPOCH))
+            .map_or(0.0, |d| d.as_secs_f64());
+        Metrics {
+            started,
+            started_unix,
+            requests: Mutex::default(),
+            hits: AtomicU64::default(),
+            misses: AtomicU64::default(),
+            latency: Default::default(),
+            latency_sum_us: AtomicU64::default(),
+            nar_bytes_store: AtomicU64::default(),
+            nar_bytes_peers: AtomicU64::default(),
+            peer_bytes: Mutex::new(Bounded::new(PEERS_COUNTED)),
+            transfers: Transfers::default(),
+            history: History::new(started),
+        }
+    }
+}
+
+/// Which way NAR bytes went between this node and a peer.
+#[derive(Clone, Copy, Debug)]
+pub enum Direction {
+    /// From this store to the peer.
+    Sent = 0,
+    /// From the peer to the local Nix.
+    Received = 1,
 }
 
 /// Where the bytes of a NAR reply come from.
@@ -43,6 +93,7 @@ impl Metrics {
 
     /// A narinfo request of the local Nix, answered after `took`.
     pub fn lookup(&self, hit: bool, took: Duration) {
+        self.record_minute();
         let counter = if hit { &self.hits } else { &self.misses };
         counter.fetch_add(1, Ordering::Relaxed);
         let secs = took.as_secs_f64();
@@ -56,11 +107,53 @@ impl Metrics {
     }
 
     pub fn nar_bytes(&self, source: NarSource, bytes: u64) {
+        self.record_minute();
         let counter = match source {
             NarSource::Store => &self.nar_bytes_store,
             NarSource::Peer => &self.nar_bytes_peers,
         };
         counter.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// NAR bytes that went `direction` between this node and the peer at `ip`.
+    pub fn peer_bytes(&self, ip: IpAddr, direction: Direction, bytes: u64) {
+        if let Ok(mut peers) = self.peer_bytes.lock() {
+            let counts = peers.entry_or_insert_with(ip.to_canonical(), Default::default);
+            counts[direction as usize] += bytes;
+        }
+    }
+
+    /// NAR bytes sent to and received from the peer at `ip`.
+    pub fn peer_totals(&self, ip: IpAddr) -> (u64, u64) {
+        let peers = self.peer_bytes.lock();
+        let counts = peers.ok().and_then(|p| p.get(&ip.to_canonical()).copied());
+        counts.map_or((0, 0), |[sent, received]| (sent, received))
+    }
+
+    /// How long the node has run.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The counters the history follows, now.
+    pub fn totals(&self) -> Sample {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Sample {
+            hits: get(&self.hits),
+            misses: get(&self.misses),
+            from_peers: get(&self.nar_bytes_peers),
+            to_peers: get(&self.nar_bytes_store),
+        }
+    }
+
+    fn record_minute(&self) {
+        self.history.record(Instant::now(), || self.totals());
+    }
+
+    /// Each of the last 60 minutes, oldest first (the last one is under way).
+    pub fn last_hour(&self) -> Vec<Sample> {
+        self.record_minute();
+        self.history.last_hour(Instant::now(), self.totals())
     }
 
     /// The Prometheus text exposition, with the number of known peers and
@@ -107,6 +200,12 @@ impl Metrics {
                 "Valid paths in the local store.",
                 store_paths as u64,
             ),
+            (
+                "nar_transfers",
+                "gauge",
+                "NAR streams from peers to the local Nix in flight.",
+                self.transfers.snapshot().1 as u64,
+            ),
         ] {
             head(&mut out, name, kind, help);
             let _ = writeln!(out, "peerix_{name} {value}");
@@ -123,6 +222,44 @@ impl Metrics {
             get(&self.nar_bytes_store),
             get(&self.nar_bytes_peers)
         );
+        head(
+            &mut out,
+            "peer_nar_bytes_total",
+            "counter",
+            "NAR bytes sent to and received from each peer, by its address.",
+        );
+        let peer_bytes = (self.peer_bytes.lock())
+            .map(|p| {
+                p.iter()
+                    .map(|(ip, c)| (*ip, *c))
+                    .collect::<BTreeMap<_, _>>()
+            })
+            .unwrap_or_default();
+        for (ip, [sent, received]) in peer_bytes {
+            let _ = writeln!(
+                out,
+                "peerix_peer_nar_bytes_total{{peer=\"{ip}\",direction=\"sent\"}} {sent}\n\
+                 peerix_peer_nar_bytes_total{{peer=\"{ip}\",direction=\"received\"}} {received}"
+            );
+        }
+        head(
+            &mut out,
+            "build_info",
+            "gauge",
+            "The version and commit of the running daemon (always 1).",
+        );
+        let _ = writeln!(
+            out,
+            "peerix_build_info{{version=\"{VERSION}\",commit=\"{}\"}} 1",
+            COMMIT.unwrap_or("")
+        );
+        head(
+            &mut out,
+            "start_time_seconds",
+            "gauge",
+            "When the daemon started, in seconds since the Unix epoch.",
+        );
+        let _ = writeln!(out, "peerix_start_time_seconds {:.3}", self.started_unix);
         head(
             &mut out,
             "discovery_seconds",
@@ -160,6 +297,8 @@ mod tests {
         m.lookup(true, Duration::from_micros(1500));
         m.lookup(false, Duration::from_secs(2));
         m.nar_bytes(NarSource::Store, 10);
+        m.peer_bytes("10.0.0.2".parse().unwrap(), Direction::Sent, 10);
+        m.peer_bytes("::ffff:10.0.0.2".parse().unwrap(), Direction::Received, 5);
         let text = m.render(3, 7);
         for line in [
             "peerix_http_requests_total{route=\"narinfo\",status=\"200\"} 2",
@@ -174,6 +313,13 @@ mod tests {
             "peerix_discovery_seconds_bucket{le=\"1\"} 1",
             "peerix_discovery_seconds_bucket{le=\"+Inf\"} 2",
             "peerix_discovery_seconds_count 2",
+            "peerix_nar_transfers 0",
+            "peerix_peer_nar_bytes_total{peer=\"10.0.0.2\",direction=\"sent\"} 10",
+            "peerix_peer_nar_bytes_total{peer=\"10.0.0.2\",direction=\"received\"} 5",
+            &format!(
+                "peerix_build_info{{version=\"{VERSION}\",commit=\"{}\"}} 1",
+                COMMIT.unwrap_or("")
+            ),
         ] {
             assert!(
                 text.lines().any(|l| l == line),

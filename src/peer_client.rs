@@ -1,25 +1,34 @@
 //! Fetching from a peer over HTTP: its narinfo for a path (bounded in time
 //! and size, parsed strictly) and the NAR it points to. Every request has
-//! connect and read timeouts, so a peer that stalls is given up on. Only
-//! the peer that discovery found is ever asked, at its fixed routes: no
-//! host or URL is taken from a request or a narinfo.
+//! a deadline to the reply's head, on a new or a reused connection alike
+//! (`peer_http.rs`), and a NAR's body a stall limit per read, so a peer
+//! that freezes is given up on. Only the peer that discovery found is ever
+//! asked, at its fixed routes: no host or URL is taken from a request or a
+//! narinfo.
 
 use std::fmt;
 use std::io::{self, Read};
-use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::auth::NetworkKey;
 use crate::discovery::Found;
 use crate::narinfo::{self, HashPart, NarInfo};
+use crate::peer_http::{Connections, Reply};
 use crate::summary;
 
 /// A connection to a LAN peer that takes longer than this is a dead peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A NAR stream that moves no byte for this long is given up on (and
 /// another peer asked to go on from there).
-const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a peer may take to start a NAR (the reply's head, sent once
+/// its Nix has begun the NAR)...
+const NAR_HEAD_TIMEOUT: Duration = Duration::from_secs(3);
+/// ...plus the time to read and drop the bytes before a `Range` start
+/// at this pace, which Nix's serializer beats on any disk.
+const SKIP_PACE: u64 = 64 * 1024 * 1024;
 
 /// Idle connections kept per peer, to be reused by the next request.
 const IDLE_CONNECTIONS: usize = 8;
@@ -42,7 +51,7 @@ impl fmt::Display for FetchError {
 }
 
 pub struct PeerClient {
-    agent: ureq::Agent,
+    connections: Connections,
     /// Authenticates requests to peers, when the network has a key.
     key: Option<Arc<NetworkKey>>,
 }
@@ -51,27 +60,44 @@ impl PeerClient {
     pub fn new(key: Option<Arc<NetworkKey>>) -> PeerClient {
         PeerClient {
             key,
-            agent: ureq::AgentBuilder::new()
-                .timeout_connect(CONNECT_TIMEOUT)
-                .timeout_read(STALL_TIMEOUT)
-                .timeout_write(STALL_TIMEOUT)
-                .redirects(0)
-                .max_idle_connections_per_host(IDLE_CONNECTIONS)
-                .resolver(ScopedResolver)
-                .user_agent(concat!("peerix/", env!("CARGO_PKG_VERSION")))
-                .build(),
+            connections: Connections::new(
+                IDLE_CONNECTIONS,
+                CONNECT_TIMEOUT,
+                concat!("peerix/", env!("CARGO_PKG_VERSION")).into(),
+            ),
         }
     }
 
-    /// A GET request for `path` on the peer at `addr`, authenticated when
-    /// there is a network key.
-    fn get(&self, addr: SocketAddr, path: &str) -> ureq::Request {
-        let request = self.agent.get(&format!("http://{}{path}", host(addr)));
-        match &self.key {
-            Some(key) => request.set("Authorization", &key.authorization("GET", path)),
-            None => request,
+    /// GET `path` on the peer at `addr`, authenticated when there is a
+    /// network key: the reply's head by `deadline`, each read of its body
+    /// within `stall`. Statuses other than 200 and 206 are errors.
+    fn get(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        range: Option<u64>,
+        deadline: Instant,
+        stall: Duration,
+    ) -> Result<Reply, FetchError> {
+        let mut headers = Vec::new();
+        if let Some(key) = &self.key {
+            headers.push(("Authorization", key.authorization("GET", path)));
+        }
+        if let Some(offset) = range {
+            headers.push(("Range", format!("bytes={offset}-")));
+        }
+        let reply = (self.connections)
+            .get(addr, path, &headers, deadline, stall)
+            .map_err(|e| FetchError::Http(e.to_string()))?;
+        match reply.status {
+            200 | 206 => Ok(reply),
+            status => {
+                reply.discard();
+                Err(FetchError::Http(format!("status {status}")))
+            }
         }
     }
+
     /// The peer's narinfo path for `hash`.
     fn narinfo_path(found: &Found, hash: &HashPart) -> String {
         let route = if found.v1 { "local" } else { "peer" };
@@ -82,7 +108,7 @@ impl PeerClient {
     pub fn narinfo_url(found: &Found, hash: &HashPart) -> String {
         format!(
             "http://{}{}",
-            host(found.addr),
+            found.addr,
             PeerClient::narinfo_path(found, hash)
         )
     }
@@ -95,17 +121,27 @@ impl PeerClient {
         hash: &HashPart,
         timeout: Duration,
     ) -> Result<NarInfo, FetchError> {
-        let response = self
-            .get(found.addr, &PeerClient::narinfo_path(found, hash))
-            .timeout(timeout)
-            .call()
-            .map_err(|e| FetchError::Http(e.to_string()))?;
+        let deadline = Instant::now() + timeout;
+        let path = PeerClient::narinfo_path(found, hash);
+        let reply = self.get(found.addr, &path, None, deadline, timeout)?;
+        if reply.status != 200 {
+            reply.discard();
+            return Err(FetchError::Invalid("a narinfo answered 206".into()));
+        }
         let mut text = String::new();
-        response
-            .into_reader()
+        let mut body = reply.body.until(deadline);
+        (&mut body)
             .take(narinfo::MAX_LEN as u64 + 1)
             .read_to_string(&mut text)
             .map_err(|e| FetchError::Http(format!("reading the narinfo: {e}")))?;
+        if text.len() > narinfo::MAX_LEN {
+            return Err(FetchError::Invalid(format!(
+                "a narinfo over {} bytes",
+                narinfo::MAX_LEN
+            )));
+        }
+        // Read to its end: the connection is reused.
+        let _ = body.read(&mut [0u8; 1]);
         let info = NarInfo::parse(&text).map_err(|e| FetchError::Invalid(e.to_string()))?;
         if info.hash_part() != *hash {
             return Err(FetchError::Invalid(format!(
@@ -124,26 +160,26 @@ impl PeerClient {
         since: u64,
         timeout: Duration,
     ) -> Result<summary::Update, FetchError> {
-        let response = self
-            .get(addr, &format!("/peer/summary/{since}"))
-            .timeout(timeout)
-            .call()
-            .map_err(|e| FetchError::Http(e.to_string()))?;
-        let mut body = Vec::new();
-        response
-            .into_reader()
+        let deadline = Instant::now() + timeout;
+        let path = format!("/peer/summary/{since}");
+        let reply = self.get(addr, &path, None, deadline, timeout)?;
+        let mut body = reply.body.until(deadline);
+        let mut bytes = Vec::new();
+        (&mut body)
             .take(summary::MAX_ENCODED as u64 + 1)
-            .read_to_end(&mut body)
+            .read_to_end(&mut bytes)
             .map_err(|e| FetchError::Http(format!("reading the summary: {e}")))?;
-        summary::Update::parse(&body)
-            .ok_or_else(|| FetchError::Invalid(format!("a summary of {} bytes", body.len())))
+        summary::Update::parse(&bytes)
+            .ok_or_else(|| FetchError::Invalid(format!("a summary of {} bytes", bytes.len())))
     }
 
     /// Starts receiving the NAR that the peer's narinfo `info` names, from
-    /// byte `offset` on: with `Range` (206); a peer that sends the whole
-    /// NAR anyway (an original Peerix) has the bytes before `offset` read
-    /// and dropped. The URL must be a plain relative path: relative to
-    /// `/peer/` on ours, to the root on an original Peerix.
+    /// byte `offset` on: with `Range`, answered 206 with exactly that
+    /// range, or 200 with the whole NAR (an original Peerix ignores
+    /// `Range`), whose bytes before `offset` are then read and dropped.
+    /// Any other status is refused. The URL must be a plain relative
+    /// path: relative to `/peer/` on ours, to the root on an original
+    /// Peerix.
     pub fn nar(
         &self,
         found: &Found,
@@ -163,26 +199,30 @@ impl PeerClient {
             )));
         }
         let base = if found.v1 { "/" } else { "/peer/" };
-        let mut request = self.get(found.addr, &format!("{base}{url}"));
-        if offset > 0 {
-            request = request.set("Range", &format!("bytes={offset}-"));
-        }
-        let response = request
-            .call()
-            .map_err(|e| FetchError::Http(e.to_string()))?;
+        let head_by = Instant::now()
+            + NAR_HEAD_TIMEOUT
+            + Duration::from_secs_f64(offset as f64 / SKIP_PACE as f64);
+        let range = (offset > 0).then_some(offset);
+        let reply = self.get(
+            found.addr,
+            &format!("{base}{url}"),
+            range,
+            head_by,
+            STALL_TIMEOUT,
+        )?;
         let total = info.nar_size;
-        let length = match response.header("Content-Length").map(str::parse::<u64>) {
+        let length = match reply.header("Content-Length").map(str::parse::<u64>) {
             Some(Ok(len)) => Some(len),
             Some(Err(_)) => return Err(FetchError::Invalid("bad Content-Length".into())),
             None => None,
         };
-        let resumed = response.status() == 206;
+        let resumed = reply.status == 206;
         if resumed {
             let range = format!("bytes {offset}-{}/{total}", total.saturating_sub(1));
-            if response.header("Content-Range") != Some(&*range) || length != Some(total - offset) {
+            if range_header(&reply) != Some(&*range) || length != Some(total - offset) {
                 return Err(FetchError::Invalid(format!(
                     "asked for {range}, got {:?} of {length:?} bytes",
-                    response.header("Content-Range")
+                    range_header(&reply)
                 )));
             }
         } else if length.is_some_and(|l| l != total) {
@@ -190,7 +230,7 @@ impl PeerClient {
                 "{length:?} bytes, where the narinfo says {total}"
             )));
         }
-        let mut body: Box<dyn Read + Send> = Box::new(response.into_reader());
+        let mut body: Box<dyn Read + Send> = Box::new(reply.body);
         if !resumed && offset > 0 {
             let skipped = io::copy(&mut (&mut body).take(offset), &mut io::sink())
                 .map_err(|e| FetchError::Http(format!("reading up to byte {offset}: {e}")))?;
@@ -204,56 +244,6 @@ impl PeerClient {
     }
 }
 
-/// The host part of a URL for `addr`. A URL cannot carry an IPv6 scope,
-/// so a scoped (link-local) address is written as a made-up name that
-/// `ScopedResolver` turns back into the address.
-fn host(addr: SocketAddr) -> String {
-    match addr {
-        SocketAddr::V6(v6) if v6.scope_id() != 0 => {
-            format!(
-                "ll-{:032x}-{}.peerix:{}",
-                u128::from(*v6.ip()),
-                v6.scope_id(),
-                v6.port()
-            )
-        }
-        other => other.to_string(),
-    }
-}
-
-/// Resolves the names `host` makes, and everything else as usual.
-struct ScopedResolver;
-
-impl ureq::Resolver for ScopedResolver {
-    fn resolve(&self, netloc: &str) -> io::Result<Vec<SocketAddr>> {
-        let scoped = || {
-            let (name, port) = netloc.rsplit_once(':')?;
-            let (ip, scope) = name
-                .strip_prefix("ll-")?
-                .strip_suffix(".peerix")?
-                .split_once('-')?;
-            let ip = Ipv6Addr::from(u128::from_str_radix(ip, 16).ok()?);
-            Some(SocketAddrV6::new(ip, port.parse().ok()?, 0, scope.parse().ok()?).into())
-        };
-        match scoped() {
-            Some(addr) => Ok(vec![addr]),
-            None => netloc.to_socket_addrs().map(Iterator::collect),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use ureq::Resolver;
-
-    #[test]
-    fn scoped_addresses_survive_the_url() {
-        let addr: SocketAddr = SocketAddrV6::new("fe80::1:2".parse().unwrap(), 12304, 0, 7).into();
-        let netloc = host(addr);
-        assert_eq!(ScopedResolver.resolve(&netloc).unwrap(), [addr]);
-        let plain: SocketAddr = "10.0.0.1:12304".parse().unwrap();
-        assert_eq!(host(plain), "10.0.0.1:12304");
-        assert_eq!(ScopedResolver.resolve(&host(plain)).unwrap(), [plain]);
-    }
+fn range_header(reply: &Reply) -> Option<&str> {
+    reply.header("Content-Range")
 }

@@ -41,6 +41,24 @@ impl Policy {
     }
 }
 
+/// The policy in a few words, for status: `every path`, or what limits it.
+impl std::fmt::Display for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.shares_everything() {
+            return f.write_str("every path");
+        }
+        let mut parts = Vec::new();
+        if !self.signed_by.is_empty() {
+            let names: Vec<&str> = self.signed_by.iter().map(PublicKey::name).collect();
+            parts.push(format!("only paths signed by {}", names.join(", ")));
+        }
+        if !self.never.is_empty() {
+            parts.push(format!("never {}", self.never.join(", ")));
+        }
+        f.write_str(&parts.join("; "))
+    }
+}
+
 /// Shell-style matching of the whole `text`: `*` any run, `?` one byte.
 fn glob(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);

@@ -15,6 +15,9 @@ use crate::narinfo::NarInfo;
 /// How long `nix config show` may take.
 const NIX_CONFIG_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Signatures kept of a peer's narinfo, at most.
+const MAX_SIGNATURES: usize = 4;
+
 pub struct Trust {
     keys: Vec<PublicKey>,
     require_sigs: bool,
@@ -76,9 +79,21 @@ impl Trust {
         trust
     }
 
-    /// True when this narinfo carries a valid signature by a trusted key.
-    pub fn accepts(&self, narinfo: &NarInfo) -> bool {
-        narinfo.signed_by_any(&self.keys)
+    /// The names of the keys accepted.
+    pub fn key_names(&self) -> Vec<String> {
+        self.keys.iter().map(|k| k.name().to_owned()).collect()
+    }
+
+    /// Keeps only the signatures that a trusted key verifies, a few at
+    /// most (what a peer sent may carry any number of others); false when
+    /// none is left.
+    pub fn keep_trusted(&self, narinfo: &mut NarInfo) -> bool {
+        let fingerprint = narinfo.fingerprint();
+        let mut sigs = std::mem::take(&mut narinfo.sigs);
+        sigs.retain(|sig| self.keys.iter().any(|k| k.verifies(&fingerprint, sig)));
+        sigs.truncate(MAX_SIGNATURES);
+        narinfo.sigs = sigs;
+        !narinfo.sigs.is_empty()
     }
 }
 

@@ -9,7 +9,11 @@
 //! peers whose own narinfo for the path has that NarHash. When the peer
 //! streaming a NAR stops or stalls, another with the same NarHash goes on
 //! from the same byte (`Range`), so Nix gets one unbroken NAR; only when
-//! none is left is the connection cut.
+//! none is left is the connection cut. Every NAR is checked against its
+//! NarHash on its way to Nix (`nar_check.rs`): a peer whose bytes do not
+//! match is no longer asked for that NAR. Peers are told apart by node id
+//! (one node heard over IPv4 and IPv6 is one source), original nodes by
+//! address.
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
@@ -18,10 +22,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::cache::Bounded;
-use crate::discovery::{Discovery, Found};
+use crate::discovery::{Discovery, Found, Who};
+use crate::nar_check::{Blame, Checked, Prefixes, StartError};
 use crate::narinfo::{HashPart, NarInfo};
 use crate::nix32;
 use crate::peer_client::PeerClient;
+use crate::transfers::Transfer;
 use crate::trust::Trust;
 
 /// The longest a narinfo fetch from one peer may take. A narinfo request
@@ -47,6 +53,22 @@ pub struct Upstream {
     client: PeerClient,
     trust: Trust,
     known: Mutex<Bounded<HashPart, Vec<Source>>>,
+    /// Peers that sent bytes not matching a NarHash: alone (never asked
+    /// for that NAR again) or in a stream spliced from several (asked
+    /// last).
+    blamed: Mutex<Bounded<NarHash, Vec<(Who, Guilt)>>>,
+    /// What cut streams to the local Nix had sent (for its resumes).
+    prefixes: Arc<Prefixes>,
+}
+
+type NarHash = [u8; 32];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Guilt {
+    /// It alone sent a NAR that did not match.
+    Sure,
+    /// It was one of several that a NAR that did not match came from.
+    Suspect,
 }
 
 impl Upstream {
@@ -56,6 +78,8 @@ impl Upstream {
             client,
             trust,
             known: Mutex::new(Bounded::new(REMEMBERED)),
+            blamed: Mutex::new(Bounded::new(REMEMBERED)),
+            prefixes: Arc::new(Prefixes::new()),
         }
     }
 
@@ -108,7 +132,10 @@ impl Upstream {
             );
             return Vec::new();
         }
-        all
+        match all.first().map(|s| s.info.nar_hash) {
+            Some(nar_hash) => self.unblamed_first(&nar_hash, all),
+            None => all,
+        }
     }
 
     /// The peers that serve the NAR of `hash` whose NarHash is `nar_hash`,
@@ -121,48 +148,123 @@ impl Upstream {
             }
             true
         });
-        found
+        self.unblamed_first(nar_hash, found)
     }
 
-    /// The NAR of `hash` (with the NarHash of `sources`) from byte `offset`
-    /// on, from the first of `sources` that serves it, failing over to the
-    /// others (and then to peers found anew) mid-stream; `None` when none
-    /// can start it.
+    /// `sources` without the peers surely guilty of wrong bytes for
+    /// `nar_hash`, the suspects last.
+    fn unblamed_first(&self, nar_hash: &[u8; 32], mut sources: Vec<Source>) -> Vec<Source> {
+        let Ok(blamed) = self.blamed.lock() else {
+            return sources;
+        };
+        let Some(guilty) = blamed.get(nar_hash) else {
+            return sources;
+        };
+        let guilt = |s: &Source| {
+            let who = s.found.who();
+            guilty.iter().find(|(w, _)| *w == who).map(|(_, g)| *g)
+        };
+        sources.retain(|s| guilt(s) != Some(Guilt::Sure));
+        sources.sort_by_key(|s| guilt(s).is_some());
+        sources
+    }
+
+    /// Peers sent bytes that do not hash to `nar_hash`: one alone is never
+    /// asked for it again; of several, each is asked last from now on.
+    fn blame(&self, hash: &HashPart, nar_hash: &[u8; 32], from: &[(Who, SocketAddr)]) {
+        let guilt = match from.len() {
+            1 => Guilt::Sure,
+            _ => Guilt::Suspect,
+        };
+        let names: Vec<String> = from.iter().map(|(_, a)| a.to_string()).collect();
+        log::warn!(
+            "{hash}: the NAR from {} does not match its NarHash {}; {}",
+            names.join(" and "),
+            nix32::encode(nar_hash),
+            match guilt {
+                Guilt::Sure => "that peer is no longer asked for it",
+                Guilt::Suspect => "those peers are asked for it last",
+            }
+        );
+        if let Ok(mut blamed) = self.blamed.lock() {
+            let guilty = blamed.entry_or_insert_with(*nar_hash, Vec::new);
+            for (who, _) in from {
+                match guilty.iter_mut().find(|(w, _)| w == who) {
+                    Some((_, g)) if *g == Guilt::Suspect => *g = guilt,
+                    Some(_) => {}
+                    None => guilty.push((*who, guilt)),
+                }
+            }
+            guilty.truncate(SOURCES_PER_PATH * 2);
+        }
+        if guilt == Guilt::Sure {
+            if let Ok(mut known) = self.known.lock() {
+                if let Some(sources) = known.get_mut(hash) {
+                    sources
+                        .retain(|s| !(s.info.nar_hash == *nar_hash && s.found.who() == from[0].0));
+                }
+            }
+        }
+    }
+
+    /// The NAR of `hash` (with the NarHash of `sources`) to hand on from
+    /// byte `offset`: read from its first byte, from the first of
+    /// `sources` that serves it, failing over to the others (and then to
+    /// peers found anew) mid-stream, and checked against its NarHash.
+    /// `None` when none can start it, or when the client's first `offset`
+    /// bytes (of a stream that was cut) are not this NAR's. What comes
+    /// from which peer goes to `transfer`.
     pub fn nar(
         self: &Arc<Self>,
         hash: &HashPart,
         sources: Vec<Source>,
         offset: u64,
+        transfer: Transfer,
     ) -> Option<Box<dyn Read + Send>> {
         let first = sources.first()?;
+        let (nar_hash, total) = (first.info.nar_hash, first.info.nar_size);
         let mut nar = FailoverNar {
             upstream: self.clone(),
             hash: *hash,
-            nar_hash: first.info.nar_hash,
-            total: first.info.nar_size,
-            pos: offset,
+            nar_hash,
+            total,
+            pos: 0,
             current: None,
-            left: sources.into(),
+            left: self.unblamed_first(&nar_hash, sources).into(),
             tried: Vec::new(),
+            sent_by: Vec::new(),
             searched: false,
+            transfer,
         };
         match nar.open_next() {
             Ok(opened) => {
                 log::debug!(
-                    "{hash}: NAR of {} bytes from {}{}",
-                    nar.total,
-                    opened.0,
+                    "{hash}: NAR of {total} bytes from {}{}",
+                    opened.1,
                     if offset > 0 {
-                        format!(" from byte {offset}")
+                        format!(", handed on from byte {offset}")
                     } else {
                         String::new()
                     }
                 );
                 nar.current = Some(opened);
-                Some(Box::new(nar))
             }
             Err(e) => {
                 log::info!("{hash}: {e}");
+                return None;
+            }
+        }
+        match Checked::start(nar, nar_hash, total, offset, self.prefixes.clone()) {
+            Ok(checked) => Some(Box::new(checked)),
+            Err(StartError::Io(e)) => {
+                log::info!("{hash}: {e}");
+                None
+            }
+            Err(StartError::PrefixDiffers) => {
+                log::warn!(
+                    "{hash}: Nix resumes a NAR whose first {offset} bytes were wrong; \
+                     refused (404), so that it gets the path anew"
+                );
                 None
             }
         }
@@ -184,7 +286,7 @@ impl Upstream {
             return;
         };
         let sources = known.entry_or_insert_with(source.info.hash_part(), Vec::new);
-        sources.retain(|s| s.found.addr != source.found.addr);
+        sources.retain(|s| s.found.who() != source.found.who());
         sources.insert(0, source.clone());
         sources.truncate(SOURCES_PER_PATH);
     }
@@ -233,14 +335,14 @@ impl Upstream {
         hash: &HashPart,
         timeout: Duration,
     ) -> Result<NarInfo, String> {
-        let info = (self.client.narinfo(found, hash, timeout)).map_err(|e| e.to_string())?;
+        let mut info = (self.client.narinfo(found, hash, timeout)).map_err(|e| e.to_string())?;
         if info.compression != "none" {
             return Err(format!(
                 "its NAR is compressed ({}); only raw NARs are passed on",
                 info.compression
             ));
         }
-        if !self.trust.accepts(&info) {
+        if !self.trust.keep_trusted(&mut info) {
             return Err("not signed by a key the local Nix trusts".into());
         }
         Ok(info)
@@ -256,16 +358,20 @@ struct FailoverNar {
     total: u64,
     /// The next byte to read.
     pos: u64,
-    current: Option<(SocketAddr, Box<dyn Read + Send>)>,
+    current: Option<(Who, SocketAddr, Box<dyn Read + Send>)>,
     left: VecDeque<Source>,
-    tried: Vec<SocketAddr>,
+    /// The peers asked so far.
+    tried: Vec<Who>,
+    /// The peers that sent bytes of it, in order.
+    sent_by: Vec<(Who, SocketAddr)>,
     /// Whether peers were asked anew once the known sources ran out.
     searched: bool,
+    transfer: Transfer,
 }
 
 impl FailoverNar {
     /// Opens the next source at `pos`; an error when none is left.
-    fn open_next(&mut self) -> io::Result<(SocketAddr, Box<dyn Read + Send>)> {
+    fn open_next(&mut self) -> io::Result<(Who, SocketAddr, Box<dyn Read + Send>)> {
         loop {
             let Some(source) = self.left.pop_front() else {
                 if self.searched {
@@ -279,21 +385,34 @@ impl FailoverNar {
                 let tried = &self.tried;
                 self.left = found
                     .into_iter()
-                    .filter(|s| !tried.contains(&s.found.addr))
+                    .filter(|s| !tried.contains(&s.found.who()))
                     .collect();
                 continue;
             };
-            let addr = source.found.addr;
-            self.tried.push(addr);
+            let (who, addr) = (source.found.who(), source.found.addr);
+            if self.tried.contains(&who) {
+                continue;
+            }
+            self.tried.push(who);
             match self
                 .upstream
                 .client
                 .nar(&source.found, &source.info, self.pos)
             {
-                Ok(body) => return Ok((addr, body)),
+                Ok(body) => {
+                    self.transfer.from_peer(addr);
+                    return Ok((who, addr, body));
+                }
                 Err(e) => log::warn!("{}: NAR from {addr}: {e}; trying the next peer", self.hash),
             }
         }
+    }
+}
+
+impl Blame for FailoverNar {
+    fn bad_bytes(&mut self) {
+        self.upstream
+            .blame(&self.hash, &self.nar_hash, &self.sent_by);
     }
 }
 
@@ -306,14 +425,14 @@ impl Read for FailoverNar {
             .len()
             .min(usize::try_from(self.total - self.pos).unwrap_or(usize::MAX));
         loop {
-            let (from, body) = match &mut self.current {
+            let (who, from, body) = match &mut self.current {
                 Some(current) => current,
                 None => {
                     let opened = self.open_next()?;
                     log::info!(
                         "{}: going on from {} at byte {}",
                         self.hash,
-                        opened.0,
+                        opened.1,
                         self.pos
                     );
                     self.current.insert(opened)
@@ -322,7 +441,11 @@ impl Read for FailoverNar {
             let failure = match body.read(&mut buf[..want]) {
                 Ok(0) => "it ended early".to_string(),
                 Ok(n) => {
+                    if self.sent_by.last().map(|(w, _)| w) != Some(who) {
+                        self.sent_by.push((*who, *from));
+                    }
                     self.pos += n as u64;
+                    self.transfer.add(n);
                     return Ok(n);
                 }
                 Err(e) => e.to_string(),

@@ -221,5 +221,45 @@ pub(crate) fn nar(m: Mode) -> Vec<Row> {
         .baseline("CPU of the baseline pipe", base_cpu)
         .target(Target::TimesBaseline(1.2)),
     );
+
+    // What the local node's NarHash check adds (inside the row above):
+    // SHA-256 with ring over the same number of bytes, in this process,
+    // beside `sha256sum` of the NAR.
+    let buf = vec![0x5au8; 1 << 20];
+    let mut check = Vec::new();
+    let mut base_sum = Vec::new();
+    for _ in 0..m.pick(1, 5) {
+        let start = thread_cpu_secs();
+        let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+        for _ in 0..(nar_size / MIB) as usize {
+            hash.update(&buf);
+        }
+        std::hint::black_box(hash.finish());
+        check.push((thread_cpu_secs() - start) / (nar_size / GIB));
+        let dump = timed_in(peer, &format!("nix-store --dump {big} > /dev/null")).cpu;
+        let summed = timed_in(peer, &format!("nix-store --dump {big} | sha256sum")).cpu;
+        base_sum.push((summed - dump).max(0.0) / (nar_size / GIB));
+    }
+    rows.push(
+        Row::new(
+            "nar_check_cpu_s_per_gib",
+            "CPU the local node's NarHash check adds per GiB (SHA-256, ring)",
+            "s/GiB",
+            check,
+        )
+        .baseline("`sha256sum` of the NAR, its CPU", base_sum)
+        .note("included in cpu_s_per_gib above"),
+    );
     rows
+}
+
+/// CPU time of the calling thread, in seconds.
+fn thread_cpu_secs() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
 }

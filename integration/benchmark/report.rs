@@ -208,20 +208,7 @@ pub(crate) fn table(rows: &[Row], machine: &[(String, String)]) -> String {
 
 /// A JSON string literal.
 pub(crate) fn js(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    peerix::json::Json::str(s).render()
 }
 
 /// A JSON number (null when not finite).

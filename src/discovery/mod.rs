@@ -21,7 +21,6 @@
 
 mod exchange;
 mod peers;
-mod rate;
 mod summaries;
 mod targets;
 mod udp;
@@ -37,10 +36,11 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::auth::NetworkKey;
 use crate::narinfo::HashPart;
+use crate::rate::RateLimit;
 use crate::store::Store;
 use exchange::Exchange;
+pub use peers::PeerInfo;
 use peers::PeerTable;
-use rate::RateLimit;
 use summaries::{Fetched, Routes, SharedRoutes, Summaries};
 use targets::SharedTargets;
 use udp::UdpThread;
@@ -128,6 +128,26 @@ pub struct Found {
     pub addr: SocketAddr,
     /// An original Peerix, whose routes are the `/local/…` ones.
     pub v1: bool,
+    /// The node id of a peer of ours (original nodes have none).
+    pub node: Option<wire::NodeId>,
+}
+
+impl Found {
+    /// Who the peer is, whichever of its addresses it was heard from: one
+    /// node heard over IPv4 and IPv6 link-local is one source of a NAR.
+    pub fn who(&self) -> Who {
+        match self.node {
+            Some(node) => Who::Node(node),
+            None => Who::Addr(self.addr.ip().to_canonical()),
+        }
+    }
+}
+
+/// A peer's identity: its node id, or for an original node its address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Who {
+    Node(wire::NodeId),
+    Addr(std::net::IpAddr),
 }
 
 /// What the UDP thread tells a worker about its query.
@@ -260,7 +280,7 @@ enum Command {
     },
     /// A peer's summary, fetched.
     Fetched(Fetched),
-    Status(Sender<Vec<String>>),
+    Status(Sender<Vec<PeerInfo>>),
     Stop,
 }
 
@@ -511,8 +531,8 @@ impl Discovery {
         self.timeout
     }
 
-    /// One line per known peer.
-    pub fn peers(&self) -> Vec<String> {
+    /// What is known of every peer.
+    pub fn peers(&self) -> Vec<PeerInfo> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let wait = Duration::from_secs(1);
         if self

@@ -247,39 +247,89 @@ impl PeerTable {
         self.v1.retain(|_, p| p.last_heard.elapsed() < V1_TTL);
     }
 
-    /// One line per peer, for logs and status, each of ours ending with
-    /// what `more` says of it.
-    pub fn describe(&self, more: impl Fn(NodeId) -> String) -> Vec<String> {
-        let mut lines: Vec<String> = self
-            .ours
-            .iter()
-            .map(|(id, p)| {
-                let addrs: Vec<String> = p.addrs.iter().map(|a| a.ip().to_string()).collect();
-                format!(
-                    "{id:016x} {} http {} heard {:.0?} ago{}{}",
-                    addrs.join(" "),
-                    p.http_port.map_or("?".into(), |p| p.to_string()),
-                    p.last_heard.elapsed(),
-                    if p.strikes >= MAX_STRIKES {
-                        " (not answering)"
-                    } else {
-                        ""
-                    },
-                    more(*id)
-                )
+    /// What is known of every peer, for status: ours by node id first
+    /// (with what `more` says of each), then original Peerix nodes.
+    pub fn snapshot(&self, more: impl Fn(NodeId) -> String) -> Vec<PeerInfo> {
+        let mut peers: Vec<PeerInfo> = (self.ours.iter())
+            .map(|(id, p)| PeerInfo {
+                node: Some(*id),
+                more: more(*id),
+                addrs: p.addrs.iter().map(SocketAddr::ip).collect(),
+                http_port: p.http_port,
+                heard: p.last_heard.elapsed(),
+                answering: p.strikes < MAX_STRIKES,
+                answers_timed: 0,
+                slowest: None,
             })
             .collect();
-        lines.extend(self.v1.iter().map(|(ip, p)| {
-            let slowest = p.answers.iter().max();
-            format!(
-                "v1 {ip} heard {:.0?} ago, {} answers timed{}",
-                p.last_heard.elapsed(),
-                p.answers.len(),
-                slowest.map_or(String::new(), |s| format!(", slowest {s:.1?}"))
-            )
-        }));
-        lines.sort();
-        lines
+        peers.sort_by_key(|p| p.node);
+        let mut v1: Vec<PeerInfo> = (self.v1.iter())
+            .map(|(ip, p)| PeerInfo {
+                node: None,
+                more: String::new(),
+                addrs: vec![*ip],
+                http_port: None,
+                heard: p.last_heard.elapsed(),
+                answering: true,
+                answers_timed: p.answers.len(),
+                slowest: p.answers.iter().max().copied(),
+            })
+            .collect();
+        v1.sort_by_key(|p| p.addrs.clone());
+        peers.extend(v1);
+        peers
+    }
+}
+
+/// One peer as status shows it.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    /// Its node id; `None` for an original Peerix node (known by address).
+    pub node: Option<NodeId>,
+    /// What else is known of it (its store summary), for the status line.
+    pub more: String,
+    /// The addresses it was heard from, most recent first.
+    pub addrs: Vec<IpAddr>,
+    pub http_port: Option<u16>,
+    /// How long ago it was last heard.
+    pub heard: Duration,
+    /// False when it left the last queries unanswered.
+    pub answering: bool,
+    /// For an original Peerix node: its answers timed, and the slowest.
+    pub answers_timed: usize,
+    pub slowest: Option<Duration>,
+}
+
+/// One line per peer, for `/status`.
+impl std::fmt::Display for PeerInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.node {
+            Some(id) => {
+                let addrs: Vec<String> = self.addrs.iter().map(IpAddr::to_string).collect();
+                write!(
+                    f,
+                    "{id:016x} {} http {} heard {:.0?} ago{}{}",
+                    addrs.join(" "),
+                    self.http_port.map_or("?".into(), |p| p.to_string()),
+                    self.heard,
+                    if self.answering {
+                        ""
+                    } else {
+                        " (not answering)"
+                    },
+                    self.more
+                )
+            }
+            None => write!(
+                f,
+                "v1 {} heard {:.0?} ago, {} answers timed{}",
+                self.addrs.first().map_or("?".into(), IpAddr::to_string),
+                self.heard,
+                self.answers_timed,
+                self.slowest
+                    .map_or(String::new(), |s| format!(", slowest {s:.1?}"))
+            ),
+        }
     }
 }
 

@@ -11,7 +11,6 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::exchange::{self, Exchange};
 use super::peers::PeerTable;
-use super::rate::RateLimit;
 use super::summaries::{Routes, SharedRoutes, Summaries};
 use super::targets::SharedTargets;
 use super::wire::{Datagram, Message, NodeId, PeerEntry};
@@ -20,6 +19,7 @@ use crate::auth::{AuthError, NetworkKey};
 use crate::cache::Bounded;
 use crate::logs::Throttle;
 use crate::narinfo::HashPart;
+use crate::rate::RateLimit;
 use crate::store::Store;
 
 pub(super) struct UdpThread {
@@ -93,7 +93,7 @@ impl UdpThread {
                     }
                     Command::Status(reply) => {
                         let summaries = &self.summaries;
-                        let lines = self.peers.describe(|node| summaries.describe(node));
+                        let lines = self.peers.snapshot(|node| summaries.describe(node));
                         let _ = reply.send(lines);
                     }
                     Command::Stop => {
@@ -343,6 +343,7 @@ impl UdpThread {
                 let found = Found {
                     addr: SocketAddr::new(from.ip(), port),
                     v1: true,
+                    node: None,
                 };
                 let _ = p.answers.try_send(Answer::Have(found));
                 let took = p.sent.elapsed();
@@ -397,7 +398,11 @@ impl UdpThread {
             Message::Have { hash, port } => {
                 let mut addr = from;
                 addr.set_port(port);
-                let found = Found { addr, v1: false };
+                let found = Found {
+                    addr,
+                    v1: false,
+                    node: Some(node),
+                };
                 if let Some(p) = self.pending.get_mut(&id).filter(|p| p.hash == hash) {
                     if !p.have.contains(&node) {
                         p.have.push(node);

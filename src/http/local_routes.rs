@@ -12,7 +12,9 @@
 //!   moves on to its next substituter. `Range: bytes=N-` is answered 206
 //!   (Nix resumes a broken download so), HEAD from what the node knows
 //!   without opening a stream.
-//! - `/status`: this node and the peers it knows, one line each.
+//! - `/status`: this node and the peers it knows, one line each; as JSON
+//!   with `Accept: application/json`, or at `/status.json`.
+//! - `/`: the dashboard (see `status.rs`).
 //! - `/metrics`: counters in the Prometheus text format.
 //!
 //! They answer the local Nix only (403 for others, which Nix takes for
@@ -23,10 +25,11 @@ use std::time::Instant;
 
 use super::peer_routes::cache_info;
 use super::reply::Reply;
-use super::{App, Client, Incoming};
+use super::{status, App, Client, Incoming};
 use crate::metrics::NarSource;
 use crate::narinfo::HashPart;
 use crate::nix32;
+use crate::transfers::Transfer;
 use crate::upstream::Upstream;
 
 /// Answers the request if its path is one of the local routes.
@@ -34,8 +37,12 @@ pub fn route(app: &App, incoming: &Incoming) -> Option<Reply> {
     let rest = incoming.path.strip_prefix('/')?;
     let route = if rest == "nix-cache-info" {
         Route::CacheInfo
-    } else if rest == "status" {
+    } else if rest == "status" && !incoming.json {
         Route::Status
+    } else if rest == "status" || rest == "status.json" {
+        Route::StatusJson
+    } else if rest.is_empty() {
+        Route::Dashboard
     } else if rest == "metrics" {
         Route::Metrics
     } else if let Some(name) = rest.strip_suffix(".narinfo") {
@@ -50,7 +57,9 @@ pub fn route(app: &App, incoming: &Incoming) -> Option<Reply> {
     }
     Some(match route {
         Route::CacheInfo => cache_info(app),
-        Route::Status => status(app),
+        Route::Status => status::text(app),
+        Route::StatusJson => status::json(app),
+        Route::Dashboard => status::dashboard(app),
         Route::Metrics => Reply::text(
             200,
             "text/plain; version=0.0.4",
@@ -71,6 +80,8 @@ pub fn route(app: &App, incoming: &Incoming) -> Option<Reply> {
 enum Route<'a> {
     CacheInfo,
     Status,
+    StatusJson,
+    Dashboard,
     Metrics,
     NarInfo(&'a str),
     Nar(&'a str),
@@ -83,23 +94,6 @@ fn parse_nar_name(name: &str) -> Option<(HashPart, Option<[u8; 32]>)> {
         Some((nar_hash, hash)) => Some((HashPart::parse(hash)?, Some(nix32::decode(nar_hash)?))),
         None => Some((HashPart::parse(name)?, None)),
     }
-}
-
-/// `/status`: this node and the peers it knows, for people.
-fn status(app: &App) -> Reply {
-    let peers = app.discovery.peers();
-    let mut text = format!(
-        "peerix {}\nnode {:016x}\nstore: {} valid paths\nnix-store --serve for NARs: {}\npeers: {}\n",
-        env!("CARGO_PKG_VERSION"),
-        app.discovery.node(),
-        app.store.valid_paths(),
-        app.store.nar_children(),
-        peers.len()
-    );
-    for peer in peers {
-        text.push_str(&format!("  {peer}\n"));
-    }
-    Reply::text(200, "text/plain", text)
 }
 
 /// Asks the peers for `hash` and hands on the first narinfo that passes.
@@ -137,10 +131,14 @@ fn nar(app: &App, hash: &HashPart, nar_hash: Option<[u8; 32]>, incoming: &Incomi
     }
     let body = match incoming.head {
         true => None,
-        false => match app.upstream.nar(hash, sources, offset) {
-            None => return Reply::not_found(),
-            body => body,
-        },
+        false => {
+            let transfer =
+                Transfer::start(&app.metrics, sources[0].info.path.clone(), total, offset);
+            match app.upstream.nar(hash, sources, offset, transfer) {
+                None => return Reply::not_found(),
+                body => body,
+            }
+        }
     };
     Reply::Stream {
         content_type: "application/x-nix-nar",

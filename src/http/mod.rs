@@ -17,11 +17,12 @@
 mod local_routes;
 mod peer_routes;
 mod reply;
+pub mod status;
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -33,6 +34,7 @@ use crate::discovery::Discovery;
 use crate::keys::SigningKey;
 use crate::logs::Throttle;
 use crate::metrics::Metrics;
+use crate::rate::RateLimit;
 use crate::store::Store;
 use crate::upstream::Upstream;
 use reply::Reply;
@@ -45,9 +47,26 @@ pub struct App {
     pub discovery: Arc<Discovery>,
     /// The peers, as the local Nix's upstream.
     pub upstream: Arc<Upstream>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// When set, requests for the peer routes must be authenticated.
     pub network_key: Option<Arc<NetworkKey>>,
+    /// The port peers use, for status.
+    pub port: u16,
+    /// What the node was started with, for status.
+    pub about: status::About,
+    /// The bytes each source's `Range` requests may make Nix's serializer
+    /// read and drop (see `range_skips`).
+    pub range_skips: Mutex<RateLimit>,
+}
+
+/// What peers' `Range` requests may cost: each source may have this node
+/// read and drop 256 MiB a second of NAR bytes before the asked start, 2
+/// GiB at once (a peer of ours resumes a broken NAR once). Past that, 503:
+/// a stranger asking for the last byte of the largest NAR over and over
+/// costs whole reads of it.
+pub fn range_skips() -> Mutex<RateLimit> {
+    const MIB: f64 = 1024.0 * 1024.0;
+    Mutex::new(RateLimit::with_burst(256.0 * MIB, 2048.0 * MIB))
 }
 
 /// Who a request comes from: the one place where loopback is told apart.
@@ -76,6 +95,10 @@ pub struct Incoming<'a> {
     pub from: Client,
     /// Where the body should start: the `N` of `Range: bytes=N-`.
     pub range: Option<u64>,
+    /// The client's address.
+    pub peer: Option<IpAddr>,
+    /// True when the client prefers JSON (`Accept: application/json`).
+    pub json: bool,
 }
 
 /// What one connection may take (tiny_http as patched in src/vendor): an
@@ -419,6 +442,8 @@ fn answer(app: &App, job: Job, stop: &Receiver<()>) {
         head: request.method() == &Method::Head,
         from: job.from,
         range: reply::range(&request),
+        peer: request.remote_addr().map(|a| a.ip()),
+        json: reply::accepts_json(&request),
     };
     let reply = peer_routes::route(app, &incoming)
         .or_else(|| local_routes::route(app, &incoming))
@@ -437,7 +462,8 @@ fn answer(app: &App, job: Job, stop: &Receiver<()>) {
 fn route_name(path: &str) -> &'static str {
     match path {
         "/nix-cache-info" => "cache_info",
-        "/status" => "status",
+        "/status" | "/status.json" => "status",
+        "/" => "dashboard",
         "/metrics" => "metrics",
         "/peer/nix-cache-info" => "peer_cache_info",
         p if p.starts_with("/peer/nar/") => "peer_nar",

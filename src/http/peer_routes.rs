@@ -35,7 +35,7 @@ pub fn is_peer_route(path: &str) -> bool {
 
 /// Answers the request if its path is one of the peer routes.
 pub fn route(app: &App, incoming: &Incoming) -> Option<Reply> {
-    let (path, head, range) = (incoming.path, incoming.head, incoming.range);
+    let path = incoming.path;
     if !is_peer_route(path) {
         return None;
     }
@@ -48,7 +48,7 @@ pub fn route(app: &App, incoming: &Incoming) -> Option<Reply> {
             _ if rest.starts_with("summary/") => summary_reply(app, &rest["summary/".len()..]),
             _ => match rest.strip_prefix("nar/") {
                 Some(nar) => match nar.strip_suffix(".nar").map(HashPart::parse) {
-                    Some(Some(hash)) => nar_reply(app, &hash, head, range),
+                    Some(Some(hash)) => nar_reply(app, &hash, incoming),
                     _ => Reply::status(400, "expected /peer/nar/<32-char hash>.nar"),
                 },
                 None => match rest.strip_suffix(".narinfo").map(HashPart::parse) {
@@ -64,7 +64,7 @@ pub fn route(app: &App, incoming: &Incoming) -> Option<Reply> {
         Some(nar) => match nar.strip_suffix(".nar").and_then(decode_v1_nar_name) {
             Some(Ok(basename)) => match HashPart::of_basename(&basename) {
                 Some(hash) if app.store.lookup(&hash).as_deref() == Some(&*basename) => {
-                    nar_reply(app, &hash, head, range)
+                    nar_reply(app, &hash, incoming)
                 }
                 _ => Reply::not_found(),
             },
@@ -83,6 +83,18 @@ pub fn route(app: &App, incoming: &Incoming) -> Option<Reply> {
             None => Reply::not_found(),
         },
     })
+}
+
+/// Range requests refused for their cost, logged at most once a second.
+static SKIPS: Throttle = Throttle::new();
+
+/// Takes `offset` bytes of `peer`'s Range budget; false when it has fewer.
+fn skip_allowed(app: &App, peer: Option<std::net::IpAddr>, offset: u64) -> bool {
+    let Some(peer) = peer else { return true };
+    match app.range_skips.lock() {
+        Ok(mut skips) => skips.allow_cost(peer, offset as f64),
+        Err(_) => true,
+    }
 }
 
 /// `/nix-cache-info`: what a Nix client reads before anything else.
@@ -143,7 +155,8 @@ fn narinfo_reply(app: &App, hash: &HashPart, url: String) -> Reply {
     }
 }
 
-fn nar_reply(app: &App, hash: &HashPart, head: bool, range: Option<u64>) -> Reply {
+fn nar_reply(app: &App, hash: &HashPart, incoming: &Incoming) -> Reply {
+    let (head, range) = (incoming.head, incoming.range);
     let info = match path_info(app, hash) {
         Ok(info) => info,
         Err(reply) => return reply,
@@ -151,6 +164,19 @@ fn nar_reply(app: &App, hash: &HashPart, head: bool, range: Option<u64>) -> Repl
     let offset = range.unwrap_or(0);
     if offset >= info.nar_size {
         return Reply::status(416, "the range starts after the end of the NAR");
+    }
+    if !head && offset > 0 && !skip_allowed(app, incoming.peer, offset) {
+        SKIPS.log(log::Level::Warn, || {
+            format!(
+                "refused a Range request of {:?} for {}: its Range requests asked for more \
+                 skipped bytes than allowed",
+                incoming.peer, info.path
+            )
+        });
+        return Reply::status(
+            503,
+            "too many bytes skipped for Range requests; ask another peer",
+        );
     }
     let body = match head {
         true => None,

@@ -5,11 +5,13 @@
 //! when a response fails).
 
 use std::io::{self, Read};
+use std::net::IpAddr;
+use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, TryRecvError};
 use tiny_http::{Header, Request, Response, StatusCode};
 
-use crate::metrics::{Metrics, NarSource};
+use crate::metrics::{Direction, Metrics, NarSource};
 
 pub enum Reply {
     /// A short text body.
@@ -78,6 +80,13 @@ pub fn range(request: &Request) -> Option<u64> {
     }
 }
 
+/// True when the `Accept` header names `application/json`.
+pub fn accepts_json(request: &Request) -> bool {
+    (request.headers().iter())
+        .filter(|h| h.field.equiv("Accept"))
+        .any(|h| h.value.as_str().contains("application/json"))
+}
+
 fn header(name: &str, value: &str) -> Header {
     // Names and values here are our own ASCII constants and numbers.
     Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("ASCII header")
@@ -87,7 +96,7 @@ fn header(name: &str, value: &str) -> Header {
 /// half-way, or is stopped because the daemon stops, cuts the connection,
 /// so the client never takes a short body for a whole one, nor waits for
 /// bytes that will not come.
-pub fn send(request: Request, reply: Reply, metrics: &Metrics, stop: &Receiver<()>) {
+pub fn send(request: Request, reply: Reply, metrics: &Arc<Metrics>, stop: &Receiver<()>) {
     let peer = request.remote_addr().copied();
     match reply {
         Reply::Text {
@@ -125,13 +134,15 @@ pub fn send(request: Request, reply: Reply, metrics: &Metrics, stop: &Receiver<(
                     inner: body,
                     left,
                     stop: stop.clone(),
+                    count: Some(Count {
+                        metrics: metrics.clone(),
+                        source,
+                        peer: peer.map(|p| p.ip()),
+                        unflushed: 0,
+                    }),
                 }),
                 None => Box::new(io::empty()),
             };
-            // Counted as offered: a client that leaves early is not told apart.
-            if streamed {
-                metrics.nar_bytes(source, left);
-            }
             let mut headers = vec![
                 header("Content-Type", content_type),
                 header("Accept-Ranges", "bytes"),
@@ -162,10 +173,52 @@ pub fn send(request: Request, reply: Reply, metrics: &Metrics, stop: &Receiver<(
 /// A body that must be exactly `left` bytes long: ending early or running
 /// over is an error, so that the connection is cut instead of ending a 200
 /// that looks complete. It also ends with an error when the daemon stops.
+/// Its bytes are counted as they are read (`count`).
 struct Exact {
     inner: Box<dyn Read + Send>,
     left: u64,
     stop: Receiver<()>,
+    count: Option<Count>,
+}
+
+/// Bytes of a NAR reply, for the metrics: passed on at least every
+/// `FLUSH_EVERY` bytes and when the reply ends (however it ends), so that
+/// a client that leaves early is counted for what it got, about.
+struct Count {
+    metrics: Arc<Metrics>,
+    source: NarSource,
+    /// The client: a peer when the NAR comes from this store.
+    peer: Option<IpAddr>,
+    unflushed: u64,
+}
+
+/// How often a NAR reply's bytes reach the counters, at least.
+const FLUSH_EVERY: u64 = 256 * 1024;
+
+impl Count {
+    fn add(&mut self, n: usize) {
+        self.unflushed += n as u64;
+        if self.unflushed >= FLUSH_EVERY {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        let n = std::mem::take(&mut self.unflushed);
+        if n == 0 {
+            return;
+        }
+        self.metrics.nar_bytes(self.source, n);
+        if let (NarSource::Store, Some(peer)) = (self.source, self.peer) {
+            self.metrics.peer_bytes(peer, Direction::Sent, n);
+        }
+    }
+}
+
+impl Drop for Count {
+    fn drop(&mut self) {
+        self.flush();
+    }
 }
 
 impl Read for Exact {
@@ -191,6 +244,9 @@ impl Read for Exact {
             ));
         }
         self.left -= n as u64;
+        if let Some(count) = &mut self.count {
+            count.add(n);
+        }
         Ok(n)
     }
 }
@@ -206,6 +262,7 @@ mod tests {
             inner: Box::new(data),
             left: len,
             stop,
+            count: None,
         }
         .read_to_end(&mut out)?;
         Ok(out)
@@ -226,6 +283,7 @@ mod tests {
             inner: Box::new(&b"abcdef"[..]),
             left: 6,
             stop,
+            count: None,
         };
         let mut buf = [0u8; 2];
         assert_eq!(body.read(&mut buf).unwrap(), 2);

@@ -52,6 +52,10 @@ const META_TIMEOUT: Duration = Duration::from_secs(10);
 /// question.
 const META_IDLE: Duration = Duration::from_secs(30);
 
+/// A question to the metadata child that fails within this long is asked
+/// again of a new child.
+const RETRY_WITHIN: Duration = Duration::from_secs(1);
+
 /// Questions waiting for the metadata thread, at most; more are refused.
 const META_QUEUE: usize = 4096;
 
@@ -442,21 +446,37 @@ struct Meta {
 }
 
 impl Meta {
-    /// Runs `f` on the serve child (started if need be); a failure ends it.
+    /// Runs `f` on the serve child (started if need be). A failure ends
+    /// the child; one that came fast (the child had died, or broke) is
+    /// tried once more on a fresh child, so that a passing failure never
+    /// becomes a "not found" that Nix keeps for an hour. A slow one (a
+    /// hung nix-daemon) is not: the asker's deadline is near.
     fn with<T>(
         &mut self,
-        f: impl FnOnce(&mut Serve) -> Result<T, NixError>,
+        mut f: impl FnMut(&mut Serve) -> Result<T, NixError>,
     ) -> Result<T, NixError> {
-        let serve = match &mut self.serve {
-            Some(serve) => serve,
-            None => self.serve.insert(Serve::start()?),
-        };
-        let result = f(serve);
-        if let Err(e) = &result {
-            log::debug!("store: nix-store --serve for metadata ended: {e}");
-            self.serve = None;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let started = Instant::now();
+            let serve = match &mut self.serve {
+                Some(serve) => serve,
+                None => self.serve.insert(Serve::start()?),
+            };
+            match f(serve) {
+                Ok(answer) => return Ok(answer),
+                Err(e) => {
+                    self.serve = None;
+                    if tries > 1 || started.elapsed() > RETRY_WITHIN {
+                        log::debug!("store: nix-store --serve for metadata ended: {e}");
+                        return Err(e);
+                    }
+                    log::info!(
+                        "store: nix-store --serve for metadata failed ({e}); asking a new one"
+                    );
+                }
+            }
         }
-        result
     }
 
     fn closure(&mut self, names: &[&str]) -> Result<Option<Vec<String>>, NixError> {

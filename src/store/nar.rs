@@ -6,8 +6,13 @@
 //! A stream that ends before its NAR size, fails, stalls, or is dropped
 //! half way (the client left) kills its child: the protocol stream of a
 //! serve child is then out of step, and a dump is of no more use. A
-//! stream read to its end gives its serve child back to the pool. Children
-//! idle for `IDLE` are ended.
+//! stream read to its end gives its serve child back to the pool, but only
+//! once the child has shown it is in step: a store file that changed after
+//! Nix registered its path makes a NAR longer than its recorded NarSize,
+//! and the rest would be read as the answer to the next question. So the
+//! child is asked one question with a known answer (is this path valid?)
+//! first; any other answer kills it and fails the stream, which cuts the
+//! connection. Children idle for `IDLE` are ended.
 
 use std::io::{self, Read};
 use std::process::Command;
@@ -25,6 +30,10 @@ const CHILDREN: usize = 16;
 /// before it starts a `nix-store --dump` instead: tiny NARs take well
 /// under a millisecond, a process start tens of milliseconds.
 const WAIT_FOR_CHILD: Duration = Duration::from_millis(50);
+
+/// How long a serve child may take to answer the question that shows it
+/// is in step after a NAR.
+const IN_STEP: Duration = Duration::from_secs(2);
 
 /// A serve child idle this long is ended.
 const IDLE: Duration = Duration::from_secs(30);
@@ -63,6 +72,7 @@ impl Pool {
             Some(mut serve) => match serve.dump(&info.path, STALL) {
                 Ok(()) => Box::new(ServeNar {
                     serve: Some(serve),
+                    name: info.path.clone(),
                     left: info.nar_size,
                     pool: self.clone(),
                 }),
@@ -180,8 +190,46 @@ fn skip(stream: &mut dyn Read, offset: u64) -> io::Result<()> {
 /// killed.
 struct ServeNar {
     serve: Option<Serve>,
+    /// The store path's basename.
+    name: String,
     left: u64,
     pool: Arc<Pool>,
+}
+
+impl ServeNar {
+    /// Gives the child back if its NAR ended at its NarSize: it answers a
+    /// question whose answer is known (the path is valid). Else it is
+    /// killed, and the stream fails.
+    fn give_back_in_step(&mut self) -> io::Result<()> {
+        let Some(mut serve) = self.serve.take() else {
+            return Ok(());
+        };
+        let name = self.name.as_str();
+        match serve.valid_paths(&[name], IN_STEP) {
+            Ok(valid) if valid.len() == 1 && valid[0] == name => {
+                self.pool.give_back(serve);
+                Ok(())
+            }
+            answer => {
+                let pid = serve.pid();
+                drop(serve);
+                self.pool.lost();
+                log::warn!(
+                    "store: the NAR of {name} did not end at its recorded size (a file \
+                     changed after Nix registered it? `nix-store --verify --check-contents` \
+                     tells); nix-store --serve {pid} killed ({})",
+                    match answer {
+                        Ok(_) => "out of step".to_string(),
+                        Err(e) => e.to_string(),
+                    }
+                );
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("the NAR of {name} is longer than its NarSize"),
+                ))
+            }
+        }
+    }
 }
 
 impl Read for ServeNar {
@@ -190,9 +238,6 @@ impl Read for ServeNar {
             return Ok(0);
         };
         if self.left == 0 {
-            if let Some(serve) = self.serve.take() {
-                self.pool.give_back(serve);
-            }
             return Ok(0);
         }
         let want = buf
@@ -200,6 +245,10 @@ impl Read for ServeNar {
             .min(usize::try_from(self.left).unwrap_or(usize::MAX));
         let n = serve.read_by(&mut buf[..want], Instant::now() + STALL)?;
         self.left -= n as u64;
+        if self.left == 0 {
+            // The last chunk goes out only if the NAR ended here.
+            self.give_back_in_step()?;
+        }
         Ok(n)
     }
 }
@@ -207,17 +256,13 @@ impl Read for ServeNar {
 impl Drop for ServeNar {
     fn drop(&mut self) {
         if let Some(serve) = self.serve.take() {
-            if self.left == 0 {
-                self.pool.give_back(serve);
-            } else {
-                log::debug!(
-                    "store: NAR stopped {} bytes before its end; nix-store --serve {} killed",
-                    self.left,
-                    serve.pid()
-                );
-                drop(serve);
-                self.pool.lost();
-            }
+            log::debug!(
+                "store: NAR stopped {} bytes before its end; nix-store --serve {} killed",
+                self.left,
+                serve.pid()
+            );
+            drop(serve);
+            self.pool.lost();
         }
     }
 }

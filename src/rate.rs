@@ -1,6 +1,8 @@
-//! A per-source limit on the answers the UDP thread gives, so that a flood
+//! Per-source limits: on the answers the UDP thread gives, so that a flood
 //! of queries (or of spoofed ones) neither keeps the thread busy nor turns
-//! this node into a stream of replies towards a victim.
+//! this node into a stream of replies towards a victim; and on the bytes
+//! a peer's `Range` requests make this node read and drop. A source is an
+//! IPv4 address or an IPv6 /64 (what one host can pick its addresses in).
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -10,38 +12,52 @@ use crate::cache::Bounded;
 /// Sources remembered per generation of the table.
 const MAX_SOURCES: usize = 4096;
 
-/// A token bucket per source address: `rate` answers a second, sustained,
-/// and twice that at once (Nix asks for many paths together).
+/// A token bucket per source: `rate` tokens a second, sustained, and up
+/// to `burst` at once.
 pub struct RateLimit {
     rate: f64,
+    burst: f64,
     buckets: Bounded<IpAddr, (f64, Instant)>,
 }
 
 impl RateLimit {
-    /// At most `rate` answers a second to each source; 0 for no limit.
+    /// At most `rate` answers a second to each source, twice that at once
+    /// (Nix asks for many paths together); 0 for no limit.
     pub fn new(rate: u32) -> RateLimit {
+        RateLimit::with_burst(f64::from(rate), 2.0 * f64::from(rate))
+    }
+
+    /// `rate` tokens a second for each source, `burst` at once.
+    pub fn with_burst(rate: f64, burst: f64) -> RateLimit {
         RateLimit {
-            rate: f64::from(rate),
+            rate,
+            burst,
             buckets: Bounded::new(MAX_SOURCES),
         }
     }
 
     fn burst(&self) -> f64 {
-        2.0 * self.rate
+        self.burst
     }
 
     /// Takes one token of `ip`'s bucket; false when it is empty.
     pub fn allow(&mut self, ip: IpAddr) -> bool {
+        self.allow_cost(ip, 1.0)
+    }
+
+    /// Takes `cost` tokens of the bucket of `ip`'s source; false (and
+    /// none taken) when it has fewer.
+    pub fn allow_cost(&mut self, ip: IpAddr, cost: f64) -> bool {
         if self.rate == 0.0 {
             return true;
         }
         let (rate, burst) = (self.rate, self.burst());
         let now = Instant::now();
-        let (tokens, last) = self.buckets.entry_or_insert_with(ip, || (burst, now));
+        let (tokens, last) = (self.buckets).entry_or_insert_with(source_of(ip), || (burst, now));
         *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
         *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
+        if *tokens >= cost {
+            *tokens -= cost;
             true
         } else {
             false
@@ -56,6 +72,18 @@ impl RateLimit {
         let full_after = Duration::from_secs_f64(self.burst() / self.rate);
         self.buckets
             .retain(|_, (_, last)| last.elapsed() < full_after);
+    }
+}
+
+/// The source an address belongs to: an IPv4 address (IPv4-mapped IPv6
+/// ones included), or the /64 of an IPv6 one.
+pub fn source_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 => v4,
     }
 }
 

@@ -1,0 +1,251 @@
+//! Nothing a peer or a disk does puts a wrong byte into Nix or holds a
+//! node (issue 16), with real Nix and nodes in network namespaces.
+//!
+//! Covers: a peer frozen between a NAR request and its reply head (the
+//! NAR comes from another peer within the stall deadline); a store file
+//! that grew after Nix registered its path (its NAR is cut, and the serve
+//! children go on serving exact NARs); a store file overwritten in place
+//! with as many bytes (Nix never gets the whole wrong NAR, and its next try
+//! gets the path from a good peer); a metadata child that died (replaced
+//! before a narinfo is answered 404); `Range` requests that each make the
+//! node read and drop most of a NAR (refused past a budget per source).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{
+    build_chain, copy_to, generate_key, hash_of, nar_hash, node, realise_args, wait_offered,
+    Daemon, Host, Net, DEFAULT_PORT, LOCAL,
+};
+
+/// `sha256sum` of `nix-store --dump path` on `host`.
+fn dump_sha256(host: &Host, path: &str) -> String {
+    host.run(&format!(
+        "nix-store --dump {path} | sha256sum | cut -d' ' -f1"
+    ))
+}
+
+/// `sha256sum` of bytes, computed in `host`.
+fn sha256(host: &Host, body: &[u8]) -> String {
+    let file = host
+        .dir
+        .join(format!("body-{}-{}", body.len(), std::process::id()));
+    std::fs::write(&file, body).unwrap();
+    let sum = host.run(&format!("sha256sum < {} | cut -d' ' -f1", file.display()));
+    let _ = std::fs::remove_file(&file);
+    sum
+}
+
+/// The NAR URL of the narinfo `host`'s node hands its Nix for `path`.
+fn local_nar_url(host: &Host, path: &str) -> String {
+    let narinfo = host
+        .curl(&[&format!("{LOCAL}/{}.narinfo", hash_of(path))])
+        .text();
+    let url = narinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .unwrap_or_else(|| panic!("no URL in {narinfo:?}"));
+    format!("{LOCAL}/{url}")
+}
+
+/// Sends `signal` to a daemon's process.
+fn signal(daemon: &Daemon, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &daemon.pid().to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{signal} {}", daemon.pid());
+}
+
+#[test]
+fn a_peer_frozen_before_its_reply_head_loses_the_nar_to_another() {
+    let Some(net) = Net::new(3) else { return };
+    let (h1, h2, h3) = (net.host(1), net.host(2), net.host(3));
+    let key = generate_key(h1, "frozen-1");
+    let path = support::build_random(h1, &net.prefix, 2 << 20);
+    copy_to(h1, h2, &path);
+    let n1 = node(h1, &key, &[], &[]);
+    let n2 = node(h2, &key, &[], &[]);
+    let n3 = node(h3, &generate_key(h3, "h3-1"), &[&key], &[]);
+    wait_offered(h1, &path);
+    wait_offered(h2, &path);
+
+    // The narinfo comes from one peer, over a connection the node keeps;
+    // then that peer freezes (a laptop's lid closes) before the NAR.
+    let url = local_nar_url(h3, &path);
+    let hash = hash_of(&path);
+    let line = (n3.log().lines())
+        .find(|l| l.contains(&format!("{hash}: found at http://")))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no 'found at' line:\n{}", n3.log()));
+    let frozen = match line.contains(&h1.addr4.to_string()) {
+        true => &n1,
+        false => &n2,
+    };
+    signal(frozen, "STOP");
+    let start = Instant::now();
+    let nar = h3.curl(&["--max-time", "30", &url]);
+    let took = start.elapsed();
+    signal(frozen, "CONT");
+    eprintln!("the NAR came in {took:.1?} with a frozen peer");
+    assert_eq!((nar.exit, nar.status), (0, 200), "{}", n3.log());
+    assert_eq!(sha256(h3, &nar.body), dump_sha256(h1, &path));
+    // Within the stall deadline (10 s), not the 30 s curl allowed.
+    assert!(took < Duration::from_secs(10), "{took:?}\n{}", n3.log());
+}
+
+#[test]
+fn a_store_file_that_grew_never_shifts_the_serve_pool() {
+    let Some(net) = Net::new(2) else { return };
+    let (h1, h2) = (net.host(1), net.host(2));
+    let key = generate_key(h1, "grown-1");
+    let grown = support::build_random(h1, &format!("{}g", net.prefix), 300_000);
+    let others: Vec<String> = (0..3)
+        .map(|i| support::build_random(h1, &format!("{}o{i}", net.prefix), 200_000 + i))
+        .collect();
+    let n1 = node(h1, &key, &[], &[]);
+    let nar_of = |path: &str| {
+        h2.curl(&[&format!(
+            "http://{}:{DEFAULT_PORT}/peer/nar/{}.nar",
+            h1.addr4,
+            hash_of(path)
+        )])
+    };
+    // Warm: the serve child that will stream the grown file's NAR.
+    assert_eq!(nar_of(&others[0]).status, 200);
+
+    // The file grows after Nix registered its path.
+    let file = h1.outside(&grown);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes.extend_from_slice(&[b'x'; 5000]);
+    std::fs::write(&file, &bytes).unwrap();
+    let cut = nar_of(&grown);
+    assert_ne!(cut.exit, 0, "a NAR longer than its NarSize is cut");
+    assert!(
+        n1.log().contains("did not end at its recorded size"),
+        "{}",
+        n1.log()
+    );
+
+    // Every NAR after it, from the same pool, is exact.
+    for path in &others {
+        let nar = nar_of(path);
+        assert_eq!((nar.exit, nar.status), (0, 200), "{}", n1.log());
+        assert_eq!(sha256(h2, &nar.body), dump_sha256(h1, path), "{path}");
+    }
+}
+
+#[test]
+fn a_nar_that_does_not_match_its_nar_hash_never_reaches_nix_whole() {
+    let Some(net) = Net::new(3) else { return };
+    let (h1, h2, h3) = (net.host(1), net.host(2), net.host(3));
+    let key = generate_key(h1, "overwritten-1");
+    let path = support::build_random(h1, &net.prefix, 3 << 20);
+    copy_to(h1, h2, &path);
+    support::sign(h1, &key, &path);
+    support::sign(h2, &key, &path);
+    // h1's copy is overwritten in place, as many bytes, after Nix
+    // registered it: its NAR no longer matches its NarHash.
+    let file = h1.outside(&path);
+    let mut bytes = std::fs::read(&file).unwrap();
+    for b in &mut bytes[1000..1100] {
+        *b = !*b;
+    }
+    std::fs::write(&file, &bytes).unwrap();
+    assert_eq!(nar_hash(h1, &path), nar_hash(h2, &path));
+
+    let _n1 = node(h1, &key, &[], &[]);
+    let n3 = node(h3, &generate_key(h3, "h3-1"), &[&key], &[]);
+    wait_offered(h1, &path);
+    let args = realise_args(&[&path], &[&key]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let first = support::output_within(h3.cmd("nix-store", &args), Duration::from_secs(120))
+        .expect("nix-store -r finished");
+    assert!(!first.status.success(), "Nix took a wrong NAR");
+    let valid = h3.try_run(&format!("nix-store --check-validity {path}"));
+    assert!(!valid.status.success(), "the wrong NAR is in h3's store");
+    let log = n3.log();
+    assert!(log.contains("does not match its NarHash"), "{log}");
+    assert!(log.contains(&h1.addr4.to_string()), "{log}");
+
+    // A good peer comes; Nix's next try gets the path from it.
+    let _n2 = node(h2, &key, &[], &[]);
+    wait_offered(h2, &path);
+    let second = support::output_within(h3.cmd("nix-store", &args), Duration::from_secs(120))
+        .expect("nix-store -r finished");
+    assert!(
+        second.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&second.stderr),
+        n3.log()
+    );
+    h3.run(&format!("nix-store --verify-path {path}"));
+}
+
+#[test]
+fn a_dead_metadata_child_is_replaced_before_a_narinfo_is_refused() {
+    let Some(net) = Net::new(2) else { return };
+    let (h1, h2) = (net.host(1), net.host(2));
+    let key = generate_key(h1, "meta-1");
+    let first = build_chain(h1, "meta-a", 1).remove(0);
+    let second = build_chain(h1, "meta-b", 1).remove(0);
+    let n1 = node(h1, &key, &[], &[]);
+    let narinfo = |path: &str| {
+        h2.curl(&[&format!(
+            "http://{}:{DEFAULT_PORT}/peer/{}.narinfo",
+            h1.addr4,
+            hash_of(path)
+        )])
+        .status
+    };
+    assert_eq!(narinfo(&first), 200);
+    // The metadata child dies (OOM killer, a Nix upgrade, …).
+    let children = n1.children();
+    let meta: Vec<u32> = (children.iter())
+        .filter(|(_, cmd)| cmd == "nix-store")
+        .map(|(pid, _)| *pid)
+        .collect();
+    assert_eq!(meta.len(), 1, "{children:?}");
+    std::process::Command::new("kill")
+        .args(["-KILL", &meta[0].to_string()])
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(narinfo(&second), 200, "{}", n1.log());
+}
+
+#[test]
+fn range_requests_skip_bytes_within_a_budget_per_source() {
+    let Some(net) = Net::new(3) else { return };
+    let (h1, h2, h3) = (net.host(1), net.host(2), net.host(3));
+    let key = generate_key(h1, "range-1");
+    let size: u64 = 256 << 20;
+    let path = support::build_random(h1, &net.prefix, size);
+    let n1 = node(h1, &key, &[], &[]);
+    let nar_size: u64 = h1
+        .run(&format!("nix-store -q --size {path}"))
+        .parse()
+        .unwrap();
+    let last_byte = |host: &Host| {
+        let url = format!(
+            "http://{}:{DEFAULT_PORT}/peer/nar/{}.nar",
+            h1.addr4,
+            hash_of(&path)
+        );
+        host.curl(&["-r", &format!("{}-", nar_size - 1), &url])
+            .status
+    };
+    // 2 GiB at once per source, 256 MiB a second after: the last byte of
+    // 256 MiB, asked again and again, is refused after eight reads and
+    // what was refilled meanwhile.
+    let mut statuses = Vec::new();
+    while statuses.len() < 40 && statuses.last() != Some(&503) {
+        statuses.push(last_byte(h2));
+    }
+    eprintln!("{statuses:?}");
+    assert!(statuses[..8].iter().all(|&s| s == 206), "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&503), "{statuses:?}\n{}", n1.log());
+    // Another source is not affected.
+    assert_eq!(last_byte(h3), 206);
+}
