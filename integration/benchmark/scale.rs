@@ -14,7 +14,15 @@ use crate::report::*;
 use crate::support::{fake_paths, generate_key, wait_until, Host, Net};
 
 pub(crate) fn scale(m: Mode) -> Vec<Row> {
-    let sizes = m.pick(vec![10], vec![20, 50, 100]);
+    // PEERIX_BENCH_SCALE=20,50 runs those sizes instead.
+    let sizes = std::env::var("PEERIX_BENCH_SCALE")
+        .ok()
+        .and_then(|s| {
+            s.split(',')
+                .map(|n| n.parse().ok())
+                .collect::<Option<Vec<usize>>>()
+        })
+        .unwrap_or_else(|| m.pick(vec![10], vec![20, 50, 100]));
     sizes.into_iter().flat_map(|n| scale_at(m, n)).collect()
 }
 
@@ -79,8 +87,23 @@ fn scale_at(m: Mode, hosts: usize) -> Vec<Row> {
     let before = counts();
     let samples = http_load(local, &narinfo_urls(&hits), 1);
     let (_, hit_local, hit_lan) = per_query(&before, &counts());
-    for s in &samples {
-        assert_eq!(s.status, 200, "a hit answered {s:?} {}", s.error);
+    for (s, path) in samples.iter().zip(&hits) {
+        if s.status != 200 {
+            let owner = stores.iter().position(|st| st.contains(path)).unwrap_or(0);
+            let url = format!(
+                "http://{}:12304/peer/{}.narinfo",
+                net.hosts[owner].addr4,
+                hash_of(path)
+            );
+            panic!(
+                "a hit answered {s:?} {}: {path} on h{}, whose route says {}; the asking node:\n{}\nthe owner:\n{}",
+                s.error,
+                owner + 1,
+                local.curl(&[&url]).status,
+                local.curl(&[&format!("http://{LOCAL}/status")]).text(),
+                net.hosts[owner].curl(&[&format!("http://{LOCAL}/status")]).text(),
+            );
+        }
     }
     let hit: Vec<f64> = samples[5..].iter().map(|s| s.total_ms).collect();
 
