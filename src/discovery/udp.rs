@@ -235,7 +235,7 @@ impl UdpThread {
     /// Publishes where queries go now, for the workers.
     fn publish_routes(&mut self) {
         self.routes_stale = false;
-        let expected = self.peers.expected_addrs();
+        let expected = self.peers.live_addrs();
         let starting = expected.is_empty() && self.started.elapsed() <= STARTUP;
         let legacy =
             starting || expected.is_empty() || self.peers.v1_about() || self.silent_extra_host();
