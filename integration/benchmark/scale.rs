@@ -87,23 +87,23 @@ fn scale_at(m: Mode, hosts: usize) -> Vec<Row> {
     let before = counts();
     let samples = http_load(local, &narinfo_urls(&hits), 1);
     let (_, hit_local, hit_lan) = per_query(&before, &counts());
-    for (s, path) in samples.iter().zip(&hits) {
-        if s.status != 200 {
-            let owner = stores.iter().position(|st| st.contains(path)).unwrap_or(0);
-            let url = format!(
-                "http://{}:12304/peer/{}.narinfo",
-                net.hosts[owner].addr4,
-                hash_of(path)
-            );
-            panic!(
-                "a hit answered {s:?} {}: {path} on h{}, whose route says {}; the asking node:\n{}\nthe owner:\n{}",
-                s.error,
-                owner + 1,
-                local.curl(&[&url]).status,
-                local.curl(&[&format!("http://{LOCAL}/status")]).text(),
-                net.hosts[owner].curl(&[&format!("http://{LOCAL}/status")]).text(),
-            );
-        }
+    // A hit not found is counted (and the first one described), not fatal:
+    // on a loaded machine a datagram can be late past the timeout.
+    let lost: Vec<(&Sample, &String)> = (samples.iter().zip(&hits))
+        .filter(|(s, _)| s.status != 200)
+        .collect();
+    if let Some((s, path)) = lost.first() {
+        let owner = stores.iter().position(|st| st.contains(path)).unwrap_or(0);
+        let url = format!(
+            "http://{}:12304/peer/{}.narinfo",
+            net.hosts[owner].addr4,
+            hash_of(path)
+        );
+        eprintln!(
+            "bench: scale: a hit answered {s:?}: {path} on h{}, whose route says {}",
+            owner + 1,
+            local.curl(&[&url]).status,
+        );
     }
     let hit: Vec<f64> = samples[5..].iter().map(|s| s.total_ms).collect();
 
@@ -176,6 +176,13 @@ fn scale_at(m: Mode, hosts: usize) -> Vec<Row> {
         .target(Target::AtMost(2.0)),
         Row::new(&k("hit_p99_ms"), &format!("narinfo hit, {label}: p99"), "ms", hit)
             .stat(Stat::P99),
+        Row::new(
+            &k("hits_lost"),
+            &format!("narinfo hits not found, {label} (of {})", samples.len()),
+            "",
+            vec![lost.len() as f64],
+        )
+        .target(Target::AtMost(0.0)),
         Row::new(
             &k("hit_udp_local"),
             &format!("UDP datagrams per hit at the asking node, {label} (sent + received)"),
