@@ -182,8 +182,22 @@ fn summaries_follow_the_store_within_a_second_and_misses_send_nothing() {
     for hash in &misses {
         let (code, took) = narinfo(h1, hash);
         assert_eq!(code, 404);
-        assert!(took < Duration::from_millis(1000), "a miss took {took:?}");
+        assert!(
+            took < Duration::from_millis(1000),
+            "a miss took {took:?}:\n{}\n{}",
+            n1.log()
+                .lines()
+                .filter(|l| l.contains(hash.as_str()) || l.contains("query"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            status(h1)
+        );
     }
+    assert!(
+        !status(h1).contains("\n  v1 "),
+        "the node took its own v1 broadcast for an original Peerix:\n{}",
+        status(h1)
+    );
     let log = n1.log();
     let unasked = (misses.iter())
         .filter(|h| log.contains(&format!("no peer may have {h}")))

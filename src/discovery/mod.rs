@@ -446,8 +446,23 @@ impl Discovery {
             asked.deadline = now;
             asked.resend_at = None;
             // An original Peerix not heard yet may have it: it is asked as
-            // before, and learnt when it answers.
-            self.send_v1(id, hash);
+            // before, and learnt when it answers. The query is registered
+            // (nobody waited for) so that this node knows its own
+            // broadcast when it hears it back, and learns the original's
+            // pace from a late answer.
+            if self.speaks_v1() {
+                let registered = self.commands.try_send(Command::Register {
+                    id,
+                    hash: *hash,
+                    answers,
+                    sent: now,
+                    deadline: now + self.timeout,
+                    waiting: Some(Vec::new()),
+                });
+                if registered.is_ok() {
+                    self.send_v1(id, hash);
+                }
+            }
             return asked;
         }
         let (waiting, to) = match chosen {
@@ -492,7 +507,8 @@ impl Discovery {
             return;
         }
         // v1 cannot be authenticated: with a network key only ours is spoken.
-        let v1 = (self.outbox.key.is_none() && self.v1)
+        let v1 = self
+            .speaks_v1()
             .then_some(Datagram::V1Request { id, hash: *hash });
         let targets = self.targets.read().map(|t| t.clone()).unwrap_or_default();
         let routes = self.routes.read().map(|r| r.clone()).unwrap_or_default();
@@ -507,11 +523,17 @@ impl Discovery {
         self.outbox.wake();
     }
 
+    /// True when queries go in the original's format too: no network key
+    /// (v1 cannot be authenticated) and no `--no-v1`.
+    fn speaks_v1(&self) -> bool {
+        self.outbox.key.is_none() && self.v1
+    }
+
     /// Sends query `id` for `hash` in the original's format to the LAN,
     /// unless the network has a key (v1 cannot be authenticated) or
     /// `--no-v1` says there is no original Peerix about.
     fn send_v1(&self, id: u32, hash: &HashPart) {
-        if self.outbox.key.is_some() || !self.v1 {
+        if !self.speaks_v1() {
             return;
         }
         let targets = self.targets.read().map(|t| t.clone()).unwrap_or_default();
