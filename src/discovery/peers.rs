@@ -161,13 +161,11 @@ impl PeerTable {
         (self.ours.get(&node)).is_some_and(|p| p.last_heard.elapsed() < PEER_TTL)
     }
 
-    /// The live peers of ours, at the address they were last heard from:
-    /// those that left queries unanswered too (with summaries a query
-    /// goes only to the peers that may hold the path, so one that was
-    /// slow must not lose its hits; any answer clears its strikes).
-    pub fn live_addrs(&self) -> Vec<(NodeId, SocketAddr)> {
+    /// The live peers of ours that answer every query, at the address
+    /// they were last heard from.
+    pub fn expected_addrs(&self) -> Vec<(NodeId, SocketAddr)> {
         (self.ours.iter())
-            .filter(|(_, p)| p.last_heard.elapsed() < PEER_TTL)
+            .filter(|(_, p)| p.last_heard.elapsed() < PEER_TTL && p.strikes < MAX_STRIKES)
             .map(|(id, p)| (*id, p.addrs[0]))
             .collect()
     }

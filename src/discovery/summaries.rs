@@ -92,6 +92,9 @@ pub struct Fetched {
 struct Held {
     /// The version the peer last told.
     announced: u64,
+    /// When it last told, and from where (its UDP address).
+    told: Instant,
+    udp: SocketAddr,
     http: SocketAddr,
     summary: Option<Arc<PeerSummary>>,
     /// When a fetch was asked for, while it is under way.
@@ -152,12 +155,14 @@ impl Summaries {
 
     /// A peer told its summary's version; fetches what changed when the
     /// copy held is another.
-    pub fn announced(&mut self, node: NodeId, http: SocketAddr, version: u64) {
+    pub fn announced(&mut self, node: NodeId, udp: SocketAddr, http: SocketAddr, version: u64) {
         if !self.peers.contains_key(&node) && self.peers.len() >= self.max_peers {
             return;
         }
         let held = self.peers.entry(node).or_insert(Held {
             announced: version,
+            told: Instant::now(),
+            udp,
             http,
             summary: None,
             fetching: None,
@@ -165,6 +170,8 @@ impl Summaries {
             dropped: false,
         });
         held.announced = version;
+        held.told = Instant::now();
+        held.udp = udp;
         held.http = http;
         self.fetch_if_due(node);
     }
@@ -239,10 +246,18 @@ impl Summaries {
         }
     }
 
-    /// The peer's summary, when it is the version it told last.
-    pub fn current(&self, node: NodeId) -> Option<Arc<PeerSummary>> {
-        let held = self.peers.get(&node)?;
-        held.summary.clone().filter(|s| s.version == held.announced)
+    /// The peers whose current summary is held and who told of it
+    /// within `ttl`, at their UDP address. Only a node that served its
+    /// summary over HTTP is here: a flood of made-up node ids, which can
+    /// push real peers out of the peer table, cannot push them out of this.
+    pub fn summarised(&self, ttl: Duration) -> Vec<(NodeId, SocketAddr, Arc<PeerSummary>)> {
+        (self.peers.iter())
+            .filter(|(_, h)| h.told.elapsed() < ttl)
+            .filter_map(|(node, h)| {
+                let s = h.summary.clone().filter(|s| s.version == h.announced)?;
+                Some((*node, h.udp, s))
+            })
+            .collect()
     }
 
     /// The peer answered a hit.
@@ -259,8 +274,8 @@ impl Summaries {
     /// Keeps only the peers `live` says are still about; halves the hit
     /// counts (so that "lately" means the last few minutes) and lets
     /// dropped summaries be fetched again when there is room.
-    pub fn prune(&mut self, live: impl Fn(NodeId) -> bool) {
-        self.peers.retain(|node, _| live(*node));
+    pub fn prune(&mut self, ttl: Duration) {
+        self.peers.retain(|_, h| h.told.elapsed() < ttl);
         let used: usize = self.bytes();
         for held in self.peers.values_mut() {
             held.hits /= 2;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::exchange::{self, Exchange};
-use super::peers::PeerTable;
+use super::peers::{PeerTable, PEER_TTL};
 use super::summaries::{Routes, SharedRoutes, Summaries};
 use super::targets::SharedTargets;
 use super::wire::{Datagram, Message, NodeId, PeerEntry};
@@ -48,6 +48,10 @@ pub(super) struct UdpThread {
     pub(super) announced: u64,
     pub(super) last_notice: Option<Instant>,
 }
+
+/// Peers without a summary asked by unicast, at most; past that queries
+/// go the old way (a flood of made-up peers makes no query fan out).
+const OTHERS_MAX: usize = 64;
 
 /// Notices of this store's summary are this far apart at least: a build
 /// adding paths one by one makes one notice for many.
@@ -232,24 +236,30 @@ impl UdpThread {
         self.routes.read().is_ok_and(|r| r.legacy)
     }
 
-    /// Publishes where queries go now, for the workers.
+    /// Publishes where queries go now, for the workers: the peers whose
+    /// current summary is held, and the live peers without one that
+    /// answer (at most `OTHERS_MAX`; past that, and while no peer is
+    /// known, an original Peerix or an unknown extra host is about, the
+    /// old way).
     fn publish_routes(&mut self) {
         self.routes_stale = false;
-        let expected = self.peers.live_addrs();
-        let starting = expected.is_empty() && self.started.elapsed() <= STARTUP;
-        let legacy =
-            starting || expected.is_empty() || self.peers.v1_about() || self.silent_extra_host();
-        let mut routes = Routes {
+        let summarised = self.summaries.summarised(PEER_TTL);
+        let others: Vec<(NodeId, SocketAddr)> = (self.peers.expected_addrs().into_iter())
+            .filter(|(node, _)| !summarised.iter().any(|(n, _, _)| n == node))
+            .collect();
+        let nobody = summarised.is_empty() && others.is_empty();
+        let starting = nobody && self.started.elapsed() <= STARTUP;
+        let legacy = starting
+            || nobody
+            || others.len() > OTHERS_MAX
+            || self.peers.v1_about()
+            || self.silent_extra_host();
+        let routes = Routes {
             legacy,
             mesh: self.exchange.unicast(&self.peers),
-            ..Routes::default()
+            summarised,
+            others,
         };
-        for (node, addr) in expected {
-            match self.summaries.current(node) {
-                Some(summary) => routes.summarised.push((node, addr, summary)),
-                None => routes.others.push((node, addr)),
-            }
-        }
         if let Ok(mut shared) = self.routes.write() {
             *shared = Arc::new(routes);
         }
@@ -431,7 +441,7 @@ impl UdpThread {
             Message::Notice { port, version } => {
                 let mut http = from;
                 http.set_port(port);
-                self.summaries.announced(node, http, version);
+                self.summaries.announced(node, from, http, version);
                 self.routes_stale = true;
             }
             Message::Peers { want_reply, peers } => {
@@ -513,8 +523,7 @@ impl UdpThread {
             }
             self.last_hello = Some(now);
             self.peers.expire();
-            let peers = &self.peers;
-            self.summaries.prune(|node| peers.knows(node));
+            self.summaries.prune(PEER_TTL);
             self.routes_stale = true;
             self.recent.retain(|_, entries| {
                 entries.retain(|(_, _, at)| at.elapsed() < RECENT);
