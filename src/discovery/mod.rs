@@ -404,6 +404,7 @@ impl Discovery {
             routes_stale: true,
             announced: 0,
             last_notice: None,
+            last_publish: None,
         };
         std::thread::Builder::new()
             .name("discovery-udp".into())

@@ -260,6 +260,17 @@ impl Summaries {
             .collect()
     }
 
+    /// The peers that told of a summary within `ttl` whose current one is
+    /// not held (being fetched, or dropped for the budget): they are asked
+    /// every query until it is.
+    pub fn unsummarised(&self, ttl: Duration) -> Vec<(NodeId, SocketAddr)> {
+        (self.peers.iter())
+            .filter(|(_, h)| h.told.elapsed() < ttl)
+            .filter(|(_, h)| h.summary.as_ref().is_none_or(|s| s.version != h.announced))
+            .map(|(node, h)| (*node, h.udp))
+            .collect()
+    }
+
     /// The peer answered a hit.
     pub fn hit(&mut self, node: NodeId) {
         if let Some(held) = self.peers.get_mut(&node) {

@@ -47,7 +47,11 @@ pub(super) struct UdpThread {
     /// The version of this store's summary last told the peers.
     pub(super) announced: u64,
     pub(super) last_notice: Option<Instant>,
+    pub(super) last_publish: Option<Instant>,
 }
+
+/// The routes are published again at most this often.
+const PUBLISH_GAP: Duration = Duration::from_millis(20);
 
 /// Peers without a summary asked by unicast, at most; past that queries
 /// go the old way (a flood of made-up peers makes no query fan out).
@@ -244,9 +248,15 @@ impl UdpThread {
     fn publish_routes(&mut self) {
         self.routes_stale = false;
         let summarised = self.summaries.summarised(PEER_TTL);
-        let others: Vec<(NodeId, SocketAddr)> = (self.peers.expected_addrs().into_iter())
-            .filter(|(node, _)| !summarised.iter().any(|(n, _, _)| n == node))
-            .collect();
+        let mut others = self.summaries.unsummarised(PEER_TTL);
+        let mut known: std::collections::HashSet<NodeId> =
+            (summarised.iter().map(|(n, _, _)| *n)).collect();
+        known.extend(others.iter().map(|(n, _)| *n));
+        for (node, addr) in self.peers.expected_addrs() {
+            if known.insert(node) {
+                others.push((node, addr));
+            }
+        }
         let nobody = summarised.is_empty() && others.is_empty();
         let starting = nobody && self.started.elapsed() <= STARTUP;
         let legacy = starting
@@ -531,7 +541,10 @@ impl UdpThread {
             });
             self.rate.forget_idle();
         }
-        if self.routes_stale {
+        // At most every `PUBLISH_GAP`: a flood of made-up peers must not
+        // make every datagram rebuild the routes.
+        if self.routes_stale && self.last_publish.is_none_or(|t| t.elapsed() >= PUBLISH_GAP) {
+            self.last_publish = Some(now);
             self.publish_routes();
         }
     }
