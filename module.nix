@@ -74,6 +74,8 @@ let
     ++ concatMap (key: [ "--trusted-key" key ]) cfg.trustedKeys
     ++ concatMap (key: [ "--share-signed-by" key ]) cfg.shareOnlySignedBy
     ++ concatMap (pattern: [ "--never-share" pattern ]) cfg.neverShare
+    ++ concatMap (url: [ "--upstream" url ]) cfg.upstreams
+    ++ optionals (cfg.spoolSize != null) [ "--spool-size" (toString cfg.spoolSize) ]
     ++ optional cfg.verbose "--verbose"
     ++ cfg.extraArgs;
 
@@ -343,6 +345,33 @@ in
       '';
     };
 
+    upstreams = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "https://cache.nixos.org" ];
+      description = ''
+        Upstream binary caches (`--upstream`), tried in order, for paths no
+        peer has: the node fetches such a path once for the whole LAN (one
+        node downloads it, the others stream it from that node as it
+        arrives) and hands the local Nix the upstream's narinfo, which must
+        be signed by a key Nix trusts. Set it on every machine of a LAN
+        whose machines upgrade or build at the same time (`system.autoUpgrade`,
+        a classroom, CI runners). Empty: the node asks only its peers, as
+        before, and Nix fetches from cache.nixos.org itself.
+      '';
+    };
+
+    spoolSize = mkOption {
+      type = types.nullOr types.ints.positive;
+      default = null;
+      example = 8192;
+      description = ''
+        The most the spool of NARs being fetched from `upstreams` may hold,
+        in MiB (`--spool-size`); `null` is the daemon's default, 2048.
+        Beyond it, NARs are streamed without being shared.
+      '';
+    };
+
     extraArgs = mkOption {
       type = types.listOf types.str;
       default = [ ];
@@ -485,6 +514,11 @@ in
         Group = groupName;
         RuntimeDirectory = "peerix";
         RuntimeDirectoryMode = "0700";
+        # The spool of NARs from upstream caches, found by the daemon as
+        # $STATE_DIRECTORY. Not /var/lib/peerix: systemd would hand that
+        # directory, a secret key in it included, to the service's user.
+        StateDirectory = mkIf (cfg.upstreams != [ ]) "peerix-spool";
+        StateDirectoryMode = mkIf (cfg.upstreams != [ ]) "0700";
         UMask = "0077";
         # Every connection from the local Nix and from peers, every NAR's
         # pipe, is a file descriptor (harmonia's module sets the same).

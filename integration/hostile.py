@@ -16,9 +16,19 @@ count, against one address of a test host, and prints what it did.
         opens connections, sends on each a GET of FIRST_PATH (a NAR) and
         then COUNT pipelined GETs, never reads, and holds them open for
         SECONDS; prints how many it opened and how many requests it sent
-    hostile.py hold ADDR PORT COUNT SECONDS
-        opens up to COUNT connections that send nothing and holds them
-        for SECONDS; prints how many it opened
+    hostile.py hold ADDR PORT COUNT SECONDS [EVERY [SOURCES]]
+        opens up to COUNT connections and holds them for SECONDS; prints
+        how many it opened, and at the end how many the server closed.
+        With EVERY > 0, each connection sends a request head every EVERY
+        seconds (reading nothing back); SOURCES, a comma-separated list of
+        local addresses, spreads the connections over them
+    hostile.py leave ADDR PORT PATH BYTES
+        GETs PATH with a small receive buffer, reads BYTES of the reply and
+        closes the connection; prints how many bytes it read
+    hostile.py body ADDR PORT HEAD
+        sends HEAD (with \r\n written as the two characters \\r\\n)
+        and prints the status line received, whether the server then closed
+        the connection ("closed" or "open" after 3 s), and how long it took
     hostile.py spoof ADDR PORT COUNT
         v2 datagrams from made-up nodes (a random node id each): hellos
         asking for one back, "have" answers and queries for random hashes
@@ -135,15 +145,17 @@ def http_junk(addr, port):
         b"GET /nar/../../../etc/passwd HTTP/1.1\r\n\r\n",
     ]
     for r in requests:
+        c = None
         try:
             c = socket.create_connection((addr, port), timeout=5)
             c.sendall(r)
             data = c.recv(200)
             print(data.split(b"\r\n")[0].decode("latin-1") or "(closed)")
         except OSError as e:
-            print("(%s)" % e.__class__.__name__)
+            print("(%s%s)" % (e.__class__.__name__, "" if c else " connecting"))
         finally:
-            c.close()
+            if c:
+                c.close()
 
 
 def pipeline(addr, port, connections, count, first, seconds):
@@ -172,17 +184,80 @@ def pipeline(addr, port, connections, count, first, seconds):
         c.close()
 
 
-def hold(addr, port, count, seconds):
+def hold(addr, port, count, seconds, every=0.0, sources=""):
+    sources = [a for a in sources.split(",") if a]
     socks = []
-    for _ in range(count):
+    for i in range(count):
         try:
-            socks.append(socket.create_connection((addr, port), timeout=2))
+            src = (sources[i % len(sources)], 0) if sources else None
+            socks.append(socket.create_connection((addr, port), timeout=2, source_address=src))
         except OSError:
             pass
     print("opened %d" % len(socks), flush=True)
-    time.sleep(seconds)
+    head = b"GET /peer/nix-cache-info HTTP/1.1\r\nHost: x\r\n\r\n"
+    closed = 0
+    end = time.time() + seconds
+    while time.time() < end:
+        time.sleep(min(every, end - time.time()) if every > 0 else max(0, end - time.time()))
+        alive = []
+        for c in socks:
+            try:
+                c.setblocking(False)
+                try:
+                    if c.recv(65536) == b"":
+                        raise ConnectionResetError
+                except BlockingIOError:
+                    pass
+                if every > 0:
+                    c.send(head)
+                alive.append(c)
+            except OSError:
+                closed += 1
+                c.close()
+        socks = alive
     for c in socks:
         c.close()
+    print("opened %d closed-by-server %d" % (closed + len(socks), closed), flush=True)
+
+
+def leave(addr, port, path, count):
+    c = socket.socket(family(addr), socket.SOCK_STREAM)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    c.settimeout(10)
+    c.connect((addr, port))
+    c.sendall(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path).encode())
+    got = 0
+    while got < count:
+        data = c.recv(min(65536, count - got))
+        if not data:
+            break
+        got += len(data)
+    c.close()
+    print("read %d" % got, flush=True)
+
+
+def body(addr, port, head):
+    head = head.replace("\\r\\n", "\r\n").encode("latin-1")
+    start = time.time()
+    c = socket.create_connection((addr, port), timeout=3)
+    c.sendall(head)
+    data = b""
+    state = "open"
+    try:
+        while True:
+            got = c.recv(65536)
+            if not got:
+                state = "closed"
+                break
+            data += got
+    except socket.timeout:
+        pass
+    except OSError as e:
+        state = "reset (%s)" % e.__class__.__name__
+    took = time.time() - start
+    line = data.split(b"\r\n")[0].decode("latin-1") or "(nothing)"
+    print("%s | %s | %.3f s" % (line, state, took))
+    print(data.decode("latin-1"), file=sys.stderr)
 
 
 def spoof(addr, port, count):
@@ -239,7 +314,12 @@ if __name__ == "__main__":
     elif cmd == "pipeline":
         pipeline(args[0], int(args[1]), int(args[2]), int(args[3]), args[4], float(args[5]))
     elif cmd == "hold":
-        hold(args[0], int(args[1]), int(args[2]), float(args[3]))
+        hold(args[0], int(args[1]), int(args[2]), float(args[3]),
+             float(args[4]) if len(args) > 4 else 0.0, args[5] if len(args) > 5 else "")
+    elif cmd == "leave":
+        leave(args[0], int(args[1]), args[2], int(args[3]))
+    elif cmd == "body":
+        body(args[0], int(args[1]), args[2])
     elif cmd == "spoof":
         spoof(args[0], int(args[1]), int(args[2]))
     elif cmd == "listen":

@@ -7,7 +7,12 @@
 //! node; a node at 64 open files under 200 connections that ask for NARs
 //! and never read (out of descriptors, it waits and serves again); a
 //! stopped nix-daemon, which costs a request a 404 in bounded time and
-//! leaves no `nix-store` behind.
+//! leaves no `nix-store` behind; requests announcing bodies (claims of
+//! 1e15 and 2^64 - 1 bytes, bodies that never come, chunked, `Expect:
+//! 100-continue`), refused at once with the node serving on; connections
+//! closed after a refusal; one or ten sources holding 300 connections
+//! while another peer is served; a NAR its client left, counted as
+//! aborted.
 
 mod support;
 
@@ -20,6 +25,25 @@ use support::{
 /// The stand-ins for hostile clients.
 fn hostile() -> String {
     format!("{}/integration/hostile.py", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `hostile.py args…` started on `host`, once it says it opened its
+/// connections (within 20 s).
+fn stranger(host: &Host, args: &[&str]) -> Daemon {
+    let script = hostile();
+    let argv: Vec<&str> = [script.as_str()]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    let stranger = host.spawn_daemon(host.cmd("python3", &argv), "stranger");
+    assert!(
+        support::wait_until(Duration::from_secs(20), || stranger
+            .log()
+            .contains("opened")),
+        "{}",
+        stranger.log()
+    );
+    stranger
 }
 
 /// A node on `host` whose soft and hard limits on open files are `files`.
@@ -117,29 +141,7 @@ fn out_of_file_descriptors_the_node_waits_and_serves_again() {
     let nar = format!("/peer/nar/{}.nar", hash_of(&big));
     // 200 connections that each ask for a NAR and never read: connections
     // and the NARs' pipes to Nix take every descriptor there is.
-    let mut stranger = h2.spawn_daemon(
-        h2.cmd(
-            "python3",
-            &[
-                &hostile(),
-                "pipeline",
-                &target,
-                "12304",
-                "200",
-                "0",
-                &nar,
-                "8",
-            ],
-        ),
-        "stranger",
-    );
-    assert!(
-        support::wait_until(Duration::from_secs(20), || stranger
-            .log()
-            .contains("opened")),
-        "{}",
-        stranger.log()
-    );
+    let mut stranger = stranger(h2, &["pipeline", &target, "12304", "200", "0", &nar, "8"]);
     std::thread::sleep(Duration::from_secs(2));
     eprintln!(
         "the stranger: {}; the node: {} open files",
@@ -277,4 +279,302 @@ fn a_stopped_nix_daemon_costs_a_404_in_bounded_time() {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         assert!(!stat.contains(") Z "), "zombie {pid}: {stat}");
     }
+}
+
+/// Runs `hostile.py body` from `from` against `addr`: sends `head` (with
+/// `\r\n` written as `\\r\\n`) and returns its line: the status line, then
+/// whether the server closed the connection, then how long that took.
+fn send_head(from: &Host, addr: &str, head: &str) -> String {
+    from.run(&format!("python3 {} body {addr} 12304 '{head}'", hostile()))
+        .trim()
+        .to_owned()
+}
+
+/// A network key file (mode 0600) holding `secret`, in `net`'s directory.
+fn network_key_file(net: &Net, secret: &str) -> std::path::PathBuf {
+    let file = net.dir.join("network.key");
+    std::fs::write(&file, secret).unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    file
+}
+
+/// How long `host` waits for a 200 from `url`, with the extra curl `args`.
+fn timed_200(host: &Host, url: &str, args: &[&str]) -> Duration {
+    let start = Instant::now();
+    let mut all = vec!["--max-time", "5"];
+    all.extend(args);
+    all.push(url);
+    let got = host.curl(&all);
+    let took = start.elapsed();
+    assert_eq!(got.status, 200, "{url}: {got:?}");
+    took
+}
+
+/// A request with a body, or announcing one, is refused on the connection's
+/// thread and its connection closed at once: a claimed 1e15 bytes (which
+/// made tiny_http allocate that much and abort the daemon), 2^64 - 1 (a
+/// worker panicked), 2 MB that never come (a worker held 30 s per read),
+/// a chunked body, `Expect: 100-continue`; from a peer and from loopback.
+/// The node (with only 2 workers of each kind) stays the same process and
+/// serves peers and the local Nix right after each.
+#[test]
+fn a_request_with_a_body_is_refused_at_once_and_the_node_serves_on() {
+    let Some(net) = Net::new(2) else { return };
+    let (h1, h2) = (net.host(1), net.host(2));
+    let key = generate_key(h1, "h1-1");
+    let mut n1 = node(h1, &key, &[], &["--threads", "2"]);
+    let pid = n1.pid();
+    let peer = h1.addr4.to_string();
+    let claims = [
+        "GET /peer/nix-cache-info HTTP/1.1\\r\\nContent-Length: 1000000000000000\\r\\n\\r\\n",
+        "GET /peer/nix-cache-info HTTP/1.1\\r\\nContent-Length: 18446744073709551615\\r\\n\\r\\n",
+        "GET /peer/nix-cache-info HTTP/1.1\\r\\nContent-Length: 2000000\\r\\n\\r\\nabc",
+        "GET /nix-cache-info HTTP/1.1\\r\\nContent-Length: 99999999999999999999999\\r\\n\\r\\n",
+        "POST /peer/nix-cache-info HTTP/1.1\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n5\\r\\nhello\\r\\n0\\r\\n\\r\\n",
+        "GET /peer/nix-cache-info HTTP/1.1\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\nffffffffffffffff\\r\\n",
+        "PUT /peer/nix-cache-info HTTP/1.1\\r\\nExpect: 100-continue\\r\\nContent-Length: 2000000\\r\\n\\r\\n",
+        "GET /peer/nix-cache-info HTTP/1.1\\r\\nExpect: 100-continue\\r\\n\\r\\n",
+        "GET /peer/nix-cache-info HTTP/1.1\\r\\nContent-Length: -1\\r\\n\\r\\n",
+    ];
+    let (mut slowest_refusal, mut slowest_after) = (0f64, Duration::ZERO);
+    for round in 0..2 {
+        for (from, addr) in [(h2, peer.as_str()), (h1, "127.0.0.1")] {
+            for claim in claims {
+                let line = send_head(from, addr, claim);
+                let fields: Vec<&str> = line.split(" | ").collect();
+                assert!(
+                    fields[0].starts_with("HTTP/1.1 413") || fields[0].starts_with("HTTP/1.1 400"),
+                    "{claim} from {addr}: {line}\n{}",
+                    n1.log()
+                );
+                assert_eq!(fields[1], "closed", "{claim} from {addr}: {line}");
+                let took: f64 = fields[2].trim_end_matches(" s").parse().unwrap();
+                slowest_refusal = slowest_refusal.max(took);
+                assert!(took < 1.0, "{claim} from {addr}: {line}");
+                assert!(n1.try_wait().is_none(), "the node died: {}", n1.log());
+                // Peers and the local Nix are served right after.
+                let after = timed_200(h2, &format!("http://{peer}:12304/peer/nix-cache-info"), &[])
+                    .max(timed_200(h1, &format!("{LOCAL}/nix-cache-info"), &[]));
+                slowest_after = slowest_after.max(after);
+                assert!(
+                    after < Duration::from_secs(1),
+                    "round {round}, {claim}: {after:?}"
+                );
+            }
+        }
+    }
+    eprintln!(
+        "{} refusals: slowest {slowest_refusal:.3} s to the reply and the end of the connection; \
+         slowest request after one {slowest_after:?}",
+        claims.len() * 4
+    );
+    assert_eq!(n1.pid(), pid);
+    assert!(n1.try_wait().is_none(), "the node died: {}", n1.log());
+    let log = n1.log();
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(!log.contains("memory allocation"), "{log}");
+}
+
+/// A request answered 400, 403, 405 or 413 has its connection closed after
+/// the reply, even without `Connection: close`, so a stranger must open a
+/// new connection (and take a place under the caps) for each; a request
+/// pipelined behind it is not answered. A 404 keeps the connection open.
+#[test]
+fn a_refused_request_closes_its_connection() {
+    let Some(net) = Net::new(2) else { return };
+    let (h1, h2) = (net.host(1), net.host(2));
+    let key_file = network_key_file(&net, "a secret of the network");
+    let key = generate_key(h1, "h1-1");
+    let n1 = node(
+        h1,
+        &key,
+        &[],
+        &["--network-key-file", key_file.to_str().unwrap()],
+    );
+    let peer = h1.addr4.to_string();
+    let behind = "GET /nix-cache-info HTTP/1.1\\r\\n\\r\\n";
+    for (head, status) in [
+        // No key: 403.
+        ("GET /peer/nix-cache-info HTTP/1.1\\r\\n\\r\\n", "403"),
+        // A method other than GET and HEAD: 405.
+        ("DELETE /peer/nix-cache-info HTTP/1.1\\r\\n\\r\\n", "405"),
+        // A malformed head: 400.
+        (
+            "GET /peer/nix-cache-info HTTP/1.1\\r\\nno colon here\\r\\n\\r\\n",
+            "400",
+        ),
+        // A body: 413.
+        (
+            "GET /peer/nix-cache-info HTTP/1.1\\r\\nContent-Length: 5\\r\\n\\r\\nhello",
+            "413",
+        ),
+    ] {
+        let line = send_head(h2, &peer, &format!("{head}{behind}"));
+        let fields: Vec<&str> = line.split(" | ").collect();
+        assert!(fields[0].contains(status), "{head}: {line}\n{}", n1.log());
+        assert_eq!(fields[1], "closed", "{head}: {line}");
+        assert!(
+            fields[2].trim_end_matches(" s").parse::<f64>().unwrap() < 1.0,
+            "{line}"
+        );
+    }
+    // The local routes from a stranger: 403, closed too.
+    let line = send_head(h2, &peer, "GET /nix-cache-info HTTP/1.1\\r\\n\\r\\n");
+    assert!(
+        line.contains("403") && line.contains("| closed |"),
+        "{line}"
+    );
+    // A miss of the local Nix keeps its connection.
+    let line = send_head(
+        h1,
+        "127.0.0.1",
+        &format!("GET /{}.narinfo HTTP/1.1\\r\\n\\r\\n", "1".repeat(32)),
+    );
+    assert!(line.contains("404") && line.contains("| open |"), "{line}");
+}
+
+/// One source holding 300 connections (each re-sending a request head
+/// every 2 s, which is answered, so the connections stay) gets its share
+/// (32); ten sources holding 300 fill the peers' 256 places, and each new
+/// connection closes the idlest. Then, with the network key set, ten
+/// sources holding 300 idle connections. Meanwhile a peer on another host
+/// is answered within a second, every time.
+#[test]
+fn one_stranger_cannot_hold_every_peer_slot() {
+    let Some(net) = Net::new(3) else { return };
+    let (h1, h2, h3) = (net.host(1), net.host(2), net.host(3));
+    let secret = "a secret of the network";
+    let key_file = network_key_file(&net, secret);
+    let network_key = peerix::auth::NetworkKey::new(secret.as_bytes()).unwrap();
+    let key = generate_key(h1, "h1-1");
+    let target = h1.addr4.to_string();
+    let url = format!("http://{target}:12304/peer/nix-cache-info");
+    // More addresses for h3: ten sources in all.
+    let octets = h3.addr4.octets();
+    let mut sources = vec![h3.addr4.to_string()];
+    for i in 0..9 {
+        let extra = format!("{}.{}.{}.{}", octets[0], octets[1], octets[2], 200 + i);
+        h3.run(&format!("ip addr add {extra}/24 dev eth0"));
+        sources.push(extra);
+    }
+    let (one, ten) = (sources[0].clone(), sources.join(","));
+    let mut n1 = node(h1, &key, &[], &[]);
+    let mut logs = String::new();
+    for (label, from, every, keyed) in [
+        ("one source re-sending heads", &one, "2", false),
+        ("ten sources re-sending heads", &ten, "2", false),
+        ("ten sources idle, network key set", &ten, "0", true),
+    ] {
+        if keyed {
+            logs += &n1.log();
+            n1.kill();
+            n1 = node(
+                h1,
+                &key,
+                &[],
+                &["--network-key-file", key_file.to_str().unwrap()],
+            );
+        }
+        // The legitimate peer's request (with a fresh authorization each
+        // time when the key is set).
+        let legit = || {
+            let auth = format!(
+                "Authorization: {}",
+                network_key.authorization("GET", "/peer/nix-cache-info")
+            );
+            let args: &[&str] = if keyed { &["-H", &auth] } else { &[] };
+            timed_200(h2, &url, args)
+        };
+        // The peer has talked to the node before (its address is known on
+        // the bridge), as peers of a LAN have.
+        legit();
+        let hold = ["hold", &target, "12304", "300", "10", every, from];
+        let mut stranger = stranger(h3, &hold);
+        // The node has taken every connection the kernel held for it (what
+        // is measured is holding them, not the burst of opening them).
+        let queued = || h1.run("ss -Hltn 'sport = :12304'");
+        let drained = support::wait_until(Duration::from_secs(10), || {
+            (queued().lines()).all(|l| l.split_whitespace().nth(1) == Some("0"))
+        });
+        assert!(drained, "{}", queued());
+        let mut slowest = Duration::ZERO;
+        for _ in 0..8 {
+            slowest = slowest.max(legit());
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        assert!(support::wait_until(Duration::from_secs(30), || stranger
+            .try_wait()
+            .is_some()));
+        let out = stranger.log();
+        eprintln!(
+            "{label}: {}; the other peer was answered in {slowest:?} at most",
+            out.lines().last().unwrap_or_default()
+        );
+        assert!(
+            slowest < Duration::from_secs(1),
+            "{label}: {slowest:?}\n{}",
+            n1.log()
+        );
+        // "opened N closed-by-server M": the connections the kernel took
+        // (a few may be lost to a full accept backlog) and those closed.
+        let numbers: Vec<usize> = (out.lines().last().unwrap_or_default())
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        let (opened, closed) = (numbers[0], numbers[1]);
+        let share = match label {
+            // Beyond its share, every connection of one source is closed.
+            "one source re-sending heads" => 32,
+            // Ten sources have room for 320: those beyond the 256 places
+            // were closed to make room.
+            _ => 256,
+        };
+        assert!(opened > share && closed >= opened - share, "{label}: {out}");
+    }
+    let log = logs + &n1.log();
+    assert!(log.contains("refused one more"), "{log}");
+    assert!(log.contains("closed the idlest"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// A client that goes away half-way through a NAR is counted as an aborted
+/// NAR on /metrics, and the bytes counted are those sent, not those offered.
+#[test]
+fn a_nar_its_client_left_is_counted_as_aborted() {
+    let Some(net) = Net::new(2) else { return };
+    let (h1, h2) = (net.host(1), net.host(2));
+    let key = generate_key(h1, "h1-1");
+    let big = support::build_random(h1, &net.prefix, 64 << 20);
+    let n1 = node(h1, &key, &[], &[]);
+    let nar = format!("/peer/nar/{}.nar", hash_of(&big));
+    // Reads 1 MiB (with a small receive buffer) and leaves.
+    let target = h1.addr4.to_string();
+    let left = h2.run(&format!(
+        "python3 {} leave {target} 12304 {nar} 1048576",
+        hostile()
+    ));
+    assert_eq!(left.trim(), "read 1048576", "{left}");
+    let metrics = || h1.curl(&[&format!("{LOCAL}/metrics")]).text();
+    let value = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap_or(0)))
+            .unwrap_or(0)
+    };
+    assert!(
+        support::wait_until(Duration::from_secs(10), || value(
+            &metrics(),
+            "peerix_nar_aborted_total "
+        ) == 1),
+        "{}\n{}",
+        metrics(),
+        n1.log()
+    );
+    let text = metrics();
+    let sent = value(&text, "peerix_nar_bytes_total{source=\"store\"} ");
+    eprintln!("an aborted 64 MiB NAR: {sent} bytes counted as sent, 1 MiB of them read");
+    // What was read, and what the two sockets' buffers held; never the
+    // whole NAR.
+    assert!(sent >= 1 << 20, "{text}");
+    assert!(sent < 32 << 20, "{text}");
+    assert!(n1.log().contains("left before the end"), "{}", n1.log());
 }

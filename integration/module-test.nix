@@ -144,6 +144,8 @@ let
         shareOnlySignedBy = [ cacheNixosOrg ];
         neverShare = [ "*-secret*" ];
         networkKeyFile = "/var/lib/peerix/network-key";
+        upstreams = [ "https://cache.nixos.org" "http://10.0.0.9:5000/" ];
+        spoolSize = 4096;
         extraArgs = [ "--answer-rate" "1000" ];
         globalCacheTTL = 60;
       };
@@ -316,6 +318,8 @@ let
       "ExecStart: the package with the defaults" =
         execArgs c == [ (bin c) "--port" "12304" "--timeout" "500" "--priority" "20" ];
       "no key: no credential" = loadCredential c == [ ];
+      "no upstream: no --upstream, no state directory" =
+        !(hasInfix "--upstream" (execStart c)) && !((sc c) ? StateDirectory);
       "a dedicated system user" =
         (sc c).User == "peerix" && (sc c).Group == "peerix"
         && c.users.users.peerix.isSystemUser && c.users.users.peerix.group == "peerix"
@@ -396,6 +400,7 @@ let
           (bin c) "--port" "12305" "--timeout" "300" "--priority" "10" "--bind" "::" "--threads" "8"
           "--extra-host" "build-server" "--extra-host" "[fd00::7]:12305" "--no-broadcast"
           "--trusted-key" peerC "--share-signed-by" cacheNixosOrg "--never-share" "*-secret*"
+          "--upstream" "https://cache.nixos.org" "--upstream" "http://10.0.0.9:5000/" "--spool-size" "4096"
           "--verbose" "--answer-rate" "1000"
           "--private-key" "%d/peerix-private-key" "--network-key-file" "%d/peerix-network-key"
         ];
@@ -412,6 +417,9 @@ let
       "globalCacheTTL sets both narinfo TTLs" =
         (settings c).narinfo-cache-negative-ttl == 60 && (settings c).narinfo-cache-positive-ttl == 60;
       "no warning, no failed assertion" = peerixWarnings c == [ ] && failedAssertions c == [ ];
+      "with upstreams, the spool in a state directory of its own, not the keys' /var/lib/peerix" =
+        (sc c).StateDirectory == "peerix-spool" && (sc c).StateDirectoryMode == "0700"
+        && plainUnit.StateDirectory == [ "peerix-spool" ];
     };
 
     runtimeKey = let c = configs.runtimeKey; in common c // {

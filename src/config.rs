@@ -101,10 +101,37 @@ pub struct Args {
     /// sends nothing
     #[argh(switch)]
     pub no_v1: bool,
+    /// an upstream binary cache (e.g. https://cache.nixos.org) to fetch
+    /// paths no peer has from, once for the whole LAN; repeat for several,
+    /// tried in order
+    #[argh(option)]
+    pub upstream: Vec<String>,
+
+    /// where the node keeps its state: the spool of NARs being fetched from
+    /// upstream caches (default: systemd's $STATE_DIRECTORY, else
+    /// /var/lib/peerix)
+    #[argh(option, default = "default_state_dir()")]
+    pub state_dir: PathBuf,
+
+    /// the most the spool may hold, in MiB (default 2048)
+    #[argh(option, default = "2048")]
+    pub spool_size: u64,
 
     /// print the version (and the commit it was built from) and exit
     #[argh(switch, short = 'V')]
     pub version: bool,
+}
+
+/// Where the node keeps its state without `--state-dir`: the directory
+/// systemd made for it (`StateDirectory=`, the first of them), else this.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/peerix";
+
+fn default_state_dir() -> PathBuf {
+    let given = std::env::var("STATE_DIRECTORY").unwrap_or_default();
+    match given.split(':').next().filter(|d| d.starts_with('/')) {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(DEFAULT_STATE_DIR),
+    }
 }
 
 /// The validated configuration the daemon runs with.
@@ -124,6 +151,11 @@ pub struct Config {
     pub answer_rate: u32,
     /// Ask original Peerix nodes too.
     pub v1: bool,
+    /// Upstream caches, in order; none: the node asks only its peers.
+    pub upstreams: Vec<crate::pull::Cache>,
+    pub state_dir: PathBuf,
+    /// The spool's bound, in bytes.
+    pub spool_bytes: u64,
     /// What is unwise about this configuration (logged at start; shown by
     /// `/status` and the dashboard).
     pub warnings: Vec<String>,
@@ -186,6 +218,17 @@ impl Config {
         if let Some(h) = args.extra_host.iter().find(|h| h.trim().is_empty()) {
             return Err(ConfigError::Invalid(format!("--extra-host {h:?} is empty")));
         }
+        let upstreams = (args.upstream.iter())
+            .map(|u| {
+                crate::pull::Cache::parse(u)
+                    .map_err(|e| ConfigError::Invalid(format!("--upstream: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if args.spool_size == 0 || args.spool_size > 1 << 24 {
+            return Err(ConfigError::Invalid(
+                "--spool-size must be between 1 and 16777216 MiB".into(),
+            ));
+        }
         // Logged where they are found (the key files' when they are read).
         let mut warnings: Vec<String> = [
             (&args.private_key, "private key"),
@@ -209,6 +252,9 @@ impl Config {
         }
         Ok(Config {
             warnings,
+            upstreams,
+            state_dir: args.state_dir,
+            spool_bytes: args.spool_size << 20,
             port: args.port,
             bind: args.bind,
             signing_key,

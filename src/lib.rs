@@ -18,6 +18,7 @@ pub mod narinfo;
 pub mod nix32;
 pub mod peer_client;
 pub mod peer_http;
+pub mod pull;
 pub mod rate;
 pub mod share;
 pub mod signals;

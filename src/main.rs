@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use peerix::config::{Args, Config};
-use peerix::{discovery, http, metrics, peer_client, signals, store, trust, upstream};
+use peerix::{discovery, http, metrics, peer_client, pull, signals, store, trust, upstream};
 
 fn main() -> ExitCode {
     let args: Args = argh::from_env();
@@ -15,6 +15,8 @@ fn main() -> ExitCode {
     }
     let level = if args.verbose { "debug" } else { "info" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        // A line per TLS handshake step with upstream caches is noise.
+        .filter_module("rustls", log::LevelFilter::Warn)
         .format_target(false)
         .init();
 
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
             network_key: network_key.clone(),
             answer_rate: config.answer_rate,
             v1: config.v1,
+            pulls: !config.upstreams.is_empty(),
         },
         store.clone(),
     ) {
@@ -81,16 +84,47 @@ fn main() -> ExitCode {
         extra_hosts: config.extra_hosts.clone(),
         warnings,
     };
+    let upstream = Arc::new(upstream::Upstream::new(
+        discovery.clone(),
+        peer_client::PeerClient::new(network_key.clone()),
+        trust.clone(),
+    ));
+    let pull = match config.upstreams.is_empty() {
+        true => None,
+        false => {
+            let caches: Vec<String> = config.upstreams.iter().map(|c| c.to_string()).collect();
+            let settings = pull::Settings {
+                caches: config.upstreams,
+                spool_dir: config.state_dir.join("spool"),
+                spool_bytes: config.spool_bytes,
+            };
+            let peers = peer_client::PeerClient::new(network_key.clone());
+            match pull::Pull::new(
+                settings,
+                trust,
+                discovery.clone(),
+                peers,
+                store.clone(),
+                upstream.prefixes(),
+            ) {
+                Ok(p) => {
+                    log::info!("pulling through {} for the LAN", caches.join(", "));
+                    Some(Arc::new(p))
+                }
+                Err(e) => {
+                    log::error!("cannot reach upstream caches: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
     let app = Arc::new(http::App {
         store,
         key: config.signing_key,
         priority: config.priority,
         discovery: discovery.clone(),
-        upstream: Arc::new(upstream::Upstream::new(
-            discovery.clone(),
-            peer_client::PeerClient::new(network_key.clone()),
-            trust,
-        )),
+        upstream,
+        pull,
         network_key,
         metrics: Arc::new(metrics::Metrics::default()),
         range_skips: http::range_skips(),

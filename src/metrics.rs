@@ -1,8 +1,8 @@
 //! Counters of a running node, rendered in the Prometheus text format on
 //! `/metrics`: requests by route and status, narinfo hits and misses with
 //! the time discovery took, NAR bytes served from the store and fetched from
-//! peers, and per peer, the NAR streams in flight (`transfers.rs`), the
-//! build and the start time. Counters only ever grow; they are plain
+//! peers, and per peer, NAR replies aborted by their clients, the NAR
+//! streams in flight (`transfers.rs`), the build and the start time. Counters only ever grow; they are plain
 //! atomics and small maps. The last hour of them, minute by minute, is
 //! kept in `history.rs`; `/status.json` and the dashboard read them here.
 
@@ -37,6 +37,8 @@ pub struct Metrics {
     latency_sum_us: AtomicU64,
     nar_bytes_store: AtomicU64,
     nar_bytes_peers: AtomicU64,
+    nar_bytes_upstream: AtomicU64,
+    nar_aborted: AtomicU64,
     /// NAR bytes per peer address: sent to it, received from it.
     peer_bytes: Mutex<Bounded<IpAddr, [u64; 2]>>,
     /// NAR streams from peers to the local Nix, in flight.
@@ -59,6 +61,8 @@ impl Default for Metrics {
             latency_sum_us: AtomicU64::default(),
             nar_bytes_store: AtomicU64::default(),
             nar_bytes_peers: AtomicU64::default(),
+            nar_bytes_upstream: AtomicU64::default(),
+            nar_aborted: AtomicU64::default(),
             peer_bytes: Mutex::new(Bounded::new(PEERS_COUNTED)),
             transfers: Transfers::default(),
             history: History::new(started),
@@ -82,6 +86,9 @@ pub enum NarSource {
     Store,
     /// A peer, passed on to the local Nix.
     Peer,
+    /// An upstream cache (through the node that fetches it for the LAN),
+    /// passed on to the local Nix or served to a peer.
+    Upstream,
 }
 
 impl Metrics {
@@ -111,8 +118,15 @@ impl Metrics {
         let counter = match source {
             NarSource::Store => &self.nar_bytes_store,
             NarSource::Peer => &self.nar_bytes_peers,
+            NarSource::Upstream => &self.nar_bytes_upstream,
         };
         counter.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// A NAR reply whose client went away (or stopped reading) before its
+    /// end.
+    pub fn nar_aborted(&self) {
+        self.nar_aborted.fetch_add(1, Ordering::Relaxed);
     }
 
     /// NAR bytes that went `direction` between this node and the peer at `ip`.
@@ -193,6 +207,12 @@ impl Metrics {
                 "Narinfo requests of the local Nix that no peer answered.",
                 get(&self.misses),
             ),
+            (
+                "nar_aborted_total",
+                "counter",
+                "NAR replies whose client went away or stopped reading before the end.",
+                get(&self.nar_aborted),
+            ),
             ("peers", "gauge", "Peers heard from lately.", peers as u64),
             (
                 "store_paths",
@@ -218,9 +238,10 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "peerix_nar_bytes_total{{source=\"store\"}} {}\npeerix_nar_bytes_total{{source=\"peers\"}} {}",
+            "peerix_nar_bytes_total{{source=\"store\"}} {}\npeerix_nar_bytes_total{{source=\"peers\"}} {}\npeerix_nar_bytes_total{{source=\"upstream\"}} {}",
             get(&self.nar_bytes_store),
-            get(&self.nar_bytes_peers)
+            get(&self.nar_bytes_peers),
+            get(&self.nar_bytes_upstream)
         );
         head(
             &mut out,
@@ -297,6 +318,7 @@ mod tests {
         m.lookup(true, Duration::from_micros(1500));
         m.lookup(false, Duration::from_secs(2));
         m.nar_bytes(NarSource::Store, 10);
+        m.nar_aborted();
         m.peer_bytes("10.0.0.2".parse().unwrap(), Direction::Sent, 10);
         m.peer_bytes("::ffff:10.0.0.2".parse().unwrap(), Direction::Received, 5);
         let text = m.render(3, 7);
@@ -305,6 +327,7 @@ mod tests {
             "peerix_http_requests_total{route=\"nar\",status=\"404\"} 1",
             "peerix_narinfo_hits_total 1",
             "peerix_narinfo_misses_total 1",
+            "peerix_nar_aborted_total 1",
             "peerix_peers 3",
             "peerix_store_paths 7",
             "peerix_nar_bytes_total{source=\"store\"} 10",

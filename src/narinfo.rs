@@ -88,6 +88,15 @@ pub fn basename_of(path: &str) -> Result<&str, String> {
     Ok(base)
 }
 
+/// True for a NAR URL that is a plain path relative to the cache it came
+/// from: no scheme, no host, no `..`, no query; the only URLs fetched.
+pub fn is_plain_relative_url(url: &str) -> bool {
+    !url.is_empty()
+        && !url.starts_with('/')
+        && !url.contains("..")
+        && (url.bytes()).all(|c| c.is_ascii_alphanumeric() || b"._-+=/".contains(&c))
+}
+
 /// A narinfo's content. `nar_hash` is the 32-byte sha256 of the NAR.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NarInfo {

@@ -187,13 +187,7 @@ impl PeerClient {
         offset: u64,
     ) -> Result<Box<dyn Read + Send>, FetchError> {
         let url = &info.url;
-        let plain = !url.is_empty()
-            && !url.starts_with('/')
-            && !url.contains("..")
-            && url
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || b"._-+=/".contains(&c));
-        if !plain {
+        if !narinfo::is_plain_relative_url(url) {
             return Err(FetchError::Invalid(format!(
                 "NAR URL {url:?} is not a plain relative path"
             )));

@@ -18,6 +18,7 @@ const NIX_CONFIG_TIMEOUT: Duration = Duration::from_secs(10);
 /// Signatures kept of a peer's narinfo, at most.
 const MAX_SIGNATURES: usize = 4;
 
+#[derive(Clone)]
 pub struct Trust {
     keys: Vec<PublicKey>,
     require_sigs: bool,

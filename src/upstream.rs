@@ -94,13 +94,18 @@ impl Upstream {
         first
     }
 
-    /// The URL of a source's NAR on this node, as the narinfo handed to Nix
-    /// names it: by NarHash and hash part.
-    pub fn nar_url(source: &Source) -> String {
+    /// What cut NAR streams to the local Nix had sent, for pulled NARs too.
+    pub fn prefixes(&self) -> Arc<Prefixes> {
+        self.prefixes.clone()
+    }
+
+    /// The URL of a NAR on this node, as the narinfo handed to Nix names
+    /// it: by NarHash and hash part.
+    pub fn nar_url(info: &NarInfo) -> String {
         format!(
             "nar/{}-{}.nar",
-            nix32::encode(&source.info.nar_hash),
-            source.info.hash_part()
+            nix32::encode(&info.nar_hash),
+            info.hash_part()
         )
     }
 

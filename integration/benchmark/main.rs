@@ -21,7 +21,7 @@
 //!
 //! Flags: `--quick` (one small iteration of everything, for CI), `--only
 //! SECTION[,SECTION…]` (misses, v1, nar, load, index, upkeep, closure,
-//! realistic, lan20, scale, sim), `--out FILE` (where the JSON goes in full mode).
+//! realistic, lan20, scale, sim, pull), `--out FILE` (where the JSON goes in full mode).
 
 //!
 //! Layout (`integration/benchmark/`): this file reads the flags and runs the
@@ -44,6 +44,7 @@ mod lan20;
 mod load;
 mod misses;
 mod nar;
+mod pull;
 mod realistic;
 mod scale;
 mod sim;
@@ -137,6 +138,7 @@ const SECTIONS: &[(&str, Section)] = &[
     ("lan20", lan20::lan20),
     ("scale", scale::scale),
     ("sim", sim::sim),
+    ("pull", pull::pull),
 ];
 
 /// Runs the sections, prints the table and writes or prints the JSON.

@@ -22,6 +22,7 @@
 #![allow(dead_code)]
 
 pub mod nix_clients;
+pub mod upstream_cache;
 
 use std::fs;
 use std::io::Read;

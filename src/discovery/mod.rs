@@ -171,6 +171,9 @@ pub struct Settings {
     pub answer_rate: u32,
     /// Ask original Peerix nodes too, in their format.
     pub v1: bool,
+    /// This node fetches from upstream caches for its peers: say so
+    /// beside every hello.
+    pub pulls: bool,
 }
 
 /// Queries waiting for the share policy's verdict, at most; more are
@@ -281,6 +284,7 @@ enum Command {
     /// A peer's summary, fetched.
     Fetched(Fetched),
     Status(Sender<Vec<PeerInfo>>),
+    Pullers(Sender<Vec<(NodeId, SocketAddr)>>),
     Stop,
 }
 
@@ -405,6 +409,7 @@ impl Discovery {
             announced: 0,
             last_notice: None,
             last_publish: None,
+            pulls: settings.pulls,
         };
         std::thread::Builder::new()
             .name("discovery-udp".into())
@@ -567,6 +572,19 @@ impl Discovery {
         }
         self.outbox.wake();
         rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default()
+    }
+
+    /// The live peers of ours that fetch from upstream caches for their
+    /// peers, with their HTTP addresses; empty when the UDP thread does not
+    /// answer within a second.
+    pub fn pullers(&self) -> Vec<(NodeId, SocketAddr)> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let wait = Duration::from_secs(1);
+        if (self.commands.send_timeout(Command::Pullers(tx), wait)).is_err() {
+            return Vec::new();
+        }
+        self.outbox.wake();
+        rx.recv_timeout(wait).unwrap_or_default()
     }
 
     /// Says goodbye to the peers and stops the UDP thread.

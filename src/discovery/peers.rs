@@ -55,6 +55,8 @@ pub struct Peer {
     pub http_port: Option<u16>,
     pub last_heard: Instant,
     strikes: u8,
+    /// It fetches from upstream caches for its peers (`Message::Pulls`).
+    pulls: bool,
 }
 
 /// An original Peerix node: when it was heard, and how long its answers
@@ -92,6 +94,7 @@ impl PeerTable {
             http_port,
             last_heard: now,
             strikes: 0,
+            pulls: false,
         });
         peer.addrs.retain(|a| a.ip() != addr.ip());
         peer.addrs.insert(0, addr);
@@ -199,6 +202,28 @@ impl PeerTable {
         (self.v1.iter()).any(|(_, p)| p.last_heard.elapsed() < V1_TTL)
     }
 
+    /// `node` fetches from upstream caches for its peers.
+    pub fn heard_pulls(&mut self, node: NodeId) {
+        if let Some(peer) = self.ours.get_mut(&node) {
+            peer.pulls = true;
+        }
+    }
+
+    /// The live peers of ours that fetch from upstream caches, with the
+    /// address of their HTTP server.
+    pub fn pullers(&self) -> Vec<(NodeId, SocketAddr)> {
+        (self.ours.iter())
+            .filter(|(_, p)| p.pulls && p.last_heard.elapsed() < PEER_TTL)
+            .filter(|(_, p)| p.strikes < MAX_STRIKES)
+            .filter_map(|(id, p)| {
+                // The address as heard, with an IPv6 link-local scope.
+                let mut addr = *p.addrs.first()?;
+                addr.set_port(p.http_port?);
+                Some((*id, addr))
+            })
+            .collect()
+    }
+
     /// How long a query waits for original Peerix nodes (they answer only
     /// hits) once every peer of ours has answered: nothing when none is
     /// about; the whole `timeout` while one of them has not answered
@@ -258,6 +283,7 @@ impl PeerTable {
                 http_port: p.http_port,
                 heard: p.last_heard.elapsed(),
                 answering: p.strikes < MAX_STRIKES,
+                pulls: p.pulls,
                 answers_timed: 0,
                 slowest: None,
             })
@@ -271,6 +297,7 @@ impl PeerTable {
                 http_port: None,
                 heard: p.last_heard.elapsed(),
                 answering: true,
+                pulls: false,
                 answers_timed: p.answers.len(),
                 slowest: p.answers.iter().max().copied(),
             })
@@ -295,6 +322,8 @@ pub struct PeerInfo {
     pub heard: Duration,
     /// False when it left the last queries unanswered.
     pub answering: bool,
+    /// It fetches from upstream caches for its peers.
+    pub pulls: bool,
     /// For an original Peerix node: its answers timed, and the slowest.
     pub answers_timed: usize,
     pub slowest: Option<Duration>,
@@ -308,10 +337,15 @@ impl std::fmt::Display for PeerInfo {
                 let addrs: Vec<String> = self.addrs.iter().map(IpAddr::to_string).collect();
                 write!(
                     f,
-                    "{id:016x} {} http {} heard {:.0?} ago{}{}",
+                    "{id:016x} {} http {} heard {:.0?} ago{}{}{}",
                     addrs.join(" "),
                     self.http_port.map_or("?".into(), |p| p.to_string()),
                     self.heard,
+                    if self.pulls {
+                        ", pulls from upstreams"
+                    } else {
+                        ""
+                    },
                     if self.answering {
                         ""
                     } else {

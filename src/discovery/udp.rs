@@ -48,6 +48,8 @@ pub(super) struct UdpThread {
     pub(super) announced: u64,
     pub(super) last_notice: Option<Instant>,
     pub(super) last_publish: Option<Instant>,
+    /// Whether to say `Pulls` beside every hello.
+    pub(super) pulls: bool,
 }
 
 /// The routes are published again at most this often.
@@ -103,6 +105,9 @@ impl UdpThread {
                         let summaries = &self.summaries;
                         let lines = self.peers.snapshot(|node| summaries.describe(node));
                         let _ = reply.send(lines);
+                    }
+                    Command::Pullers(reply) => {
+                        let _ = reply.send(self.peers.pullers());
                     }
                     Command::Stop => {
                         self.broadcast(Message::Bye);
@@ -379,7 +384,8 @@ impl UdpThread {
         let port = match message {
             Message::Have { port, .. }
             | Message::Hello { port, .. }
-            | Message::Notice { port, .. } => Some(port),
+            | Message::Notice { port, .. }
+            | Message::Pulls { port } => Some(port),
             _ => None,
         };
         if matches!(message, Message::Bye) {
@@ -407,6 +413,14 @@ impl UdpThread {
                 self.send_lists(from, true);
             }
             self.tell_mesh(node, from);
+            // A new peer learns at once that this node pulls, whether or
+            // not it heard its hellos.
+            if self.pulls && self.rate.allow(from.ip()) {
+                let pulls = Message::Pulls {
+                    port: self.outbox.port,
+                };
+                self.outbox.send(&self.outbox.v2(0, pulls), from);
+            }
         }
         match message {
             Message::Query { hash } => self.answer(Query {
@@ -447,6 +461,12 @@ impl UdpThread {
                 };
                 self.outbox.send(&self.outbox.v2(0, hello), from);
                 self.send_notice(from);
+                if self.pulls {
+                    let pulls = Message::Pulls {
+                        port: self.outbox.port,
+                    };
+                    self.outbox.send(&self.outbox.v2(0, pulls), from);
+                }
             }
             Message::Notice { port, version } => {
                 let mut http = from;
@@ -460,6 +480,7 @@ impl UdpThread {
                     self.send_lists(from, false);
                 }
             }
+            Message::Pulls { .. } => self.peers.heard_pulls(node),
             Message::Hello { .. } | Message::Bye => {}
         }
     }
@@ -530,6 +551,11 @@ impl UdpThread {
             });
             for addr in self.exchange.unicast(&self.peers) {
                 self.send_lists(addr, true);
+            }
+            if self.pulls {
+                self.broadcast(Message::Pulls {
+                    port: self.outbox.port,
+                });
             }
             self.last_hello = Some(now);
             self.peers.expire();

@@ -15,14 +15,20 @@
 //! |---|---|
 //! | 0–1 | magic `PX` |
 //! | 2 | version, 2 |
-//! | 3 | kind: 1 query, 2 have, 3 not here, 4 hello, 5 bye, 6 notice, 7 peers |
+//! | 3 | kind: 1 query, 2 have, 3 not here, 4 hello, 5 bye, 6 pulls, 7 notice, 8 peers |
 //! | 4–11 | sender's node id (u64 BE, random per process) |
 //! | 12–15 | request id (u32 BE; 0 for hello and bye) |
-//! | 16– | by kind: query and not here: hash (32); have: hash (32) and HTTP port (u16 BE); hello: flags (1; bit 0 asks for a hello back) and HTTP port (u16 BE); bye: nothing; notice: HTTP port (u16 BE) and store summary version (u64 BE); peers: flags (1; bit 0 asks for the receiver's peers back), a count (1, at most 32), then per peer its node id (u64 BE), address (16, IPv4 as `::ffff:a.b.c.d`), UDP port (u16 BE) and seconds since it was last heard (u16 BE) |
+//! | 16– | by kind: query and not here: hash (32); have: hash (32) and HTTP port (u16 BE); hello: flags (1; bit 0 asks for a hello back) and HTTP port (u16 BE); bye: nothing; pulls: HTTP port (u16 BE); notice: HTTP port (u16 BE) and store summary version (u64 BE); peers: flags (1; bit 0 asks for the receiver's peers back), a count (1, at most 32), then per peer its node id (u64 BE), address (16, IPv4 as `::ffff:a.b.c.d`), UDP port (u16 BE) and seconds since it was last heard (u16 BE) |
 //!
-//! Every kind has exactly one length (48, 50, 48, 19, 16, 26 bytes; peers
-//! 18 + 28 per peer). Nodes of earlier versions drop kinds 6 and 7 as
-//! malformed, and carry on.
+//! Every kind has exactly one length (48, 50, 48, 19, 16, 18, 26 bytes;
+//! peers 18 + 28 per peer).
+//!
+//! `pulls` goes out beside every hello of a node with upstream caches
+//! (`--upstream`): it may be asked for paths it fetches from them
+//! (`src/pull/`). Nodes before it drop the unknown kind, as every node
+//! drops what it cannot parse, so their hellos and ours are unchanged; so
+//! do nodes before notices and peer lists (store summaries and peer
+//! exchange).
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
@@ -76,6 +82,10 @@ pub enum Message {
         want_reply: bool,
         peers: Vec<PeerEntry>,
     },
+    /// The sender fetches from upstream caches for its peers.
+    Pulls {
+        port: u16,
+    },
 }
 
 /// One peer in a `Peers` message.
@@ -118,8 +128,9 @@ impl Datagram {
                     Message::NotHere { .. } => 3,
                     Message::Hello { .. } => 4,
                     Message::Bye => 5,
-                    Message::Notice { .. } => 6,
-                    Message::Peers { .. } => 7,
+                    Message::Pulls { .. } => 6,
+                    Message::Notice { .. } => 7,
+                    Message::Peers { .. } => 8,
                 };
                 out.extend_from_slice(MAGIC);
                 out.extend_from_slice(&[VERSION, kind]);
@@ -133,6 +144,7 @@ impl Datagram {
                         out.extend_from_slice(hash.as_str().as_bytes());
                         out.extend_from_slice(&port.to_be_bytes());
                     }
+                    Message::Pulls { port } => out.extend_from_slice(&port.to_be_bytes()),
                     Message::Hello { want_reply, port } => {
                         out.push(u8::from(*want_reply));
                         out.extend_from_slice(&port.to_be_bytes());
@@ -204,11 +216,12 @@ impl Datagram {
                         port: port_at(17)?,
                     },
                     (5, 16) => Message::Bye,
-                    (6, 26) => Message::Notice {
+                    (6, 18) => Message::Pulls { port: port_at(16)? },
+                    (7, 26) => Message::Notice {
                         port: port_at(16)?,
                         version: u64::from_be_bytes(data[18..26].try_into().ok()?),
                     },
-                    (7, len) if len >= 18 && data[16] <= 1 => {
+                    (8, len) if len >= 18 && data[16] <= 1 => {
                         let count = usize::from(data[17]);
                         if count > PEERS_MAX || len != 18 + count * PEER_ENTRY {
                             return None;
@@ -300,6 +313,7 @@ mod tests {
                 19,
             ),
             (Message::Bye, 16),
+            (Message::Pulls { port: 12304 }, 18),
             (
                 Message::Notice {
                     port: 12304,

@@ -12,6 +12,10 @@
 //!   moves on to its next substituter. `Range: bytes=N-` is answered 206
 //!   (Nix resumes a broken download so), HEAD from what the node knows
 //!   without opening a stream.
+//!   When no peer has a path and the node pulls through upstream caches
+//!   (`src/pull/`), the narinfo is the first upstream's (checked as a
+//!   peer's), and its NAR comes from the node that fetches it for the
+//!   LAN, decompressed, as it arrives.
 //! - `/status`: this node and the peers it knows, one line each; as JSON
 //!   with `Accept: application/json`, or at `/status.json`.
 //! - `/`: the dashboard (see `status.rs`).
@@ -96,34 +100,44 @@ fn parse_nar_name(name: &str) -> Option<(HashPart, Option<[u8; 32]>)> {
     }
 }
 
-/// Asks the peers for `hash` and hands on the first narinfo that passes.
+/// Asks the peers for `hash` and hands on the first narinfo that passes;
+/// then the upstream caches.
 fn narinfo(app: &App, hash: &HashPart) -> Reply {
     let start = Instant::now();
     let found = app.upstream.narinfo(hash);
-    app.metrics.lookup(found.is_some(), start.elapsed());
-    match found {
+    let found = match found {
         Some(source) => {
             log::debug!(
                 "{hash}: found at http://{} in {:.1?}",
                 source.found.addr,
                 start.elapsed()
             );
-            let narinfo = source.info.for_nix(Upstream::nar_url(&source));
-            Reply::text(200, "text/x-nix-narinfo", narinfo.render())
+            Some(source.info)
+        }
+        None => (app.pull.as_ref().and_then(|pull| pull.narinfo(hash))).map(|pulled| {
+            log::debug!("{hash}: found upstream in {:.1?}", start.elapsed());
+            pulled.info
+        }),
+    };
+    app.metrics.lookup(found.is_some(), start.elapsed());
+    match found {
+        Some(info) => {
+            let url = Upstream::nar_url(&info);
+            Reply::text(200, "text/x-nix-narinfo", info.for_nix(url).render())
         }
         None => {
-            log::debug!("{hash}: no peer has it ({:.1?})", start.elapsed());
+            log::debug!("{hash}: nobody has it ({:.1?})", start.elapsed());
             Reply::not_found()
         }
     }
 }
 
-/// The NAR of `hash` with `nar_hash`, from the peers that serve it.
+/// The NAR of `hash` with `nar_hash`, from the peers that serve it, else
+/// pulled through the upstream caches.
 fn nar(app: &App, hash: &HashPart, nar_hash: Option<[u8; 32]>, incoming: &Incoming) -> Reply {
     let sources = app.upstream.sources(hash, nar_hash);
     let Some(total) = sources.first().map(|s| s.info.nar_size) else {
-        log::info!("{hash}: no peer serves the NAR asked for");
-        return Reply::not_found();
+        return pulled_nar(app, hash, nar_hash, incoming);
     };
     let offset = incoming.range.unwrap_or(0);
     if offset >= total {
@@ -135,7 +149,8 @@ fn nar(app: &App, hash: &HashPart, nar_hash: Option<[u8; 32]>, incoming: &Incomi
             let transfer =
                 Transfer::start(&app.metrics, sources[0].info.path.clone(), total, offset);
             match app.upstream.nar(hash, sources, offset, transfer) {
-                None => return Reply::not_found(),
+                // No peer could start it: through the upstreams, if any.
+                None => return pulled_nar(app, hash, nar_hash, incoming),
                 body => body,
             }
         }
@@ -147,6 +162,41 @@ fn nar(app: &App, hash: &HashPart, nar_hash: Option<[u8; 32]>, incoming: &Incomi
         body,
         source: NarSource::Peer,
         what: format!("the NAR of {hash} from peers"),
+    }
+}
+
+/// The NAR of `hash` from the upstream caches, when no peer has it.
+fn pulled_nar(
+    app: &App,
+    hash: &HashPart,
+    nar_hash: Option<[u8; 32]>,
+    incoming: &Incoming,
+) -> Reply {
+    let Some((pull, pulled)) =
+        (app.pull.as_ref()).and_then(|p| Some((p, p.matching(hash, nar_hash)?)))
+    else {
+        log::info!("{hash}: no peer serves the NAR asked for");
+        return Reply::not_found();
+    };
+    let total = pulled.info.nar_size;
+    let offset = incoming.range.unwrap_or(0);
+    if offset >= total {
+        return Reply::status(416, "the range starts after the end of the NAR");
+    }
+    let body = match incoming.head {
+        true => None,
+        false => match pull.nar(pulled, offset) {
+            None => return Reply::not_found(),
+            body => body,
+        },
+    };
+    Reply::Stream {
+        content_type: "application/x-nix-nar",
+        len: total,
+        range: incoming.range,
+        body,
+        source: NarSource::Upstream,
+        what: format!("the NAR of {hash} from upstream"),
     }
 }
 

@@ -7,24 +7,30 @@
 //! The local Nix (loopback clients) and peers (everyone else) have pools,
 //! queues and connection caps of their own, so that no amount of peer
 //! traffic keeps the local Nix waiting. Nothing grows with what a client
-//! sends: a connection holds one request at a time, the queues and the
+//! sends: a connection holds one request at a time and no request body is
+//! taken (tiny_http refuses a head announcing one), the queues and the
 //! number of connections are bounded (by the file descriptor limit too),
 //! a peer finding its queue full gets 503 at once (nodes of ours then ask
 //! another peer), and the network key is checked before a request is
-//! queued. Running out of file descriptors makes new connections wait in
-//! the kernel's backlog until some are free, with a log line a second.
+//! queued. Connections are also capped per source (an IPv4 address, an
+//! IPv6 /64) among peers, and when a kind's connections are all taken its
+//! idlest one is closed to make room: one stranger holds only its share.
+//! A worker that panics is replaced. Running out of file descriptors makes
+//! new connections wait in the kernel's backlog until some are free, with a
+//! log line a second.
 
 mod local_routes;
 mod peer_routes;
 mod reply;
 pub mod status;
 
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tiny_http::{Limits, Method, Request};
@@ -34,6 +40,7 @@ use crate::discovery::Discovery;
 use crate::keys::SigningKey;
 use crate::logs::Throttle;
 use crate::metrics::Metrics;
+use crate::pull::Pull;
 use crate::rate::RateLimit;
 use crate::store::Store;
 use crate::upstream::Upstream;
@@ -47,6 +54,8 @@ pub struct App {
     pub discovery: Arc<Discovery>,
     /// The peers, as the local Nix's upstream.
     pub upstream: Arc<Upstream>,
+    /// Upstream caches, when this node pulls through them.
+    pub pull: Option<Arc<Pull>>,
     pub metrics: Arc<Metrics>,
     /// When set, requests for the peer routes must be authenticated.
     pub network_key: Option<Arc<NetworkKey>>,
@@ -116,6 +125,12 @@ const LIMITS: Limits = Limits {
 /// quarter of the file descriptors each (the rest are for Nix and peers).
 const MAX_CONNECTIONS: usize = 256;
 
+/// Connections from one source (an IPv4 address, an IPv6 /64) among the
+/// peers, at most, and never more than half the peers' connections: a node
+/// of ours fetches at most as many NARs at once as its local Nix asks for
+/// (25 connections).
+const MAX_PER_SOURCE: usize = 32;
+
 /// How long a request of the local Nix waits for a worker before it gets
 /// 503.
 const LOCAL_QUEUE_WAIT: Duration = Duration::from_secs(30);
@@ -128,6 +143,8 @@ const LOCAL_QUEUE_WAIT: Duration = Duration::from_secs(30);
 const CONNECTION_STACK: usize = 1024 * 1024;
 
 static REFUSED: Throttle = Throttle::new();
+static EVICTED: Throttle = Throttle::new();
+static PANICKED: Throttle = Throttle::new();
 static BUSY: Throttle = Throttle::new();
 static NO_FDS: Throttle = Throttle::new();
 static ACCEPT_FAILED: Throttle = Throttle::new();
@@ -136,8 +153,37 @@ static ACCEPT_FAILED: Throttle = Throttle::new();
 struct Pool {
     kind: &'static str,
     jobs: Sender<Job>,
-    open: AtomicUsize,
+    slots: Mutex<Slots>,
     max_connections: usize,
+    /// Connections one source may hold; `None` for the local Nix.
+    per_source: Option<usize>,
+}
+
+/// The open connections of one kind of client. Entries exist only while
+/// their connections do, so both maps are bounded by the pool's cap.
+#[derive(Default)]
+struct Slots {
+    next_id: u64,
+    open: HashMap<u64, Slot>,
+    per_source: HashMap<IpAddr, usize>,
+}
+
+struct Slot {
+    source: IpAddr,
+    /// Shared with the connection's thread: shutting it down ends that.
+    stream: Arc<TcpStream>,
+    /// A request of it is being answered.
+    busy: bool,
+    /// When its last request was answered (or it was opened).
+    idle_since: Instant,
+}
+
+/// Why a connection got no slot.
+enum NoSlot {
+    /// Its source holds its share.
+    Source(usize),
+    /// Every connection of its kind is answering a request.
+    Full,
 }
 
 /// A request for a worker.
@@ -185,16 +231,18 @@ pub fn start(addrs: &[IpAddr], port: u16, workers: usize, app: Arc<App>) -> Resu
     let (stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
     let (local_jobs, local_rx) = crossbeam_channel::bounded(workers * 2);
     let (peer_jobs, peers_rx) = crossbeam_channel::bounded(workers * 2);
-    let pool = |kind, jobs| Pool {
+    let pool = |kind, jobs, per_source| Pool {
         kind,
         jobs,
-        open: AtomicUsize::new(0),
+        slots: Mutex::new(Slots::default()),
         max_connections,
+        per_source,
     };
+    let per_source = MAX_PER_SOURCE.min(max_connections / 2).max(1);
     let front = Arc::new(Front {
         app: app.clone(),
-        local: pool("the local Nix", local_jobs),
-        peers: pool("peers", peer_jobs),
+        local: pool("the local Nix", local_jobs, None),
+        peers: pool("peers", peer_jobs, Some(per_source)),
         stop: stop.clone(),
     });
     let stopping = Arc::new(AtomicBool::new(false));
@@ -215,13 +263,17 @@ pub fn start(addrs: &[IpAddr], port: u16, workers: usize, app: Arc<App>) -> Resu
     for (kind, jobs) in [("local", local_rx), ("peers", peers_rx)] {
         for i in 0..workers {
             let (jobs, app, stop) = (jobs.clone(), app.clone(), stop.clone());
+            let name = format!("http-{kind}-{i}");
             threads.push(spawn(
-                format!("http-{kind}-{i}"),
-                Box::new(move || work(&app, jobs, &stop)),
+                name.clone(),
+                Box::new(move || supervise(&name, || work(&app, &jobs, &stop))),
             )?);
         }
     }
-    log::debug!("http: at most {max_connections} connections from peers, and as many local ones");
+    log::debug!(
+        "http: at most {max_connections} connections from peers ({per_source} from one source), \
+         and as many local ones"
+    );
     Ok(Http {
         addr,
         stopping,
@@ -302,39 +354,157 @@ fn accept(listener: TcpListener, front: Arc<Front>, stopping: Arc<AtomicBool>) {
 }
 
 /// Starts the thread of one accepted connection, if its kind of client
-/// has room for one more.
+/// has room for one more (made by closing its idlest connection if need
+/// be) and its source has not used up its share.
 fn connection(front: &Arc<Front>, stream: TcpStream, addr: SocketAddr) {
     // A reply's head and body are separate writes: without this, Nagle's
     // algorithm holds the body until the client's delayed ACK (40 ms), for
     // every NAR larger than the head's buffer.
     let _ = stream.set_nodelay(true);
+    let stream = Arc::new(stream);
     let from = Client::of(addr);
     let pool = front.pool(from);
-    if pool.open.fetch_add(1, Ordering::Relaxed) >= pool.max_connections {
-        pool.open.fetch_sub(1, Ordering::Relaxed);
-        REFUSED.log(log::Level::Warn, || {
-            format!(
-                "http: {} connections from {} are open: refused one from {addr}",
-                pool.max_connections, pool.kind
-            )
-        });
-        return;
-    }
+    let id = match pool.admit(addr.ip(), &stream) {
+        Ok(id) => id,
+        Err(why) => {
+            REFUSED.log(log::Level::Warn, || match why {
+                NoSlot::Source(n) => {
+                    format!(
+                        "http: {n} connections from {} are open: refused one more",
+                        addr.ip()
+                    )
+                }
+                NoSlot::Full => format!(
+                    "http: {} connections from {} are open and busy: refused one from {addr}",
+                    pool.max_connections, pool.kind
+                ),
+            });
+            return;
+        }
+    };
+    // Gives the slot back however the thread ends (or if it never starts).
+    let slot = SlotGuard {
+        front: front.clone(),
+        from,
+        id,
+    };
     let thread = std::thread::Builder::new()
         .name("http-connection".into())
         .stack_size(CONNECTION_STACK)
-        .spawn({
-            let front = front.clone();
-            move || {
-                tiny_http::serve_connection(stream, &LIMITS, |request| front.hand(request, from));
-                front.pool(from).open.fetch_sub(1, Ordering::Relaxed);
-            }
+        .spawn(move || {
+            let front = &slot.front;
+            let pool = front.pool(from);
+            tiny_http::serve_connection(
+                stream,
+                &LIMITS,
+                |request| {
+                    pool.mark(id, true);
+                    front.hand(request, from)
+                },
+                || pool.mark(id, false),
+            );
         });
     if let Err(e) = thread {
-        pool.open.fetch_sub(1, Ordering::Relaxed);
         NO_FDS.log(log::Level::Warn, || {
             format!("http: cannot start a thread for {addr}: {e}")
         });
+    }
+}
+
+/// Where a connection comes from, as far as shares go: the address of an
+/// IPv4 client, the /64 of an IPv6 one (a host may use any address of its
+/// network's /64).
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
+        v4 => v4,
+    }
+}
+
+/// A connection's slot in its pool, given back when dropped.
+struct SlotGuard {
+    front: Arc<Front>,
+    from: Client,
+    id: u64,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.front.pool(self.from).release(self.id);
+    }
+}
+
+impl Pool {
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A slot for a connection from `ip`: refused when its source holds its
+    /// share; when the pool is full, its idlest connection (the one not
+    /// answering a request whose last request ended longest ago) is shut
+    /// down to make room, and only when every one is busy is it refused.
+    fn admit(&self, ip: IpAddr, stream: &Arc<TcpStream>) -> Result<u64, NoSlot> {
+        let source = source_of(ip);
+        let mut slots = self.slots();
+        let held = slots.per_source.get(&source).copied().unwrap_or(0);
+        if self.per_source.is_some_and(|share| held >= share) {
+            return Err(NoSlot::Source(held));
+        }
+        if slots.open.len() >= self.max_connections {
+            let idlest = (slots.open.iter())
+                .filter(|(_, slot)| !slot.busy)
+                .min_by_key(|(_, slot)| slot.idle_since)
+                .map(|(&id, _)| id)
+                .ok_or(NoSlot::Full)?;
+            if let Some(evicted) = slots.remove(idlest) {
+                let _ = evicted.stream.shutdown(Shutdown::Both);
+                EVICTED.log(log::Level::Warn, || {
+                    format!(
+                        "http: {} connections from {} are open: closed the idlest (from {}, idle {:?}) for one from {ip}",
+                        self.max_connections,
+                        self.kind,
+                        evicted.source,
+                        evicted.idle_since.elapsed()
+                    )
+                });
+            }
+        }
+        let id = slots.next_id;
+        slots.next_id += 1;
+        *slots.per_source.entry(source).or_default() += 1;
+        let slot = Slot {
+            source,
+            stream: stream.clone(),
+            busy: false,
+            idle_since: Instant::now(),
+        };
+        slots.open.insert(id, slot);
+        Ok(id)
+    }
+
+    /// A request of connection `id` is being answered (`busy`), or was.
+    fn mark(&self, id: u64, busy: bool) {
+        if let Some(slot) = self.slots().open.get_mut(&id) {
+            slot.busy = busy;
+            slot.idle_since = Instant::now();
+        }
+    }
+
+    fn release(&self, id: u64) {
+        self.slots().remove(id);
+    }
+}
+
+impl Slots {
+    fn remove(&mut self, id: u64) -> Option<Slot> {
+        let slot = self.open.remove(&id)?;
+        if let Some(held) = self.per_source.get_mut(&slot.source) {
+            *held -= 1;
+            if *held == 0 {
+                self.per_source.remove(&slot.source);
+            }
+        }
+        Some(slot)
     }
 }
 
@@ -421,8 +591,41 @@ fn path_of(request: &Request) -> &str {
     url.split('?').next().unwrap_or_default()
 }
 
+thread_local! {
+    /// Whether this thread runs under `supervise`, which logs its panics.
+    static SUPERVISED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The last panic of this supervised thread: where and what.
+    static LAST_PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `work` until it returns. When it panics, which no input should
+/// make it do, that is logged once (one line, where and what, at most a
+/// line a second: the default panic hook, which would print every one, is
+/// bypassed on supervised threads) and it runs again: a worker that panics
+/// is replaced, and the connection of the request it was answering is cut
+/// (tiny_http cuts a request dropped unanswered).
+fn supervise(name: &str, mut work: impl FnMut()) {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| match SUPERVISED.with(|s| s.get()) {
+            true => LAST_PANIC.with(|p| *p.borrow_mut() = Some(info.to_string())),
+            false => default(info),
+        }));
+    });
+    SUPERVISED.with(|s| s.set(true));
+    while std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut work)).is_err() {
+        let what = LAST_PANIC.with(|p| p.borrow_mut().take());
+        let what = what.as_deref().unwrap_or("panicked").replace('\n', " ");
+        PANICKED.log(log::Level::Error, || {
+            format!("http: {name} {what}; its request's connection was cut, and it goes on")
+        });
+    }
+    SUPERVISED.with(|s| s.set(false));
+}
+
 /// A worker thread: answers requests until the daemon stops.
-fn work(app: &App, jobs: Receiver<Job>, stop: &Receiver<()>) {
+fn work(app: &App, jobs: &Receiver<Job>, stop: &Receiver<()>) {
     loop {
         crossbeam_channel::select! {
             recv(jobs) -> job => match job {
@@ -468,11 +671,47 @@ fn route_name(path: &str) -> &'static str {
         "/peer/nix-cache-info" => "peer_cache_info",
         p if p.starts_with("/peer/nar/") => "peer_nar",
         p if p.starts_with("/peer/summary/") => "peer_summary",
+        p if p.starts_with("/peer/pull/") => "peer_pull",
         p if p.starts_with("/peer/") => "peer_narinfo",
         p if p.starts_with("/local/nar/") => "v1_nar",
         p if p.starts_with("/local/") => "v1_narinfo",
         p if p.starts_with("/nar/") => "nar",
         p if p.ends_with(".narinfo") => "narinfo",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_that_panics_is_replaced() {
+        let mut runs = 0;
+        supervise("test worker", || {
+            runs += 1;
+            if runs <= 3 {
+                panic!("panic number {runs}");
+            }
+        });
+        assert_eq!(runs, 4);
+        // Told by `supervise`, not by the default hook.
+        assert_eq!(LAST_PANIC.with(|p| p.borrow().clone()), None);
+    }
+
+    #[test]
+    fn sources_are_addresses_and_ipv6_networks() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(source_of(ip("10.0.0.1")), ip("10.0.0.1"));
+        assert_eq!(source_of(ip("::ffff:10.0.0.1")), ip("10.0.0.1"));
+        assert_eq!(source_of(ip("fd70:1:2:3:4:5:6:7")), ip("fd70:1:2:3::"));
+        assert_eq!(
+            source_of(ip("fd70:1:2:3::9")),
+            source_of(ip("fd70:1:2:3:ffff::1"))
+        );
+        assert_ne!(
+            source_of(ip("fd70:1:2:3::1")),
+            source_of(ip("fd70:1:2:4::1"))
+        );
     }
 }

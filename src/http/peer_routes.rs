@@ -46,6 +46,7 @@ pub fn route(app: &App, incoming: &Incoming) -> Option<Reply> {
         return Some(match rest {
             "nix-cache-info" => cache_info(app),
             _ if rest.starts_with("summary/") => summary_reply(app, &rest["summary/".len()..]),
+            _ if rest.starts_with("pull/") => pulled_nar(app, rest, incoming),
             _ => match rest.strip_prefix("nar/") {
                 Some(nar) => match nar.strip_suffix(".nar").map(HashPart::parse) {
                     Some(Some(hash)) => nar_reply(app, &hash, incoming),
@@ -195,6 +196,54 @@ fn nar_reply(app: &App, hash: &HashPart, incoming: &Incoming) -> Reply {
         body,
         source: NarSource::Store,
         what: format!("the NAR of {}", info.path),
+    }
+}
+
+/// `/peer/pull/<nix32 NarHash>-<hash>.nar`: a NAR this node fetches from
+/// its upstream caches for the LAN, from its spool as it arrives. Never
+/// passed on to another node: a peer asks here because this node is the
+/// path's fetcher.
+fn pulled_nar(app: &App, rest: &str, incoming: &Incoming) -> Reply {
+    let (head, range) = (incoming.head, incoming.range);
+    let name = rest
+        .strip_prefix("pull/")
+        .and_then(|n| n.strip_suffix(".nar"));
+    let parsed = name.and_then(|n| {
+        let (nar_hash, hash) = n.split_once('-')?;
+        Some((
+            HashPart::parse(hash)?,
+            crate::nix32::decode::<32>(nar_hash)?,
+        ))
+    });
+    let Some((hash, nar_hash)) = parsed else {
+        return Reply::status(400, "expected /peer/pull/<NarHash>-<hash>.nar");
+    };
+    let Some((pull, pulled)) =
+        (app.pull.as_ref()).and_then(|p| Some((p, p.matching(&hash, Some(nar_hash))?)))
+    else {
+        return Reply::not_found();
+    };
+    let offset = range.unwrap_or(0);
+    if offset >= pulled.info.nar_size {
+        return Reply::status(416, "the range starts after the end of the NAR");
+    }
+    let body = match head {
+        true => None,
+        false => match pull.nar_here(&pulled, offset) {
+            Ok(body) => Some(body),
+            Err(e) => {
+                log::info!("{hash}: cannot pull it for a peer: {e}");
+                return Reply::not_found();
+            }
+        },
+    };
+    Reply::Stream {
+        content_type: "application/x-nix-nar",
+        len: pulled.info.nar_size,
+        range,
+        body,
+        source: NarSource::Upstream,
+        what: format!("the pulled NAR of {hash}"),
     }
 }
 

@@ -1,11 +1,12 @@
 //! What a route answers, and how it is written to the client: status codes,
 //! bodies of known length (never chunked), `Range: bytes=N-` answered 206,
-//! HEAD without a body, and a connection cut when a streamed body fails
+//! HEAD without a body, a connection cut when a streamed body fails
 //! half-way (tiny_http, as patched in src/vendor, shuts the socket down
-//! when a response fails).
+//! when a response fails), and a connection closed after a refusal.
 
 use std::io::{self, Read};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, TryRecvError};
@@ -92,10 +93,20 @@ fn header(name: &str, value: &str) -> Header {
     Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("ASCII header")
 }
 
+/// Whether a connection is closed after a reply with this status: a
+/// malformed or refused request (400, 403, 405, 413) says the client is not
+/// one of ours, or not allowed; it gets no further requests on this
+/// connection (a new one costs it a handshake and a place under the caps).
+/// A 404 is an ordinary miss.
+fn closes(status: u16) -> bool {
+    matches!(status, 400 | 403 | 405 | 413)
+}
+
 /// Writes `reply` to the client of `request`. A streamed body that fails
 /// half-way, or is stopped because the daemon stops, cuts the connection,
 /// so the client never takes a short body for a whole one, nor waits for
-/// bytes that will not come.
+/// bytes that will not come. The NAR bytes counted are those the socket
+/// took; a client that went away is counted as an aborted NAR.
 pub fn send(request: Request, reply: Reply, metrics: &Arc<Metrics>, stop: &Receiver<()>) {
     let peer = request.remote_addr().copied();
     match reply {
@@ -107,7 +118,11 @@ pub fn send(request: Request, reply: Reply, metrics: &Arc<Metrics>, stop: &Recei
             let response = Response::from_string(body)
                 .with_status_code(StatusCode(status))
                 .with_header(header("Content-Type", content_type));
-            if let Err(e) = request.respond(response) {
+            let sent = match closes(status) {
+                true => request.respond_and_close(response),
+                false => request.respond(response),
+            };
+            if let Err(e) = sent {
                 log::debug!("reply to {peer:?}: {e}");
             }
         }
@@ -129,17 +144,21 @@ pub fn send(request: Request, reply: Reply, metrics: &Arc<Metrics>, stop: &Recei
             let streamed = body.is_some();
             let offset = range.unwrap_or(0);
             let left = len - offset.min(len);
+            let count = Count {
+                metrics: metrics.clone(),
+                source,
+                peer: peer.map(|p| p.ip()),
+                unflushed: 0,
+                pending: 0,
+                counted: Arc::new(AtomicU64::new(0)),
+            };
+            let counted = count.counted.clone();
             let body: Box<dyn Read + Send> = match body {
                 Some(body) => Box::new(Exact {
                     inner: body,
                     left,
                     stop: stop.clone(),
-                    count: Some(Count {
-                        metrics: metrics.clone(),
-                        source,
-                        peer: peer.map(|p| p.ip()),
-                        unflushed: 0,
-                    }),
+                    count: Some(count),
                 }),
                 None => Box::new(io::empty()),
             };
@@ -158,15 +177,38 @@ pub fn send(request: Request, reply: Reply, metrics: &Arc<Metrics>, stop: &Recei
             let response =
                 Response::new(StatusCode(status), headers, body, Some(left as usize), None)
                     .with_chunked_threshold(usize::MAX);
-            // tiny_http reports a client that went away as success; a body
-            // that failed as an error. Either way the body (and a Nix child
-            // behind it) is dropped, and so killed, right here.
-            match request.respond(response) {
-                Ok(()) if streamed => log::debug!("sent {what} ({left} bytes) to {peer:?}"),
-                Ok(()) => {}
+            // Whatever happened, the body (and a Nix child behind it) is
+            // dropped, and so killed, right here.
+            let result = request.respond(response);
+            if !streamed {
+                return;
+            }
+            let sent = match &result {
+                Ok(sent) => *sent,
+                Err(e) => e.sent,
+            };
+            // The part of the last piece the socket took before it failed.
+            let short = sent.saturating_sub(counted.load(Ordering::Relaxed));
+            if short > 0 {
+                count_bytes(metrics, source, peer.map(|p| p.ip()), short);
+            }
+            match result {
+                Ok(_) => log::debug!("sent {what} ({left} bytes) to {peer:?}"),
+                Err(e) if !e.body_failed => {
+                    metrics.nar_aborted();
+                    log::debug!("{peer:?} left before the end of {what} ({left} bytes): {e}");
+                }
                 Err(e) => log::warn!("sending {what} to {peer:?} failed: {e}; connection cut"),
             }
         }
+    }
+}
+
+/// Counts `n` NAR bytes sent, from `source`, to `peer`.
+fn count_bytes(metrics: &Metrics, source: NarSource, peer: Option<IpAddr>, n: u64) {
+    metrics.nar_bytes(source, n);
+    if let (NarSource::Store, Some(peer)) = (source, peer) {
+        metrics.peer_bytes(peer, Direction::Sent, n);
     }
 }
 
@@ -182,22 +224,32 @@ struct Exact {
 }
 
 /// Bytes of a NAR reply, for the metrics: passed on at least every
-/// `FLUSH_EVERY` bytes and when the reply ends (however it ends), so that
-/// a client that leaves early is counted for what it got, about.
+/// `FLUSH_EVERY` bytes and when the reply ends (however it ends). A piece
+/// read is counted when the next is asked for, which tiny_http does only
+/// once the socket took the whole piece; what the socket took of the last
+/// piece when a reply broke off is added by `send` (from `counted`), so
+/// that what is counted is what was sent.
 struct Count {
     metrics: Arc<Metrics>,
     source: NarSource,
     /// The client: a peer when the NAR comes from this store.
     peer: Option<IpAddr>,
     unflushed: u64,
+    /// The last piece read, not yet known to be sent.
+    pending: u64,
+    /// Bytes counted so far.
+    counted: Arc<AtomicU64>,
 }
 
 /// How often a NAR reply's bytes reach the counters, at least.
 const FLUSH_EVERY: u64 = 256 * 1024;
 
 impl Count {
-    fn add(&mut self, n: usize) {
-        self.unflushed += n as u64;
+    /// A piece of `n` bytes was read: the one before it was sent.
+    fn read(&mut self, n: usize) {
+        let sent = std::mem::replace(&mut self.pending, n as u64);
+        self.unflushed += sent;
+        self.counted.fetch_add(sent, Ordering::Relaxed);
         if self.unflushed >= FLUSH_EVERY {
             self.flush();
         }
@@ -205,12 +257,8 @@ impl Count {
 
     fn flush(&mut self) {
         let n = std::mem::take(&mut self.unflushed);
-        if n == 0 {
-            return;
-        }
-        self.metrics.nar_bytes(self.source, n);
-        if let (NarSource::Store, Some(peer)) = (self.source, self.peer) {
-            self.metrics.peer_bytes(peer, Direction::Sent, n);
+        if n > 0 {
+            count_bytes(&self.metrics, self.source, self.peer, n);
         }
     }
 }
@@ -227,6 +275,9 @@ impl Read for Exact {
             return Err(io::Error::other("the daemon is stopping"));
         }
         if self.left == 0 {
+            if let Some(count) = &mut self.count {
+                count.read(0);
+            }
             // Read on to see that the source ends here.
             return match self.inner.read(&mut [0u8; 1])? {
                 0 => Ok(0),
@@ -245,7 +296,7 @@ impl Read for Exact {
         }
         self.left -= n as u64;
         if let Some(count) = &mut self.count {
-            count.add(n);
+            count.read(n);
         }
         Ok(n)
     }

@@ -104,6 +104,7 @@ fn facts(app: &App) -> Json {
             ),
             ("heard_seconds_ago", Json::Float(secs(peer.heard))),
             ("answering", Json::Bool(peer.answering)),
+            ("pulls", Json::Bool(peer.pulls)),
             ("bytes_received", Json::Int(received)),
             ("bytes_sent", Json::Int(sent)),
         ])

@@ -1,33 +1,31 @@
-use ascii::AsciiString;
-
-use std::io::Error as IoError;
-use std::io::Result as IoResult;
-use std::io::{BufReader, BufWriter, ErrorKind, Read};
-
+use std::io::{BufRead, BufReader, BufWriter, ErrorKind, Result as IoResult};
 use std::net::SocketAddr;
-use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use crate::common::{HTTPVersion, Method};
+use crate::common::StatusCode;
+use crate::connection::Connection;
+use crate::head::{parse_head, Refusal};
 use crate::util::RefinedTcpStream;
-use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
-use crate::Request;
+use crate::util::SequentialWriterBuilder;
+use crate::{Request, Response};
 
 /// A ClientConnection is an object that will store a socket to a client
 /// and return Request objects.
+///
+/// peerix patch: a request has no body (a head announcing one is refused,
+/// see `head.rs`), so the next head is read from the same buffered reader;
+/// upstream's sequence of body readers is gone.
 pub struct ClientConnection {
     // address of the client
     remote_addr: IoResult<Option<SocketAddr>>,
 
-    // sequence of Readers to the stream, so that the data is not read in
-    //  the wrong order
-    source: SequentialReaderBuilder<BufReader<RefinedTcpStream>>,
+    // the request heads come from here
+    source: BufReader<RefinedTcpStream>,
 
     // sequence of Writers to the stream, to avoid writing response #2 before
     //  response #1
     sink: SequentialWriterBuilder<BufWriter<RefinedTcpStream>>,
-
-    // Reader to read the next header from
-    next_header_source: SequentialReader<BufReader<RefinedTcpStream>>,
 
     // set to true if we know that the previous request is the last one
     no_more_requests: bool,
@@ -38,32 +36,26 @@ pub struct ClientConnection {
     // peerix patch: the connection, handed to each request so that a failed
     // response can cut it (see `Request::respond`); shared, not duplicated,
     // so that a request costs no file descriptor.
-    control: Option<std::sync::Arc<crate::connection::Connection>>,
+    control: Option<Arc<Connection>>,
 
-    // peerix patch: bytes left for the request line and headers of the
-    // request being read; a client that sends more gets 431 and is dropped.
-    head_budget: usize,
+    // peerix patch: the request line and headers may take `max_head_bytes`
+    // (431 beyond) and `head_timeout` from their first byte (408 after): a
+    // client trickling a byte at a time never trips a read timeout.
     max_head_bytes: usize,
+    head_timeout: Option<Duration>,
 
-    // peerix patch: when the first byte of the request head being read came,
-    // and how long the whole head may take (a client trickling a byte at a
-    // time never trips a read timeout).
-    head_started: Option<std::time::Instant>,
-    head_timeout: Option<std::time::Duration>,
+    // peerix patch: whether the connection ended with a refusal (a 4xx
+    // sent by this reader), after which the caller closes it gently.
+    refused: bool,
 }
 
-/// Error that can happen when reading a request.
+/// peerix patch: why no request was read.
 #[derive(Debug)]
 enum ReadError {
-    WrongRequestLine,
-    WrongHeader(HTTPVersion),
-    /// peerix patch: the request line and headers are longer than allowed.
-    HeadTooLarge,
-    /// peerix patch: the request head took longer than allowed.
-    HeadTimeout,
-    /// the client sent an unrecognized `Expect` header
-    ExpectationFailed(HTTPVersion),
-    ReadIoError(IoError),
+    /// Answer with this status, then close the connection.
+    Refused(Refusal),
+    /// The client closed the connection, or it failed: close, say nothing.
+    Closed,
 }
 
 impl ClientConnection {
@@ -71,153 +63,127 @@ impl ClientConnection {
     pub fn new(
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
-        control: Option<std::sync::Arc<crate::connection::Connection>>,
+        control: Option<Arc<Connection>>,
         max_head_bytes: usize,
-        head_timeout: Option<std::time::Duration>,
+        head_timeout: Option<Duration>,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
 
-        let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
-        let first_header = source.next().unwrap();
-
         ClientConnection {
-            source,
+            source: BufReader::with_capacity(1024, read_socket),
             sink: SequentialWriterBuilder::new(BufWriter::with_capacity(1024, write_socket)),
             remote_addr,
-            next_header_source: first_header,
             no_more_requests: false,
             secure,
             control,
-            head_budget: max_head_bytes,
             max_head_bytes,
-            head_started: None,
             head_timeout,
+            refused: false,
         }
     }
 
+    /// peerix patch: whether the last request head was refused.
+    pub fn refused(&self) -> bool {
+        self.refused
+    }
 
-    /// Reads the next line from self.next_header_source.
-    ///
-    /// Reads until `CRLF` is reached. The next read will start
-    ///  at the first byte of the new line.
-    fn read_next_line(&mut self) -> Result<AsciiString, ReadError> {
-        let mut buf = Vec::new();
-        let mut prev_byte_was_cr = false;
-
+    /// peerix patch: reads the bytes of one request head, up to and
+    /// including the empty line that ends it, within the limits.
+    fn read_head(&mut self) -> Result<Vec<u8>, ReadError> {
+        let mut head = Vec::new();
+        let mut started: Option<Instant> = None;
         loop {
-            let byte = self.next_header_source.by_ref().bytes().next();
-
-            let byte = match byte {
-                Some(b) => b.map_err(ReadError::ReadIoError)?,
-                None => {
-                    return Err(ReadError::ReadIoError(IoError::new(
-                        ErrorKind::ConnectionAborted,
-                        "Unexpected EOF",
-                    )))
+            let available = match self.source.fill_buf() {
+                Ok([]) => return Err(ReadError::Closed),
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                // Idle until the read timeout: closed without a word, as
+                // keep-alive connections are.
+                Err(e) if head.is_empty() && is_timeout(&e) => return Err(ReadError::Closed),
+                Err(e) if is_timeout(&e) => {
+                    return Err(ReadError::Refused(Refusal {
+                        status: 408,
+                        why: "the request took too long",
+                    }))
                 }
+                Err(_) => return Err(ReadError::Closed),
             };
-
-            // peerix patch: bounded request heads, in bytes and in time.
-            if self.head_budget == 0 {
-                return Err(ReadError::HeadTooLarge);
+            let started = *started.get_or_insert_with(Instant::now);
+            if self.head_timeout.is_some_and(|t| started.elapsed() > t) {
+                return Err(ReadError::Refused(Refusal {
+                    status: 408,
+                    why: "the request head took too long",
+                }));
             }
-            self.head_budget -= 1;
-            let started = *self.head_started.get_or_insert_with(std::time::Instant::now);
-            if self.head_timeout.map_or(false, |t| started.elapsed() > t) {
-                return Err(ReadError::HeadTimeout);
+            // Up to the end of the head, or what is here; never past the limit.
+            let mut used = 0;
+            let mut complete = false;
+            for &byte in available {
+                if head.len() == self.max_head_bytes {
+                    break;
+                }
+                head.push(byte);
+                used += 1;
+                if head.ends_with(b"\r\n\r\n") {
+                    complete = true;
+                    break;
+                }
             }
-
-            if byte == b'\n' && prev_byte_was_cr {
-                buf.pop(); // removing the '\r'
-                return AsciiString::from_ascii(buf).map_err(|_| {
-                    ReadError::ReadIoError(IoError::new(
-                        ErrorKind::InvalidInput,
-                        "Header is not in ASCII",
-                    ))
-                });
+            self.source.consume(used);
+            if complete {
+                return Ok(head);
             }
-
-            prev_byte_was_cr = byte == b'\r';
-
-            buf.push(byte);
+            if head.len() == self.max_head_bytes {
+                return Err(ReadError::Refused(Refusal {
+                    status: 431,
+                    why: "the request head is too large",
+                }));
+            }
         }
     }
 
     /// Reads a request from the stream.
     /// Blocks until the header has been read.
     fn read(&mut self) -> Result<Request, ReadError> {
-        let (method, path, version, headers) = {
-            // reading the request line
-            self.head_budget = self.max_head_bytes;
-            self.head_started = None;
-            let (method, path, version) = {
-                let line = self.read_next_line()?;
-
-                parse_request_line(
-                    line.as_str().trim(), // TODO: remove this conversion
-                )?
-            };
-
-            // getting all headers
-            let headers = {
-                let mut headers = Vec::new();
-                loop {
-                    let line = self.read_next_line()?;
-
-                    if line.is_empty() {
-                        break;
-                    };
-                    headers.push(match FromStr::from_str(line.as_str().trim()) {
-                        // TODO: remove this conversion
-                        Ok(h) => h,
-                        _ => return Err(ReadError::WrongHeader(version)),
-                    });
-                }
-
-                headers
-            };
-
-            (method, path, version, headers)
-        };
-
-        // building the writer for the request
-        let writer = self.sink.next().unwrap();
-
-        // follow-up for next potential request
-        let mut data_source = self.source.next().unwrap();
-        std::mem::swap(&mut self.next_header_source, &mut data_source);
+        let head = parse_head(&self.read_head()?).map_err(ReadError::Refused)?;
 
         // peerix patch: a client that is already gone is an error, not a panic.
         let remote_addr = match &self.remote_addr {
             Ok(addr) => *addr,
-            Err(e) => return Err(ReadError::ReadIoError(IoError::new(e.kind(), e.to_string()))),
+            Err(_) => return Err(ReadError::Closed),
         };
 
-        // building the next reader
-        let request = crate::request::new_request(
-            self.secure,
-            method,
-            path,
-            version.clone(),
-            headers,
-            remote_addr,
-            data_source,
-            writer,
-        )
-        .map_err(|e| {
-            use crate::request;
-            match e {
-                request::RequestCreationError::CreationIoError(e) => ReadError::ReadIoError(e),
-                request::RequestCreationError::ExpectationFailed => {
-                    ReadError::ExpectationFailed(version)
-                }
-            }
-        })?;
-
-        // return the request
+        if !head.keep_alive() {
+            self.no_more_requests = true;
+        }
+        let writer = self.sink.next().ok_or(ReadError::Closed)?;
+        let request = crate::request::new_request(self.secure, head, remote_addr, writer);
         Ok(request.with_abort(self.control.clone()))
     }
+
+    /// peerix patch: answers a refused head with its status and
+    /// `Connection: close`; the connection is closed after it.
+    fn refuse(&mut self, refusal: Refusal) {
+        self.refused = true;
+        let Some(mut writer) = self.sink.next() else {
+            return;
+        };
+        let response = Response::from_string(format!("{}\n", refusal.why))
+            .with_status_code(StatusCode(refusal.status));
+        let version = crate::common::HTTPVersion(1, 1);
+        if response
+            .raw_print(&mut writer, version, true, false)
+            .is_ok()
+        {
+            let _ = std::io::Write::flush(&mut writer);
+        }
+    }
+}
+
+/// A read that ended at the socket's read timeout (`WouldBlock` on Linux).
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock)
 }
 
 impl Iterator for ClientConnection {
@@ -226,153 +192,18 @@ impl Iterator for ClientConnection {
     /// Blocks until the next Request is available.
     /// Returns None when no new Requests will come from the client.
     fn next(&mut self) -> Option<Request> {
-        use crate::{Response, StatusCode};
-
         // the client sent a "connection: close" header in this previous request
         //  or is using HTTP 1.0, meaning that no new request will come
         if self.no_more_requests {
             return None;
         }
-
-        loop {
-            let rq = match self.read() {
-                Err(ReadError::WrongRequestLine) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None; // we don't know where the next request would start,
-                                 // se we have to close
-                }
-
-                Err(ReadError::WrongHeader(ver)) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response.raw_print(writer, ver, &[], false, None).ok();
-                    return None; // we don't know where the next request would start,
-                                 // se we have to close
-                }
-
-                Err(ReadError::HeadTimeout) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(408));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None;
-                }
-
-                Err(ReadError::HeadTooLarge) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(431));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None; // the rest of the head is not read: close
-                }
-
-                Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
-                    // request timeout
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(408));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None; // closing the connection
-                }
-
-                Err(ReadError::ExpectationFailed(ver)) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(417));
-                    response.raw_print(writer, ver, &[], true, None).ok();
-                    return None; // TODO: should be recoverable, but needs handling in case of body
-                }
-
-                Err(ReadError::ReadIoError(_)) => return None,
-
-                Ok(rq) => rq,
-            };
-
-            // checking HTTP version
-            if *rq.http_version() > (1, 1) {
-                let writer = self.sink.next().unwrap();
-                let response = Response::from_string(
-                    "This server only supports HTTP versions 1.0 and 1.1".to_owned(),
-                )
-                .with_status_code(StatusCode(505));
-                response
-                    .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                    .ok();
-                continue;
+        match self.read() {
+            Ok(rq) => Some(rq),
+            Err(ReadError::Refused(refusal)) => {
+                self.refuse(refusal);
+                None
             }
-
-            // updating the status of the connection
-            let connection_header = rq
-                .headers()
-                .iter()
-                .find(|h| h.field.equiv("Connection"))
-                .map(|h| h.value.as_str());
-
-            let lowercase = connection_header.map(|h| h.to_ascii_lowercase());
-
-            match lowercase {
-                Some(ref val) if val.contains("close") => self.no_more_requests = true,
-                Some(ref val) if val.contains("upgrade") => self.no_more_requests = true,
-                Some(ref val)
-                    if !val.contains("keep-alive") && *rq.http_version() == HTTPVersion(1, 0) =>
-                {
-                    self.no_more_requests = true
-                }
-                None if *rq.http_version() == HTTPVersion(1, 0) => self.no_more_requests = true,
-                _ => (),
-            };
-
-            // returning the request
-            return Some(rq);
+            Err(ReadError::Closed) => None,
         }
-    }
-}
-
-/// Parses a "HTTP/1.1" string.
-fn parse_http_version(version: &str) -> Result<HTTPVersion, ReadError> {
-    let (major, minor) = match version {
-        "HTTP/0.9" => (0, 9),
-        "HTTP/1.0" => (1, 0),
-        "HTTP/1.1" => (1, 1),
-        "HTTP/2.0" => (2, 0),
-        "HTTP/3.0" => (3, 0),
-        _ => return Err(ReadError::WrongRequestLine),
-    };
-
-    Ok(HTTPVersion(major, minor))
-}
-
-/// Parses the request line of the request.
-/// eg. GET / HTTP/1.1
-fn parse_request_line(line: &str) -> Result<(Method, String, HTTPVersion), ReadError> {
-    let mut parts = line.split(' ');
-
-    let method = parts.next().and_then(|w| w.parse().ok());
-    let path = parts.next().map(ToOwned::to_owned);
-    let version = parts.next().and_then(|w| parse_http_version(w).ok());
-
-    method
-        .and_then(|method| Some((method, path?, version?)))
-        .ok_or(ReadError::WrongRequestLine)
-}
-
-#[cfg(test)]
-mod test {
-    #[test]
-    fn test_parse_request_line() {
-        let (method, path, ver) = super::parse_request_line("GET /hello HTTP/1.1").unwrap();
-
-        assert!(method == crate::Method::Get);
-        assert!(path == "/hello");
-        assert!(ver == crate::common::HTTPVersion(1, 1));
-
-        assert!(super::parse_request_line("GET /hello").is_err());
-        assert!(super::parse_request_line("qsd qsd qsd").is_err());
     }
 }

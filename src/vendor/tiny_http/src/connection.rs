@@ -1,13 +1,17 @@
 //! Abstractions of Tcp and Unix socket types
 
+use std::net::{Shutdown, SocketAddr, TcpStream};
 #[cfg(unix)]
 use std::os::unix::net as unix_net;
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Unified connection. Either a [`TcpStream`] or [`std::os::unix::net::UnixStream`].
 #[derive(Debug)]
 pub(crate) enum Connection {
-    Tcp(TcpStream),
+    // peerix patch: shared with the caller of `serve_connection`, which may
+    // shut it down (to make room for another connection).
+    Tcp(Arc<TcpStream>),
     #[cfg(unix)]
     Unix(unix_net::UnixStream),
 }
@@ -16,7 +20,7 @@ pub(crate) enum Connection {
 impl std::io::Read for &Connection {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {
-            Connection::Tcp(s) => (&*s).read(buf),
+            Connection::Tcp(s) => (&**s).read(buf),
             #[cfg(unix)]
             Connection::Unix(s) => (&*s).read(buf),
         }
@@ -25,7 +29,7 @@ impl std::io::Read for &Connection {
 impl std::io::Write for &Connection {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match self {
-            Connection::Tcp(s) => (&*s).write(buf),
+            Connection::Tcp(s) => (&**s).write(buf),
             #[cfg(unix)]
             Connection::Unix(s) => (&*s).write(buf),
         }
@@ -33,7 +37,7 @@ impl std::io::Write for &Connection {
 
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
-            Connection::Tcp(s) => (&*s).flush(),
+            Connection::Tcp(s) => (&**s).flush(),
             #[cfg(unix)]
             Connection::Unix(s) => (&*s).flush(),
         }
@@ -70,9 +74,29 @@ impl Connection {
         }
     }
 
+    /// peerix patch: closes a connection after a refusal without reading
+    /// what the client sent on: the reply is followed by the end of the
+    /// stream at once, then what already arrived is read and thrown away,
+    /// at most `LINGER_BYTES` and `LINGER`, so that closing does not reset
+    /// the connection (a reset can make the client lose the reply).
+    pub(crate) fn close_gently(&self) {
+        const LINGER: Duration = Duration::from_millis(200);
+        const LINGER_BYTES: usize = 64 * 1024;
+        let _ = self.shutdown(Shutdown::Write);
+        let _ = self.set_timeouts(Some(LINGER), None);
+        let deadline = Instant::now() + LINGER;
+        let (mut buf, mut left) = ([0u8; 4096], LINGER_BYTES);
+        while left > 0 && Instant::now() < deadline {
+            match std::io::Read::read(&mut &*self, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+        let _ = self.shutdown(Shutdown::Both);
+    }
 }
-impl From<TcpStream> for Connection {
-    fn from(s: TcpStream) -> Self {
+impl From<Arc<TcpStream>> for Connection {
+    fn from(s: Arc<TcpStream>) -> Self {
         Self::Tcp(s)
     }
 }

@@ -16,17 +16,17 @@ use client::ClientConnection;
 use connection::Connection;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
-pub use request::{ReadWrite, Request};
+pub use head::{parse_head, Head, Refusal};
+pub use request::{Request, RespondError};
 pub use response::{Response, ResponseBox};
-pub use test::TestRequest;
 
 mod client;
 mod common;
 mod connection;
+mod head;
 mod request;
 mod response;
 mod ssl;
-mod test;
 mod util;
 
 /// peerix patch: limits that keep a slow, idle or hostile client from
@@ -59,28 +59,40 @@ impl Default for Limits {
 ///
 /// Each request read from `stream` is handed to `handle` (which may pass it
 /// to another thread to answer), and the next one is read only once it has
-/// been answered or dropped: a client that pipelines requests without
-/// reading the answers holds one request in the server at a time, and no
-/// queue grows with what it sends. Returns when the client closes the
-/// connection, breaks a limit of `limits` (a 4xx is sent first where one
-/// can be), or asks for `Connection: close`.
-pub fn serve_connection(stream: TcpStream, limits: &Limits, mut handle: impl FnMut(Request)) {
+/// been answered (then `answered` is called) or dropped: a client that
+/// pipelines requests without reading the answers holds one request in the
+/// server at a time, and no queue grows with what it sends. Returns when
+/// the client closes the connection, breaks a limit of `limits` or sends a
+/// head that is refused (a 4xx is sent first where one can be), asks for
+/// `Connection: close`, or its request was answered with
+/// `Request::respond_and_close`, dropped unanswered or failed. `stream` may
+/// be shut down by another thread to end it.
+pub fn serve_connection(
+    stream: Arc<TcpStream>,
+    limits: &Limits,
+    mut handle: impl FnMut(Request),
+    mut answered: impl FnMut(),
+) {
     let connection = Connection::from(stream);
     let _ = connection.set_timeouts(limits.read_timeout, limits.write_timeout);
     let connection = Arc::new(connection);
     let (read, write) = util::RefinedTcpStream::new(connection.clone());
-    let client = ClientConnection::new(
+    let mut client = ClientConnection::new(
         write,
         read,
-        Some(connection),
+        Some(connection.clone()),
         limits.max_head_bytes,
         limits.head_timeout,
     );
-    let (answered, answer) = mpsc::channel();
-    for request in client {
-        handle(request.with_notify_sender(answered.clone()));
-        if answer.recv().is_err() {
-            return;
+    let (answered_tx, answer) = mpsc::channel();
+    for request in &mut client {
+        handle(request.with_notify_sender(answered_tx.clone()));
+        match answer.recv() {
+            Ok(true) => answered(),
+            Ok(false) | Err(_) => return connection.close_gently(),
         }
+    }
+    if client.refused() {
+        connection.close_gently();
     }
 }

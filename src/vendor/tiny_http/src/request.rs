@@ -1,15 +1,14 @@
-use std::io::Error as IoError;
-use std::io::{self, Cursor, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read, Write};
 
 use std::fmt;
-use std::net::SocketAddr;
-use std::str::FromStr;
-
+use std::net::{Shutdown, SocketAddr};
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 
-use crate::util::{EqualReader, FusedReader};
-use crate::{HTTPVersion, Header, Method, Response, StatusCode};
-use chunked_transfer::Decoder;
+use crate::connection::Connection;
+use crate::head::Head;
+use crate::response::Progress;
+use crate::{HTTPVersion, Header, Method, Response};
 
 /// Represents an HTTP request made by a client.
 ///
@@ -19,38 +18,19 @@ use chunked_transfer::Decoder;
 /// This object implements the `Send` trait, therefore you can dispatch your requests to
 /// worker threads.
 ///
-/// # Pipelining
+/// peerix patch: a request has no body. A head that announces one is
+/// refused before a `Request` is made (see `head.rs`), so upstream's body
+/// readers (a buffer of the claimed length, a reader that drained the
+/// claimed length when dropped, chunked decoding, `100 Continue`) and
+/// `upgrade`, `as_reader`, `into_writer` are gone.
 ///
-/// If a client sends multiple requests in a row (without waiting for the response), then you will
-/// get multiple `Request` objects simultaneously. This is called *requests pipelining*.
-/// Tiny-http automatically reorders the responses so that you don't need to worry about the order
-/// in which you call `respond` or `into_writer`.
+/// # Dropped unanswered
 ///
-/// This mechanic is disabled if:
-///
-///  - The body of a request is large enough (handling requires pipelining requires storing the
-///    body of the request in a buffer ; if the body is too big, tiny-http will avoid doing that)
-///  - A request sends a `Expect: 100-continue` header (which means that the client waits to
-///    know whether its body will be processed before sending it)
-///  - A request sends a `Connection: close` header or `Connection: upgrade` header (used for
-///    websockets), which indicates that this is the last request that will be received on this
-///    connection
-///
-/// # Automatic cleanup
-///
-/// If a `Request` object is destroyed without `into_writer` or `respond` being called,
-/// an empty response with a 500 status code (internal server error) will automatically be
-/// sent back to the client.
-/// This means that if your code fails during the handling of a request, this "internal server
-/// error" response will automatically be sent during the stack unwinding.
-///
-/// # Testing
-///
-/// If you want to build fake requests to test your server, use [`TestRequest`](crate::test::TestRequest).
+/// If a `Request` is dropped without `respond` being called (say, the thread
+/// answering it panicked), the connection is cut. Upstream sent a 500, which
+/// a Nix client takes for an error that aborts its build; a cut connection
+/// it retries.
 pub struct Request {
-    // where to read the body from
-    data_reader: Option<Box<dyn Read + Send + 'static>>,
-
     // if this writer is empty, then the request has been answered
     response_writer: Option<Box<dyn Write + Send + 'static>>,
 
@@ -67,185 +47,71 @@ pub struct Request {
 
     headers: Vec<Header>,
 
-    body_length: Option<usize>,
-
-    // true if a `100 Continue` response must be sent when `as_reader()` is called
-    must_send_continue: bool,
-
-    // If Some, a message must be sent after responding
-    notify_when_responded: Option<Sender<()>>,
+    // If Some, a message must be sent after responding: whether the
+    // connection goes on (true) or is to be closed (false).
+    notify_when_responded: Option<Sender<bool>>,
 
     // peerix patch: the connection, to shut down when a response fails half
     // way, so that the client neither takes a short body for a whole one nor
     // waits for bytes that will not come.
-    abort: Option<std::sync::Arc<crate::connection::Connection>>,
+    abort: Option<Arc<Connection>>,
 }
 
-struct NotifyOnDrop<R> {
-    sender: Sender<()>,
-    inner: R,
-}
-
-impl<R: Read> Read for NotifyOnDrop<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf)
-    }
-}
-impl<R: Write> Write for NotifyOnDrop<R> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-impl<R> Drop for NotifyOnDrop<R> {
-    fn drop(&mut self) {
-        // peerix patch: nobody waiting is no reason to panic.
-        let _ = self.sender.send(());
-    }
-}
-
-/// Error that can happen when building a `Request` object.
+/// peerix patch: a response that could not be sent whole.
 #[derive(Debug)]
-pub enum RequestCreationError {
-    /// The client sent an `Expect` header that was not recognized by tiny-http.
-    ExpectationFailed,
-
-    /// Error while reading data from the socket during the creation of the `Request`.
-    CreationIoError(IoError),
+pub struct RespondError {
+    /// What failed: the body's reader, or writing to the client.
+    pub error: io::Error,
+    /// Bytes of the body the socket took before that.
+    pub sent: u64,
+    /// Whether reading the body failed; otherwise writing to the client
+    /// did (it went away, or stopped reading until the write timeout).
+    pub body_failed: bool,
 }
 
-impl From<IoError> for RequestCreationError {
-    fn from(err: IoError) -> RequestCreationError {
-        RequestCreationError::CreationIoError(err)
+impl RespondError {
+    /// Whether the client went away (closed or reset the connection).
+    pub fn client_gone(&self) -> bool {
+        !self.body_failed
+            && matches!(
+                self.error.kind(),
+                ErrorKind::BrokenPipe
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::NotConnected
+            )
     }
 }
 
-/// Builds a new request.
-///
-/// After the request line and headers have been read from the socket, a new `Request` object
-/// is built.
-///
-/// You must pass a `Read` that will allow the `Request` object to read from the incoming data.
-/// It is the responsibility of the `Request` to read only the data of the request and not further.
-///
-/// The `Write` object will be used by the `Request` to write the response.
-#[allow(clippy::too_many_arguments)]
-pub fn new_request<R, W>(
+impl fmt::Display for RespondError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} after {} bytes of the body", self.error, self.sent)
+    }
+}
+
+impl std::error::Error for RespondError {}
+
+/// Builds a new request from its head; `writer` writes its response.
+pub(crate) fn new_request<W>(
     secure: bool,
-    method: Method,
-    path: String,
-    version: HTTPVersion,
-    headers: Vec<Header>,
+    head: Head,
     remote_addr: Option<SocketAddr>,
-    mut source_data: R,
     writer: W,
-) -> Result<Request, RequestCreationError>
+) -> Request
 where
-    R: Read + Send + 'static,
     W: Write + Send + 'static,
 {
-    // finding the transfer-encoding header
-    let transfer_encoding = headers
-        .iter()
-        .find(|h: &&Header| h.field.equiv("Transfer-Encoding"))
-        .map(|h| h.value.clone());
-
-    // finding the content-length header
-    let content_length = if transfer_encoding.is_some() {
-        // if transfer-encoding is specified, the Content-Length
-        // header must be ignored (RFC2616 #4.4)
-        None
-    } else {
-        headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Content-Length"))
-            .and_then(|h| FromStr::from_str(h.value.as_str()).ok())
-    };
-
-    // true if the client sent a `Expect: 100-continue` header
-    let expects_continue = {
-        match headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Expect"))
-            .map(|h| h.value.as_str())
-        {
-            None => false,
-            Some(v) if v.eq_ignore_ascii_case("100-continue") => true,
-            _ => return Err(RequestCreationError::ExpectationFailed),
-        }
-    };
-
-    // true if the client sent a `Connection: upgrade` header
-    let connection_upgrade = {
-        match headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Connection"))
-            .map(|h| h.value.as_str())
-        {
-            Some(v) if v.to_ascii_lowercase().contains("upgrade") => true,
-            _ => false,
-        }
-    };
-
-    // we wrap `source_data` around a reading whose nature depends on the transfer-encoding and
-    // content-length headers
-    let reader = if connection_upgrade {
-        // if we have a `Connection: upgrade`, always keeping the whole reader
-        Box::new(source_data) as Box<dyn Read + Send + 'static>
-    } else if let Some(content_length) = content_length {
-        if content_length == 0 {
-            Box::new(io::empty()) as Box<dyn Read + Send + 'static>
-        } else if content_length <= 1024 && !expects_continue {
-            // if the content-length is small enough, we just read everything into a buffer
-
-            let mut buffer = vec![0; content_length];
-            let mut offset = 0;
-
-            while offset != content_length {
-                let read = source_data.read(&mut buffer[offset..])?;
-                if read == 0 {
-                    // the socket returned EOF, but we were before the expected content-length
-                    // aborting
-                    let info = "Connection has been closed before we received enough data";
-                    let err = IoError::new(ErrorKind::ConnectionAborted, info);
-                    return Err(RequestCreationError::CreationIoError(err));
-                }
-
-                offset += read;
-            }
-
-            Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
-        } else {
-            let (data_reader, _) = EqualReader::new(source_data, content_length); // TODO:
-            Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
-        }
-    } else if transfer_encoding.is_some() {
-        // if a transfer-encoding was specified, then "chunked" is ALWAYS applied
-        // over the message (RFC2616 #3.6)
-        Box::new(FusedReader::new(Decoder::new(source_data))) as Box<dyn Read + Send + 'static>
-    } else {
-        // if we have neither a Content-Length nor a Transfer-Encoding,
-        // assuming that we have no data
-        // TODO: could also be multipart/byteranges
-        Box::new(io::empty()) as Box<dyn Read + Send + 'static>
-    };
-
-    Ok(Request {
-        data_reader: Some(reader),
+    Request {
         response_writer: Some(Box::new(writer) as Box<dyn Write + Send + 'static>),
         remote_addr,
         secure,
-        method,
-        path,
-        http_version: version,
-        headers,
-        body_length: content_length,
-        must_send_continue: expects_continue,
+        method: head.method,
+        path: head.path,
+        http_version: head.version,
+        headers: head.headers,
         notify_when_responded: None,
         abort: None,
-    })
+    }
 }
 
 impl Request {
@@ -279,18 +145,7 @@ impl Request {
         &self.http_version
     }
 
-    /// Returns the length of the body in bytes.
-    ///
-    /// Returns `None` if the length is unknown.
-    #[inline]
-    pub fn body_length(&self) -> Option<usize> {
-        self.body_length
-    }
-
     /// Returns the address of the client that sent this request.
-    ///
-    /// The address is always `Some` for TCP listeners, but always `None` for UNIX listeners
-    /// (as the remote address of a UNIX client is almost always unnamed).
     ///
     /// Note that this is gathered from the socket. If you receive the request from a proxy,
     /// this function will return the address of the proxy and not the address of the actual
@@ -300,196 +155,82 @@ impl Request {
         self.remote_addr.as_ref()
     }
 
-    /// Sends a response with a `Connection: upgrade` header, then turns the `Request` into a `Stream`.
-    ///
-    /// The main purpose of this function is to support websockets.
-    /// If you detect that the request wants to use some kind of protocol upgrade, you can
-    ///  call this function to obtain full control of the socket stream.
-    ///
-    /// If you call this on a non-websocket request, tiny-http will wait until this `Stream` object
-    ///  is destroyed before continuing to read or write on the socket. Therefore you should always
-    ///  destroy it as soon as possible.
-    pub fn upgrade<R: Read>(
-        mut self,
-        protocol: &str,
-        response: Response<R>,
-    ) -> Box<dyn ReadWrite + Send> {
-        use crate::util::CustomStream;
-
-        response
-            .raw_print(
-                self.response_writer.as_mut().unwrap().by_ref(),
-                self.http_version.clone(),
-                &self.headers,
-                false,
-                Some(protocol),
-            )
-            .ok(); // TODO: unused result
-
-        self.response_writer.as_mut().unwrap().flush().ok(); // TODO: unused result
-
-        let stream = CustomStream::new(self.extract_reader_impl(), self.extract_writer_impl());
-        if let Some(sender) = self.notify_when_responded.take() {
-            let stream = NotifyOnDrop {
-                sender,
-                inner: stream,
-            };
-            Box::new(stream) as Box<dyn ReadWrite + Send>
-        } else {
-            Box::new(stream) as Box<dyn ReadWrite + Send>
-        }
-    }
-
-    /// Allows to read the body of the request.
-    ///
-    /// # Example
-    ///
-    /// ```no_run
-    /// # extern crate rustc_serialize;
-    /// # extern crate tiny_http;
-    /// # use rustc_serialize::json::Json;
-    /// # use std::io::Read;
-    /// # fn get_content_type(_: &tiny_http::Request) -> &'static str { "" }
-    /// # fn main() {
-    /// # let server = tiny_http::Server::http("0.0.0.0:0").unwrap();
-    /// let mut request = server.recv().unwrap();
-    ///
-    /// if get_content_type(&request) == "application/json" {
-    ///     let mut content = String::new();
-    ///     request.as_reader().read_to_string(&mut content).unwrap();
-    ///     let json: Json = content.parse().unwrap();
-    /// }
-    /// # }
-    /// ```
-    ///
-    /// If the client sent a `Expect: 100-continue` header with the request, calling this
-    ///  function will send back a `100 Continue` response.
+    /// Sends a response to this request; returns the bytes of its body
+    /// sent. peerix patch: when that fails (the body's reader failed, a
+    /// write timed out, the client went away: upstream reported the last
+    /// as success), the connection is cut and the error says how many bytes
+    /// of the body went out before.
     #[inline]
-    pub fn as_reader(&mut self) -> &mut dyn Read {
-        if self.must_send_continue {
-            let msg = Response::new_empty(StatusCode(100));
-            msg.raw_print(
-                self.response_writer.as_mut().unwrap().by_ref(),
-                self.http_version.clone(),
-                &self.headers,
-                true,
-                None,
-            )
-            .ok();
-            self.response_writer.as_mut().unwrap().flush().ok();
-            self.must_send_continue = false;
-        }
-
-        self.data_reader.as_mut().unwrap()
-    }
-
-    /// Turns the `Request` into a writer.
-    ///
-    /// The writer has a raw access to the stream to the user.
-    /// This function is useful for things like CGI.
-    ///
-    /// Note that the destruction of the `Writer` object may trigger
-    /// some events. For exemple if a client has sent multiple requests and the requests
-    /// have been processed in parallel, the destruction of a writer will trigger
-    /// the writing of the next response.
-    /// Therefore you should always destroy the `Writer` as soon as possible.
-    #[inline]
-    pub fn into_writer(mut self) -> Box<dyn Write + Send + 'static> {
-        let writer = self.extract_writer_impl();
-        if let Some(sender) = self.notify_when_responded.take() {
-            let writer = NotifyOnDrop {
-                sender,
-                inner: writer,
-            };
-            Box::new(writer) as Box<dyn Write + Send + 'static>
-        } else {
-            writer
-        }
-    }
-
-    /// Extract the response `Writer` object from the Request, dropping this `Writer` has the same side effects
-    /// as the object returned by `into_writer` above.
-    ///
-    /// This may only be called once on a single request.
-    fn extract_writer_impl(&mut self) -> Box<dyn Write + Send + 'static> {
-        use std::mem;
-
-        assert!(self.response_writer.is_some());
-
-        let mut writer = None;
-        mem::swap(&mut self.response_writer, &mut writer);
-        writer.unwrap()
-    }
-
-    /// Extract the body `Reader` object from the Request.
-    ///
-    /// This may only be called once on a single request.
-    fn extract_reader_impl(&mut self) -> Box<dyn Read + Send + 'static> {
-        use std::mem;
-
-        assert!(self.data_reader.is_some());
-
-        let mut reader = None;
-        mem::swap(&mut self.data_reader, &mut reader);
-        reader.unwrap()
-    }
-
-    /// Sends a response to this request.
-    #[inline]
-    pub fn respond<R>(mut self, response: Response<R>) -> Result<(), IoError>
+    pub fn respond<R>(self, response: Response<R>) -> Result<u64, RespondError>
     where
         R: Read,
     {
-        let res = self.respond_impl(response);
+        self.respond_with(response, false)
+    }
+
+    /// peerix patch: `respond`, with `Connection: close`: the connection is
+    /// closed after this response, and no further request is read from it.
+    pub fn respond_and_close<R>(self, response: Response<R>) -> Result<u64, RespondError>
+    where
+        R: Read,
+    {
+        self.respond_with(response, true)
+    }
+
+    fn respond_with<R>(mut self, response: Response<R>, close: bool) -> Result<u64, RespondError>
+    where
+        R: Read,
+    {
+        let mut sent = Progress::default();
+        let res = self.respond_impl(response, close, &mut sent);
         if let (Err(e), Some(connection)) = (&res, &self.abort) {
             log::debug!("cutting the connection to {:?}: {}", self.remote_addr, e);
-            let _ = connection.shutdown(std::net::Shutdown::Both);
+            let _ = connection.shutdown(Shutdown::Both);
         }
         if let Some(sender) = self.notify_when_responded.take() {
-            let _ = sender.send(());
+            let _ = sender.send(res.is_ok() && !close);
         }
-        res
-    }
-
-    fn respond_impl<R>(&mut self, response: Response<R>) -> Result<(), IoError>
-    where
-        R: Read,
-    {
-        let mut writer = self.extract_writer_impl();
-
-        let do_not_send_body = self.method == Method::Head;
-
-        Self::ignore_client_closing_errors(response.raw_print(
-            writer.by_ref(),
-            self.http_version.clone(),
-            &self.headers,
-            do_not_send_body,
-            None,
-        ))?;
-
-        Self::ignore_client_closing_errors(writer.flush())
-    }
-
-    fn ignore_client_closing_errors(result: io::Result<()>) -> io::Result<()> {
-        result.or_else(|err| match err.kind() {
-            ErrorKind::BrokenPipe => Ok(()),
-            ErrorKind::ConnectionAborted => Ok(()),
-            ErrorKind::ConnectionRefused => Ok(()),
-            ErrorKind::ConnectionReset => Ok(()),
-            _ => Err(err),
+        res.map(|()| sent.bytes).map_err(|error| RespondError {
+            error,
+            sent: sent.bytes,
+            body_failed: sent.body_failed,
         })
     }
 
+    fn respond_impl<R>(
+        &mut self,
+        response: Response<R>,
+        close: bool,
+        sent: &mut Progress,
+    ) -> io::Result<()>
+    where
+        R: Read,
+    {
+        let mut writer = self
+            .response_writer
+            .take()
+            .ok_or_else(|| io::Error::other("answered twice"))?;
+
+        let do_not_send_body = self.method == Method::Head;
+
+        response.print(
+            writer.by_ref(),
+            self.http_version.clone(),
+            do_not_send_body,
+            close,
+            sent,
+        )?;
+
+        writer.flush()
+    }
+
     /// peerix patch: the connection to shut down if responding fails.
-    pub(crate) fn with_abort(
-        mut self,
-        connection: Option<std::sync::Arc<crate::connection::Connection>>,
-    ) -> Self {
+    pub(crate) fn with_abort(mut self, connection: Option<Arc<Connection>>) -> Self {
         self.abort = connection;
         self
     }
 
-    pub(crate) fn with_notify_sender(mut self, sender: Sender<()>) -> Self {
+    pub(crate) fn with_notify_sender(mut self, sender: Sender<bool>) -> Self {
         self.notify_when_responded = Some(sender);
         self
     }
@@ -506,22 +247,19 @@ impl fmt::Debug for Request {
 }
 
 impl Drop for Request {
+    /// peerix patch: a request dropped unanswered cuts its connection
+    /// (upstream answered 500).
     fn drop(&mut self) {
-        if self.response_writer.is_some() {
-            let response = Response::empty(500);
-            let _ = self.respond_impl(response); // ignoring any potential error
+        if self.response_writer.take().is_some() {
+            if let Some(connection) = &self.abort {
+                let _ = connection.shutdown(Shutdown::Both);
+            }
             if let Some(sender) = self.notify_when_responded.take() {
-                let _ = sender.send(());
+                let _ = sender.send(false);
             }
         }
     }
 }
-
-/// Dummy trait that regroups the `Read` and `Write` traits.
-///
-/// Automatically implemented on all types that implement both `Read` and `Write`.
-pub trait ReadWrite: Read + Write {}
-impl<T> ReadWrite for T where T: Read + Write {}
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,5 @@
 use crate::common::{HTTPVersion, Header, StatusCode};
 use httpdate::HttpDate;
-use std::cmp::Ordering;
 use std::sync::mpsc::Receiver;
 
 use std::io::Result as IoResult;
@@ -13,20 +12,47 @@ use std::time::SystemTime;
 
 /// peerix patch: copies a body with a large buffer. `io::copy`'s 8 KiB
 /// pieces cost a system call on each side per 8 KiB, which for a NAR of
-/// hundreds of MiB is most of the CPU the daemon uses.
-fn copy_large<R: Read + ?Sized, W: Write + ?Sized>(reader: &mut R, writer: &mut W) -> IoResult<u64> {
+/// hundreds of MiB is most of the CPU the daemon uses. `sent` counts the
+/// bytes the writer took, also when it fails half-way (a client that went
+/// away), and says whether a failure was the reader's.
+fn copy_large<R: Read + ?Sized, W: Write + ?Sized>(
+    reader: &mut R,
+    writer: &mut W,
+    sent: &mut Progress,
+) -> IoResult<()> {
     let mut buf = vec![0u8; 256 * 1024];
-    let mut copied = 0;
     loop {
         let n = match reader.read(&mut buf) {
-            Ok(0) => return Ok(copied),
+            Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            Err(e) => {
+                sent.body_failed = true;
+                return Err(e);
+            }
         };
-        writer.write_all(&buf[..n])?;
-        copied += n as u64;
+        let mut piece = &buf[..n];
+        while !piece.is_empty() {
+            match writer.write(piece) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(w) => {
+                    sent.bytes += w as u64;
+                    piece = &piece[w..];
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
+}
+
+/// peerix patch: how far a response got.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Progress {
+    /// Bytes of the body the writer took.
+    pub bytes: u64,
+    /// Whether reading the body failed (rather than writing it).
+    pub body_failed: bool,
 }
 
 /// Object representing an HTTP response whose purpose is to be given to a `Request`.
@@ -74,20 +100,6 @@ enum TransferEncoding {
     Chunked,
 }
 
-impl FromStr for TransferEncoding {
-    type Err = ();
-
-    fn from_str(input: &str) -> Result<TransferEncoding, ()> {
-        if input.eq_ignore_ascii_case("identity") {
-            Ok(TransferEncoding::Identity)
-        } else if input.eq_ignore_ascii_case("chunked") {
-            Ok(TransferEncoding::Chunked)
-        } else {
-            Err(())
-        }
-    }
-}
-
 /// Builds a Date: header with the current date.
 fn build_date_header() -> Header {
     let d = HttpDate::from(SystemTime::now());
@@ -127,16 +139,16 @@ where
     Ok(())
 }
 
+/// peerix patch: the encoding is the server's choice alone. Upstream let
+/// the request's `TE` header pick chunked encoding, with which a body that
+/// fails half-way ends in a terminating chunk: a short body that looks
+/// whole.
 fn choose_transfer_encoding(
     status_code: StatusCode,
-    request_headers: &[Header],
     http_version: &HTTPVersion,
     entity_length: &Option<usize>,
-    has_additional_headers: bool,
     chunked_threshold: usize,
 ) -> TransferEncoding {
-    use crate::util;
-
     // HTTP 1.0 doesn't support other encoding
     if *http_version <= (1, 0) {
         return TransferEncoding::Identity;
@@ -147,46 +159,6 @@ fn choose_transfer_encoding(
     // of 1xx (Informational) or 204 (No Content).
     if status_code.0 < 200 || status_code.0 == 204 {
         return TransferEncoding::Identity;
-    }
-
-    // parsing the request's TE header
-    let user_request = request_headers
-        .iter()
-        // finding TE
-        .find(|h| h.field.equiv("TE"))
-        // getting its value
-        .map(|h| h.value.clone())
-        // getting the corresponding TransferEncoding
-        .and_then(|value| {
-            // getting list of requested elements
-            let mut parse = util::parse_header_value(value.as_str()); // TODO: remove conversion
-
-            // sorting elements by most priority
-            parse.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(Ordering::Equal));
-
-            // trying to parse each requested encoding
-            for value in parse.iter() {
-                // q=0 are ignored
-                if value.1 <= 0.0 {
-                    continue;
-                }
-
-                if let Ok(te) = TransferEncoding::from_str(value.0) {
-                    return Some(te);
-                }
-            }
-
-            // encoding not found
-            None
-        });
-
-    if let Some(user_request) = user_request {
-        return user_request;
-    }
-
-    // if we have additional headers, using chunked
-    if has_additional_headers {
-        return TransferEncoding::Chunked;
     }
 
     // if we don't have a Content-Length, or if the Content-Length is too big, using chunks writer
@@ -345,26 +317,42 @@ where
     /// This function is the one used to send the response to the client's socket.
     /// Therefore you shouldn't expect anything pretty-printed or even readable.
     ///
-    /// The HTTP version and headers passed as arguments are used to
-    ///  decide which features (most notably, encoding) to use.
+    /// peerix patch: `close` adds `Connection: close` (the connection is
+    /// closed after this response); upstream's protocol upgrade and the
+    /// request's headers (only its `TE` was read) are gone.
     ///
     /// Note: does not flush the writer.
     pub fn raw_print<W: Write>(
+        self,
+        writer: W,
+        http_version: HTTPVersion,
+        do_not_send_body: bool,
+        close: bool,
+    ) -> IoResult<()> {
+        self.print(
+            writer,
+            http_version,
+            do_not_send_body,
+            close,
+            &mut Progress::default(),
+        )
+    }
+
+    /// `raw_print`, saying in `sent` how far the body got.
+    pub(crate) fn print<W: Write>(
         mut self,
         mut writer: W,
         http_version: HTTPVersion,
-        request_headers: &[Header],
         do_not_send_body: bool,
-        upgrade: Option<&str>,
+        close: bool,
+        sent: &mut Progress,
     ) -> IoResult<()> {
-        let mut transfer_encoding = Some(choose_transfer_encoding(
+        let transfer_encoding = choose_transfer_encoding(
             self.status_code,
-            request_headers,
             &http_version,
             &self.data_length,
-            false, /* TODO */
             self.chunked_threshold(),
-        ));
+        );
 
         // add `Date` if not in the headers
         if !self.headers.iter().any(|h| h.field.equiv("Date")) {
@@ -379,32 +367,24 @@ where
             );
         }
 
-        // handling upgrade
-        if let Some(upgrade) = upgrade {
-            self.headers.insert(
-                0,
-                Header::from_bytes(&b"Upgrade"[..], upgrade.as_bytes()).unwrap(),
-            );
-            self.headers.insert(
-                0,
-                Header::from_bytes(&b"Connection"[..], &b"upgrade"[..]).unwrap(),
-            );
-            transfer_encoding = None;
+        if close {
+            self.headers
+                .push(Header::from_bytes(&b"Connection"[..], &b"close"[..]).unwrap());
         }
 
         // if the transfer encoding is identity, the content length must be known ; therefore if
         // we don't know it, we buffer the entire response first here
         // while this is an expensive operation, it is only ever needed for clients using HTTP 1.0
-        let (mut reader, data_length): (Box<dyn Read>, _) =
+        let (mut reader, data_length): (Box<dyn Read>, usize) =
             match (self.data_length, transfer_encoding) {
-                (Some(l), _) => (Box::new(self.reader), Some(l)),
-                (None, Some(TransferEncoding::Identity)) => {
+                (Some(l), _) => (Box::new(self.reader), l),
+                (None, TransferEncoding::Identity) => {
                     let mut buf = Vec::new();
                     self.reader.read_to_end(&mut buf)?;
                     let l = buf.len();
-                    (Box::new(Cursor::new(buf)), Some(l))
+                    (Box::new(Cursor::new(buf)), l)
                 }
-                _ => (Box::new(self.reader), None),
+                (None, TransferEncoding::Chunked) => (Box::new(self.reader), 0),
             };
 
         // checking whether to ignore the body of the response
@@ -417,24 +397,17 @@ where
 
         // preparing headers for transfer
         match transfer_encoding {
-            Some(TransferEncoding::Chunked) => self
+            TransferEncoding::Chunked => self
                 .headers
                 .push(Header::from_bytes(&b"Transfer-Encoding"[..], &b"chunked"[..]).unwrap()),
 
-            Some(TransferEncoding::Identity) => {
-                assert!(data_length.is_some());
-                let data_length = data_length.unwrap();
-
-                self.headers.push(
-                    Header::from_bytes(
-                        &b"Content-Length"[..],
-                        format!("{}", data_length).as_bytes(),
-                    )
-                    .unwrap(),
+            TransferEncoding::Identity => self.headers.push(
+                Header::from_bytes(
+                    &b"Content-Length"[..],
+                    format!("{}", data_length).as_bytes(),
                 )
-            }
-
-            _ => (),
+                .unwrap(),
+            ),
         };
 
         // sending headers
@@ -448,23 +421,18 @@ where
         // sending the body
         if !do_not_send_body {
             match transfer_encoding {
-                Some(TransferEncoding::Chunked) => {
+                TransferEncoding::Chunked => {
                     use chunked_transfer::Encoder;
 
                     let mut writer = Encoder::new(writer);
-                    io::copy(&mut reader, &mut writer)?;
+                    sent.bytes += io::copy(&mut reader, &mut writer)?;
                 }
 
-                Some(TransferEncoding::Identity) => {
-                    assert!(data_length.is_some());
-                    let data_length = data_length.unwrap();
-
+                TransferEncoding::Identity => {
                     if data_length >= 1 {
-                        copy_large(&mut reader, &mut writer)?;
+                        copy_large(&mut reader, &mut writer, sent)?;
                     }
                 }
-
-                _ => (),
             }
         }
 

@@ -1,0 +1,373 @@
+//! Pulling through upstream caches (`--upstream`, e.g. cache.nixos.org)
+//! for a path no peer has, so that each upstream path crosses the internet
+//! once per LAN, however many machines want it at the same moment.
+//!
+//! - `client.rs`: HTTPS to the upstreams, as Nix does it (CAs, proxies).
+//! - `decode.rs`: xz and zstd NARs decompressed, so every Nix reads them.
+//! - `spool.rs`: the downloads under way, in files every reader follows.
+//! - here: the upstreams' narinfo (checked, cached), and which node of the
+//!   LAN fetches a path: the first in rendezvous order (a hash of node id
+//!   and path) among the live nodes that pull, this one included. Every
+//!   node computes the same order from its peer table without a message,
+//!   so nodes asking in the same millisecond agree on one fetcher; the
+//!   others stream from it (`/peer/pull/…`) while it arrives. When that
+//!   node is unreachable or breaks off, the next in the order goes on from
+//!   the byte reached, and this node itself in the end, which fetches
+//!   from the upstream directly.
+
+mod client;
+mod decode;
+mod spool;
+
+use std::collections::VecDeque;
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use client::Cache;
+use client::{Client, UpstreamError};
+use spool::{Open, Spool};
+
+use crate::cache::Bounded;
+use crate::discovery::{Discovery, Found};
+use crate::logs::Throttle;
+use crate::nar_check::{Blame, Checked, Prefixes, StartError};
+use crate::narinfo::{HashPart, NarInfo};
+use crate::nix32;
+use crate::peer_client::PeerClient;
+use crate::store::Store;
+use crate::trust::Trust;
+
+/// The longest all upstreams together may take to answer a narinfo.
+const NARINFO_TIMEOUT: Duration = Duration::from_secs(5);
+/// An upstream's narinfo is remembered this long (a NAR request follows
+/// its narinfo within seconds; Nix itself keeps it 30 days).
+const FOUND_TTL: Duration = Duration::from_secs(3600);
+/// "No upstream has it" is remembered this long: briefly, since an
+/// upstream may get it any time.
+const MISSING_TTL: Duration = Duration::from_secs(30);
+/// Upstream answers remembered, per generation.
+const ANSWERS: usize = 8192;
+
+static UPSTREAM_FAILED: Throttle = Throttle::new();
+
+/// How this node pulls through upstream caches.
+pub struct Settings {
+    pub caches: Vec<Cache>,
+    /// The spool's directory, and its size in bytes.
+    pub spool_dir: PathBuf,
+    pub spool_bytes: u64,
+}
+
+/// A path an upstream has: which, and its narinfo there (checked).
+#[derive(Clone, Debug)]
+pub struct Pulled {
+    cache: usize,
+    pub info: NarInfo,
+}
+
+#[derive(Clone)]
+enum Answer {
+    Found(Box<Pulled>, Instant),
+    Missing(Instant),
+}
+
+pub struct Pull {
+    caches: Vec<Cache>,
+    client: Arc<Client>,
+    trust: Trust,
+    answers: Mutex<Bounded<HashPart, Answer>>,
+    spool: Spool,
+    discovery: Arc<Discovery>,
+    peers: PeerClient,
+    /// What cut streams to the local Nix had sent (shared with the peers'
+    /// NARs: the URLs are the same).
+    prefixes: Arc<Prefixes>,
+}
+
+/// Who goes on with a NAR: a peer that pulls, or this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    Peer(u64, SocketAddr),
+    Here,
+}
+
+impl Pull {
+    pub fn new(
+        settings: Settings,
+        trust: Trust,
+        discovery: Arc<Discovery>,
+        peers: PeerClient,
+        store: Arc<Store>,
+        prefixes: Arc<Prefixes>,
+    ) -> Result<Pull, String> {
+        let spool = Spool::new(
+            settings.spool_dir,
+            settings.spool_bytes,
+            Box::new(move |hash| store.lookup(hash).is_some()),
+        );
+        Ok(Pull {
+            caches: settings.caches,
+            client: Arc::new(Client::new()?),
+            trust,
+            answers: Mutex::new(Bounded::new(ANSWERS)),
+            spool,
+            discovery,
+            peers,
+            prefixes,
+        })
+    }
+
+    /// The narinfo of the first upstream that has `hash`, if it passes
+    /// every check a peer's does (signed by a key the local Nix trusts);
+    /// remembered, misses briefly. Within `NARINFO_TIMEOUT`.
+    pub fn narinfo(&self, hash: &HashPart) -> Option<Pulled> {
+        let remembered = self.answers.lock().ok().and_then(|a| a.get(hash).cloned());
+        match remembered {
+            Some(Answer::Found(p, at)) if at.elapsed() < FOUND_TTL => return Some(*p),
+            Some(Answer::Missing(at)) if at.elapsed() < MISSING_TTL => return None,
+            _ => {}
+        }
+        let deadline = Instant::now() + NARINFO_TIMEOUT;
+        let mut failed = false;
+        for (i, cache) in self.caches.iter().enumerate() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                failed = true;
+                break;
+            }
+            let why = match self.client.narinfo(cache, hash, left) {
+                Ok(mut info) => match self.trust.keep_trusted(&mut info) {
+                    true => {
+                        let pulled = Pulled { cache: i, info };
+                        let found = Answer::Found(Box::new(pulled.clone()), Instant::now());
+                        self.remember(hash, found);
+                        return Some(pulled);
+                    }
+                    false => "not signed by a key the local Nix trusts".to_string(),
+                },
+                Err(UpstreamError::Missing) => continue,
+                Err(e) => {
+                    failed = true;
+                    e.to_string()
+                }
+            };
+            UPSTREAM_FAILED.log(log::Level::Warn, || {
+                format!("{cache}/{hash}.narinfo: {why}; trying the next upstream")
+            });
+        }
+        // A miss is remembered only when every upstream said so.
+        if !failed {
+            self.remember(hash, Answer::Missing(Instant::now()));
+        }
+        None
+    }
+
+    fn remember(&self, hash: &HashPart, answer: Answer) {
+        if let Ok(mut answers) = self.answers.lock() {
+            answers.insert(*hash, answer);
+        }
+    }
+
+    /// The upstream narinfo of `hash`, if its NarHash is `nar_hash` (or
+    /// none was asked for).
+    pub fn matching(&self, hash: &HashPart, nar_hash: Option<[u8; 32]>) -> Option<Pulled> {
+        self.narinfo(hash)
+            .filter(|p| nar_hash.is_none_or(|n| n == p.info.nar_hash))
+    }
+
+    /// The NAR of `pulled` to hand the local Nix from byte `offset`: read
+    /// from its first byte, from the node that fetches it for the LAN,
+    /// failing over down the rendezvous order to this node itself, and
+    /// checked against its NarHash (`nar_check`). `None` when no node can
+    /// start it, or when the client's first `offset` bytes (of a stream
+    /// that was cut) are not this NAR's.
+    pub fn nar(self: &Arc<Self>, pulled: Pulled, offset: u64) -> Option<Box<dyn Read + Send>> {
+        let hash = pulled.info.hash_part();
+        let (nar_hash, total) = (pulled.info.nar_hash, pulled.info.nar_size);
+        let order = self.order(&hash);
+        if let Some(Via::Peer(_, first)) = order.first() {
+            log::debug!("{hash}: fetched for the LAN by {first}");
+        }
+        let mut nar = PullNar {
+            pull: self.clone(),
+            pulled,
+            pos: 0,
+            order: order.into(),
+            current: None,
+        };
+        match nar.open_next() {
+            Ok(opened) => nar.current = Some(opened),
+            Err(e) => {
+                log::info!("{hash}: {e}");
+                return None;
+            }
+        }
+        match Checked::start(nar, nar_hash, total, offset, self.prefixes.clone()) {
+            Ok(checked) => Some(Box::new(checked)),
+            Err(StartError::Io(e)) => {
+                log::info!("{hash}: {e}");
+                None
+            }
+            Err(StartError::PrefixDiffers) => {
+                log::warn!(
+                    "{hash}: Nix resumes a NAR whose first {offset} bytes were wrong; \
+                     refused (404), so that it gets the path anew"
+                );
+                None
+            }
+        }
+    }
+
+    /// The upstream's bytes for `hash` did not hash to its NarHash: its
+    /// narinfo is asked for anew, and its spool file is not read again.
+    fn blame(&self, hash: &HashPart) {
+        log::warn!("{hash}: the NAR pulled through the upstream does not match its NarHash");
+        if let Ok(mut answers) = self.answers.lock() {
+            answers.remove(hash);
+        }
+        self.spool.forget(hash);
+    }
+
+    /// The NAR of `pulled` from byte `offset` on, fetched by this node
+    /// (through the spool): for the local Nix and for peers.
+    pub fn nar_here(&self, pulled: &Pulled, offset: u64) -> io::Result<Box<dyn Read + Send>> {
+        let (client, cache, info) = (
+            self.client.clone(),
+            self.caches[pulled.cache].clone(),
+            pulled.info.clone(),
+        );
+        let open: Open = Arc::new(move |from| {
+            (client.nar(&cache, &info, from)).map_err(|e| io::Error::other(e.to_string()))
+        });
+        let info = &pulled.info;
+        self.spool.read(
+            &info.hash_part(),
+            info.nar_hash,
+            info.nar_size,
+            offset,
+            open,
+        )
+    }
+
+    /// The nodes that may serve `hash`'s NAR, in rendezvous order: the
+    /// live peers that pull and this node, by a hash of node id and path.
+    fn order(&self, hash: &HashPart) -> Vec<Via> {
+        let mut nodes: Vec<(u64, Via)> = (self.discovery.pullers().into_iter())
+            .map(|(node, addr)| (score(node, hash), Via::Peer(node, addr)))
+            .collect();
+        nodes.push((score(self.discovery.node(), hash), Via::Here));
+        nodes.sort_by_key(|n| std::cmp::Reverse(n.0));
+        nodes.into_iter().map(|(_, via)| via).collect()
+    }
+}
+
+/// A node's rank for a path: the larger, the earlier.
+fn score(node: u64, hash: &HashPart) -> u64 {
+    let mut input = node.to_be_bytes().to_vec();
+    input.extend_from_slice(hash.as_str().as_bytes());
+    let digest = ring::digest::digest(&ring::digest::SHA256, &input);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// The URL of a pulled NAR on a peer's `/peer/` routes.
+pub fn peer_nar_url(info: &NarInfo) -> String {
+    format!(
+        "pull/{}-{}.nar",
+        nix32::encode(&info.nar_hash),
+        info.hash_part()
+    )
+}
+
+/// A pulled NAR for the local Nix, from one node after another: when the
+/// current one fails, the next goes on from the same byte.
+struct PullNar {
+    pull: Arc<Pull>,
+    pulled: Pulled,
+    pos: u64,
+    order: VecDeque<Via>,
+    current: Option<(Via, Box<dyn Read + Send>)>,
+}
+
+impl PullNar {
+    fn open_next(&mut self) -> io::Result<(Via, Box<dyn Read + Send>)> {
+        let hash = self.pulled.info.hash_part();
+        while let Some(via) = self.order.pop_front() {
+            let opened = match via {
+                Via::Here => self.pull.nar_here(&self.pulled, self.pos),
+                Via::Peer(node, addr) => {
+                    let found = Found {
+                        addr,
+                        v1: false,
+                        node: Some(node),
+                    };
+                    let info = NarInfo {
+                        url: peer_nar_url(&self.pulled.info),
+                        ..self.pulled.info.clone()
+                    };
+                    (self.pull.peers.nar(&found, &info, self.pos))
+                        .map_err(|e| io::Error::other(e.to_string()))
+                }
+            };
+            match opened {
+                Ok(body) => return Ok((via, body)),
+                Err(e) => log::info!("{hash}: the pulled NAR from {via:?}: {e}; trying the next"),
+            }
+        }
+        Err(io::Error::other(format!(
+            "no node can go on with the pulled NAR from byte {}",
+            self.pos
+        )))
+    }
+}
+
+impl Blame for PullNar {
+    fn bad_bytes(&mut self) {
+        self.pull.blame(&self.pulled.info.hash_part());
+    }
+}
+
+impl Read for PullNar {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let total = self.pulled.info.nar_size;
+        if self.pos >= total || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(total - self.pos).unwrap_or(usize::MAX));
+        loop {
+            let (via, body) = match &mut self.current {
+                Some(current) => current,
+                None => {
+                    let opened = self.open_next()?;
+                    log::info!(
+                        "{}: going on from {:?} at byte {}",
+                        self.pulled.info.hash_part(),
+                        opened.0,
+                        self.pos
+                    );
+                    self.current.insert(opened)
+                }
+            };
+            let failure = match body.read(&mut buf[..want]) {
+                Ok(0) => "it ended early".to_string(),
+                Ok(n) => {
+                    self.pos += n as u64;
+                    return Ok(n);
+                }
+                Err(e) => e.to_string(),
+            };
+            log::info!(
+                "{}: the pulled NAR from {via:?} broke at byte {} of {total} ({failure})",
+                self.pulled.info.hash_part(),
+                self.pos,
+            );
+            self.current = None;
+        }
+    }
+}
