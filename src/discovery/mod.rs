@@ -409,6 +409,7 @@ impl Discovery {
             announced: 0,
             last_notice: None,
             last_publish: None,
+            departed: crate::cache::Bounded::new(64),
             pulls: settings.pulls,
         };
         std::thread::Builder::new()

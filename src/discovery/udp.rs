@@ -48,9 +48,15 @@ pub(super) struct UdpThread {
     pub(super) announced: u64,
     pub(super) last_notice: Option<Instant>,
     pub(super) last_publish: Option<Instant>,
+    /// Nodes that said goodbye, and when: datagrams of theirs still on
+    /// the way (through a router, say) do not bring them back.
+    pub(super) departed: Bounded<NodeId, Instant>,
     /// Whether to say `Pulls` beside every hello.
     pub(super) pulls: bool,
 }
+
+/// Datagrams of a node that said goodbye are ignored this long.
+const DEPARTED_FOR: Duration = Duration::from_secs(10);
 
 /// The routes are published again at most this often.
 const PUBLISH_GAP: Duration = Duration::from_millis(20);
@@ -393,12 +399,16 @@ impl UdpThread {
                 format!("peer {node:016x} at {from} said goodbye")
             });
             self.peers.forget(node);
+            self.departed.insert(node, Instant::now());
             self.summaries.forget(node);
             self.exchange.forget(node);
             self.routes_stale = true;
             for entries in self.recent.values_mut() {
                 entries.retain(|(n, _, _)| *n != Some(node));
             }
+            return;
+        }
+        if (self.departed.get(&node)).is_some_and(|at| at.elapsed() < DEPARTED_FOR) {
             return;
         }
         let new = self.peers.heard(node, from, port);
