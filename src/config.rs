@@ -102,6 +102,11 @@ pub struct Args {
     /// (default auto)
     #[argh(option, default = "compress::Mode::Auto")]
     pub compress: compress::Mode,
+    /// never ask original Peerix nodes (their format is broadcast with
+    /// every query otherwise): on a LAN of this version only, a miss then
+    /// sends nothing
+    #[argh(switch)]
+    pub no_v1: bool,
     /// an upstream binary cache (e.g. https://cache.nixos.org) to fetch
     /// paths no peer has from, once for the whole LAN; repeat for several,
     /// tried in order
@@ -151,6 +156,8 @@ pub struct Config {
     pub network_key: Option<NetworkKey>,
     pub answer_rate: u32,
     pub compress: compress::Mode,
+    /// Ask original Peerix nodes too.
+    pub v1: bool,
     /// Upstream caches, in order; none: the node asks only its peers.
     pub upstreams: Vec<crate::pull::Cache>,
     pub state_dir: PathBuf,
@@ -268,6 +275,7 @@ impl Config {
             network_key,
             answer_rate: args.answer_rate,
             compress: args.compress,
+            v1: !args.no_v1,
         })
     }
 

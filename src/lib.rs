@@ -25,6 +25,7 @@ pub mod share;
 pub mod signals;
 pub mod store;
 pub mod stripe;
+pub mod summary;
 pub mod throughput;
 pub mod transfers;
 pub mod trust;

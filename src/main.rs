@@ -56,6 +56,7 @@ fn main() -> ExitCode {
             timeout: config.timeout,
             network_key: network_key.clone(),
             answer_rate: config.answer_rate,
+            v1: config.v1,
             pulls: !config.upstreams.is_empty(),
         },
         store.clone(),

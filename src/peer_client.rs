@@ -18,6 +18,7 @@ use crate::discovery::Found;
 use crate::narinfo::{self, HashPart, NarInfo};
 use crate::peer_http::{Connections, Reply};
 use crate::stripe::{self, Stripe};
+use crate::summary;
 
 /// A connection to a LAN peer that takes longer than this is a dead peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -151,6 +152,27 @@ impl PeerClient {
             )));
         }
         Ok(info)
+    }
+
+    /// The changes to the store summary of the peer of ours at `addr`
+    /// since `since` (0: the whole summary); gives up after `timeout`.
+    pub fn summary(
+        &self,
+        addr: SocketAddr,
+        since: u64,
+        timeout: Duration,
+    ) -> Result<summary::Update, FetchError> {
+        let deadline = Instant::now() + timeout;
+        let path = format!("/peer/summary/{since}");
+        let reply = self.get(addr, &path, Vec::new(), deadline, timeout)?;
+        let mut body = reply.body.until(deadline);
+        let mut bytes = Vec::new();
+        (&mut body)
+            .take(summary::MAX_ENCODED as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| FetchError::Http(format!("reading the summary: {e}")))?;
+        summary::Update::parse(&bytes)
+            .ok_or_else(|| FetchError::Invalid(format!("a summary of {} bytes", bytes.len())))
     }
 
     /// Starts receiving the NAR that the peer's narinfo `info` names, from

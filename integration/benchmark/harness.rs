@@ -2,7 +2,6 @@
 //! client run inside a host, processes (CPU, memory), fake stores, timed
 //! substitution.
 
-use std::fmt::Write as _;
 use std::fs;
 use std::path::PathBuf;
 use std::process::Command;
@@ -403,24 +402,8 @@ impl Drop for TmpfsStore {
 
 /// Fills `host`'s store with `count` empty directories registered as valid
 /// paths (fake NAR hash and size; nothing reads them).
-pub(crate) fn fake_store(host: &Host, count: usize) {
-    let store = host.nix_dir.join("store");
-    let mut rng = client::Rng::new();
-    let mut reg = String::new();
-    for i in 0..count {
-        let name = format!("{}-bench-fake-{i}", rng.hash());
-        fs::create_dir(store.join(&name)).expect("make a fake store entry");
-        let _ = write!(
-            reg,
-            "/nix/store/{name}\nsha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s\n120\n\n0\n"
-        );
-    }
-    let file = host.dir.join("register.txt");
-    fs::write(&file, reg).expect("write the registration");
-    host.run(&format!(
-        "nix-store --register-validity --hash-given < {}",
-        file.display()
-    ));
+pub(crate) fn fake_store(host: &Host, count: usize) -> Vec<String> {
+    crate::support::fake_paths(host, "bench-fake", count)
 }
 
 /// Seconds Nix 2.8's `nix-store -r top` took on `client` from the binary
@@ -486,4 +469,50 @@ pub(crate) fn wait_answers(client: &Host, url: &str, what: &str) {
             == 200),
         "{what} on the peer does not answer"
     );
+}
+
+/// UDP InDatagrams and OutDatagrams of the network namespace of `pid`.
+pub(crate) fn udp_counts(pid: u32) -> (f64, f64) {
+    let snmp = fs::read_to_string(format!("/proc/{pid}/net/snmp")).expect("read net/snmp");
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next().unwrap_or(""), udp.next().unwrap_or(""));
+    let field = |name: &str| -> f64 {
+        let i = names.split_whitespace().position(|n| n == name);
+        i.and_then(|i| values.split_whitespace().nth(i)?.parse().ok())
+            .unwrap_or_else(|| panic!("no Udp {name} in net/snmp"))
+    };
+    (field("InDatagrams"), field("OutDatagrams"))
+}
+
+/// A counter of `/proc/PID/net/snmp6` (IPv6) of the namespace of `pid`.
+fn snmp6(pid: u32, name: &str) -> f64 {
+    let text = fs::read_to_string(format!("/proc/{pid}/net/snmp6")).expect("read net/snmp6");
+    (text.lines())
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in net/snmp6"))
+}
+
+/// UDP datagrams received and sent by the namespace of `pid`, over IPv4
+/// and IPv6 (unicast to peers goes to whichever address they spoke from).
+pub(crate) fn udp_counts_all(pid: u32) -> (f64, f64) {
+    let (in4, out4) = udp_counts(pid);
+    let in6 = snmp6(pid, "Udp6InDatagrams");
+    let out6 = snmp6(pid, "Udp6OutDatagrams");
+    (in4 + in6, out4 + out6)
+}
+
+/// IP bytes (v4 and v6) received and sent by the namespace of `pid`.
+pub(crate) fn ip_octets(pid: u32) -> (f64, f64) {
+    let netstat = fs::read_to_string(format!("/proc/{pid}/net/netstat")).expect("read net/netstat");
+    let mut ip = netstat.lines().filter(|l| l.starts_with("IpExt:"));
+    let (names, values) = (ip.next().unwrap_or(""), ip.next().unwrap_or(""));
+    let field = |name: &str| -> f64 {
+        let i = names.split_whitespace().position(|n| n == name);
+        i.and_then(|i| values.split_whitespace().nth(i)?.parse().ok())
+            .unwrap_or_else(|| panic!("no IpExt {name} in net/netstat"))
+    };
+    (
+        field("InOctets") + snmp6(pid, "Ip6InOctets"),
+        field("OutOctets") + snmp6(pid, "Ip6OutOctets"),
+    )
 }

@@ -1,8 +1,6 @@
 //! Section `lan20`: 20 hosts all running a node: miss latency and UDP
 //! datagrams per query.
 
-use std::fs;
-
 use crate::harness::*;
 use crate::report::*;
 use crate::support::{generate_key, Net};
@@ -66,17 +64,4 @@ pub(crate) fn lan20(m: Mode) -> Vec<Row> {
             vec![sent_local + recv_local],
         ),
     ]
-}
-
-/// UDP InDatagrams and OutDatagrams of the network namespace of `pid`.
-fn udp_counts(pid: u32) -> (f64, f64) {
-    let snmp = fs::read_to_string(format!("/proc/{pid}/net/snmp")).expect("read net/snmp");
-    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
-    let (names, values) = (udp.next().unwrap_or(""), udp.next().unwrap_or(""));
-    let field = |name: &str| -> f64 {
-        let i = names.split_whitespace().position(|n| n == name);
-        i.and_then(|i| values.split_whitespace().nth(i)?.parse().ok())
-            .unwrap_or_else(|| panic!("no Udp {name} in net/snmp"))
-    };
-    (field("InDatagrams"), field("OutDatagrams"))
 }

@@ -21,7 +21,7 @@
 //!
 //! Flags: `--quick` (one small iteration of everything, for CI), `--only
 //! SECTION[,SECTION…]` (misses, v1, nar, load, index, upkeep, closure,
-//! realistic, lan20, pull, compress, fastest, stripe), `--out FILE` (where the JSON goes in full mode).
+//! realistic, lan20, scale, sim, pull, compress, fastest, stripe), `--out FILE` (where the JSON goes in full mode).
 
 //!
 //! Layout (`integration/benchmark/`): this file reads the flags and runs the
@@ -47,6 +47,8 @@ mod misses;
 mod nar;
 mod pull;
 mod realistic;
+mod scale;
+mod sim;
 mod upkeep;
 mod v1;
 
@@ -135,6 +137,8 @@ const SECTIONS: &[(&str, Section)] = &[
     ("closure", closure::closure),
     ("realistic", realistic::realistic),
     ("lan20", lan20::lan20),
+    ("scale", scale::scale),
+    ("sim", sim::sim),
     ("pull", pull::pull),
     ("compress", links::compress),
     ("fastest", links::fastest),

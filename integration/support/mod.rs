@@ -68,6 +68,8 @@ pub struct Net {
     /// The hosts, `hosts[0]` is named `h1`.
     pub hosts: Vec<Host>,
     bridge: String,
+    /// A second bridge and the router between them ([`Net::routed`]).
+    routed: Option<(String, String)>,
 }
 
 /// One test host: a network namespace plus its own `/nix`.
@@ -157,6 +159,7 @@ impl Net {
             bridge: format!("{prefix}b"),
             prefix,
             hosts: Vec::new(),
+            routed: None,
         };
         if let Err(e) = probe_netns(&format!("{}-probe", net.prefix)) {
             eprintln!("skipping: needs root and ip netns ({e})");
@@ -169,7 +172,93 @@ impl Net {
         ip(&["link", "add", &net.bridge, "type", "bridge"]);
         ip(&["link", "set", &net.bridge, "up"]);
         for i in 0..hosts {
-            net.add_host(i, x, y);
+            let addr4 = Ipv4Addr::new(10, x, y, i as u8 + 1);
+            let addr6 = Ipv6Addr::new(0xfd70, x as u16, y as u16, 0, 0, 0, 0, i as u16 + 1);
+            net.add_host(i, (addr4, 24), addr6, &net.bridge.clone());
+        }
+        Some(net)
+    }
+
+    /// Two bridges, `first` hosts on one and `second` on the other, each
+    /// its own IPv4 subnet (`10.x.y.0/25` and `10.x.y.128/25`) and IPv6
+    /// /64, joined by a router (a namespace of its own that forwards IPv4
+    /// between them): hosts on different bridges reach each other by
+    /// unicast, never by broadcast or multicast. Hosts are numbered across
+    /// both, `h1`… on the first bridge.
+    pub fn routed(first: usize, second: usize) -> Option<Net> {
+        assert!(first <= 100 && second <= 100, "at most 100 hosts a side");
+        let mut net = Net::new(first)?;
+        let bridge2 = format!("{}c", net.prefix);
+        let router = format!("{}-r", net.prefix);
+        ip(&["link", "add", &bridge2, "type", "bridge"]);
+        ip(&["link", "set", &bridge2, "up"]);
+        ip(&["netns", "add", &router]);
+        net.routed = Some((bridge2.clone(), router.clone()));
+        let base = net.host(1).addr4.octets();
+        let at = |last: u8| Ipv4Addr::new(base[0], base[1], base[2], last);
+        // The first side's hosts move into the lower /25.
+        for host in &net.hosts {
+            let ns = ["-n", host.netns.as_str()];
+            let old = format!("{}/24", host.addr4);
+            let new = format!("{}/25", host.addr4);
+            ip(&[&ns[..], &["addr", "del", &old, "dev", "eth0"]].concat());
+            ip(&[&ns[..], &["addr", "add", &new, "brd", "+", "dev", "eth0"]].concat());
+            ip(&[
+                &ns[..],
+                &["route", "add", "default", "via", &at(126).to_string()],
+            ]
+            .concat());
+        }
+        for (side, bridge, addr) in [(1, &net.bridge, at(126)), (2, &bridge2, at(254))] {
+            let veth = format!("{}r{side}", net.prefix);
+            let inside = format!("r{side}");
+            ip(&[
+                "link", "add", &veth, "type", "veth", "peer", "name", &inside, "netns", &router,
+            ]);
+            ip(&["link", "set", &veth, "master", bridge]);
+            ip(&["link", "set", &veth, "up"]);
+            let a = format!("{addr}/25");
+            ip(&["-n", &router, "addr", "add", &a, "brd", "+", "dev", &inside]);
+            ip(&["-n", &router, "link", "set", &inside, "up"]);
+        }
+        let forward = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &router,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ])
+            .status();
+        assert!(
+            forward.is_ok_and(|s| s.success()),
+            "enable forwarding in the router"
+        );
+        for j in 0..second {
+            let i = first + j;
+            let addr4 = at(129 + j as u8);
+            let addr6 = Ipv6Addr::new(
+                0xfd70,
+                base[1].into(),
+                base[2].into(),
+                1,
+                0,
+                0,
+                0,
+                j as u16 + 1,
+            );
+            net.add_host(i, (addr4, 25), addr6, &bridge2);
+            let ns = net.hosts[i].netns.clone();
+            ip(&[
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &at(254).to_string(),
+            ]);
         }
         Some(net)
     }
@@ -186,6 +275,10 @@ impl Drop for Net {
             kill_netns(&host.netns);
         }
         let _ = quiet_ip(&["link", "del", &self.bridge]);
+        if let Some((bridge, router)) = &self.routed {
+            kill_netns(router);
+            let _ = quiet_ip(&["link", "del", bridge]);
+        }
         if let Err(e) = fs::remove_dir_all(&self.dir).or_else(ignore_not_found) {
             eprintln!("warning: cannot remove {}: {e}", self.dir.display());
         }
@@ -673,6 +766,44 @@ pub fn build_programs(host: &Host, tag: &str, bytes: u64) -> String {
     nix_build(host, &format!("programs-{tag}"), &expr, &[])
 }
 
+/// Registers `count` fake valid paths in `host`'s store: empty directories
+/// named `<random hash>-<tag>-<i>`, made valid with `nix-store
+/// --register-validity` (a store of thousands of paths in seconds). Their
+/// full paths.
+pub fn fake_paths(host: &Host, tag: &str, count: usize) -> Vec<String> {
+    const DIGITS: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut x = nanos ^ (u64::from(std::process::id()) << 32) ^ unique() as u64 | 1;
+    let store = host.nix_dir.join("store");
+    let mut paths = Vec::with_capacity(count);
+    let mut reg = String::new();
+    for i in 0..count {
+        let hash: String = (0..32)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                DIGITS[(x % 32) as usize] as char
+            })
+            .collect();
+        let name = format!("{hash}-{tag}-{i}");
+        fs::create_dir(store.join(&name)).expect("make a fake store entry");
+        reg.push_str(&format!(
+            "/nix/store/{name}\nsha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s\n120\n\n0\n"
+        ));
+        paths.push(format!("/nix/store/{name}"));
+    }
+    let file = host.dir.join(format!("register-{}.txt", unique()));
+    fs::write(&file, reg).expect("write the registration");
+    host.run(&format!(
+        "nix-store --register-validity --hash-given < {}",
+        file.display()
+    ));
+    paths
+}
+
 /// Makes a signing key named `name` with `nix-store
 /// --generate-binary-cache-key` in `host`'s directory.
 pub fn generate_key(host: &Host, name: &str) -> Key {
@@ -1027,15 +1158,15 @@ fn remove_leftovers() {
 }
 
 impl Net {
-    /// Adds host number `i + 1` (index `i`) to the bridge: its namespace and
-    /// veth, `10.x.y.(i+1)/24` and `fd70:x:y::(i+1)/64`, and an initialised
-    /// store.
-    fn add_host(&mut self, i: usize, x: u8, y: u8) {
+    /// Adds host number `i + 1` (index `i`) to `bridge`: its namespace and
+    /// veth, `addr4` (with its prefix length) and `addr6`/64, and an
+    /// initialised store.
+    fn add_host(&mut self, i: usize, (addr4, len4): (Ipv4Addr, u8), addr6: Ipv6Addr, bridge: &str) {
         let host = Host {
             name: format!("h{}", i + 1),
             netns: format!("{}-h{}", self.prefix, i + 1),
-            addr4: Ipv4Addr::new(10, x, y, i as u8 + 1),
-            addr6: Ipv6Addr::new(0xfd70, x as u16, y as u16, 0, 0, 0, 0, i as u16 + 1),
+            addr4,
+            addr6,
             dir: self.dir.join(format!("h{}", i + 1)),
             nix_dir: self.dir.join(format!("h{}", i + 1)).join("nix"),
         };
@@ -1046,10 +1177,10 @@ impl Net {
         let host = self.hosts.last().unwrap();
         let peer = ["peer", "name", "eth0", "netns", &host.netns];
         ip(&[&["link", "add", &veth, "type", "veth"][..], &peer].concat());
-        ip(&["link", "set", &veth, "master", &self.bridge]);
+        ip(&["link", "set", &veth, "master", bridge]);
         ip(&["link", "set", &veth, "up"]);
         let ns = ["-n", host.netns.as_str()];
-        let a4 = format!("{}/24", host.addr4);
+        let a4 = format!("{}/{len4}", host.addr4);
         let a6 = format!("{}/64", host.addr6);
         ip(&[&ns[..], &["addr", "add", &a4, "brd", "+", "dev", "eth0"]].concat());
         ip(&[&ns[..], &["-6", "addr", "add", &a6, "dev", "eth0", "nodad"]].concat());

@@ -13,8 +13,15 @@
 //! answers it when it knows. With a network key every datagram of ours is
 //! sealed and checked (`auth.rs`), and v1 is not spoken: it cannot be
 //! authenticated. Each source gets at most `--answer-rate` answers a second.
+//!
+//! Past one broadcast domain and past a few dozen nodes: nodes pass on the
+//! peers they hear (`exchange.rs`), and keep each other's store summaries
+//! (`summaries.rs`), so that a query goes by unicast to the peers that may
+//! hold the path, and a miss sends nothing at all.
 
+mod exchange;
 mod peers;
+mod summaries;
 mod targets;
 mod udp;
 pub mod wire;
@@ -31,8 +38,10 @@ use crate::auth::NetworkKey;
 use crate::narinfo::HashPart;
 use crate::rate::RateLimit;
 use crate::store::Store;
+use exchange::Exchange;
 pub use peers::PeerInfo;
 use peers::PeerTable;
+use summaries::{Fetched, Routes, SharedRoutes, Summaries};
 use targets::SharedTargets;
 use udp::UdpThread;
 use wire::{Datagram, Message, NodeId};
@@ -74,6 +83,8 @@ pub struct Asked<'a> {
     /// When to send the query once more, if no peer has said it has the
     /// path by then (a datagram lost on a busy network).
     resend_at: Option<Instant>,
+    /// The peers it went to by unicast; `None` when it went everywhere.
+    to: Option<Vec<SocketAddr>>,
 }
 
 impl Asked<'_> {
@@ -100,7 +111,8 @@ impl Asked<'_> {
                 Err(RecvTimeoutError::Timeout) if Instant::now() < self.deadline => {
                     if self.resend_at.take().is_some() {
                         log::debug!("discovery: no answer yet for {}; asking again", self.hash);
-                        self.discovery.send_query(self.id, &self.hash);
+                        self.discovery
+                            .send_query(self.id, &self.hash, self.to.as_deref());
                     }
                 }
                 Err(_) => return None,
@@ -157,6 +169,8 @@ pub struct Settings {
     pub network_key: Option<Arc<NetworkKey>>,
     /// Answers a second to one source; 0 for no limit.
     pub answer_rate: u32,
+    /// Ask original Peerix nodes too, in their format.
+    pub v1: bool,
     /// This node fetches from upstream caches for its peers: say so
     /// beside every hello.
     pub pulls: bool,
@@ -250,8 +264,11 @@ pub struct Discovery {
     outbox: Arc<Outbox>,
     commands: Sender<Command>,
     targets: SharedTargets,
+    routes: SharedRoutes,
     next_id: AtomicU32,
     timeout: Duration,
+    /// Ask original Peerix nodes too (`--no-v1` turns it off).
+    v1: bool,
 }
 
 enum Command {
@@ -261,7 +278,11 @@ enum Command {
         answers: Sender<Answer>,
         sent: Instant,
         deadline: Instant,
+        /// The peers it went to, when it went to chosen ones.
+        waiting: Option<Vec<NodeId>>,
     },
+    /// A peer's summary, fetched.
+    Fetched(Fetched),
     Status(Sender<Vec<PeerInfo>>),
     Pullers(Sender<Vec<(NodeId, SocketAddr)>>),
     Stop,
@@ -347,10 +368,26 @@ impl Discovery {
             key: settings.network_key.clone(),
         });
         let (commands, commands_rx) = crossbeam_channel::bounded(COMMANDS_MAX);
+        let routes: SharedRoutes = Arc::new(std::sync::RwLock::new(Arc::new(Routes {
+            legacy: true,
+            ..Routes::default()
+        })));
+        let summaries = Summaries::start(
+            // Summaries are small: no compression asked for.
+            crate::peer_client::PeerClient::new(
+                settings.network_key.clone(),
+                crate::compress::Mode::Never,
+            ),
+            commands.clone(),
+            outbox.clone(),
+            peers::MAX_PEERS,
+        )?;
         let discovery = Arc::new(Discovery {
             outbox: outbox.clone(),
             commands,
             targets: targets.clone(),
+            routes: routes.clone(),
+            v1: settings.v1,
             next_id: AtomicU32::new(random_u64() as u32),
             timeout: settings.timeout,
         });
@@ -369,6 +406,14 @@ impl Discovery {
             recent: crate::cache::Bounded::new(RECENT_MAX),
             last_hello: None,
             started: Instant::now(),
+            exchange: Exchange::default(),
+            summaries,
+            routes,
+            routes_stale: true,
+            announced: 0,
+            last_notice: None,
+            last_publish: None,
+            departed: crate::cache::Bounded::new(64),
             pulls: settings.pulls,
         };
         std::thread::Builder::new()
@@ -388,40 +433,98 @@ impl Discovery {
         Ok(discovery)
     }
 
-    /// Asks the peers who has `hash`; see [`Asked::next_have`].
+    /// Asks the peers who has `hash`; see [`Asked::next_have`]. With the
+    /// peers' summaries the query goes by unicast to those that may hold
+    /// the path (and to those whose summary is not known): when there are
+    /// none, nothing is sent and the answer is a miss at once.
     pub fn ask(&self, hash: &HashPart) -> Asked<'_> {
         let (answers, rx) = crossbeam_channel::bounded(ANSWERS_MAX);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
-        let deadline = now + self.timeout;
+        let routes = self.routes.read().map(|r| r.clone()).unwrap_or_default();
+        let chosen = (!routes.legacy).then(|| routes.recipients(hash));
+        let mut asked = Asked {
+            discovery: self,
+            id,
+            hash: *hash,
+            answers: rx,
+            deadline: now + self.timeout,
+            resend_at: Some(now + self.timeout / 3),
+            to: None,
+        };
+        if chosen.as_ref().is_some_and(Vec::is_empty) {
+            log::debug!("discovery: no peer may have {hash}");
+            asked.deadline = now;
+            asked.resend_at = None;
+            // An original Peerix not heard yet may have it: it is asked as
+            // before, and learnt when it answers. The query is registered
+            // (nobody waited for) so that this node knows its own
+            // broadcast when it hears it back, and learns the original's
+            // pace from a late answer.
+            if self.speaks_v1() {
+                let registered = self.commands.try_send(Command::Register {
+                    id,
+                    hash: *hash,
+                    answers,
+                    sent: now,
+                    deadline: now + self.timeout,
+                    waiting: Some(Vec::new()),
+                });
+                if registered.is_ok() {
+                    self.send_v1(id, hash);
+                }
+            }
+            return asked;
+        }
+        let (waiting, to) = match chosen {
+            Some(chosen) => {
+                let (nodes, addrs) = chosen.into_iter().unzip();
+                (Some(nodes), Some(addrs))
+            }
+            None => (None, None),
+        };
         let registered = self.commands.try_send(Command::Register {
             id,
             hash: *hash,
             answers,
             sent: now,
-            deadline,
+            deadline: asked.deadline,
+            waiting,
         });
+        asked.to = to;
         if registered.is_ok() {
-            self.send_query(id, hash);
-            log::debug!("discovery: asked for {hash} (query {id})");
+            self.send_query(id, hash, asked.to.as_deref());
+            match &asked.to {
+                Some(to) => log::debug!(
+                    "discovery: asked {} peers that may have {hash} (query {id})",
+                    to.len()
+                ),
+                None => log::debug!("discovery: asked for {hash} (query {id})"),
+            }
         }
-        Asked {
-            discovery: self,
-            id,
-            hash: *hash,
-            answers: rx,
-            deadline,
-            resend_at: Some(now + self.timeout / 3),
-        }
+        asked
     }
 
-    /// Sends query `id` for `hash` to every target.
-    fn send_query(&self, id: u32, hash: &HashPart) {
+    /// Sends query `id` for `hash` to the peers `to`, or to every target.
+    fn send_query(&self, id: u32, hash: &HashPart, to: Option<&[SocketAddr]>) {
         let v2 = self.outbox.v2(id, Message::Query { hash: *hash });
+        if let Some(to) = to {
+            // The answers wake the UDP thread, which sees the registration
+            // before them.
+            for addr in to {
+                self.outbox.send(&v2, *addr);
+            }
+            self.send_v1(id, hash);
+            return;
+        }
         // v1 cannot be authenticated: with a network key only ours is spoken.
-        let v1 = (self.outbox.key.is_none()).then_some(Datagram::V1Request { id, hash: *hash });
+        let v1 = self
+            .speaks_v1()
+            .then_some(Datagram::V1Request { id, hash: *hash });
         let targets = self.targets.read().map(|t| t.clone()).unwrap_or_default();
-        for addr in targets.all() {
+        let routes = self.routes.read().map(|r| r.clone()).unwrap_or_default();
+        let mesh = routes.mesh.iter().filter(|a| !targets.hosts.contains(a));
+        for addr in targets.all().chain(mesh) {
             for datagram in std::iter::once(&v2).chain(&v1) {
                 self.outbox.send(datagram, *addr);
             }
@@ -429,6 +532,26 @@ impl Discovery {
         // The UDP thread may have nobody to hear from: let it see the
         // registration now.
         self.outbox.wake();
+    }
+
+    /// True when queries go in the original's format too: no network key
+    /// (v1 cannot be authenticated) and no `--no-v1`.
+    fn speaks_v1(&self) -> bool {
+        self.outbox.key.is_none() && self.v1
+    }
+
+    /// Sends query `id` for `hash` in the original's format to the LAN,
+    /// unless the network has a key (v1 cannot be authenticated) or
+    /// `--no-v1` says there is no original Peerix about.
+    fn send_v1(&self, id: u32, hash: &HashPart) {
+        if !self.speaks_v1() {
+            return;
+        }
+        let targets = self.targets.read().map(|t| t.clone()).unwrap_or_default();
+        let v1 = Datagram::V1Request { id, hash: *hash };
+        for addr in targets.all() {
+            self.outbox.send(&v1, *addr);
+        }
     }
 
     /// This node's id on the wire.

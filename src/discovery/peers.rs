@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use super::wire::NodeId;
+use super::wire::{NodeId, PeerEntry};
 use crate::cache::Bounded;
 
 /// A peer not heard from for this long is forgotten. Peers say hello
@@ -32,7 +32,7 @@ const MAX_STRIKES: u8 = 2;
 const MAX_ADDRS: usize = 8;
 
 /// Peers of ours, and original Peerix nodes, per generation of their table.
-const MAX_PEERS: usize = 512;
+pub const MAX_PEERS: usize = 512;
 const MAX_V1_PEERS: usize = 128;
 
 /// Answer times remembered per original Peerix node.
@@ -159,6 +159,49 @@ impl PeerTable {
             .collect()
     }
 
+    /// True when `node` is a live peer of ours.
+    pub fn knows(&self, node: NodeId) -> bool {
+        (self.ours.get(&node)).is_some_and(|p| p.last_heard.elapsed() < PEER_TTL)
+    }
+
+    /// The live peers of ours that answer every query, at the address
+    /// they were last heard from.
+    pub fn expected_addrs(&self) -> Vec<(NodeId, SocketAddr)> {
+        (self.ours.iter())
+            .filter(|(_, p)| p.last_heard.elapsed() < PEER_TTL && p.strikes < MAX_STRIKES)
+            .map(|(id, p)| (*id, p.addrs[0]))
+            .collect()
+    }
+
+    /// The peers to pass on to others: those heard lately, with how long
+    /// ago, one entry per address they were heard from (but IPv6
+    /// link-local ones, which mean nothing past the link).
+    pub fn live_entries(&self) -> Vec<PeerEntry> {
+        let live = (self.ours.iter())
+            .filter(|(_, p)| p.last_heard.elapsed() < PEER_TTL && p.strikes < MAX_STRIKES);
+        let mut entries = Vec::new();
+        for (node, p) in live {
+            let age = p.last_heard.elapsed().as_secs().min(u64::from(u16::MAX)) as u16;
+            for addr in &p.addrs {
+                let link_local =
+                    matches!(addr, SocketAddr::V6(v6) if v6.ip().segments()[0] & 0xffc0 == 0xfe80);
+                if !link_local {
+                    entries.push(PeerEntry {
+                        node: *node,
+                        addr: *addr,
+                        age,
+                    });
+                }
+            }
+        }
+        entries
+    }
+
+    /// True when an original Peerix node was heard lately.
+    pub fn v1_about(&self) -> bool {
+        (self.v1.iter()).any(|(_, p)| p.last_heard.elapsed() < V1_TTL)
+    }
+
     /// `node` fetches from upstream caches for its peers.
     pub fn heard_pulls(&mut self, node: NodeId) {
         if let Some(peer) = self.ours.get_mut(&node) {
@@ -229,12 +272,13 @@ impl PeerTable {
         self.v1.retain(|_, p| p.last_heard.elapsed() < V1_TTL);
     }
 
-    /// What is known of every peer, for status: ours by node id first,
-    /// then original Peerix nodes.
-    pub fn snapshot(&self) -> Vec<PeerInfo> {
+    /// What is known of every peer, for status: ours by node id first
+    /// (with what `more` says of each), then original Peerix nodes.
+    pub fn snapshot(&self, more: impl Fn(NodeId) -> String) -> Vec<PeerInfo> {
         let mut peers: Vec<PeerInfo> = (self.ours.iter())
             .map(|(id, p)| PeerInfo {
                 node: Some(*id),
+                more: more(*id),
                 addrs: p.addrs.iter().map(SocketAddr::ip).collect(),
                 http_port: p.http_port,
                 heard: p.last_heard.elapsed(),
@@ -248,6 +292,7 @@ impl PeerTable {
         let mut v1: Vec<PeerInfo> = (self.v1.iter())
             .map(|(ip, p)| PeerInfo {
                 node: None,
+                more: String::new(),
                 addrs: vec![*ip],
                 http_port: None,
                 heard: p.last_heard.elapsed(),
@@ -268,6 +313,8 @@ impl PeerTable {
 pub struct PeerInfo {
     /// Its node id; `None` for an original Peerix node (known by address).
     pub node: Option<NodeId>,
+    /// What else is known of it (its store summary), for the status line.
+    pub more: String,
     /// The addresses it was heard from, most recent first.
     pub addrs: Vec<IpAddr>,
     pub http_port: Option<u16>,
@@ -290,7 +337,7 @@ impl std::fmt::Display for PeerInfo {
                 let addrs: Vec<String> = self.addrs.iter().map(IpAddr::to_string).collect();
                 write!(
                     f,
-                    "{id:016x} {} http {} heard {:.0?} ago{}{}",
+                    "{id:016x} {} http {} heard {:.0?} ago{}{}{}",
                     addrs.join(" "),
                     self.http_port.map_or("?".into(), |p| p.to_string()),
                     self.heard,
@@ -303,7 +350,8 @@ impl std::fmt::Display for PeerInfo {
                         ""
                     } else {
                         " (not answering)"
-                    }
+                    },
+                    self.more
                 )
             }
             None => write!(

@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::peers::PeerTable;
+use super::exchange::{self, Exchange};
+use super::peers::{PeerTable, PEER_TTL};
+use super::summaries::{Routes, SharedRoutes, Summaries};
 use super::targets::SharedTargets;
-use super::wire::{Datagram, Message, NodeId};
+use super::wire::{Datagram, Message, NodeId, PeerEntry};
 use super::{Answer, Command, Found, Outbox, Pending, Query, HELLO_EVERY, RECENT, STARTUP, TICK};
 use crate::auth::{AuthError, NetworkKey};
 use crate::cache::Bounded;
@@ -36,9 +38,36 @@ pub(super) struct UdpThread {
     pub(super) recent: Bounded<HashPart, Vec<(Option<NodeId>, Found, Instant)>>,
     pub(super) last_hello: Option<Instant>,
     pub(super) started: Instant,
+    pub(super) exchange: Exchange,
+    pub(super) summaries: Summaries,
+    /// Where queries go, for the workers.
+    pub(super) routes: SharedRoutes,
+    /// The routes must be published again.
+    pub(super) routes_stale: bool,
+    /// The version of this store's summary last told the peers.
+    pub(super) announced: u64,
+    pub(super) last_notice: Option<Instant>,
+    pub(super) last_publish: Option<Instant>,
+    /// Nodes that said goodbye, and when: datagrams of theirs still on
+    /// the way (through a router, say) do not bring them back.
+    pub(super) departed: Bounded<NodeId, Instant>,
     /// Whether to say `Pulls` beside every hello.
     pub(super) pulls: bool,
 }
+
+/// Datagrams of a node that said goodbye are ignored this long.
+const DEPARTED_FOR: Duration = Duration::from_secs(10);
+
+/// The routes are published again at most this often.
+const PUBLISH_GAP: Duration = Duration::from_millis(20);
+
+/// Peers without a summary asked by unicast, at most; past that queries
+/// go the old way (a flood of made-up peers makes no query fan out).
+const OTHERS_MAX: usize = 64;
+
+/// Notices of this store's summary are this far apart at least: a build
+/// adding paths one by one makes one notice for many.
+const NOTICE_GAP: Duration = Duration::from_millis(100);
 
 /// Queries of ours waiting for answers, at most (each is kept until its
 /// timeout); beyond, a query is sent unregistered and its worker waits out
@@ -73,9 +102,15 @@ impl UdpThread {
                         answers,
                         sent,
                         deadline,
-                    } => self.register(id, hash, answers, sent, deadline),
+                        waiting,
+                    } => self.register(id, hash, answers, (sent, deadline), waiting),
+                    Command::Fetched(fetched) => {
+                        self.routes_stale |= self.summaries.fetched(fetched);
+                    }
                     Command::Status(reply) => {
-                        let _ = reply.send(self.peers.snapshot());
+                        let summaries = &self.summaries;
+                        let lines = self.peers.snapshot(|node| summaries.describe(node));
+                        let _ = reply.send(lines);
                     }
                     Command::Pullers(reply) => {
                         let _ = reply.send(self.peers.pullers());
@@ -114,17 +149,28 @@ impl UdpThread {
         id: u32,
         hash: HashPart,
         answers: Sender<Answer>,
-        sent: Instant,
-        deadline: Instant,
+        (sent, deadline): (Instant, Instant),
+        chosen: Option<Vec<NodeId>>,
     ) {
-        let waiting = self.peers.expected();
-        let starting = waiting.is_empty() && self.started.elapsed() <= STARTUP;
-        let settled_at = match starting || self.silent_extra_host() {
-            true => deadline,
-            false => match self.peers.v1_wait(deadline - sent) {
-                Some(wait) => (sent + wait).min(deadline),
-                None => sent,
-            },
+        let settled_at;
+        let waiting = match chosen {
+            // Chosen from the summaries: no peer silent on a miss is asked.
+            Some(chosen) => {
+                settled_at = sent;
+                chosen
+            }
+            None => {
+                let waiting = self.peers.expected();
+                let starting = waiting.is_empty() && self.started.elapsed() <= STARTUP;
+                settled_at = match starting || self.silent_extra_host() {
+                    true => deadline,
+                    false => match self.peers.v1_wait(deadline - sent) {
+                        Some(wait) => (sent + wait).min(deadline),
+                        None => sent,
+                    },
+                };
+                waiting
+            }
         };
         // Peers that said "have" lately are offered first, at once.
         let mut have = Vec::new();
@@ -170,11 +216,73 @@ impl UdpThread {
             .any(|a| !self.peers.is_ours(a.ip().to_canonical()))
     }
 
-    fn broadcast(&self, message: Message) {
+    /// Sends `message` to every target and to the peers reached by
+    /// unicast only.
+    fn broadcast(&mut self, message: Message) {
         let datagram = self.outbox.v2(0, message);
         let targets = self.targets.read().map(|t| t.clone()).unwrap_or_default();
-        for addr in targets.all() {
+        let mesh = self.exchange.unicast(&self.peers);
+        let mesh = mesh.iter().filter(|a| !targets.hosts.contains(a));
+        for addr in targets.all().chain(mesh) {
             self.outbox.send(&datagram, *addr);
+        }
+    }
+
+    /// Sends this node's peers to `to`, asking for its own when `want_reply`.
+    fn send_lists(&self, to: SocketAddr, want_reply: bool) {
+        let mut lists = exchange::lists(&self.peers);
+        if lists.is_empty() {
+            lists.push(Vec::new());
+        }
+        for peers in lists {
+            let message = Message::Peers { want_reply, peers };
+            self.outbox.send(&self.outbox.v2(0, message), to);
+        }
+    }
+
+    /// True when `ip` is one of the extra hosts.
+    fn is_extra_host(&self, ip: std::net::IpAddr) -> bool {
+        let targets = self.targets.read().map(|t| t.clone()).unwrap_or_default();
+        targets.hosts.iter().any(|a| a.ip() == ip)
+    }
+
+    /// True when the routes published ask the old way.
+    fn legacy_published(&self) -> bool {
+        self.routes.read().is_ok_and(|r| r.legacy)
+    }
+
+    /// Publishes where queries go now, for the workers: the peers whose
+    /// current summary is held, and the live peers without one that
+    /// answer (at most `OTHERS_MAX`; past that, and while no peer is
+    /// known, an original Peerix or an unknown extra host is about, the
+    /// old way).
+    fn publish_routes(&mut self) {
+        self.routes_stale = false;
+        let summarised = self.summaries.summarised(PEER_TTL);
+        let mut others = self.summaries.unsummarised(PEER_TTL);
+        let mut known: std::collections::HashSet<NodeId> =
+            (summarised.iter().map(|(n, _, _)| *n)).collect();
+        known.extend(others.iter().map(|(n, _)| *n));
+        for (node, addr) in self.peers.expected_addrs() {
+            if known.insert(node) {
+                others.push((node, addr));
+            }
+        }
+        let nobody = summarised.is_empty() && others.is_empty();
+        let starting = nobody && self.started.elapsed() <= STARTUP;
+        let legacy = starting
+            || nobody
+            || others.len() > OTHERS_MAX
+            || self.peers.v1_about()
+            || self.silent_extra_host();
+        let routes = Routes {
+            legacy,
+            mesh: self.exchange.unicast(&self.peers),
+            summarised,
+            others,
+        };
+        if let Ok(mut shared) = self.routes.write() {
+            *shared = Arc::new(routes);
         }
     }
 
@@ -246,6 +354,7 @@ impl UdpThread {
                 self.peers.heard_v1(from.ip());
                 // Nodes of ours asked in v2 as well and get that answer.
                 if !self.peers.is_ours(from.ip()) {
+                    self.routes_stale |= !self.legacy_published();
                     self.answer(Query {
                         hash,
                         id,
@@ -258,6 +367,7 @@ impl UdpThread {
                 if self.peers.is_ours(from.ip()) {
                     return; // its v2 answer counts
                 }
+                self.routes_stale |= !self.legacy_published();
                 let Some(p) = self.pending.get(&id).filter(|p| p.hash == hash) else {
                     return self.peers.heard_v1(from.ip());
                 };
@@ -278,9 +388,10 @@ impl UdpThread {
 
     fn handle_v2(&mut self, node: NodeId, id: u32, message: Message, from: SocketAddr) {
         let port = match message {
-            Message::Have { port, .. } | Message::Hello { port, .. } | Message::Pulls { port } => {
-                Some(port)
-            }
+            Message::Have { port, .. }
+            | Message::Hello { port, .. }
+            | Message::Notice { port, .. }
+            | Message::Pulls { port } => Some(port),
             _ => None,
         };
         if matches!(message, Message::Bye) {
@@ -288,15 +399,30 @@ impl UdpThread {
                 format!("peer {node:016x} at {from} said goodbye")
             });
             self.peers.forget(node);
+            self.departed.insert(node, Instant::now());
+            self.summaries.forget(node);
+            self.exchange.forget(node);
+            self.routes_stale = true;
             for entries in self.recent.values_mut() {
                 entries.retain(|(n, _, _)| *n != Some(node));
             }
             return;
         }
-        if self.peers.heard(node, from, port) {
+        if (self.departed.get(&node)).is_some_and(|at| at.elapsed() < DEPARTED_FOR) {
+            return;
+        }
+        let new = self.peers.heard(node, from, port);
+        let unicast = matches!(message, Message::Peers { .. }) || self.is_extra_host(from.ip());
+        self.exchange.heard(node, from, unicast);
+        if new {
             NEW_PEER.log(log::Level::Info, || {
                 format!("peer {node:016x} at {from} is here")
             });
+            self.routes_stale = true;
+            if unicast && !matches!(message, Message::Peers { .. }) {
+                self.send_lists(from, true);
+            }
+            self.tell_mesh(node, from);
             // A new peer learns at once that this node pulls, whether or
             // not it heard its hellos.
             if self.pulls && self.rate.allow(from.ip()) {
@@ -328,6 +454,7 @@ impl UdpThread {
                     }
                     p.answered(node);
                     self.remember(hash, Some(node), found);
+                    self.summaries.hit(node);
                 }
             }
             Message::NotHere { hash } => {
@@ -343,6 +470,7 @@ impl UdpThread {
                     port: self.outbox.port,
                 };
                 self.outbox.send(&self.outbox.v2(0, hello), from);
+                self.send_notice(from);
                 if self.pulls {
                     let pulls = Message::Pulls {
                         port: self.outbox.port,
@@ -350,9 +478,45 @@ impl UdpThread {
                     self.outbox.send(&self.outbox.v2(0, pulls), from);
                 }
             }
+            Message::Notice { port, version } => {
+                let mut http = from;
+                http.set_port(port);
+                self.summaries.announced(node, from, http, version);
+                self.routes_stale = true;
+            }
+            Message::Peers { want_reply, peers } => {
+                self.exchange.learn(&peers, self.outbox.node, &self.peers);
+                if want_reply && self.rate.allow(from.ip()) {
+                    self.send_lists(from, false);
+                }
+            }
             Message::Pulls { .. } => self.peers.heard_pulls(node),
             Message::Hello { .. } | Message::Bye => {}
         }
+    }
+
+    /// Tells the nodes reached by unicast of a peer just heard from `addr`.
+    fn tell_mesh(&mut self, node: NodeId, addr: SocketAddr) {
+        let entry = PeerEntry { node, addr, age: 0 };
+        let message = Message::Peers {
+            want_reply: false,
+            peers: vec![entry],
+        };
+        let datagram = self.outbox.v2(0, message);
+        for to in self.exchange.unicast(&self.peers) {
+            if to != addr {
+                self.outbox.send(&datagram, to);
+            }
+        }
+    }
+
+    /// Tells `to` this store's summary version.
+    fn send_notice(&self, to: SocketAddr) {
+        let notice = Message::Notice {
+            port: self.outbox.port,
+            version: self.store.summary_version(),
+        };
+        self.outbox.send(&self.outbox.v2(0, notice), to);
     }
 
     /// Drops expired queries (striking peers that never answered), forgets
@@ -369,15 +533,35 @@ impl UdpThread {
             if let Some(p) = self.pending.remove(&id) {
                 for node in p.waiting {
                     self.peers.strike(node);
+                    self.routes_stale = true;
                 }
             }
         }
-        if self.last_hello.is_none_or(|t| t.elapsed() >= HELLO_EVERY) {
+        for addr in self.exchange.due_probes() {
+            self.send_lists(addr, true);
+        }
+        self.summaries.retry_failed();
+        let version = self.store.summary_version();
+        let hello_due = self.last_hello.is_none_or(|t| t.elapsed() >= HELLO_EVERY);
+        let notice_due =
+            version != self.announced && self.last_notice.is_none_or(|t| t.elapsed() >= NOTICE_GAP);
+        if notice_due || hello_due {
+            self.announced = version;
+            self.last_notice = Some(now);
+            self.broadcast(Message::Notice {
+                port: self.outbox.port,
+                version,
+            });
+        }
+        if hello_due {
             let first = self.last_hello.is_none();
             self.broadcast(Message::Hello {
                 want_reply: first,
                 port: self.outbox.port,
             });
+            for addr in self.exchange.unicast(&self.peers) {
+                self.send_lists(addr, true);
+            }
             if self.pulls {
                 self.broadcast(Message::Pulls {
                     port: self.outbox.port,
@@ -385,11 +569,19 @@ impl UdpThread {
             }
             self.last_hello = Some(now);
             self.peers.expire();
+            self.summaries.prune(PEER_TTL);
+            self.routes_stale = true;
             self.recent.retain(|_, entries| {
                 entries.retain(|(_, _, at)| at.elapsed() < RECENT);
                 !entries.is_empty()
             });
             self.rate.forget_idle();
+        }
+        // At most every `PUBLISH_GAP`: a flood of made-up peers must not
+        // make every datagram rebuild the routes.
+        if self.routes_stale && self.last_publish.is_none_or(|t| t.elapsed() >= PUBLISH_GAP) {
+            self.last_publish = Some(now);
+            self.publish_routes();
         }
     }
 }

@@ -15,17 +15,22 @@
 //! |---|---|
 //! | 0–1 | magic `PX` |
 //! | 2 | version, 2 |
-//! | 3 | kind: 1 query, 2 have, 3 not here, 4 hello, 5 bye, 6 pulls |
+//! | 3 | kind: 1 query, 2 have, 3 not here, 4 hello, 5 bye, 6 pulls, 7 notice, 8 peers |
 //! | 4–11 | sender's node id (u64 BE, random per process) |
 //! | 12–15 | request id (u32 BE; 0 for hello and bye) |
-//! | 16– | by kind: query and not here: hash (32); have: hash (32) and HTTP port (u16 BE); hello: flags (1; bit 0 asks for a hello back) and HTTP port (u16 BE); bye: nothing; pulls: HTTP port (u16 BE) |
+//! | 16– | by kind: query and not here: hash (32); have: hash (32) and HTTP port (u16 BE); hello: flags (1; bit 0 asks for a hello back) and HTTP port (u16 BE); bye: nothing; pulls: HTTP port (u16 BE); notice: HTTP port (u16 BE) and store summary version (u64 BE); peers: flags (1; bit 0 asks for the receiver's peers back), a count (1, at most 32), then per peer its node id (u64 BE), address (16, IPv4 as `::ffff:a.b.c.d`), UDP port (u16 BE) and seconds since it was last heard (u16 BE) |
 //!
-//! Every kind has exactly one length (48, 50, 48, 19, 16, 18 bytes).
+//! Every kind has exactly one length (48, 50, 48, 19, 16, 18, 26 bytes;
+//! peers 18 + 28 per peer).
 //!
 //! `pulls` goes out beside every hello of a node with upstream caches
 //! (`--upstream`): it may be asked for paths it fetches from them
 //! (`src/pull/`). Nodes before it drop the unknown kind, as every node
-//! drops what it cannot parse, so their hellos and ours are unchanged.
+//! drops what it cannot parse, so their hellos and ours are unchanged; so
+//! do nodes before notices and peer lists (store summaries and peer
+//! exchange).
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use crate::narinfo::HashPart;
 
@@ -66,11 +71,38 @@ pub enum Message {
         port: u16,
     },
     Bye,
+    /// The sender's store summary is now at `version` (`summary.rs`);
+    /// fetch it from its HTTP `port`.
+    Notice {
+        port: u16,
+        version: u64,
+    },
+    /// Peers the sender heard from itself lately.
+    Peers {
+        want_reply: bool,
+        peers: Vec<PeerEntry>,
+    },
     /// The sender fetches from upstream caches for its peers.
     Pulls {
         port: u16,
     },
 }
+
+/// One peer in a `Peers` message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerEntry {
+    pub node: NodeId,
+    /// Where its datagrams come from (its UDP port).
+    pub addr: SocketAddr,
+    /// Seconds since the sender last heard it.
+    pub age: u16,
+}
+
+/// Peers in one `Peers` message, at most (938 bytes, under any MTU with
+/// the network key's trailer).
+pub const PEERS_MAX: usize = 32;
+
+const PEER_ENTRY: usize = 28;
 
 const HEADER: usize = 16;
 
@@ -97,6 +129,8 @@ impl Datagram {
                     Message::Hello { .. } => 4,
                     Message::Bye => 5,
                     Message::Pulls { .. } => 6,
+                    Message::Notice { .. } => 7,
+                    Message::Peers { .. } => 8,
                 };
                 out.extend_from_slice(MAGIC);
                 out.extend_from_slice(&[VERSION, kind]);
@@ -116,6 +150,25 @@ impl Datagram {
                         out.extend_from_slice(&port.to_be_bytes());
                     }
                     Message::Bye => {}
+                    Message::Notice { port, version } => {
+                        out.extend_from_slice(&port.to_be_bytes());
+                        out.extend_from_slice(&version.to_be_bytes());
+                    }
+                    Message::Peers { want_reply, peers } => {
+                        let peers = &peers[..peers.len().min(PEERS_MAX)];
+                        out.push(u8::from(*want_reply));
+                        out.push(peers.len() as u8);
+                        for p in peers {
+                            let ip = match p.addr.ip() {
+                                IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                                IpAddr::V6(v6) => v6,
+                            };
+                            out.extend_from_slice(&p.node.to_be_bytes());
+                            out.extend_from_slice(&ip.octets());
+                            out.extend_from_slice(&p.addr.port().to_be_bytes());
+                            out.extend_from_slice(&p.age.to_be_bytes());
+                        }
+                    }
                 }
             }
         }
@@ -164,6 +217,23 @@ impl Datagram {
                     },
                     (5, 16) => Message::Bye,
                     (6, 18) => Message::Pulls { port: port_at(16)? },
+                    (7, 26) => Message::Notice {
+                        port: port_at(16)?,
+                        version: u64::from_be_bytes(data[18..26].try_into().ok()?),
+                    },
+                    (8, len) if len >= 18 && data[16] <= 1 => {
+                        let count = usize::from(data[17]);
+                        if count > PEERS_MAX || len != 18 + count * PEER_ENTRY {
+                            return None;
+                        }
+                        let peers = (data[18..].chunks_exact(PEER_ENTRY))
+                            .map(parse_peer)
+                            .collect::<Option<Vec<_>>>()?;
+                        Message::Peers {
+                            want_reply: data[16] == 1,
+                            peers,
+                        }
+                    }
                     _ => return None,
                 };
                 Some(Datagram::V2 { node, id, message })
@@ -171,6 +241,21 @@ impl Datagram {
             _ => None,
         }
     }
+}
+
+/// One entry of a `Peers` message; `None` for a zero port.
+fn parse_peer(entry: &[u8]) -> Option<PeerEntry> {
+    let node = u64::from_be_bytes(entry[0..8].try_into().ok()?);
+    let octets: [u8; 16] = entry[8..24].try_into().ok()?;
+    let ip = Ipv6Addr::from(octets);
+    let ip = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
+    let port = u16::from_be_bytes(entry[24..26].try_into().ok()?);
+    let age = u16::from_be_bytes(entry[26..28].try_into().ok()?);
+    (port != 0).then_some(PeerEntry {
+        node,
+        addr: SocketAddr::new(ip, port),
+        age,
+    })
 }
 
 #[cfg(test)]
@@ -229,6 +314,38 @@ mod tests {
             ),
             (Message::Bye, 16),
             (Message::Pulls { port: 12304 }, 18),
+            (
+                Message::Notice {
+                    port: 12304,
+                    version: 1 << 40,
+                },
+                26,
+            ),
+            (
+                Message::Peers {
+                    want_reply: true,
+                    peers: vec![],
+                },
+                18,
+            ),
+            (
+                Message::Peers {
+                    want_reply: false,
+                    peers: vec![
+                        PeerEntry {
+                            node: 9,
+                            addr: "10.1.2.3:12304".parse().unwrap(),
+                            age: 3,
+                        },
+                        PeerEntry {
+                            node: 10,
+                            addr: "[fd00::7]:99".parse().unwrap(),
+                            age: 0,
+                        },
+                    ],
+                },
+                18 + 2 * 28,
+            ),
         ];
         for (message, len) in messages {
             let datagram = Datagram::V2 {

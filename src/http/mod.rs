@@ -679,6 +679,7 @@ fn route_name(path: &str) -> &'static str {
         "/metrics" => "metrics",
         "/peer/nix-cache-info" => "peer_cache_info",
         p if p.starts_with("/peer/nar/") => "peer_nar",
+        p if p.starts_with("/peer/summary/") => "peer_summary",
         p if p.starts_with("/peer/pull/") => "peer_pull",
         p if p.starts_with("/peer/") => "peer_narinfo",
         p if p.starts_with("/local/nar/") => "v1_nar",

@@ -2,6 +2,8 @@
 //!
 //! - `/peer/nix-cache-info`, `/peer/<hash>.narinfo`, `/peer/nar/<hash>.nar`:
 //!   ours; `http://HOST:PORT/peer` is a complete binary cache for Nix.
+//! - `/peer/summary/<version>`: what changed in this store's summary since
+//!   that version (`summary.rs`; 0 for the whole of it).
 //! - `/local/<hash>.narinfo`, `/local/nar/<b64>.nar`: the original Peerix's,
 //!   so that nodes still running it can fetch from ours.
 //!
@@ -51,6 +53,7 @@ pub fn route(app: &App, incoming: &Incoming) -> Option<Reply> {
     if let Some(rest) = path.strip_prefix("/peer/") {
         return Some(match rest {
             "nix-cache-info" => cache_info(app),
+            _ if rest.starts_with("summary/") => summary_reply(app, &rest["summary/".len()..]),
             _ if rest.starts_with("pull/") => pulled_nar(app, rest, incoming),
             _ => match rest.strip_prefix("nar/") {
                 Some(nar) => match nar.strip_suffix(".nar").map(HashPart::parse) {
@@ -113,6 +116,21 @@ pub fn cache_info(app: &App) -> Reply {
             app.priority
         ),
     )
+}
+
+/// `/peer/summary/<version>`: the changes since that version, or the
+/// whole summary.
+fn summary_reply(app: &App, since: &str) -> Reply {
+    let Ok(since) = since.parse::<u64>() else {
+        return Reply::status(400, "expected /peer/summary/<version, a number>");
+    };
+    match app.store.summary_since(since) {
+        Some(update) => Reply::Bytes {
+            content_type: "application/octet-stream",
+            body: update.encode(),
+        },
+        None => Reply::status(500, "the summary is not available"),
+    }
 }
 
 /// The path info of a hash this store holds and shares; `Err` is the reply

@@ -23,6 +23,11 @@ pub enum Reply {
         content_type: &'static str,
         body: String,
     },
+    /// A short binary body (a store summary).
+    Bytes {
+        content_type: &'static str,
+        body: Vec<u8>,
+    },
     /// A streamed body (a NAR) of `len` bytes in all; with `range`, from
     /// that byte on (206). `body` is `None` for HEAD.
     /// With `compress`, sent as the framed stream of `compress.rs`,
@@ -61,6 +66,7 @@ impl Reply {
     pub fn status_code(&self) -> u16 {
         match self {
             Reply::Text { status, .. } => *status,
+            Reply::Bytes { .. } => 200,
             Reply::Stream { range: None, .. } => 200,
             Reply::Stream { range: Some(_), .. } => 206,
         }
@@ -138,6 +144,13 @@ pub fn send(request: Request, reply: Reply, metrics: &Arc<Metrics>, stop: &Recei
                 false => request.respond(response),
             };
             if let Err(e) = sent {
+                log::debug!("reply to {peer:?}: {e}");
+            }
+        }
+        Reply::Bytes { content_type, body } => {
+            let response =
+                Response::from_data(body).with_header(header("Content-Type", content_type));
+            if let Err(e) = request.respond(response) {
                 log::debug!("reply to {peer:?}: {e}");
             }
         }

@@ -42,6 +42,8 @@ pub trait Nix {
     /// The valid paths among `names` (all the entries of a store, when the
     /// index is built).
     fn valid(&self, names: &[&str]) -> Result<Vec<String>, NixError>;
+    /// Paths new in the index.
+    fn added(&self, hashes: &[HashPart]);
     /// Paths gone from the index: forget what is known of them.
     fn removed(&self, hashes: &[HashPart]);
     /// Called every tick, for the store's other upkeep.
@@ -239,14 +241,20 @@ impl Follower {
         let found = nix.valid(&names)?;
         let added = found.len();
         if added > 0 {
-            let mut valid = valid.write().map_err(|_| poisoned())?;
-            for name in found {
-                if let Some(hash) = HashPart::of_basename(&name) {
-                    self.pending.remove(&hash);
-                    valid.insert(hash, name.into());
+            let mut hashes = Vec::with_capacity(added);
+            {
+                let mut valid = valid.write().map_err(|_| poisoned())?;
+                for name in found {
+                    if let Some(hash) = HashPart::of_basename(&name) {
+                        self.pending.remove(&hash);
+                        if valid.insert(hash, name.into()).is_none() {
+                            hashes.push(hash);
+                        }
+                    }
                 }
             }
             log::debug!("store: {added} paths became valid");
+            nix.added(&hashes);
         }
         self.recheck_wait = match added {
             0 => (self.recheck_wait * 2).min(RECHECK_MAX),

@@ -14,6 +14,7 @@ mod serve;
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,7 @@ pub use serve::{NixError, PathInfo};
 use crate::cache::Bounded;
 use crate::narinfo::{HashPart, STORE_DIR};
 use crate::share::Policy;
+use crate::summary::{Published, Update};
 use serve::Serve;
 
 /// Path infos kept in memory, per generation of the cache.
@@ -84,6 +86,11 @@ pub struct Store {
     /// To the metadata thread, which owns a `nix-store --serve`.
     questions: Sender<Question>,
     nars: Arc<nar::Pool>,
+    /// The summary of the valid paths peers are sent (`summary.rs`),
+    /// following the index change by change.
+    summary: Mutex<Published>,
+    /// Its version, read by the UDP thread at every turn.
+    summary_version: AtomicU64,
 }
 
 impl Store {
@@ -109,6 +116,8 @@ impl Store {
             verdicts: Mutex::new(Bounded::new(INFO_CACHE)),
             questions,
             nars: nar::Pool::new(),
+            summary: Mutex::new(Published::build(std::iter::empty(), 0)),
+            summary_version: AtomicU64::new(1),
         });
         let weak = Arc::downgrade(&store);
         spawn("store-meta", move || answer_questions(weak, asked))?;
@@ -132,6 +141,34 @@ impl Store {
             follower.run(&store.valid, &*store, alive);
         })?;
         Ok(store)
+    }
+
+    /// The version of this store's summary: it changes within a tick of
+    /// the index when a path is added or removed.
+    pub fn summary_version(&self) -> u64 {
+        self.summary_version.load(Ordering::Relaxed)
+    }
+
+    /// What a peer that holds version `since` of the summary needs.
+    pub fn summary_since(&self, since: u64) -> Option<Update> {
+        Some(self.summary.lock().ok()?.since(since))
+    }
+
+    /// Takes the index's changes into the summary, building it anew from
+    /// the index when it is due.
+    fn summarise(&self, added: &[HashPart], removed: &[HashPart]) {
+        let Ok(mut summary) = self.summary.lock() else {
+            return;
+        };
+        summary.apply(added, removed);
+        if summary.needs_rebuild() {
+            if let Ok(valid) = self.valid.read() {
+                *summary = Published::build(valid.keys(), summary.version());
+                log::debug!("store: summary of {} paths built anew", summary.paths());
+            }
+        }
+        self.summary_version
+            .store(summary.version(), Ordering::Relaxed);
     }
 
     /// The number of valid paths.
@@ -379,7 +416,12 @@ impl index::Nix for Store {
         })
     }
 
+    fn added(&self, hashes: &[HashPart]) {
+        self.summarise(hashes, &[]);
+    }
+
     fn removed(&self, hashes: &[HashPart]) {
+        self.summarise(&[], hashes);
         if let Ok(mut infos) = self.infos.lock() {
             for hash in hashes {
                 infos.remove(hash);
