@@ -512,12 +512,12 @@ fn an_unresolvable_extra_host_is_logged_and_skipped() {
     );
 }
 
-/// The server-side times of the misses in a node's log (`no peer has it
+/// The server-side times of the misses in a node's log (`nobody has it
 /// (…)`), in milliseconds, sorted.
 fn miss_times(log: &str) -> Vec<f64> {
     let mut times: Vec<f64> = log
         .lines()
-        .filter_map(|l| l.split("no peer has it (").nth(1)?.split(')').next())
+        .filter_map(|l| l.split("nobody has it (").nth(1)?.split(')').next())
         .filter_map(|t| {
             let ms = |unit: &str, k: f64| t.strip_suffix(unit)?.parse::<f64>().ok().map(|v| v * k);
             ms("ms", 1.0)
@@ -606,11 +606,7 @@ fn misses_wait_for_original_nodes_only_as_long_as_their_answers_need() {
             .lines()
             .find(|l| l.contains(&format!("v1 {}", h1.addr4)))
             .and_then(|l| l.split("slowest ").nth(1))
-            .and_then(|t| {
-                miss_times(&format!("no peer has it ({t})"))
-                    .first()
-                    .copied()
-            })
+            .and_then(|t| miss_times(&format!("nobody has it ({t})")).first().copied())
             .unwrap_or_else(|| panic!("no answer time learnt: {status}"));
         eprintln!(
             "beside an original node answering in {delay} ms (slowest seen {slowest:.1} ms): \

@@ -91,6 +91,9 @@ impl UdpThread {
             log::error!("discovery: cannot set the UDP timeout: {e}");
         }
         let mut buf = [0u8; 2048];
+        // The first hello goes out now, not a tick later: until peers hear
+        // it, a miss of theirs settles without this node.
+        self.housekeeping();
         loop {
             let received = self.socket.recv_from(&mut buf);
             // Registrations first: the answer just received may be for one.
