@@ -372,6 +372,14 @@ impl Discovery {
             legacy: true,
             ..Routes::default()
         })));
+        // A new version of this store's summary wakes the UDP thread, which
+        // tells the peers at once.
+        let waker = Arc::downgrade(&outbox);
+        store.on_summary_change(Box::new(move || {
+            if let Some(outbox) = waker.upgrade() {
+                outbox.wake();
+            }
+        }));
         let summaries = Summaries::start(
             // Summaries are small: no compression asked for.
             crate::peer_client::PeerClient::new(

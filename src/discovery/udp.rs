@@ -94,7 +94,20 @@ impl UdpThread {
         // The first hello goes out now, not a tick later: until peers hear
         // it, a miss of theirs settles without this node.
         self.housekeeping();
+        let mut waiting = TICK;
         loop {
+            // A notice held back by the gap goes out as soon as it may.
+            let held_back = (self.store.summary_version() != self.announced)
+                .then(|| {
+                    self.last_notice
+                        .map(|t| NOTICE_GAP.saturating_sub(t.elapsed()))
+                })
+                .flatten();
+            let wait = held_back.map_or(TICK, |w| w.clamp(Duration::from_millis(1), TICK));
+            if wait != waiting {
+                let _ = self.socket.set_read_timeout(Some(wait));
+                waiting = wait;
+            }
             let received = self.socket.recv_from(&mut buf);
             // Registrations first: the answer just received may be for one.
             while let Ok(command) = self.commands.try_recv() {

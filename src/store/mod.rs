@@ -91,6 +91,9 @@ pub struct Store {
     summary: Mutex<Published>,
     /// Its version, read by the UDP thread at every turn.
     summary_version: AtomicU64,
+    /// Told when the version changes (discovery wakes its UDP thread, so
+    /// that peers hear of new paths at once).
+    summary_changed: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl Store {
@@ -118,6 +121,7 @@ impl Store {
             nars: nar::Pool::new(),
             summary: Mutex::new(Published::build(std::iter::empty(), 0)),
             summary_version: AtomicU64::new(1),
+            summary_changed: std::sync::OnceLock::new(),
         });
         let weak = Arc::downgrade(&store);
         spawn("store-meta", move || answer_questions(weak, asked))?;
@@ -167,8 +171,19 @@ impl Store {
                 log::debug!("store: summary of {} paths built anew", summary.paths());
             }
         }
-        self.summary_version
-            .store(summary.version(), Ordering::Relaxed);
+        let before = (self.summary_version).swap(summary.version(), Ordering::Relaxed);
+        drop(summary);
+        if before != self.summary_version.load(Ordering::Relaxed) {
+            if let Some(changed) = self.summary_changed.get() {
+                changed();
+            }
+        }
+    }
+
+    /// Calls `f` whenever the summary's version changes (once set, for
+    /// good).
+    pub fn on_summary_change(&self, f: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.summary_changed.set(f);
     }
 
     /// The number of valid paths.
