@@ -36,14 +36,22 @@ fn eval_json(body: &str, exprs: &[&str]) -> Vec<String> {
     let program = format!(
         "import json, sys\nf = json.load(sys.stdin)\nfor e in {exprs:?}:\n    print(json.dumps(eval(e)))\n"
     );
-    let file = std::env::temp_dir().join(format!("peerix-status-{}.json", std::process::id()));
-    fs::write(&file, body).expect("write the status body");
-    let out = Command::new("python3")
+    // Through a pipe: a file named by the process would be shared by the
+    // tests running at once.
+    let mut child = Command::new("python3")
         .args(["-c", &program])
-        .stdin(fs::File::open(&file).expect("open the status body"))
-        .output()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run python3");
-    let _ = fs::remove_file(&file);
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        stdin
+            .write_all(body.as_bytes())
+            .expect("write the status body");
+    }
+    let out = child.wait_with_output().expect("run python3");
     assert!(
         out.status.success(),
         "python3 on\n{body}\n{}",
