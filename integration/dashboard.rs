@@ -129,9 +129,10 @@ fn status_dashboard_and_grafana_show_two_peers_and_what_came_from_them() {
     });
     let big_name = big.trim_start_matches("/nix/store/").to_string();
     let mut in_flight = String::new();
+    // In flight and its peer chosen (a large NAR first asks every peer).
     let seen = support::wait_until(Duration::from_secs(30), || {
         in_flight = status_json(h3);
-        in_flight.contains(&big_name)
+        in_flight.contains(&big_name) && !in_flight.contains("\"peer\":null")
     });
     assert!(
         seen,
