@@ -403,7 +403,22 @@ fn v1_peers_and_ours_find_each_others_paths() {
         .to_string()
         + ".255";
     let hash = hash_of(&ours[0]);
+    // A v1 request of ours (its id's top bit set) from an address h1 never
+    // heard in v2: no v1 answer, and h4 is not taken for an original node.
+    let v1_line = format!("v1 {} ", h4.addr4);
+    let ours_asks = h4.try_run(&format!(
+        "python3 {script} query {hash} {broadcast} 12304 --id {}",
+        0x8000_0007u32
+    ));
+    assert!(
+        !ours_asks.status.success(),
+        "a node of ours got a v1 answer"
+    );
+    let status = h1.curl(&["http://127.0.0.1:12304/status"]).text();
+    assert!(!status.contains(&v1_line), "{status}");
     let out = h4.run(&format!("python3 {script} query {hash} {broadcast} 12304"));
+    let status = h1.curl(&["http://127.0.0.1:12304/status"]).text();
+    assert!(status.contains(&v1_line), "{status}");
     assert!(out.starts_with("narinfo 200"), "{out}");
     assert!(out.contains("URL: local/nar/"), "{out}");
     let want = h1.run(&format!(

@@ -156,7 +156,6 @@ fn a_node_with_the_network_key_learns_nothing_from_nodes_without_it() {
 }
 
 #[test]
-#[ignore = "flaky (about 1 run in 4: right after a hit, the next miss goes the old way and waits the timeout); issue 18 stays open for it"]
 fn summaries_follow_the_store_within_a_second_and_misses_send_nothing() {
     let Some(net) = Net::new(3) else { return };
     let (h1, h2, h3) = (net.host(1), net.host(2), net.host(3));

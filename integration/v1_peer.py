@@ -125,7 +125,7 @@ def serve(cache, port, garbage, delay, fields):
     server.serve_forever()
 
 
-def query(hash_part, address, port):
+def query(hash_part, address, port, request_id=4242):
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
     try:
@@ -133,7 +133,6 @@ def query(hash_part, address, port):
     except OSError:
         sock.bind(("0.0.0.0", 0))  # a v1 peer serves on this host: answers come back here
     sock.settimeout(2.0)
-    request_id = 4242
     sock.sendto(b"\x00" + struct.pack(">I", request_id) + hash_part.encode(),
                 (address, port))
     own = {a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None)}
@@ -172,6 +171,9 @@ if __name__ == "__main__":
                 fields.append(options[i + 1])
         serve(sys.argv[2], int(sys.argv[3]), "--garbage" in options, delay, fields)
     elif sys.argv[1] == "query":
-        query(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        # --id N: the request id (ours set its top bit; the original counts from 0)
+        extra = sys.argv[5:]
+        request_id = int(extra[extra.index("--id") + 1]) if "--id" in extra else 4242
+        query(sys.argv[2], sys.argv[3], int(sys.argv[4]), request_id)
     else:
         sys.exit(__doc__)

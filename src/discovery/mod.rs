@@ -447,7 +447,7 @@ impl Discovery {
     /// none, nothing is sent and the answer is a miss at once.
     pub fn ask(&self, hash: &HashPart) -> Asked<'_> {
         let (answers, rx) = crossbeam_channel::bounded(ANSWERS_MAX);
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) | wire::OURS;
         let now = Instant::now();
         let routes = self.routes.read().map(|r| r.clone()).unwrap_or_default();
         let chosen = (!routes.legacy).then(|| routes.recipients(hash));

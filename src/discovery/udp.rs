@@ -13,7 +13,7 @@ use super::exchange::{self, Exchange};
 use super::peers::{PeerTable, PEER_TTL};
 use super::summaries::{Routes, SharedRoutes, Summaries};
 use super::targets::SharedTargets;
-use super::wire::{Datagram, Message, NodeId, PeerEntry};
+use super::wire::{self, Datagram, Message, NodeId, PeerEntry};
 use super::{Answer, Command, Found, Outbox, Pending, Query, HELLO_EVERY, RECENT, STARTUP, TICK};
 use crate::auth::{AuthError, NetworkKey};
 use crate::cache::Bounded;
@@ -366,6 +366,9 @@ impl UdpThread {
             Datagram::V1Request { id, hash } => {
                 if self.pending.contains_key(&id) {
                     return; // our own query, heard back
+                }
+                if id & wire::OURS != 0 {
+                    return; // a node of ours, which asked in v2 too
                 }
                 self.peers.heard_v1(from.ip());
                 // Nodes of ours asked in v2 as well and get that answer.

@@ -20,6 +20,13 @@
 //! | 12–15 | request id (u32 BE; 0 for hello and bye) |
 //! | 16– | by kind: query and not here: hash (32); have: hash (32) and HTTP port (u16 BE); hello: flags (1; bit 0 asks for a hello back) and HTTP port (u16 BE); bye: nothing; pulls: HTTP port (u16 BE); notice: HTTP port (u16 BE) and store summary version (u64 BE); peers: flags (1; bit 0 asks for the receiver's peers back), a count (1, at most 32), then per peer its node id (u64 BE), address (16, IPv4 as `::ffff:a.b.c.d`), UDP port (u16 BE) and seconds since it was last heard (u16 BE) |
 //!
+//! A v1 request of ours has the top bit of its id set ([`OURS`]): the
+//! original numbers its requests with a per-process counter from 0, which
+//! never gets there. A node of ours may speak v1 from an address its
+//! peers never heard it use in v2 (IPv6 multicast leaves from the
+//! link-local address), and must not be taken there for an original
+//! Peerix, nor answered in v1 for what it asked in v2.
+//!
 //! Every kind has exactly one length (48, 50, 48, 19, 16, 18, 26 bytes;
 //! peers 18 + 28 per peer).
 //!
@@ -36,6 +43,9 @@ use crate::narinfo::HashPart;
 
 pub const MAGIC: &[u8; 2] = b"PX";
 pub const VERSION: u8 = 2;
+
+/// The bit that marks the request ids of ours (see the module doc).
+pub const OURS: u32 = 1 << 31;
 
 /// A node's identity on the wire: random at each start.
 pub type NodeId = u64;
