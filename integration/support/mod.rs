@@ -70,6 +70,8 @@ pub struct Net {
     bridge: String,
     /// A second bridge and the router between them ([`Net::routed`]).
     routed: Option<(String, String)>,
+    /// Room kept in the kernel's neighbour tables for this Net's hosts.
+    _neighbours: NeighbourRoom,
 }
 
 /// One test host: a network namespace plus its own `/nix`.
@@ -160,6 +162,7 @@ impl Net {
             prefix,
             hosts: Vec::new(),
             routed: None,
+            _neighbours: NeighbourRoom::reserve(hosts),
         };
         if let Err(e) = probe_netns(&format!("{}-probe", net.prefix)) {
             eprintln!("skipping: needs root and ip netns ({e})");
@@ -266,6 +269,71 @@ impl Net {
     /// The `i`-th host, counting from 1 like the names (`host(1)` is `h1`).
     pub fn host(&self, i: usize) -> &Host {
         &self.hosts[i - 1]
+    }
+}
+
+/// The kernel's ARP and neighbour-discovery tables are one per machine,
+/// shared by every namespace, and hold 1,024 entries by default
+/// (`gc_thresh3`). On one bridge each host may keep an entry for every
+/// other host's IPv4, link-local and ULA address: a hundred hosts
+/// overflow them, and the kernel then drops datagrams (`neighbor table
+/// overflow!`), which no LAN of separate machines does. A Net of many
+/// hosts raises the thresholds for its lifetime; the machine's values
+/// come back when the last such Net ends.
+struct NeighbourRoom(usize);
+
+/// Entries reserved by live Nets, and the machine's thresholds before.
+static NEIGHBOURS: std::sync::Mutex<(usize, Option<Vec<(String, String)>>)> =
+    std::sync::Mutex::new((0, None));
+
+const NEIGHBOUR_THRESHOLDS: [&str; 4] = [
+    "/proc/sys/net/ipv4/neigh/default/gc_thresh2",
+    "/proc/sys/net/ipv4/neigh/default/gc_thresh3",
+    "/proc/sys/net/ipv6/neigh/default/gc_thresh2",
+    "/proc/sys/net/ipv6/neigh/default/gc_thresh3",
+];
+
+impl NeighbourRoom {
+    fn reserve(hosts: usize) -> NeighbourRoom {
+        let entries = 2 * hosts * hosts;
+        let Ok(mut state) = NEIGHBOURS.lock() else {
+            return NeighbourRoom(0);
+        };
+        state.0 += entries;
+        let need = 1024 + state.0;
+        let read = |f: &str| fs::read_to_string(f).unwrap_or_default().trim().to_string();
+        if state.1.is_none() {
+            let current: Vec<(String, String)> = (NEIGHBOUR_THRESHOLDS.iter())
+                .map(|f| (f.to_string(), read(f)))
+                .collect();
+            let low = (current.iter()).any(|(_, v)| v.parse::<usize>().is_ok_and(|v| v < need));
+            if !low {
+                return NeighbourRoom(entries);
+            }
+            state.1 = Some(current);
+        }
+        for f in NEIGHBOUR_THRESHOLDS {
+            if read(f).parse::<usize>().is_ok_and(|v| v < need) {
+                if let Err(e) = fs::write(f, need.to_string()) {
+                    eprintln!("warning: cannot raise {f} for {hosts} hosts: {e}");
+                }
+            }
+        }
+        NeighbourRoom(entries)
+    }
+}
+
+impl Drop for NeighbourRoom {
+    fn drop(&mut self) {
+        let Ok(mut state) = NEIGHBOURS.lock() else {
+            return;
+        };
+        state.0 = state.0.saturating_sub(self.0);
+        if state.0 == 0 {
+            for (f, v) in state.1.take().into_iter().flatten() {
+                let _ = fs::write(&f, v);
+            }
+        }
     }
 }
 
