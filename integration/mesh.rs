@@ -65,7 +65,6 @@ fn random_hash(x: &mut u64) -> String {
 }
 
 #[test]
-#[ignore = "flaky (about 1 run in 10: a node that left is still known after the deadline); issue 18 stays open for it"]
 fn one_extra_host_joins_hosts_on_two_routed_bridges_and_a_peer_that_leaves_is_forgotten() {
     let Some(net) = Net::routed(2, 1) else { return };
     let (h1, h2, h3) = (net.host(1), net.host(2), net.host(3));
