@@ -282,9 +282,10 @@ impl Net {
 /// come back when the last such Net ends.
 struct NeighbourRoom(usize);
 
-/// Entries reserved by live Nets, and the machine's thresholds before.
-static NEIGHBOURS: std::sync::Mutex<(usize, Option<Vec<(String, String)>>)> =
-    std::sync::Mutex::new((0, None));
+/// Entries reserved by live Nets, and the machine's thresholds before
+/// (file, value) once raised.
+static NEIGHBOURS: std::sync::Mutex<(usize, Option<Thresholds>)> = std::sync::Mutex::new((0, None));
+type Thresholds = Vec<(String, String)>;
 
 const NEIGHBOUR_THRESHOLDS: [&str; 4] = [
     "/proc/sys/net/ipv4/neigh/default/gc_thresh2",

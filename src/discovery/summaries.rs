@@ -94,6 +94,9 @@ struct Held {
     announced: u64,
     /// When it last told, and from where (its UDP address).
     told: Instant,
+    /// How long after that it is still about (its hellos' pace, see
+    /// `PeerTable::ttl`).
+    ttl: Duration,
     udp: SocketAddr,
     http: SocketAddr,
     summary: Option<Arc<PeerSummary>>,
@@ -103,6 +106,13 @@ struct Held {
     hits: u32,
     /// Dropped for the budget: not fetched again until there is room.
     dropped: bool,
+}
+
+impl Held {
+    /// It told of its summary within its time to live.
+    fn about(&self) -> bool {
+        self.told.elapsed() < self.ttl
+    }
 }
 
 pub struct Summaries {
@@ -154,14 +164,21 @@ impl Summaries {
     }
 
     /// A peer told its summary's version; fetches what changed when the
-    /// copy held is another.
-    pub fn announced(&mut self, node: NodeId, udp: SocketAddr, http: SocketAddr, version: u64) {
+    /// copy held is another. It is about for `ttl` from now.
+    pub fn announced(
+        &mut self,
+        node: NodeId,
+        (udp, http): (SocketAddr, SocketAddr),
+        version: u64,
+        ttl: Duration,
+    ) {
         if !self.peers.contains_key(&node) && self.peers.len() >= self.max_peers {
             return;
         }
         let held = self.peers.entry(node).or_insert(Held {
             announced: version,
             told: Instant::now(),
+            ttl,
             udp,
             http,
             summary: None,
@@ -171,6 +188,7 @@ impl Summaries {
         });
         held.announced = version;
         held.told = Instant::now();
+        held.ttl = ttl;
         held.udp = udp;
         held.http = http;
         self.fetch_if_due(node);
@@ -246,13 +264,13 @@ impl Summaries {
         }
     }
 
-    /// The peers whose current summary is held and who told of it
-    /// within `ttl`, at their UDP address. Only a node that served its
+    /// The peers about whose current summary is held, at their UDP
+    /// address. Only a node that served its
     /// summary over HTTP is here: a flood of made-up node ids, which can
     /// push real peers out of the peer table, cannot push them out of this.
-    pub fn summarised(&self, ttl: Duration) -> Vec<(NodeId, SocketAddr, Arc<PeerSummary>)> {
+    pub fn summarised(&self) -> Vec<(NodeId, SocketAddr, Arc<PeerSummary>)> {
         (self.peers.iter())
-            .filter(|(_, h)| h.told.elapsed() < ttl)
+            .filter(|(_, h)| h.about())
             .filter_map(|(node, h)| {
                 let s = h.summary.clone().filter(|s| s.version == h.announced)?;
                 Some((*node, h.udp, s))
@@ -260,12 +278,12 @@ impl Summaries {
             .collect()
     }
 
-    /// The peers that told of a summary within `ttl` whose current one is
+    /// The peers about that told of a summary whose current one is
     /// not held (being fetched, or dropped for the budget): they are asked
     /// every query until it is.
-    pub fn unsummarised(&self, ttl: Duration) -> Vec<(NodeId, SocketAddr)> {
+    pub fn unsummarised(&self) -> Vec<(NodeId, SocketAddr)> {
         (self.peers.iter())
-            .filter(|(_, h)| h.told.elapsed() < ttl)
+            .filter(|(_, h)| h.about())
             .filter(|(_, h)| h.summary.as_ref().is_none_or(|s| s.version != h.announced))
             .map(|(node, h)| (*node, h.udp))
             .collect()
@@ -285,8 +303,8 @@ impl Summaries {
     /// Keeps only the peers `live` says are still about; halves the hit
     /// counts (so that "lately" means the last few minutes) and lets
     /// dropped summaries be fetched again when there is room.
-    pub fn prune(&mut self, ttl: Duration) {
-        self.peers.retain(|_, h| h.told.elapsed() < ttl);
+    pub fn prune(&mut self) {
+        self.peers.retain(|_, h| h.about());
         let used: usize = self.bytes();
         for held in self.peers.values_mut() {
             held.hits /= 2;
