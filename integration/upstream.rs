@@ -389,9 +389,10 @@ fn each_path_costs_one_query_and_one_narinfo_fetch_over_reused_connections() {
 
 /// Two peers have the same large NARs: one behind 20 Mbit/s, one
 /// unlimited. Once the node has seen the slow one's pace, the next NARs
-/// come from the fast one, found by a discovery round of its own when the
-/// narinfo came from the slow one (which answers first about half the
-/// time: four NARs in a row from the fast one would be luck 1 in 16).
+/// come from the fast one, though the slow one answers discovery first
+/// every time: the fast one is frozen (SIGSTOP) while the narinfo is asked
+/// for and until that query is over, and for the first 100 ms of the NAR's
+/// own discovery round, so its "have" comes second.
 #[test]
 fn the_fastest_peer_serves_a_nar_once_paces_are_learnt() {
     let Some(net) = Net::new(3) else { return };
@@ -406,7 +407,9 @@ fn the_fastest_peer_serves_a_nar_once_paces_are_learnt() {
     slow.limit_rate(20);
     let _slow_node = node(slow, &key, &[], &[]);
     let n3 = node(h3, &generate_key(h3, "h3-1"), &[&key], &[]);
-    let fetch = |path: &str| -> String {
+    // The narinfo and the NAR, `frozen` (if any) answering second.
+    let fetch = |path: &str, frozen: Option<&Daemon>| -> String {
+        frozen.inspect(|d| d.signal("STOP"));
         let info = h3
             .curl(&[&format!("{LOCAL}/{}.narinfo", hash_of(path))])
             .text();
@@ -416,7 +419,16 @@ fn the_fastest_peer_serves_a_nar_once_paces_are_learnt() {
             .unwrap_or_else(|| panic!("no URL: {info}"))
             .to_string();
         let before = n3.log().len();
-        let nar = h3.curl(&[&format!("{LOCAL}/{url}")]);
+        let nar = std::thread::scope(|scope| {
+            if frozen.is_some() {
+                // The narinfo's query ends (--timeout 500) unanswered by it.
+                std::thread::sleep(Duration::from_millis(700));
+            }
+            let nar = scope.spawn(|| h3.curl(&[&format!("{LOCAL}/{url}")]));
+            std::thread::sleep(Duration::from_millis(100));
+            frozen.inspect(|d| d.signal("CONT"));
+            nar.join().expect("the NAR request")
+        });
         assert_eq!(nar.status, 200);
         assert_eq!(body_sha256(h3, &nar.body), dump_sha256(slow, path, 0));
         let log = n3.log();
@@ -438,12 +450,12 @@ fn the_fastest_peer_serves_a_nar_once_paces_are_learnt() {
     };
     // The slow peer alone: its pace is learnt.
     wait_offered(slow, &paths[0]);
-    let line = fetch(&paths[0]);
+    let line = fetch(&paths[0], None);
     assert!(from(&line, slow), "{line}");
-    let _fast_node = node(fast, &key, &[], &[]);
+    let fast_node = node(fast, &key, &[], &[]);
     wait_offered(fast, &paths[1]);
     for p in &paths[1..] {
-        let line = fetch(p);
+        let line = fetch(p, Some(&fast_node));
         assert!(from(&line, fast), "{line}\n{}", n3.log());
     }
 }
@@ -482,15 +494,9 @@ fn a_stalled_striping_peer_loses_its_stripe_and_the_nar_still_matches() {
         n3.log()
     );
     std::thread::sleep(Duration::from_millis(1500));
-    let signal = |sig: &str, pid: u32| {
-        std::process::Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .expect("kill");
-    };
-    signal("-STOP", n2.pid());
+    n2.signal("STOP");
     let finished = support::wait_until(Duration::from_secs(120), || nix.try_wait().is_some());
-    signal("-CONT", n2.pid());
+    n2.signal("CONT");
     assert!(finished, "nix-store hangs");
     assert!(
         nix.try_wait().is_some_and(|s| s.success()),

@@ -664,6 +664,15 @@ impl Daemon {
     }
 
     /// Stops it: SIGTERM, then SIGKILL after 5 s. Returns its exit status.
+    /// Sends `signal` (`STOP`, `CONT`, …) to the process.
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} {}", self.pid());
+    }
+
     pub fn kill(&mut self) -> ExitStatus {
         if let Some(status) = self.try_wait() {
             return status;
