@@ -25,8 +25,10 @@ use std::time::{Duration, Instant};
 /// that (curl `--compressed`) expects one zstd stream, which this is not.
 pub const ENCODING: &str = "x-peerix-zblocks";
 
-/// NAR bytes per block the sender makes.
-const BLOCK: usize = 256 * 1024;
+/// NAR bytes per block the sender makes: with its header, a block is one
+/// 256 KiB piece of the reply writer (`copy_large` in tiny_http), so one
+/// chunk on the wire.
+const BLOCK: usize = 256 * 1024 - HEADER;
 /// The most NAR bytes a receiver accepts in one block.
 const MAX_BLOCK: usize = 1024 * 1024;
 const HEADER: usize = 9;

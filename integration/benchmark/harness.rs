@@ -227,6 +227,21 @@ pub(crate) fn process_cpu_secs(pid: u32) -> Option<f64> {
     Some(own + reaped / if hz > 0.0 { hz } else { 100.0 })
 }
 
+/// Pins process `pid` (all its threads, and the children they start from
+/// now on) to CPU `cpu`, so that two nodes on one machine compete for the
+/// CPU no more than two machines would. Nothing on a machine of one CPU.
+pub(crate) fn pin(pid: u32, cpu: usize) {
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) <= cpu {
+        return;
+    }
+    let ok = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "taskset -a -p -c {cpu} {pid}");
+}
+
 /// CPU seconds of a node and of every process below it (its Nix
 /// children): each live process's own time and that of the children it
 /// reaped, so a child that ended is counted once, in its parent's.

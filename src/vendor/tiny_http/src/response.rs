@@ -15,6 +15,31 @@ use std::time::SystemTime;
 /// hundreds of MiB is most of the CPU the daemon uses. `sent` counts the
 /// bytes the writer took, also when it fails half-way (a client that went
 /// away), and says whether a failure was the reader's.
+/// peerix patch: a chunked body written one chunk per `write`, its size
+/// line, bytes and CRLF in one write to the socket.
+struct Chunks<W: Write> {
+    inner: W,
+    buf: Vec<u8>,
+}
+
+impl<W: Write> Write for Chunks<W> {
+    fn write(&mut self, data: &[u8]) -> IoResult<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        self.buf.clear();
+        write!(self.buf, "{:x}\r\n", data.len())?;
+        self.buf.extend_from_slice(data);
+        self.buf.extend_from_slice(b"\r\n");
+        self.inner.write_all(&self.buf)?;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> IoResult<()> {
+        self.inner.flush()
+    }
+}
+
 fn copy_large<R: Read + ?Sized, W: Write + ?Sized>(
     reader: &mut R,
     writer: &mut W,
@@ -422,12 +447,17 @@ where
         if !do_not_send_body {
             match transfer_encoding {
                 TransferEncoding::Chunked => {
-                    use chunked_transfer::Encoder;
-
-                    // peerix patch: 60 KiB chunks (its most: a chunk size of four hex
-                    // digits), copied with a large buffer.
-                    let mut writer = Encoder::with_chunks_size(writer, 60 * 1024);
+                    // peerix patch: one chunk per piece the reader gives (up
+                    // to copy_large's 256 KiB), and the last chunk only after
+                    // the whole body: a body that fails half-way is cut,
+                    // never made to look whole.
+                    let mut writer = Chunks {
+                        inner: writer,
+                        buf: Vec::new(),
+                    };
                     copy_large(&mut reader, &mut writer, sent)?;
+                    writer.inner.write_all(b"0\r\n\r\n")?;
+                    writer.inner.flush()?;
                 }
 
                 TransferEncoding::Identity => {
