@@ -589,6 +589,14 @@ impl Daemon {
         fs::read_to_string(&self.log_path).unwrap_or_else(|e| format!("(no log: {e})"))
     }
 
+    /// The lines of its log that mention `what`.
+    pub fn log_lines(&self, what: &str) -> Vec<String> {
+        (self.log().lines())
+            .filter(|l| l.contains(what))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Its exit status if it has exited.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().expect("wait for a daemon")
@@ -889,6 +897,97 @@ pub fn wait_offered(host: &Host, path: &str) {
     );
     let offered = wait_until(Duration::from_secs(10), || host.curl(&[&url]).status == 200);
     assert!(offered, "the node on {} never offered {path}", host.name);
+}
+
+/// A NAR on its way from two peers to Nix, made by [`nar_under_way`].
+pub struct NarUnderWay {
+    /// The nodes on hosts 1 and 2, which hold the path.
+    pub peers: [Daemon; 2],
+    /// Which of `peers` streams the NAR, as host 3's node first logged it
+    /// (`HASH: NAR of N bytes from ADDR…`).
+    pub streaming: usize,
+    /// The node on host 3, which fetches the NAR for its Nix.
+    pub n3: Daemon,
+    /// `nix-store -r PATH` on host 3.
+    pub nix: Daemon,
+}
+
+/// Starts nodes on hosts 1 and 2 of `net`, which both hold `path`, signing
+/// with `key` and given `extra` flags, and a node on host 3 that trusts
+/// `key`; then realises `path` on host 3 with `client` (`None`: the
+/// machine's Nix). Returns once host 3's node streams the NAR, and 1.5 s
+/// more: far enough into it for a test to take a peer away.
+pub fn nar_under_way(
+    net: &Net,
+    key: &Key,
+    path: &str,
+    extra: &[&str],
+    client: Option<&nix_clients::Client>,
+) -> NarUnderWay {
+    let (h1, h2, h3) = (net.host(1), net.host(2), net.host(3));
+    let n1 = node(h1, key, &[], extra);
+    let n2 = node(h2, key, &[], extra);
+    let n3 = node(h3, &generate_key(h3, "h3-1"), &[key], &[]);
+    wait_offered(h1, path);
+    wait_offered(h2, path);
+    let args = realise_args(&[path], &[key]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let command = match client {
+        None => h3.cmd("nix-store", &args),
+        Some(client) => client.command(h3, "nix-store", &args),
+    };
+    let nix = h3.spawn_daemon(command, "nix-store");
+    let label = client.map_or("nix-store".into(), |c| c.label());
+    let streams = format!("{}: NAR of", hash_of(path));
+    let started = wait_until(Duration::from_secs(30), || {
+        !n3.log_lines(&streams).is_empty()
+    });
+    assert!(started, "{label}: no NAR stream: {}", n3.log());
+    thread::sleep(Duration::from_millis(1500));
+    let line = n3.log_lines(&streams).remove(0);
+    let streaming = match line.contains(&h1.addr4.to_string()) {
+        true => 0,
+        false => 1,
+    };
+    NarUnderWay {
+        peers: [n1, n2],
+        streaming,
+        n3,
+        nix,
+    }
+}
+
+/// After a peer streaming a NAR to `node` was taken away: waits up to
+/// 2 min for `nix` to finish and asserts that it succeeded, and that
+/// `node` logged one "broke at byte N" and one "going on from … at byte
+/// N" line, for the same N. Returns those two lines and N.
+pub fn nar_went_on(nix: &mut Daemon, node: &Daemon, label: &str) -> (String, String, u64) {
+    let finished = wait_until(Duration::from_secs(120), || nix.try_wait().is_some());
+    assert!(finished, "{label}: nix-store hangs");
+    assert!(
+        nix.try_wait().is_some_and(|s| s.success()),
+        "{label}: {}\nnode:\n{}",
+        nix.log(),
+        node.log()
+    );
+    let mut broke = node.log_lines("broke at byte");
+    let mut went_on = node.log_lines("going on from");
+    assert_eq!(
+        (broke.len(), went_on.len()),
+        (1, 1),
+        "{label}: {}",
+        node.log()
+    );
+    let offset: u64 = went_on[0]
+        .rsplit("at byte ")
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .expect("an offset");
+    assert!(
+        broke[0].contains(&format!("at byte {offset} ")),
+        "{label}: {broke:?} {went_on:?}"
+    );
+    (broke.remove(0), went_on.remove(0), offset)
 }
 
 /// Runs `cmd` to completion, collecting stdout and stderr; `None` if it took
