@@ -774,28 +774,51 @@ pub fn build_programs(host: &Host, tag: &str, bytes: u64) -> String {
     nix_build(host, &format!("programs-{tag}"), &expr, &[])
 }
 
+/// A small xorshift generator of test data: numbers and hash parts.
+pub struct Xorshift(u64);
+
+impl Xorshift {
+    /// Seeded from the clock, the process and a counter: another sequence
+    /// at every call.
+    pub fn new() -> Xorshift {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Xorshift::seeded(nanos ^ (u64::from(std::process::id()) << 32) ^ unique() as u64)
+    }
+
+    /// The same sequence for the same `seed`.
+    pub fn seeded(seed: u64) -> Xorshift {
+        Xorshift(seed | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// 32 random nix32 digits: a well-formed hash part.
+    pub fn hash(&mut self) -> String {
+        const DIGITS: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
+        (0..32)
+            .map(|_| DIGITS[(self.next() % 32) as usize] as char)
+            .collect()
+    }
+}
+
 /// Registers `count` fake valid paths in `host`'s store: empty directories
 /// named `<random hash>-<tag>-<i>`, made valid with `nix-store
 /// --register-validity` (a store of thousands of paths in seconds). Their
 /// full paths.
 pub fn fake_paths(host: &Host, tag: &str, count: usize) -> Vec<String> {
-    const DIGITS: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let mut x = nanos ^ (u64::from(std::process::id()) << 32) ^ unique() as u64 | 1;
+    let mut rng = Xorshift::new();
     let store = host.nix_dir.join("store");
     let mut paths = Vec::with_capacity(count);
     let mut reg = String::new();
     for i in 0..count {
-        let hash: String = (0..32)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                DIGITS[(x % 32) as usize] as char
-            })
-            .collect();
+        let hash = rng.hash();
         let name = format!("{hash}-{tag}-{i}");
         fs::create_dir(store.join(&name)).expect("make a fake store entry");
         reg.push_str(&format!(
@@ -858,12 +881,24 @@ pub fn realise_args(paths: &[&str], keys: &[&Key]) -> Vec<String> {
 /// Starts a node on `host` signing with `key`, accepting narinfo signed by
 /// `trusted` (`--trusted-key`), plus `extra` flags.
 pub fn node(host: &Host, key: &Key, trusted: &[&Key], extra: &[&str]) -> Daemon {
+    node_with_env(host, key, trusted, extra, &[])
+}
+
+/// Like [`node`], with `env` added to its environment (e.g. another
+/// `RUST_LOG`).
+pub fn node_with_env(
+    host: &Host,
+    key: &Key,
+    trusted: &[&Key],
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Daemon {
     let mut args: Vec<&str> = vec!["--private-key", key.secret.to_str().unwrap()];
     for k in trusted {
         args.extend(["--trusted-key", &k.public]);
     }
     args.extend(extra);
-    host.spawn_peerix(&args)
+    host.spawn_peerix_with(&[], env, &args)
 }
 
 /// The hash part of a store path.
