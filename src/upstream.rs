@@ -347,6 +347,11 @@ impl Upstream {
             .map_err(|e| io::Error::other(e.to_string()))
     }
 
+    /// The pace learnt of each peer, in bytes a second (for the metrics).
+    pub fn paces(&self) -> Vec<(Who, f64)> {
+        self.throughput.paces()
+    }
+
     /// `who` sent `bytes` of a NAR, waited for in `took`; with `at_least`,
     /// while held back by a slower peer (see `Throughput::record_at_least`).
     pub(crate) fn learn(&self, who: Who, bytes: u64, took: Duration, at_least: bool) {

@@ -68,8 +68,11 @@ pub fn route(app: &App, incoming: &Incoming) -> Option<Reply> {
         Route::Metrics => Reply::text(
             200,
             "text/plain; version=0.0.4",
-            app.metrics
-                .render(app.discovery.peers().len(), app.store.valid_paths()),
+            app.metrics.render(
+                app.discovery.peers().len(),
+                app.store.valid_paths(),
+                &app.upstream.paces(),
+            ),
         ),
         Route::NarInfo(name) => match HashPart::parse(name) {
             Some(hash) => narinfo(app, &hash),
