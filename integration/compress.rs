@@ -15,8 +15,8 @@ use std::io::Read;
 
 use peerix::compress::{Decoder, ENCODING};
 use support::{
-    build_programs, build_random, copy_to, generate_key, hash_of, nar_under_way, nar_went_on, node,
-    wait_offered, Daemon, Host, Net,
+    build_programs, build_random, copy_to, generate_key, hash_of, metric, metrics, nar_under_way,
+    nar_went_on, node, wait_offered, Daemon, Host, Net,
 };
 
 /// The NAR of `path` as Nix serializes it on `host`.
@@ -83,6 +83,15 @@ fn a_compressed_stream_killed_mid_way_fails_over_at_the_right_nar_byte() {
     // The peer that went on (from that NAR byte) sent the rest compressed.
     assert!(compressed_blocks(other) > 0, "{}", other.log());
     assert_eq!(dump(h3, &path), want, "the NAR Nix got");
+    // The receiver counted framed bytes in and NAR bytes out: every NAR
+    // byte came decoded (some twice, where a lane was asked again), from
+    // under two thirds as many bytes received.
+    let text = metrics(h3);
+    let value = |series: &str| metric(&text, series).unwrap_or_else(|| panic!("{series}: {text}"));
+    let decoded = value("peerix_compress_decoded_bytes_total");
+    let received = value("peerix_compress_received_bytes_total");
+    assert!(decoded >= want.len() as f64, "{text}");
+    assert!(received > 0.0 && received < decoded * 2.0 / 3.0, "{text}");
 }
 
 #[test]
@@ -141,6 +150,27 @@ fn curl_and_original_nodes_get_raw_bytes_and_our_nodes_the_framed_stream() {
     assert_eq!(got.header("Content-Range"), Some(content_range.as_str()));
     assert!(decode(&got.body, want.len() - from) == want[from..]);
 
+    // The sender counted the two framed streams (and not the raw ones):
+    // their NAR bytes, compressed blocks, fewer bytes out than in.
+    let text = metrics(h1);
+    let value = |series: &str| metric(&text, series).unwrap_or_else(|| panic!("{series}: {text}"));
+    let framed_nar = (2 * want.len() - from) as f64;
+    assert_eq!(
+        value("peerix_compress_sent_nar_bytes_total"),
+        framed_nar,
+        "{text}"
+    );
+    assert!(
+        value("peerix_compress_sent_blocks_total{kind=\"zstd\"}") > 0.0,
+        "{text}"
+    );
+    let (zstd_in, zstd_out) = (
+        value("peerix_compress_zstd_in_bytes_total"),
+        value("peerix_compress_zstd_out_bytes_total"),
+    );
+    assert!(zstd_in <= framed_nar && zstd_out < zstd_in, "{text}");
+    assert!(zstd_out > 0.0, "{text}");
+
     // A node with --compress never answers raw, even when asked.
     drop(n1);
     let _n1 = node(h1, &key, &[], &["--compress", "never"]);
@@ -148,6 +178,15 @@ fn curl_and_original_nodes_get_raw_bytes_and_our_nodes_the_framed_stream() {
     let got = h2.curl(&[&url, "-H", &ours]);
     assert_eq!(got.header("Content-Encoding"), None);
     assert!(got.body == want);
+    // ... and frames nothing: no block, compressed or not.
+    let text = metrics(h1);
+    for series in [
+        "peerix_compress_sent_nar_bytes_total",
+        "peerix_compress_sent_blocks_total{kind=\"raw\"}",
+        "peerix_compress_sent_blocks_total{kind=\"zstd\"}",
+    ] {
+        assert_eq!(metric(&text, series), Some(0.0), "{series}: {text}");
+    }
 }
 
 #[test]

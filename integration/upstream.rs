@@ -15,8 +15,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::{
-    build_chain, copy_to, generate_key, hash_of, nar_hash, nar_under_way, nar_went_on, nix_clients,
-    node, realise_args, wait_offered, Host, Net, LOCAL,
+    build_chain, copy_to, generate_key, hash_of, metric, metrics, nar_hash, nar_under_way,
+    nar_went_on, nix_clients, node, realise_args, wait_offered, Host, Net, LOCAL,
 };
 
 /// The nix32 digest of a NAR hash as `nix-store -q --hash` prints it.
@@ -441,4 +441,17 @@ fn a_stalled_striping_peer_loses_its_stripe_and_the_nar_still_matches() {
     // The NAR came in once: Nix asked once, both peers served a stripe.
     assert_eq!(n3.log_lines("GET /nar/").len(), 1, "{}", n3.log());
     assert!(n1.log().contains("sent the NAR"), "{}", n1.log());
+    // On /metrics: one striped NAR, and h1's pace learnt (once the stripe
+    // is dropped, just after its last byte), by its node id.
+    let striped = metric(&metrics(h3), "peerix_nar_striped_total");
+    assert_eq!(striped, Some(1.0), "{}", metrics(h3));
+    let status = h1.curl(&[&format!("{LOCAL}/status")]).text();
+    let id = (status.lines())
+        .find_map(|l| l.strip_prefix("node "))
+        .unwrap_or_else(|| panic!("no node id in {status}"));
+    let pace = format!("peerix_peer_pace_bytes_per_second{{node=\"{id}\"}}");
+    let learnt = support::wait_until(Duration::from_secs(10), || {
+        metric(&metrics(h3), &pace).is_some_and(|p| p > 0.0)
+    });
+    assert!(learnt, "no {pace} in\n{}", metrics(h3));
 }

@@ -1025,6 +1025,18 @@ pub fn nar_went_on(nix: &mut Daemon, node: &Daemon, label: &str) -> (String, Str
     (broke.remove(0), went_on.remove(0), offset)
 }
 
+/// The text of `/metrics` of the node on `host` (asked as its local Nix).
+pub fn metrics(host: &Host) -> String {
+    host.curl(&[&format!("{LOCAL}/metrics")]).text()
+}
+
+/// The value of `series` (its name and labels, as exported, e.g.
+/// `peerix_nar_bytes_total{source="store"}`) in the `/metrics` text
+/// `metrics`; `None` when it is not there.
+pub fn metric(metrics: &str, series: &str) -> Option<f64> {
+    (metrics.lines()).find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// Runs `cmd` to completion, collecting stdout and stderr; `None` if it took
 /// longer than `limit` (it is then killed).
 pub fn output_within(mut cmd: Command, limit: Duration) -> Option<Output> {
