@@ -358,8 +358,8 @@ impl Metrics {
             "counter",
             "Blocks of framed streams sent to peers, raw or zstd-compressed.",
         );
-        for (kind, counter) in [("raw", 0), ("zstd", 1)] {
-            let n = get(&self.framed.sent_blocks[counter]);
+        for (kind, blocks) in ["raw", "zstd"].iter().zip(&self.framed.sent_blocks) {
+            let n = get(blocks);
             let _ = writeln!(
                 out,
                 "peerix_compress_sent_blocks_total{{kind=\"{kind}\"}} {n}"
