@@ -18,7 +18,10 @@
 
 use std::io::{self, Read};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::metrics::Framed;
 
 /// The content coding of the framed stream, asked for in `Accept-Encoding`
 /// and named in `Content-Encoding`. Not `zstd`: a client that asks for
@@ -186,6 +189,8 @@ pub struct Encoder<R> {
     left_at: Option<Instant>,
     /// Blocks sent compressed and raw, for the log.
     counts: [u64; 2],
+    /// The node's counters, if counted.
+    metrics: Option<Arc<Framed>>,
 }
 
 impl<R: Read> Encoder<R> {
@@ -202,7 +207,14 @@ impl<R: Read> Encoder<R> {
             waited: Duration::ZERO,
             left_at: None,
             counts: [0; 2],
+            metrics: None,
         }
+    }
+
+    /// Counts the blocks it makes in `metrics`.
+    pub fn counted(mut self, metrics: Option<Arc<Framed>>) -> Encoder<R> {
+        self.metrics = metrics;
+        self
     }
 
     /// Blocks sent so far: (raw, compressed).
@@ -256,6 +268,9 @@ impl<R: Read> Encoder<R> {
         out[1..5].copy_from_slice(&(filled as u32).to_be_bytes());
         out[5..9].copy_from_slice(&(encoded as u32).to_be_bytes());
         self.counts[usize::from(kind == ZSTD)] += 1;
+        if let Some(metrics) = &self.metrics {
+            metrics.sent_block(filled, (kind == ZSTD).then_some(encoded));
+        }
         self.last = Some((out.len(), self.raw, start.elapsed()));
         self.waited = Duration::ZERO;
         Ok(true)
@@ -309,6 +324,8 @@ pub struct Decoder<R> {
     encoded: Vec<u8>,
     decoded: Vec<u8>,
     pos: usize,
+    /// The node's counters, if counted.
+    metrics: Option<Arc<Framed>>,
 }
 
 impl<R: Read> Decoder<R> {
@@ -321,6 +338,20 @@ impl<R: Read> Decoder<R> {
             encoded: Vec::new(),
             decoded: Vec::new(),
             pos: 0,
+            metrics: None,
+        }
+    }
+
+    /// Counts the bytes it receives and decodes in `metrics`.
+    pub fn counted(mut self, metrics: Option<Arc<Framed>>) -> Decoder<R> {
+        self.metrics = metrics;
+        self
+    }
+
+    /// `wire` bytes of the stream were read, `nar` NAR bytes decoded.
+    fn count(&self, wire: usize, nar: usize) {
+        if let Some(metrics) = &self.metrics {
+            metrics.received(wire, nar);
         }
     }
 
@@ -347,6 +378,7 @@ impl<R: Read> Decoder<R> {
         match header[0] {
             RAW if encoded == nar => {
                 self.raw_left = nar;
+                self.count(HEADER, 0);
                 Ok(true)
             }
             ZSTD if encoded > 0 && encoded <= zstd::zstd_safe::compress_bound(MAX_BLOCK) => {
@@ -368,6 +400,7 @@ impl<R: Read> Decoder<R> {
                 if n != nar {
                     return Err(bad("a zstd block decompresses to another length"));
                 }
+                self.count(HEADER + encoded, nar);
                 self.pos = 0;
                 Ok(true)
             }
@@ -396,6 +429,7 @@ impl<R: Read> Decoder<R> {
                 return Err(cut("a raw block"));
             }
             self.raw_left -= n;
+            self.count(n, n);
             return Ok(n);
         }
         let n = buf.len().min(self.decoded.len() - self.pos);
@@ -433,6 +467,7 @@ impl<R: Read> Read for Decoder<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Metrics;
 
     /// Bytes that compress about as well as programs do (~3x).
     fn compressible(len: usize) -> Vec<u8> {
@@ -591,6 +626,48 @@ mod tests {
         assert!(source.is_empty());
         // More blocks than the NAR's bytes: an error, not extra bytes.
         assert!(decode_len(&stream, data.len() - BLOCK).is_err());
+    }
+
+    #[test]
+    fn encoder_and_decoder_count_what_they_send_and_receive() {
+        let data = [compressible(2 * BLOCK), random(BLOCK)].concat();
+        let (sent, received) = (Metrics::default(), Metrics::default());
+        let mut stream = Vec::new();
+        Encoder::new(&data[..], Mode::Always)
+            .counted(Some(sent.framed.clone()))
+            .read_to_end(&mut stream)
+            .unwrap();
+        let mut out = Vec::new();
+        Decoder::new(&stream[..], data.len() as u64)
+            .counted(Some(received.framed.clone()))
+            .read_to_end(&mut out)
+            .unwrap();
+        assert!(out == data);
+        let (sent, received) = (sent.render(0, 0, &[]), received.render(0, 0, &[]));
+        let value = |text: &str, name: &str| -> u64 {
+            (text.lines())
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        };
+        // Two compressible blocks went zstd, the random one raw.
+        let zstd_out = value(&sent, "peerix_compress_zstd_out_bytes_total");
+        assert_eq!(
+            [
+                value(&sent, "peerix_compress_sent_nar_bytes_total"),
+                value(&sent, "peerix_compress_sent_blocks_total{kind=\"zstd\"}"),
+                value(&sent, "peerix_compress_sent_blocks_total{kind=\"raw\"}"),
+                value(&sent, "peerix_compress_zstd_in_bytes_total"),
+            ],
+            [data.len() as u64, 2, 1, 2 * BLOCK as u64]
+        );
+        assert!(zstd_out > 0 && zstd_out < BLOCK as u64, "{zstd_out}");
+        assert_eq!(
+            [
+                value(&received, "peerix_compress_received_bytes_total"),
+                value(&received, "peerix_compress_decoded_bytes_total"),
+            ],
+            [stream.len() as u64, data.len() as u64]
+        );
     }
 
     #[test]

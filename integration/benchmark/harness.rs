@@ -7,8 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::client;
-use crate::support::{output_within, wait_until, Daemon, Host, Key};
+use crate::support::{node_with_env, output_within, wait_until, Daemon, Host, Key, Xorshift};
 
 /// The local node's address inside a host, as the local Nix reaches it.
 pub(crate) const LOCAL: &str = "127.0.0.1:12304";
@@ -38,16 +37,9 @@ impl Mode {
 /// `PEERIX_BENCH_LOGS=DIR` in the environment (for profiling, not for
 /// numbers) nodes log at `debug` and their logs are kept in DIR.
 pub(crate) fn node(host: &Host, key: &Key, extra: &[&str]) -> Node {
-    let mut args = vec![
-        "--private-key",
-        key.secret.to_str().unwrap(),
-        "--trusted-key",
-        &key.public,
-    ];
-    args.extend(extra);
     let keep = std::env::var_os("PEERIX_BENCH_LOGS").map(PathBuf::from);
     let level = if keep.is_some() { "debug" } else { "info" };
-    let daemon = host.spawn_peerix_with(&[], &[("RUST_LOG", level)], &args);
+    let daemon = node_with_env(host, key, &[key], extra, &[("RUST_LOG", level)]);
     let keep = keep.map(|dir| dir.join(format!("{}-{}-peerix.log", next_id(), host.name)));
     Node { daemon, keep }
 }
@@ -168,7 +160,7 @@ pub(crate) fn run_client(host: &Host, args: &[&str]) -> String {
 
 /// `/HASH.narinfo` for `n` random hashes no store has.
 pub(crate) fn absent_narinfo(n: usize) -> Vec<String> {
-    let mut rng = client::Rng::new();
+    let mut rng = Xorshift::new();
     (0..n).map(|_| format!("/{}.narinfo", rng.hash())).collect()
 }
 
@@ -346,7 +338,7 @@ pub(crate) fn random_path(host: &Host, name: &str, bytes: u64) -> String {
 pub(crate) fn small_paths(host: &Host, tag: &str, n: usize, bytes: usize) -> Vec<String> {
     let dir = host.dir.join(format!("small-{tag}"));
     fs::create_dir_all(&dir).expect("make a directory for small files");
-    let mut rng = client::Rng::new();
+    let mut rng = Xorshift::new();
     for i in 0..n {
         let mut data = format!("{tag} {i}\n").into_bytes();
         while data.len() < bytes {
