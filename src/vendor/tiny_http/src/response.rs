@@ -15,28 +15,34 @@ use std::time::SystemTime;
 /// hundreds of MiB is most of the CPU the daemon uses. `sent` counts the
 /// bytes the writer took, also when it fails half-way (a client that went
 /// away), and says whether a failure was the reader's.
-/// peerix patch: a chunked body written one chunk per `write`, its size
-/// line, bytes and CRLF in one write to the socket.
-struct Chunks<W: Write> {
-    inner: W,
-    buf: Vec<u8>,
-}
-
-impl<W: Write> Write for Chunks<W> {
-    fn write(&mut self, data: &[u8]) -> IoResult<usize> {
-        if data.is_empty() {
-            return Ok(0);
-        }
-        self.buf.clear();
-        write!(self.buf, "{:x}\r\n", data.len())?;
-        self.buf.extend_from_slice(data);
-        self.buf.extend_from_slice(b"\r\n");
-        self.inner.write_all(&self.buf)?;
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> IoResult<()> {
-        self.inner.flush()
+/// peerix patch: a chunked body, one chunk per piece the reader gives (up
+/// to 256 KiB), each written whole in one write: the piece is read into
+/// the middle of the buffer, between room for its size line and for its
+/// CRLF, so nothing is copied. The last chunk is up to the caller.
+fn copy_chunked<R: Read + ?Sized, W: Write + ?Sized>(
+    reader: &mut R,
+    writer: &mut W,
+    sent: &mut Progress,
+) -> IoResult<()> {
+    const ROOM: usize = 8; // "40000\r\n" at most
+    const PIECE: usize = 256 * 1024;
+    let mut buf = vec![0u8; ROOM + PIECE + 2];
+    loop {
+        let n = match reader.read(&mut buf[ROOM..ROOM + PIECE]) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                sent.body_failed = true;
+                return Err(e);
+            }
+        };
+        let size = format!("{n:x}\r\n");
+        let start = ROOM - size.len();
+        buf[start..ROOM].copy_from_slice(size.as_bytes());
+        buf[ROOM + n..ROOM + n + 2].copy_from_slice(b"\r\n");
+        writer.write_all(&buf[start..ROOM + n + 2])?;
+        sent.bytes += n as u64;
     }
 }
 
@@ -447,17 +453,12 @@ where
         if !do_not_send_body {
             match transfer_encoding {
                 TransferEncoding::Chunked => {
-                    // peerix patch: one chunk per piece the reader gives (up
-                    // to copy_large's 256 KiB), and the last chunk only after
-                    // the whole body: a body that fails half-way is cut,
-                    // never made to look whole.
-                    let mut writer = Chunks {
-                        inner: writer,
-                        buf: Vec::new(),
-                    };
-                    copy_large(&mut reader, &mut writer, sent)?;
-                    writer.inner.write_all(b"0\r\n\r\n")?;
-                    writer.inner.flush()?;
+                    // peerix patch: the last chunk only after the whole
+                    // body: a body that fails half-way is cut, never made
+                    // to look whole.
+                    copy_chunked(&mut reader, &mut writer, sent)?;
+                    writer.write_all(b"0\r\n\r\n")?;
+                    writer.flush()?;
                 }
 
                 TransferEncoding::Identity => {
