@@ -11,7 +11,7 @@
 //! of a round trip. Traffic per hour is computed from the encoded sizes
 //! and the HTTP overhead seen in the scale section.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use peerix::discovery::wire::{Datagram, Message};
 use peerix::narinfo::HashPart;
@@ -26,8 +26,8 @@ const UDP_OVERHEAD: f64 = 28.0;
 /// heads, TCP segments on a kept-alive connection): about what the scale
 /// section measures.
 const FETCH_OVERHEAD: f64 = 400.0;
-/// Hellos and notices each node sends every 30 s.
-const BACKGROUND_PER_30S: f64 = 2.0;
+/// Hellos and notices each node sends every hello period.
+const BACKGROUND_PER_HELLO: f64 = 2.0;
 
 pub(crate) fn sim(m: Mode) -> Vec<Row> {
     let sizes = m.pick(vec![1_000], vec![1_000, 10_000]);
@@ -146,7 +146,13 @@ fn sim_at(m: Mode, nodes: usize) -> Vec<Row> {
     let per_peer = delta + FETCH_OVERHEAD;
     let sent_per_hour = notice + peers as f64 * per_peer;
     let received_per_hour = peers as f64 * (notice + per_peer);
-    let background = peers as f64 * BACKGROUND_PER_30S / 30.0;
+    // The period a node settles at with this many peers (it grows by
+    // doubling to it).
+    let mut period = Duration::from_secs(30);
+    for _ in 0..16 {
+        period = peerix::discovery::hello_period(peers, period);
+    }
+    let background = peers as f64 * BACKGROUND_PER_HELLO / period.as_secs_f64();
 
     let label = format!("{nodes} nodes, simulated");
     let k = |s: &str| format!("sim{nodes}_{s}");
@@ -219,6 +225,9 @@ fn sim_at(m: Mode, nodes: usize) -> Vec<Row> {
             "",
             vec![background],
         )
-        .note("what still grows with N: each node says hello every 30 s"),
+        .note(&format!(
+            "each node says hello every {:.0} s with {peers} peers (30 s up to 100, then 0.3 s a peer, at most 600 s)",
+            period.as_secs_f64()
+        )),
     ]
 }
