@@ -14,6 +14,11 @@
 //! (broadcast, v1), while an original Peerix or an unknown extra host is
 //! about, or no peer is known yet.
 //!
+//! A peer whose summary cannot be read (a node of an earlier version,
+//! whose summaries were Bloom filters) is asked every query, as one
+//! without a summary, and its summary is not fetched again for
+//! `UNREADABLE_RETRY`.
+//!
 //! The copies are bounded in memory (`BUDGET`): past it the summaries of
 //! the peers that answered fewest hits lately are dropped, and those peers
 //! are asked every query.
@@ -29,8 +34,8 @@ use super::wire::NodeId;
 use super::{Command, Outbox};
 use crate::logs::Throttle;
 use crate::narinfo::HashPart;
-use crate::peer_client::PeerClient;
-use crate::summary::{PeerSummary, Update, UpdateError};
+use crate::peer_client::{FetchError, PeerClient};
+use crate::summary::{PeerSummary, Update};
 
 /// Memory for peers' summaries, at most (about 50 peers of a million
 /// paths, or 2,000 of 20,000).
@@ -44,6 +49,10 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A fetch that failed is tried again after this.
 const RETRY: Duration = Duration::from_secs(1);
+
+/// A summary that could not be read (another format) is fetched again
+/// after this: the peer may have been upgraded by then.
+const UNREADABLE_RETRY: Duration = Duration::from_secs(600);
 
 static FETCH_FAILED: Throttle = Throttle::new();
 
@@ -85,7 +94,7 @@ pub struct Fetch {
 pub struct Fetched {
     node: NodeId,
     since: u64,
-    result: Result<Update, String>,
+    result: Result<Update, FetchError>,
 }
 
 /// One peer's summary, as far as this node knows it.
@@ -103,6 +112,9 @@ struct Held {
     hits: u32,
     /// Dropped for the budget: not fetched again until there is room.
     dropped: bool,
+    /// When its summary last could not be read: not fetched again for
+    /// `UNREADABLE_RETRY`.
+    unreadable: Option<Instant>,
 }
 
 pub struct Summaries {
@@ -128,9 +140,7 @@ impl Summaries {
             .name("discovery-summaries".into())
             .spawn(move || {
                 for f in rx {
-                    let result = client
-                        .summary(f.http, f.since, FETCH_TIMEOUT)
-                        .map_err(|e| e.to_string());
+                    let result = client.summary(f.http, f.since, FETCH_TIMEOUT);
                     let fetched = Fetched {
                         node: f.node,
                         since: f.since,
@@ -168,6 +178,7 @@ impl Summaries {
             fetching: None,
             hits: 0,
             dropped: false,
+            unreadable: None,
         });
         held.announced = version;
         held.told = Instant::now();
@@ -184,7 +195,10 @@ impl Summaries {
         let busy = held
             .fetching
             .is_some_and(|t| t.elapsed() < FETCH_TIMEOUT * 2);
-        if current == Some(held.announced) || busy || held.dropped {
+        let unreadable = held
+            .unreadable
+            .is_some_and(|t| t.elapsed() < UNREADABLE_RETRY);
+        if current == Some(held.announced) || busy || held.dropped || unreadable {
             return;
         }
         let fetch = Fetch {
@@ -206,6 +220,15 @@ impl Summaries {
         let node = fetched.node;
         let update = match fetched.result {
             Ok(update) => update,
+            Err(FetchError::Invalid(e)) => {
+                log::debug!(
+                    "discovery: the summary of peer {node:016x} cannot be read ({e}); \
+                     it is asked every query"
+                );
+                held.summary = None;
+                held.unreadable = Some(Instant::now());
+                return true;
+            }
             Err(e) => {
                 FETCH_FAILED.log(log::Level::Info, || {
                     format!("discovery: cannot fetch the summary of peer {node:016x}: {e}")
@@ -214,6 +237,7 @@ impl Summaries {
                 return false;
             }
         };
+        held.unreadable = None;
         let base = held.summary.clone().filter(|s| s.version == fetched.since);
         match PeerSummary::update(base.map(|s| (*s).clone()), update) {
             Ok(summary) => {
@@ -224,8 +248,8 @@ impl Summaries {
                 );
                 held.summary = Some(Arc::new(summary));
             }
-            Err(UpdateError::WrongBase { .. } | UpdateError::TooManyRemoved) => {
-                // Start over from the whole summary.
+            Err(e) => {
+                log::debug!("discovery: summary of peer {node:016x}: {e:?}; fetching it whole");
                 held.summary = None;
             }
         }
