@@ -7,7 +7,7 @@
 //! hold, XORed together, a 10-bit fingerprint of it. A path not in the
 //! store matches by chance once in 1,024 (0.1 % false positives); the
 //! fingerprints are packed into 64-bit words, about 1.08 slots a path, so
-//! a summary takes about 1.35 bytes a path (1.45 at 1,000 paths). The
+//! a summary takes about 1.35 bytes a path (1.47 at 1,000 paths). The
 //! paper fills the table by peeling; that needs 1.26 slots a path or more
 //! at a few thousand paths, so this one solves the table's equations by
 //! Gaussian elimination (each row spans four segments: a band, which
