@@ -185,17 +185,21 @@ impl Geometry {
         let len = u64::from(self.segment_len);
         let first = scale(h, u64::from(self.segments) * len);
         let segment = first / len * len;
+        // The other slots' places come from bits of their own (those of
+        // `h` would follow the first slot's).
+        let other = mix(h);
         let mut at = [first as usize; ARITY];
         for (i, slot) in at.iter_mut().enumerate().skip(1) {
-            let offset = scale(h.rotate_left(16 * i as u32), len);
+            let offset = scale(other.rotate_left(21 * (i as u32 - 1)), len);
             *slot = (segment + i as u64 * len + offset) as usize;
         }
         at
     }
 }
 
+/// The low bits of a key's hash (its slots come from the high ones).
 fn fingerprint(h: u64) -> u16 {
-    (mix(h) & FINGERPRINT_MASK) as u16
+    (h & FINGERPRINT_MASK) as u16
 }
 
 /// A binary fuse filter of keys (see the module doc).
