@@ -857,6 +857,20 @@ mod tests {
     }
 
     #[test]
+    fn a_large_store_gets_a_table_too() {
+        // Past `LARGE` paths the segments are shorter; the slots must
+        // still be independent enough for the table to be solved.
+        let keys: Vec<Key> = (0..1_000_000).map(|i| Key(mix(i))).collect();
+        let filter = Filter::build(keys.iter().copied());
+        assert!(
+            !filter.words.is_empty(),
+            "not the filter claiming every path"
+        );
+        assert!(keys.iter().all(|k| filter.contains(*k)));
+        assert!(filter.bytes() as f64 / keys.len() as f64 <= 1.45);
+    }
+
+    #[test]
     fn small_and_empty_stores() {
         let none = Published::build(std::iter::empty(), 0);
         let peer = PeerSummary::update(None, sent(none.since(0))).unwrap();
