@@ -372,3 +372,59 @@ impl Summaries {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summaries() -> (Summaries, crossbeam_channel::Receiver<Fetch>) {
+        let (fetches, rx) = crossbeam_channel::bounded(FETCHES_MAX);
+        let summaries = Summaries {
+            peers: HashMap::new(),
+            fetches,
+            max_peers: 16,
+            retry_at: None,
+        };
+        (summaries, rx)
+    }
+
+    fn fetched(node: NodeId, result: Result<Update, FetchError>) -> Fetched {
+        Fetched {
+            node,
+            since: 0,
+            result,
+        }
+    }
+
+    #[test]
+    fn a_summary_that_cannot_be_read_leaves_the_peer_asked_every_query() {
+        let (mut s, rx) = summaries();
+        let (udp, http) = (
+            "127.0.0.1:12304".parse().unwrap(),
+            "127.0.0.1:12304".parse().unwrap(),
+        );
+        s.announced(7, udp, http, 3);
+        assert!(rx.try_recv().is_ok(), "fetched once told");
+        let old = FetchError::Invalid("a summary starting \"PXS1\"".into());
+        assert!(s.fetched(fetched(7, Err(old))));
+        assert_eq!(s.unsummarised(Duration::from_secs(60)), vec![(7, udp)]);
+        assert!(s.summarised(Duration::from_secs(60)).is_empty());
+        // Not fetched again, even at a new version or a retry's time.
+        s.announced(7, udp, http, 4);
+        s.retry_at = Some(Instant::now());
+        s.retry_failed();
+        s.prune(Duration::from_secs(60));
+        assert!(
+            rx.try_recv().is_err(),
+            "an unreadable summary is not fetched again at once"
+        );
+
+        // A peer that could not be reached is tried again.
+        s.announced(8, udp, http, 1);
+        assert!(rx.try_recv().is_ok());
+        s.fetched(fetched(8, Err(FetchError::Http("refused".into()))));
+        s.retry_at = Some(Instant::now());
+        s.retry_failed();
+        assert!(matches!(rx.try_recv(), Ok(Fetch { node: 8, .. })));
+    }
+}
