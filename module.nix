@@ -77,6 +77,7 @@ let
     ++ concatMap (url: [ "--upstream" url ]) cfg.upstreams
     ++ optionals (cfg.spoolSize != null) [ "--spool-size" (toString cfg.spoolSize) ]
     ++ optionals (cfg.compress != "auto") [ "--compress" cfg.compress ]
+    ++ optional (!cfg.originalPeerix) "--no-v1"
     ++ optional cfg.verbose "--verbose"
     ++ cfg.extraArgs;
 
@@ -286,6 +287,18 @@ in
         link and a fast sender); `never` sends and asks for raw NARs (a
         small machine whose CPU is worth more than its link). Original
         Peerix nodes and the local Nix always get raw NARs.
+      '';
+    };
+
+    originalPeerix = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Whether machines on the LAN may still run the original (Python)
+        Peerix. Queries then go in its format too, by broadcast, and a miss
+        waits for it as long as its answers need. Set to false on a LAN
+        where every machine runs this daemon (`--no-v1`): a miss then sends
+        nothing at all, as peers' store summaries say nobody has the path.
       '';
     };
 

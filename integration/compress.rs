@@ -12,12 +12,11 @@
 mod support;
 
 use std::io::Read;
-use std::time::Duration;
 
 use peerix::compress::{Decoder, ENCODING};
 use support::{
-    build_programs, build_random, copy_to, generate_key, hash_of, node, realise_args, wait_offered,
-    Daemon, Host, Net,
+    build_programs, build_random, copy_to, generate_key, hash_of, metric, metrics, nar_under_way,
+    nar_went_on, node, wait_offered, Daemon, Host, Net,
 };
 
 /// The NAR of `path` as Nix serializes it on `host`.
@@ -47,16 +46,10 @@ fn decode(stream: &[u8], len: usize) -> Vec<u8> {
     out
 }
 
-fn log_lines(daemon: &Daemon, what: &str) -> Vec<String> {
-    (daemon.log().lines())
-        .filter(|l| l.contains(what))
-        .map(str::to_owned)
-        .collect()
-}
-
 /// The `N` of the sender's "N blocks compressed" lines, summed.
 fn compressed_blocks(daemon: &Daemon) -> u64 {
-    log_lines(daemon, "blocks compressed")
+    daemon
+        .log_lines("blocks compressed")
         .iter()
         .filter_map(|l| {
             l.split("sent: ")
@@ -81,50 +74,24 @@ fn a_compressed_stream_killed_mid_way_fails_over_at_the_right_nar_byte() {
     // kill a peer half way.
     h1.limit_rate(100);
     h2.limit_rate(100);
-    let n1 = node(h1, &key, &[], &["--compress", "always"]);
-    let n2 = node(h2, &key, &[], &["--compress", "always"]);
-    let n3 = node(h3, &generate_key(h3, "h3-1"), &[&key], &[]);
-    wait_offered(h1, &path);
-    wait_offered(h2, &path);
-    let args = realise_args(&[&path], &[&key]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut nix = h3.spawn_daemon(h3.cmd("nix-store", &args), "nix-store");
-    let hash = hash_of(&path);
-    let started = support::wait_until(Duration::from_secs(30), || {
-        !log_lines(&n3, &format!("{hash}: NAR of")).is_empty()
-    });
-    assert!(started, "no NAR stream: {}", n3.log());
-    std::thread::sleep(Duration::from_millis(1500));
-    let line = log_lines(&n3, &format!("{hash}: NAR of")).remove(0);
-    let (mut streaming, other) = match line.contains(&h1.addr4.to_string()) {
-        true => (n1, n2),
-        false => (n2, n1),
-    };
-    streaming.kill();
-    let finished = support::wait_until(Duration::from_secs(120), || nix.try_wait().is_some());
-    assert!(finished, "nix-store hangs");
-    assert!(
-        nix.try_wait().is_some_and(|s| s.success()),
-        "{}\nnode:\n{}",
-        nix.log(),
-        n3.log()
-    );
-    let broke = log_lines(&n3, "broke at byte");
-    let resumed = log_lines(&n3, "going on from");
-    assert_eq!((broke.len(), resumed.len()), (1, 1), "{}", n3.log());
-    let offset: u64 = resumed[0]
-        .rsplit("at byte ")
-        .next()
-        .and_then(|n| n.trim().parse().ok())
-        .expect("an offset");
-    assert!(offset > 0 && offset < want.len() as u64, "{}", resumed[0]);
-    assert!(
-        broke[0].contains(&format!("at byte {offset} ")),
-        "{broke:?}"
-    );
+    let always = ["--compress", "always"];
+    let mut way = nar_under_way(&net, &key, &path, &always, None);
+    way.peers[way.streaming].kill();
+    let (_, resumed, offset) = nar_went_on(&mut way.nix, &way.n3, "nix-store");
+    assert!(offset > 0 && offset < want.len() as u64, "{resumed}");
+    let other = &way.peers[1 - way.streaming];
     // The peer that went on (from that NAR byte) sent the rest compressed.
-    assert!(compressed_blocks(&other) > 0, "{}", other.log());
+    assert!(compressed_blocks(other) > 0, "{}", other.log());
     assert_eq!(dump(h3, &path), want, "the NAR Nix got");
+    // The receiver counted framed bytes in and NAR bytes out: every NAR
+    // byte came decoded (some twice, where a lane was asked again), from
+    // under two thirds as many bytes received.
+    let text = metrics(h3);
+    let value = |series: &str| metric(&text, series).unwrap_or_else(|| panic!("{series}: {text}"));
+    let decoded = value("peerix_compress_decoded_bytes_total");
+    let received = value("peerix_compress_received_bytes_total");
+    assert!(decoded >= want.len() as f64, "{text}");
+    assert!(received > 0.0 && received < decoded * 2.0 / 3.0, "{text}");
 }
 
 #[test]
@@ -183,6 +150,27 @@ fn curl_and_original_nodes_get_raw_bytes_and_our_nodes_the_framed_stream() {
     assert_eq!(got.header("Content-Range"), Some(content_range.as_str()));
     assert!(decode(&got.body, want.len() - from) == want[from..]);
 
+    // The sender counted the two framed streams (and not the raw ones):
+    // their NAR bytes, compressed blocks, fewer bytes out than in.
+    let text = metrics(h1);
+    let value = |series: &str| metric(&text, series).unwrap_or_else(|| panic!("{series}: {text}"));
+    let framed_nar = (2 * want.len() - from) as f64;
+    assert_eq!(
+        value("peerix_compress_sent_nar_bytes_total"),
+        framed_nar,
+        "{text}"
+    );
+    assert!(
+        value("peerix_compress_sent_blocks_total{kind=\"zstd\"}") > 0.0,
+        "{text}"
+    );
+    let (zstd_in, zstd_out) = (
+        value("peerix_compress_zstd_in_bytes_total"),
+        value("peerix_compress_zstd_out_bytes_total"),
+    );
+    assert!(zstd_in <= framed_nar && zstd_out < zstd_in, "{text}");
+    assert!(zstd_out > 0.0, "{text}");
+
     // A node with --compress never answers raw, even when asked.
     drop(n1);
     let _n1 = node(h1, &key, &[], &["--compress", "never"]);
@@ -190,6 +178,15 @@ fn curl_and_original_nodes_get_raw_bytes_and_our_nodes_the_framed_stream() {
     let got = h2.curl(&[&url, "-H", &ours]);
     assert_eq!(got.header("Content-Encoding"), None);
     assert!(got.body == want);
+    // ... and frames nothing: no block, compressed or not.
+    let text = metrics(h1);
+    for series in [
+        "peerix_compress_sent_nar_bytes_total",
+        "peerix_compress_sent_blocks_total{kind=\"raw\"}",
+        "peerix_compress_sent_blocks_total{kind=\"zstd\"}",
+    ] {
+        assert_eq!(metric(&text, series), Some(0.0), "{series}: {text}");
+    }
 }
 
 #[test]
@@ -217,7 +214,7 @@ fn incompressible_data_is_sent_raw_after_the_first_blocks() {
             false => {
                 assert_eq!(zstd, 0);
                 assert_eq!(
-                    log_lines(&n1, "sent raw from here on").len(),
+                    n1.log_lines("sent raw from here on").len(),
                     1,
                     "{}",
                     n1.log()
@@ -228,7 +225,7 @@ fn incompressible_data_is_sent_raw_after_the_first_blocks() {
                 zstd * 2 >= kinds.len(),
                 "{zstd} of {}: {:?}",
                 kinds.len(),
-                log_lines(&n1, "NAR stream sent")
+                n1.log_lines("NAR stream sent")
             ),
         }
     }

@@ -15,8 +15,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::{
-    build_chain, copy_to, generate_key, hash_of, nar_hash, node, realise_args, wait_offered,
-    Daemon, Host, Net, DEFAULT_PORT, LOCAL,
+    build_chain, copy_to, generate_key, hash_of, nar_hash, node, realise_args, wait_offered, Host,
+    Net, DEFAULT_PORT, LOCAL,
 };
 
 /// `sha256sum` of `nix-store --dump path` on `host`.
@@ -49,15 +49,6 @@ fn local_nar_url(host: &Host, path: &str) -> String {
     format!("{LOCAL}/{url}")
 }
 
-/// Sends `signal` to a daemon's process.
-fn signal(daemon: &Daemon, signal: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &daemon.pid().to_string()])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "kill -{signal} {}", daemon.pid());
-}
-
 #[test]
 fn a_peer_frozen_before_its_reply_head_loses_the_nar_to_another() {
     let Some(net) = Net::new(3) else { return };
@@ -83,11 +74,11 @@ fn a_peer_frozen_before_its_reply_head_loses_the_nar_to_another() {
         true => &n1,
         false => &n2,
     };
-    signal(frozen, "STOP");
+    frozen.signal("STOP");
     let start = Instant::now();
     let nar = h3.curl(&["--max-time", "30", &url]);
     let took = start.elapsed();
-    signal(frozen, "CONT");
+    frozen.signal("CONT");
     eprintln!("the NAR came in {took:.1?} with a frozen peer");
     assert_eq!((nar.exit, nar.status), (0, 200), "{}", n3.log());
     assert_eq!(sha256(h3, &nar.body), dump_sha256(h1, &path));

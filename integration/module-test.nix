@@ -144,6 +144,7 @@ let
         shareOnlySignedBy = [ cacheNixosOrg ];
         neverShare = [ "*-secret*" ];
         compress = "never";
+        originalPeerix = false;
         networkKeyFile = "/var/lib/peerix/network-key";
         upstreams = [ "https://cache.nixos.org" "http://10.0.0.9:5000/" ];
         spoolSize = 4096;
@@ -402,7 +403,7 @@ let
           "--extra-host" "build-server" "--extra-host" "[fd00::7]:12305" "--no-broadcast"
           "--trusted-key" peerC "--share-signed-by" cacheNixosOrg "--never-share" "*-secret*"
           "--upstream" "https://cache.nixos.org" "--upstream" "http://10.0.0.9:5000/" "--spool-size" "4096"
-          "--compress" "never" "--verbose" "--answer-rate" "1000"
+          "--compress" "never" "--no-v1" "--verbose" "--answer-rate" "1000"
           "--private-key" "%d/peerix-private-key" "--network-key-file" "%d/peerix-network-key"
         ];
       "both keys loaded at run time, neither path in ExecStart" =

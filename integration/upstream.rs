@@ -15,8 +15,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::{
-    build_chain, copy_to, generate_key, hash_of, nar_hash, nix_clients, node, realise_args,
-    wait_offered, Daemon, Host, Net, LOCAL,
+    build_chain, copy_to, generate_key, hash_of, metric, metrics, nar_hash, nar_under_way,
+    nar_went_on, nix_clients, node, realise_args, wait_offered, Daemon, Host, Net, LOCAL,
 };
 
 /// The nix32 digest of a NAR hash as `nix-store -q --hash` prints it.
@@ -37,14 +37,6 @@ fn body_sha256(host: &Host, body: &[u8]) -> String {
     let file = host.dir.join(format!("body-{}", body.len()));
     std::fs::write(&file, body).unwrap();
     host.run(&format!("sha256sum < {} | cut -d' ' -f1", file.display()))
-}
-
-/// Lines of a node's log that mention `what`.
-fn log_lines(daemon: &Daemon, what: &str) -> Vec<String> {
-    (daemon.log().lines())
-        .filter(|l| l.contains(what))
-        .map(str::to_owned)
-        .collect()
 }
 
 #[test]
@@ -162,68 +154,21 @@ fn a_peer_killed_mid_nar_is_replaced_at_the_same_byte() {
     let mut clients = vec![None];
     clients.extend(nix_clients::current().map(Some));
     for client in clients {
-        let n1 = node(h1, &key, &[], &[]);
-        let n2 = node(h2, &key, &[], &[]);
-        let n3 = node(h3, &generate_key(h3, "h3-1"), &[&key], &[]);
-        wait_offered(h1, &path);
-        wait_offered(h2, &path);
-        let args = realise_args(&[&path], &[&key]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let command = match &client {
-            None => h3.cmd("nix-store", &args),
-            Some(client) => client.command(h3, "nix-store", &args),
-        };
         let label = client.as_ref().map_or("nix 2.8".into(), |c| c.label());
-        let mut nix = h3.spawn_daemon(command, "nix-store");
-        // Wait for the stream to start, then a little more, then kill its peer.
-        let hash = hash_of(&path);
-        let started = support::wait_until(Duration::from_secs(30), || {
-            !log_lines(&n3, &format!("{hash}: NAR of")).is_empty()
-        });
-        assert!(started, "{label}: no NAR stream: {}", n3.log());
-        std::thread::sleep(Duration::from_millis(1500));
-        let line = log_lines(&n3, &format!("{hash}: NAR of")).remove(0);
-        let (mut streaming, mut other) = match line.contains(&h1.addr4.to_string()) {
-            true => (n1, n2),
-            false => (n2, n1),
-        };
+        // Kill the peer that streams the NAR, once well under way.
+        let mut way = nar_under_way(&net, &key, &path, &[], client.as_ref());
         std::process::Command::new("kill")
-            .args(["-9", &streaming.pid().to_string()])
+            .args(["-9", &way.peers[way.streaming].pid().to_string()])
             .status()
             .expect("kill -9");
-        let finished = support::wait_until(Duration::from_secs(120), || nix.try_wait().is_some());
-        assert!(finished, "{label}: nix-store hangs");
-        assert!(
-            nix.try_wait().is_some_and(|s| s.success()),
-            "{label}: {}\nnode:\n{}",
-            nix.log(),
-            n3.log()
-        );
+        let (broke, resumed, offset) = nar_went_on(&mut way.nix, &way.n3, &label);
         // One transfer: Nix asked for the NAR once; the node switched peers.
-        assert_eq!(
-            log_lines(&n3, "GET /nar/").len(),
-            1,
-            "{label}: {}",
-            n3.log()
-        );
-        let broke = log_lines(&n3, "broke at byte");
-        let resumed = log_lines(&n3, "going on from");
-        eprintln!("{label}: {}\n{}", broke.join("\n"), resumed.join("\n"));
-        assert_eq!((broke.len(), resumed.len()), (1, 1), "{}", n3.log());
-        let offset: u64 = resumed[0]
-            .rsplit("at byte ")
-            .next()
-            .and_then(|n| n.trim().parse().ok())
-            .expect("an offset");
-        assert!(offset > 0 && offset < 256 << 20, "{}", resumed[0]);
-        assert!(
-            broke[0].contains(&format!("at byte {offset} ")),
-            "{broke:?}"
-        );
+        let n3 = &way.n3;
+        assert_eq!(n3.log_lines("GET /nar/").len(), 1, "{label}: {}", n3.log());
+        eprintln!("{label}: {broke}\n{resumed}");
+        assert!(offset > 0 && offset < 256 << 20, "{resumed}");
         assert_eq!(dump_sha256(h3, &path, 0), want, "{label}");
-        streaming.kill();
-        other.kill();
-        drop(n3);
+        drop(way);
         h3.run(&format!("nix-store --delete {path}"));
     }
 }
@@ -252,7 +197,7 @@ fn ranges_are_the_tail_of_the_nar_and_head_opens_no_stream() {
         Some(size.to_string().as_str())
     );
     assert_eq!(head.header("accept-ranges"), Some("bytes"));
-    assert!(log_lines(&n1, "GET /peer/nar/").is_empty(), "{}", n1.log());
+    assert!(n1.log_lines("GET /peer/nar/").is_empty(), "{}", n1.log());
 
     for url in [&peer_url, &local_url] {
         for offset in [1, 4096, size / 2, size - 1] {
@@ -354,12 +299,13 @@ fn each_path_costs_one_query_and_one_narinfo_fetch_over_reused_connections() {
     for path in &chain {
         let hash = hash_of(path);
         // "asked for H" (to everyone) or "asked N peers that may have H".
-        let asked: Vec<String> = log_lines(&n2, "discovery: asked ")
+        let asked: Vec<String> = n2
+            .log_lines("discovery: asked ")
             .into_iter()
             .filter(|l| l.contains(&format!(" {hash} ")))
             .collect();
-        let fetched = log_lines(&n1, &format!("GET /peer/{hash}.narinfo"));
-        let nars = log_lines(&n1, &format!("GET /peer/nar/{hash}.nar"));
+        let fetched = n1.log_lines(&format!("GET /peer/{hash}.narinfo"));
+        let nars = n1.log_lines(&format!("GET /peer/nar/{hash}.nar"));
         assert_eq!(
             (asked.len(), fetched.len(), nars.len()),
             (1, 1, 1),
@@ -368,7 +314,7 @@ fn each_path_costs_one_query_and_one_narinfo_fetch_over_reused_connections() {
         );
     }
     // The peer saw every request come from a few connections of the node.
-    let requests = log_lines(&n1, "GET /peer/");
+    let requests = n1.log_lines("GET /peer/");
     // h2's connections, over IPv4 or IPv6 (the only client of h1's node).
     let ports: std::collections::BTreeSet<String> = requests
         .iter()
@@ -389,9 +335,10 @@ fn each_path_costs_one_query_and_one_narinfo_fetch_over_reused_connections() {
 
 /// Two peers have the same large NARs: one behind 20 Mbit/s, one
 /// unlimited. Once the node has seen the slow one's pace, the next NARs
-/// come from the fast one, found by a discovery round of its own when the
-/// narinfo came from the slow one (which answers first about half the
-/// time: four NARs in a row from the fast one would be luck 1 in 16).
+/// come from the fast one, though the slow one answers discovery first
+/// every time: the fast one is frozen (SIGSTOP) while the narinfo is asked
+/// for and until that query is over, and for the first 100 ms of the NAR's
+/// own discovery round, so its "have" comes second.
 #[test]
 fn the_fastest_peer_serves_a_nar_once_paces_are_learnt() {
     let Some(net) = Net::new(3) else { return };
@@ -406,7 +353,9 @@ fn the_fastest_peer_serves_a_nar_once_paces_are_learnt() {
     slow.limit_rate(20);
     let _slow_node = node(slow, &key, &[], &[]);
     let n3 = node(h3, &generate_key(h3, "h3-1"), &[&key], &[]);
-    let fetch = |path: &str| -> String {
+    // The narinfo and the NAR, `frozen` (if any) answering second.
+    let fetch = |path: &str, frozen: Option<&Daemon>| -> String {
+        frozen.inspect(|d| d.signal("STOP"));
         let info = h3
             .curl(&[&format!("{LOCAL}/{}.narinfo", hash_of(path))])
             .text();
@@ -416,7 +365,16 @@ fn the_fastest_peer_serves_a_nar_once_paces_are_learnt() {
             .unwrap_or_else(|| panic!("no URL: {info}"))
             .to_string();
         let before = n3.log().len();
-        let nar = h3.curl(&[&format!("{LOCAL}/{url}")]);
+        let nar = std::thread::scope(|scope| {
+            if frozen.is_some() {
+                // The narinfo's query ends (--timeout 500) unanswered by it.
+                std::thread::sleep(Duration::from_millis(700));
+            }
+            let nar = scope.spawn(|| h3.curl(&[&format!("{LOCAL}/{url}")]));
+            std::thread::sleep(Duration::from_millis(100));
+            frozen.inspect(|d| d.signal("CONT"));
+            nar.join().expect("the NAR request")
+        });
         assert_eq!(nar.status, 200);
         assert_eq!(body_sha256(h3, &nar.body), dump_sha256(slow, path, 0));
         let log = n3.log();
@@ -438,12 +396,12 @@ fn the_fastest_peer_serves_a_nar_once_paces_are_learnt() {
     };
     // The slow peer alone: its pace is learnt.
     wait_offered(slow, &paths[0]);
-    let line = fetch(&paths[0]);
+    let line = fetch(&paths[0], None);
     assert!(from(&line, slow), "{line}");
-    let _fast_node = node(fast, &key, &[], &[]);
+    let fast_node = node(fast, &key, &[], &[]);
     wait_offered(fast, &paths[1]);
     for p in &paths[1..] {
-        let line = fetch(p);
+        let line = fetch(p, Some(&fast_node));
         assert!(from(&line, fast), "{line}\n{}", n3.log());
     }
 }
@@ -463,61 +421,43 @@ fn a_stalled_striping_peer_loses_its_stripe_and_the_nar_still_matches() {
     // 96 MiB over two 100 Mbit/s links: about 4 s.
     h1.limit_rate(100);
     h2.limit_rate(100);
-    let n1 = node(h1, &key, &[], &[]);
-    let n2 = node(h2, &key, &[], &[]);
-    let n3 = node(h3, &generate_key(h3, "h3-1"), &[&key], &[]);
-    wait_offered(h1, &path);
-    wait_offered(h2, &path);
-    let args = realise_args(&[&path], &[&key]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut nix = h3.spawn_daemon(h3.cmd("nix-store", &args), "nix-store");
-    let hash = hash_of(&path);
-    let started = support::wait_until(Duration::from_secs(30), || {
-        !log_lines(&n3, &format!("{hash}: NAR of")).is_empty()
-    });
-    assert!(started, "no NAR stream: {}", n3.log());
+    let mut way = nar_under_way(&net, &key, &path, &[], None);
+    let ([n1, n2], n3) = (&way.peers, &way.n3);
     assert!(
-        log_lines(&n3, "from 2 peers at once").len() == 1,
+        n3.log_lines("from 2 peers at once").len() == 1,
         "{}",
         n3.log()
     );
-    std::thread::sleep(Duration::from_millis(1500));
-    let signal = |sig: &str, pid: u32| {
-        std::process::Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .expect("kill");
-    };
-    signal("-STOP", n2.pid());
-    let finished = support::wait_until(Duration::from_secs(120), || nix.try_wait().is_some());
-    signal("-CONT", n2.pid());
-    assert!(finished, "nix-store hangs");
-    assert!(
-        nix.try_wait().is_some_and(|s| s.success()),
-        "{}\nnode:\n{}",
-        nix.log(),
-        n3.log()
-    );
-    let broke = log_lines(&n3, "broke at byte");
-    let taken = log_lines(&n3, "going on from");
-    assert_eq!((broke.len(), taken.len()), (1, 1), "{}", n3.log());
-    // The stripe went on from the other peer, at the byte it broke at.
-    let stalled = broke[0]
+    n2.signal("STOP");
+    // Until Nix is done (the check below then waits no more), n2 is frozen.
+    support::wait_until(Duration::from_secs(120), || way.nix.try_wait().is_some());
+    n2.signal("CONT");
+    let (broke, taken, _) = nar_went_on(&mut way.nix, n3, "nix-store");
+    // The stripe went on from the other peer (at the byte it broke at).
+    let stalled = broke
         .split(" from ")
         .nth(1)
         .and_then(|r| r.split(' ').next());
-    let next = taken[0]
+    let next = taken
         .split(" from ")
         .nth(1)
         .and_then(|r| r.split(' ').next());
     assert!(stalled.is_some() && stalled != next, "{broke:?} {taken:?}");
-    let at = taken[0].rsplit("at byte ").next().unwrap_or("?");
-    assert!(
-        broke[0].contains(&format!("at byte {at} ")),
-        "{broke:?} {taken:?}"
-    );
     assert_eq!(dump_sha256(h3, &path, 0), want);
     // The NAR came in once: Nix asked once, both peers served a stripe.
-    assert_eq!(log_lines(&n3, "GET /nar/").len(), 1, "{}", n3.log());
+    assert_eq!(n3.log_lines("GET /nar/").len(), 1, "{}", n3.log());
     assert!(n1.log().contains("sent the NAR"), "{}", n1.log());
+    // On /metrics: one striped NAR, and h1's pace learnt (once the stripe
+    // is dropped, just after its last byte), by its node id.
+    let striped = metric(&metrics(h3), "peerix_nar_striped_total");
+    assert_eq!(striped, Some(1.0), "{}", metrics(h3));
+    let status = h1.curl(&[&format!("{LOCAL}/status")]).text();
+    let id = (status.lines())
+        .find_map(|l| l.strip_prefix("node "))
+        .unwrap_or_else(|| panic!("no node id in {status}"));
+    let pace = format!("peerix_peer_pace_bytes_per_second{{node=\"{id}\"}}");
+    let learnt = support::wait_until(Duration::from_secs(10), || {
+        metric(&metrics(h3), &pace).is_some_and(|p| p > 0.0)
+    });
+    assert!(learnt, "no {pace} in\n{}", metrics(h3));
 }

@@ -18,15 +18,20 @@
 
 use std::io::{self, Read};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::metrics::Framed;
 
 /// The content coding of the framed stream, asked for in `Accept-Encoding`
 /// and named in `Content-Encoding`. Not `zstd`: a client that asks for
 /// that (curl `--compressed`) expects one zstd stream, which this is not.
 pub const ENCODING: &str = "x-peerix-zblocks";
 
-/// NAR bytes per block the sender makes.
-const BLOCK: usize = 256 * 1024;
+/// NAR bytes per block the sender makes: with its header, a block is one
+/// 256 KiB piece of the reply writer (`copy_large` in tiny_http), so one
+/// chunk on the wire.
+const BLOCK: usize = 256 * 1024 - HEADER;
 /// The most NAR bytes a receiver accepts in one block.
 const MAX_BLOCK: usize = 1024 * 1024;
 const HEADER: usize = 9;
@@ -150,14 +155,14 @@ impl Policy {
     }
 
     /// The last block's `wire` bytes were written in `waited` (the time the
-    /// writer spent outside the encoder), after `made` spent making them.
-    /// A write that waited about as long as making the block took says how
-    /// fast the link drains; one that did not says the link is not the
-    /// bottleneck, which counts only for raw blocks (compressed ones are
-    /// then just slower to make than to send).
-    fn written(&mut self, wire: usize, waited: Duration, made: Duration, was_raw: bool) {
+    /// writer spent outside the encoder). Only raw blocks tell how fast the link drains: the wait for a
+    /// compressed one also holds the receiver's decompressing (more work
+    /// per wire byte), and a receiver short of CPU would then look like a
+    /// slow link, and compression feed itself. While compressing, the
+    /// probes (every `PROBE_EVERY` blocks) keep the link's pace current.
+    fn written(&mut self, wire: usize, waited: Duration, was_raw: bool) {
         self.blocks += 1;
-        if was_raw || waited > made / 4 {
+        if was_raw {
             self.link = ewma(self.link, waited.as_secs_f64() / wire.max(1) as f64);
         }
     }
@@ -177,13 +182,15 @@ pub struct Encoder<R> {
     /// Whether `input` (else `zstd`) is being sent, and how far.
     raw: bool,
     out_pos: usize,
-    /// The last block: wire bytes, raw or not, and how long making it took.
-    last: Option<(usize, bool, Duration)>,
+    /// The last block: wire bytes, and raw or not.
+    last: Option<(usize, bool)>,
     /// Time spent outside `read` since the last block was made.
     waited: Duration,
     left_at: Option<Instant>,
     /// Blocks sent compressed and raw, for the log.
     counts: [u64; 2],
+    /// The node's counters, if counted.
+    metrics: Option<Arc<Framed>>,
 }
 
 impl<R: Read> Encoder<R> {
@@ -200,7 +207,14 @@ impl<R: Read> Encoder<R> {
             waited: Duration::ZERO,
             left_at: None,
             counts: [0; 2],
+            metrics: None,
         }
+    }
+
+    /// Counts the blocks it makes in `metrics`.
+    pub fn counted(mut self, metrics: Option<Arc<Framed>>) -> Encoder<R> {
+        self.metrics = metrics;
+        self
     }
 
     /// Blocks sent so far: (raw, compressed).
@@ -208,30 +222,33 @@ impl<R: Read> Encoder<R> {
         (self.counts[0], self.counts[1])
     }
 
-    /// Reads the next block of the source and encodes it into `out`;
-    /// false at the end of the source.
-    fn next_block(&mut self) -> io::Result<bool> {
-        if let Some((wire, raw, made)) = self.last.take() {
-            self.policy.written(wire, self.waited, made, raw);
+    /// Reads the next block of the source and frames it: straight into
+    /// `buf` when it goes raw and `buf` holds a whole block (no copy: the
+    /// frame's length is returned), else into `input` or `zstd`, for `out`
+    /// (0 is returned). `None` at the end of the source.
+    fn next_block(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        if let Some((wire, raw)) = self.last.take() {
+            self.policy.written(wire, self.waited, raw);
         }
-        let start = Instant::now();
-        self.input.resize(HEADER + BLOCK, 0);
-        let mut filled = 0;
-        while filled < BLOCK {
-            match self.source.read(&mut self.input[HEADER + filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.input.truncate(HEADER + filled);
-        if filled == 0 {
-            return Ok(false);
-        }
+        let compress = self.policy.compress_next();
+        let direct = !compress && buf.len() >= HEADER + BLOCK;
+        self.input.clear();
         self.out_pos = 0;
         self.raw = true;
-        if self.policy.compress_next() {
+        let filled = match direct {
+            true => fill(&mut self.source, &mut buf[HEADER..HEADER + BLOCK])?,
+            false => {
+                self.input.resize(HEADER + BLOCK, 0);
+                let filled = fill(&mut self.source, &mut self.input[HEADER..])?;
+                self.input.truncate(HEADER + filled);
+                filled
+            }
+        };
+        if filled == 0 {
+            self.input.clear();
+            return Ok(None);
+        }
+        if compress {
             let zstart = Instant::now();
             let compressor = match &mut self.compressor {
                 Some(c) => c,
@@ -245,18 +262,27 @@ impl<R: Read> Encoder<R> {
             self.zstd.truncate(HEADER + encoded);
             self.raw = encoded >= filled;
         }
-        let (kind, out) = match self.raw {
-            true => (RAW, &mut self.input),
-            false => (ZSTD, &mut self.zstd),
+        let (kind, frame): (u8, &mut [u8]) = match (direct, self.raw) {
+            (true, _) => (RAW, &mut buf[..HEADER + filled]),
+            (false, true) => (RAW, &mut self.input),
+            (false, false) => (ZSTD, &mut self.zstd),
         };
-        let encoded = out.len() - HEADER;
-        out[0] = kind;
-        out[1..5].copy_from_slice(&(filled as u32).to_be_bytes());
-        out[5..9].copy_from_slice(&(encoded as u32).to_be_bytes());
+        let encoded = frame.len() - HEADER;
+        frame[0] = kind;
+        frame[1..5].copy_from_slice(&(filled as u32).to_be_bytes());
+        frame[5..9].copy_from_slice(&(encoded as u32).to_be_bytes());
+        let wire = frame.len();
         self.counts[usize::from(kind == ZSTD)] += 1;
-        self.last = Some((out.len(), self.raw, start.elapsed()));
+        if let Some(metrics) = &self.metrics {
+            metrics.sent_block(filled, (kind == ZSTD).then_some(encoded));
+        }
+        self.last = Some((wire, self.raw));
         self.waited = Duration::ZERO;
-        Ok(true)
+        if direct {
+            self.input.clear();
+            return Ok(Some(wire));
+        }
+        Ok(Some(0))
     }
 
     /// The bytes of the block being sent.
@@ -273,16 +299,25 @@ impl<R: Read> Read for Encoder<R> {
         if let Some(left) = self.left_at.take() {
             self.waited += left.elapsed();
         }
-        if self.out_pos == self.out().len() && !self.next_block()? {
-            let (raw, zstd) = self.counts();
-            let mb = |v: Option<f64>| v.map_or("?".into(), |v| format!("{:.1}", 1e-6 / v));
-            log::debug!(
-                "NAR stream sent: {zstd} blocks compressed, {raw} raw (link {} MB/s, zstd {} MB/s at {}x)",
-                mb(self.policy.link),
-                mb(self.policy.zstd),
-                self.policy.ratio.map_or("?".into(), |r| format!("{r:.2}"))
-            );
-            return Ok(0);
+        if self.out_pos == self.out().len() {
+            match self.next_block(buf)? {
+                None => {
+                    let (raw, zstd) = self.counts();
+                    let mb = |v: Option<f64>| v.map_or("?".into(), |v| format!("{:.1}", 1e-6 / v));
+                    log::debug!(
+                        "NAR stream sent: {zstd} blocks compressed, {raw} raw (link {} MB/s, zstd {} MB/s at {}x)",
+                        mb(self.policy.link),
+                        mb(self.policy.zstd),
+                        self.policy.ratio.map_or("?".into(), |r| format!("{r:.2}"))
+                    );
+                    return Ok(0);
+                }
+                Some(0) => {}
+                Some(direct) => {
+                    self.left_at = Some(Instant::now());
+                    return Ok(direct);
+                }
+            }
         }
         let out = &self.out()[self.out_pos..];
         let n = buf.len().min(out.len());
@@ -291,6 +326,21 @@ impl<R: Read> Read for Encoder<R> {
         self.left_at = Some(Instant::now());
         Ok(n)
     }
+}
+
+/// Reads `source` into `buf` until it is full or the source ends: the
+/// bytes read.
+fn fill(source: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match source.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 /// Plain NAR bytes from a framed stream of `left` NAR bytes. Ends (`Ok(0)`)
@@ -307,6 +357,8 @@ pub struct Decoder<R> {
     encoded: Vec<u8>,
     decoded: Vec<u8>,
     pos: usize,
+    /// The node's counters, if counted.
+    metrics: Option<Arc<Framed>>,
 }
 
 impl<R: Read> Decoder<R> {
@@ -319,6 +371,20 @@ impl<R: Read> Decoder<R> {
             encoded: Vec::new(),
             decoded: Vec::new(),
             pos: 0,
+            metrics: None,
+        }
+    }
+
+    /// Counts the bytes it receives and decodes in `metrics`.
+    pub fn counted(mut self, metrics: Option<Arc<Framed>>) -> Decoder<R> {
+        self.metrics = metrics;
+        self
+    }
+
+    /// `wire` bytes of the stream were read, `nar` NAR bytes decoded.
+    fn count(&self, wire: usize, nar: usize) {
+        if let Some(metrics) = &self.metrics {
+            metrics.received(wire, nar);
         }
     }
 
@@ -345,6 +411,7 @@ impl<R: Read> Decoder<R> {
         match header[0] {
             RAW if encoded == nar => {
                 self.raw_left = nar;
+                self.count(HEADER, 0);
                 Ok(true)
             }
             ZSTD if encoded > 0 && encoded <= zstd::zstd_safe::compress_bound(MAX_BLOCK) => {
@@ -366,6 +433,7 @@ impl<R: Read> Decoder<R> {
                 if n != nar {
                     return Err(bad("a zstd block decompresses to another length"));
                 }
+                self.count(HEADER + encoded, nar);
                 self.pos = 0;
                 Ok(true)
             }
@@ -394,6 +462,7 @@ impl<R: Read> Decoder<R> {
                 return Err(cut("a raw block"));
             }
             self.raw_left -= n;
+            self.count(n, n);
             return Ok(n);
         }
         let n = buf.len().min(self.decoded.len() - self.pos);
@@ -431,6 +500,7 @@ impl<R: Read> Read for Decoder<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Metrics;
 
     /// Bytes that compress about as well as programs do (~3x).
     fn compressible(len: usize) -> Vec<u8> {
@@ -519,12 +589,7 @@ mod tests {
                 tried += 1;
                 policy.compressed(BLOCK, BLOCK + 20, Duration::from_micros(300));
             }
-            policy.written(
-                BLOCK,
-                Duration::from_millis(20),
-                Duration::from_micros(400),
-                true,
-            );
+            policy.written(BLOCK, Duration::from_millis(20), true);
         }
         assert!(tried <= GIVE_UP_AFTER, "tried {tried} times");
         assert!(kinds.iter().all(|&k| k == RAW));
@@ -541,21 +606,42 @@ mod tests {
                 slow_z += 1;
                 slow.compressed(BLOCK, BLOCK / 3, block);
                 // 12 MB/s: a 100 Mbit/s link.
-                slow.written(BLOCK / 3, Duration::from_millis(7), block, false);
+                slow.written(BLOCK / 3, Duration::from_millis(7), false);
             } else {
-                slow.written(BLOCK, Duration::from_millis(21), Duration::ZERO, true);
+                slow.written(BLOCK, Duration::from_millis(21), true);
             }
             if fast.compress_next() {
                 fast_z += 1;
                 fast.compressed(BLOCK, BLOCK / 3, block);
-                fast.written(BLOCK / 3, Duration::from_micros(50), block, false);
+                fast.written(BLOCK / 3, Duration::from_micros(50), false);
             } else {
                 // 2.6 GB/s: a veth.
-                fast.written(BLOCK, Duration::from_micros(100), Duration::ZERO, true);
+                fast.written(BLOCK, Duration::from_micros(100), true);
             }
         }
         assert!(slow_z >= 28, "{slow_z}");
         assert!(fast_z <= 2, "{fast_z}");
+    }
+
+    /// A fast link to a receiver short of CPU: raw blocks drain at 600
+    /// MB/s, but a compressed one waits while the receiver decompresses, as
+    /// long as a slow link would make it. That must not look like a slow
+    /// link, or compression would feed itself.
+    #[test]
+    fn a_receiver_short_of_cpu_is_no_slow_link() {
+        let mut policy = Policy::new(Mode::Auto);
+        let mut compressed = 0;
+        for i in 0..64 {
+            let zstd = policy.compress_next();
+            if zstd {
+                policy.compressed(BLOCK, BLOCK / 3, Duration::from_millis(1));
+                policy.written(BLOCK / 3, Duration::from_millis(3), false);
+            } else {
+                policy.written(BLOCK, Duration::from_micros(440), true);
+            }
+            compressed += u32::from(zstd && i > 0);
+        }
+        assert!(compressed <= 2, "{compressed}");
     }
 
     #[test]
@@ -589,6 +675,48 @@ mod tests {
         assert!(source.is_empty());
         // More blocks than the NAR's bytes: an error, not extra bytes.
         assert!(decode_len(&stream, data.len() - BLOCK).is_err());
+    }
+
+    #[test]
+    fn encoder_and_decoder_count_what_they_send_and_receive() {
+        let data = [compressible(2 * BLOCK), random(BLOCK)].concat();
+        let (sent, received) = (Metrics::default(), Metrics::default());
+        let mut stream = Vec::new();
+        Encoder::new(&data[..], Mode::Always)
+            .counted(Some(sent.framed.clone()))
+            .read_to_end(&mut stream)
+            .unwrap();
+        let mut out = Vec::new();
+        Decoder::new(&stream[..], data.len() as u64)
+            .counted(Some(received.framed.clone()))
+            .read_to_end(&mut out)
+            .unwrap();
+        assert!(out == data);
+        let (sent, received) = (sent.render(0, 0, &[]), received.render(0, 0, &[]));
+        let value = |text: &str, name: &str| -> u64 {
+            (text.lines())
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        };
+        // Two compressible blocks went zstd, the random one raw.
+        let zstd_out = value(&sent, "peerix_compress_zstd_out_bytes_total");
+        assert_eq!(
+            [
+                value(&sent, "peerix_compress_sent_nar_bytes_total"),
+                value(&sent, "peerix_compress_sent_blocks_total{kind=\"zstd\"}"),
+                value(&sent, "peerix_compress_sent_blocks_total{kind=\"raw\"}"),
+                value(&sent, "peerix_compress_zstd_in_bytes_total"),
+            ],
+            [data.len() as u64, 2, 1, 2 * BLOCK as u64]
+        );
+        assert!(zstd_out > 0 && zstd_out < BLOCK as u64, "{zstd_out}");
+        assert_eq!(
+            [
+                value(&received, "peerix_compress_received_bytes_total"),
+                value(&received, "peerix_compress_decoded_bytes_total"),
+            ],
+            [stream.len() as u64, data.len() as u64]
+        );
     }
 
     #[test]

@@ -84,9 +84,12 @@ fn main() -> ExitCode {
         extra_hosts: config.extra_hosts.clone(),
         warnings,
     };
+    let metrics = Arc::new(metrics::Metrics::default());
+    let peers = peer_client::PeerClient::new(network_key.clone(), config.compress)
+        .counted(metrics.framed.clone());
     let upstream = Arc::new(upstream::Upstream::new(
         discovery.clone(),
-        peer_client::PeerClient::new(network_key.clone(), config.compress),
+        peers,
         trust.clone(),
     ));
     let pull = match config.upstreams.is_empty() {
@@ -98,7 +101,8 @@ fn main() -> ExitCode {
                 spool_dir: config.state_dir.join("spool"),
                 spool_bytes: config.spool_bytes,
             };
-            let peers = peer_client::PeerClient::new(network_key.clone(), config.compress);
+            let peers = peer_client::PeerClient::new(network_key.clone(), config.compress)
+                .counted(metrics.framed.clone());
             match pull::Pull::new(
                 settings,
                 trust,
@@ -126,7 +130,7 @@ fn main() -> ExitCode {
         upstream,
         pull,
         network_key,
-        metrics: Arc::new(metrics::Metrics::default()),
+        metrics,
         compress: config.compress,
         range_skips: http::range_skips(),
         port: config.port,

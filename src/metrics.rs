@@ -2,7 +2,10 @@
 //! `/metrics`: requests by route and status, narinfo hits and misses with
 //! the time discovery took, NAR bytes served from the store and the spool
 //! and fetched from peers and upstream caches, and per peer, NAR replies aborted by their clients, the NAR
-//! streams in flight (`transfers.rs`), the build and the start time. Counters only ever grow; they are plain
+//! streams in flight (`transfers.rs`), the framed (compressed) streams
+//! sent and received (`compress.rs`), the NARs fetched from several peers
+//! at once (`stripe.rs`), each peer's learnt pace (`throughput.rs`), the
+//! build and the start time. Counters only ever grow; they are plain
 //! atomics and small maps. The last hour of them, minute by minute, is
 //! kept in `history.rs`; `/status.json` and the dashboard read them here.
 
@@ -10,11 +13,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::cache::Bounded;
 use crate::config::{COMMIT, VERSION};
+use crate::discovery::Who;
 use crate::history::{History, Sample};
 use crate::transfers::Transfers;
 
@@ -45,7 +49,48 @@ pub struct Metrics {
     peer_bytes: Mutex<Bounded<IpAddr, [u64; 2]>>,
     /// NAR streams from peers to the local Nix, in flight.
     pub transfers: Transfers,
+    /// NARs fetched from several peers at once.
+    nar_striped: AtomicU64,
+    /// Framed streams sent and received.
+    pub framed: Arc<Framed>,
     history: History,
+}
+
+/// The framed streams of `compress.rs`, counted by their encoders (the
+/// sender's side) and decoders (the receiver's).
+#[derive(Debug, Default)]
+pub struct Framed {
+    /// NAR bytes put in framed streams.
+    sent_nar: AtomicU64,
+    /// Blocks sent: raw, zstd.
+    sent_blocks: [AtomicU64; 2],
+    /// NAR bytes of the blocks sent compressed, and their zstd bytes.
+    zstd_in: AtomicU64,
+    zstd_out: AtomicU64,
+    /// Bytes of framed streams received (block headers included).
+    received: AtomicU64,
+    /// NAR bytes decoded from them.
+    decoded: AtomicU64,
+}
+
+impl Framed {
+    /// A block of `nar` NAR bytes was made, compressed to `zstd` bytes or
+    /// (`None`) sent raw.
+    pub fn sent_block(&self, nar: usize, zstd: Option<usize>) {
+        self.sent_nar.fetch_add(nar as u64, Ordering::Relaxed);
+        self.sent_blocks[usize::from(zstd.is_some())].fetch_add(1, Ordering::Relaxed);
+        if let Some(zstd) = zstd {
+            self.zstd_in.fetch_add(nar as u64, Ordering::Relaxed);
+            self.zstd_out.fetch_add(zstd as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// `wire` bytes of a framed stream were received, and `nar` NAR bytes
+    /// decoded.
+    pub fn received(&self, wire: usize, nar: usize) {
+        self.received.fetch_add(wire as u64, Ordering::Relaxed);
+        self.decoded.fetch_add(nar as u64, Ordering::Relaxed);
+    }
 }
 
 impl Default for Metrics {
@@ -69,6 +114,8 @@ impl Default for Metrics {
             nar_aborted: AtomicU64::default(),
             peer_bytes: Mutex::new(Bounded::new(PEERS_COUNTED)),
             transfers: Transfers::default(),
+            nar_striped: AtomicU64::default(),
+            framed: Arc::default(),
             history: History::new(started),
         }
     }
@@ -142,6 +189,11 @@ impl Metrics {
         self.nar_aborted.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A NAR for the local Nix is fetched from several peers at once.
+    pub fn nar_striped(&self) {
+        self.nar_striped.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// NAR bytes that went `direction` between this node and the peer at `ip`.
     pub fn peer_bytes(&self, ip: IpAddr, direction: Direction, bytes: u64) {
         if let Ok(mut peers) = self.peer_bytes.lock() {
@@ -185,9 +237,9 @@ impl Metrics {
         self.history.last_hour(Instant::now(), self.totals())
     }
 
-    /// The Prometheus text exposition, with the number of known peers and
-    /// of valid store paths.
-    pub fn render(&self, peers: usize, store_paths: usize) -> String {
+    /// The Prometheus text exposition, with the number of known peers, of
+    /// valid store paths, and the pace learnt of each peer (bytes a second).
+    pub fn render(&self, peers: usize, store_paths: usize, paces: &[(Who, f64)]) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::new();
         let head = |out: &mut String, name: &str, kind: &str, help: &str| {
@@ -241,6 +293,42 @@ impl Metrics {
                 "NAR streams from peers to the local Nix in flight.",
                 self.transfers.snapshot().1 as u64,
             ),
+            (
+                "nar_striped_total",
+                "counter",
+                "NARs for the local Nix fetched from several peers at once.",
+                get(&self.nar_striped),
+            ),
+            (
+                "compress_sent_nar_bytes_total",
+                "counter",
+                "NAR bytes sent to peers in framed streams, compressed or not.",
+                get(&self.framed.sent_nar),
+            ),
+            (
+                "compress_zstd_in_bytes_total",
+                "counter",
+                "NAR bytes of the blocks sent zstd-compressed.",
+                get(&self.framed.zstd_in),
+            ),
+            (
+                "compress_zstd_out_bytes_total",
+                "counter",
+                "Bytes of the zstd-compressed blocks sent (in - out: bytes saved).",
+                get(&self.framed.zstd_out),
+            ),
+            (
+                "compress_received_bytes_total",
+                "counter",
+                "Bytes of framed streams received from peers, block headers included.",
+                get(&self.framed.received),
+            ),
+            (
+                "compress_decoded_bytes_total",
+                "counter",
+                "NAR bytes decoded from framed streams received from peers.",
+                get(&self.framed.decoded),
+            ),
         ] {
             head(&mut out, name, kind, help);
             let _ = writeln!(out, "peerix_{name} {value}");
@@ -262,6 +350,40 @@ impl Metrics {
                 out,
                 "peerix_nar_bytes_total{{source=\"{source}\"}} {}",
                 get(counter)
+            );
+        }
+        head(
+            &mut out,
+            "compress_sent_blocks_total",
+            "counter",
+            "Blocks of framed streams sent to peers, raw or zstd-compressed.",
+        );
+        for (kind, blocks) in ["raw", "zstd"].iter().zip(&self.framed.sent_blocks) {
+            let n = get(blocks);
+            let _ = writeln!(
+                out,
+                "peerix_compress_sent_blocks_total{{kind=\"{kind}\"}} {n}"
+            );
+        }
+        head(
+            &mut out,
+            "peer_pace_bytes_per_second",
+            "gauge",
+            "Each peer's pace learnt from its recent NARs, by node id (an original node's address).",
+        );
+        let paces: BTreeMap<String, f64> = (paces.iter())
+            .map(|(who, pace)| {
+                let node = match who {
+                    Who::Node(id) => format!("{id:016x}"),
+                    Who::Addr(ip) => ip.to_string(),
+                };
+                (node, *pace)
+            })
+            .collect();
+        for (node, pace) in paces {
+            let _ = writeln!(
+                out,
+                "peerix_peer_pace_bytes_per_second{{node=\"{node}\"}} {pace:.0}"
             );
         }
         head(
@@ -345,7 +467,15 @@ mod tests {
         m.nar_aborted();
         m.peer_bytes("10.0.0.2".parse().unwrap(), Direction::Sent, 10);
         m.peer_bytes("::ffff:10.0.0.2".parse().unwrap(), Direction::Received, 5);
-        let text = m.render(3, 7);
+        m.nar_striped();
+        m.framed.sent_block(100, Some(40));
+        m.framed.sent_block(50, None);
+        m.framed.received(9 + 40, 100);
+        let paces = [
+            (Who::Node(0xab), 1.25e6),
+            (Who::Addr("10.0.0.3".parse().unwrap()), 2e6),
+        ];
+        let text = m.render(3, 7, &paces);
         for line in [
             "peerix_http_requests_total{route=\"narinfo\",status=\"200\"} 2",
             "peerix_http_requests_total{route=\"nar\",status=\"404\"} 1",
@@ -364,6 +494,16 @@ mod tests {
             "peerix_discovery_seconds_bucket{le=\"+Inf\"} 2",
             "peerix_discovery_seconds_count 2",
             "peerix_nar_transfers 0",
+            "peerix_nar_striped_total 1",
+            "peerix_compress_sent_nar_bytes_total 150",
+            "peerix_compress_sent_blocks_total{kind=\"raw\"} 1",
+            "peerix_compress_sent_blocks_total{kind=\"zstd\"} 1",
+            "peerix_compress_zstd_in_bytes_total 100",
+            "peerix_compress_zstd_out_bytes_total 40",
+            "peerix_compress_received_bytes_total 49",
+            "peerix_compress_decoded_bytes_total 100",
+            "peerix_peer_pace_bytes_per_second{node=\"00000000000000ab\"} 1250000",
+            "peerix_peer_pace_bytes_per_second{node=\"10.0.0.3\"} 2000000",
             "peerix_peer_nar_bytes_total{peer=\"10.0.0.2\",direction=\"sent\"} 10",
             "peerix_peer_nar_bytes_total{peer=\"10.0.0.2\",direction=\"received\"} 5",
             &format!(

@@ -10,6 +10,7 @@
 //! new stream's first N bytes differ from what Nix holds, no resumed
 //! stream can give Nix its NAR, and the request is refused instead.
 
+use std::fmt;
 use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
 
@@ -123,6 +124,33 @@ impl<R: Read + Blame> Checked<R> {
             }
         }
         Ok(checked)
+    }
+}
+
+/// The NAR of `hash` from `inner` checked against `nar_hash` and handed
+/// on from byte `offset` (`Checked::start`), ready for a reply; `None`
+/// when it cannot start, with the reason logged (the request gets a 404).
+pub fn checked_or_log<R: Read + Blame + Send + 'static>(
+    hash: &impl fmt::Display,
+    inner: R,
+    nar_hash: [u8; 32],
+    total: u64,
+    offset: u64,
+    prefixes: Arc<Prefixes>,
+) -> Option<Box<dyn Read + Send>> {
+    match Checked::start(inner, nar_hash, total, offset, prefixes) {
+        Ok(checked) => Some(Box::new(checked)),
+        Err(StartError::Io(e)) => {
+            log::info!("{hash}: {e}");
+            None
+        }
+        Err(StartError::PrefixDiffers) => {
+            log::warn!(
+                "{hash}: Nix resumes a NAR whose first {offset} bytes were wrong; \
+                 refused (404), so that it gets the path anew"
+            );
+            None
+        }
     }
 }
 

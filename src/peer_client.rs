@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crate::auth::NetworkKey;
 use crate::compress::{self, Decoder};
 use crate::discovery::Found;
+use crate::metrics::Framed;
 use crate::narinfo::{self, HashPart, NarInfo};
 use crate::peer_http::{Connections, Reply};
 use crate::stripe::{self, Stripe};
@@ -58,6 +59,8 @@ pub struct PeerClient {
     key: Option<Arc<NetworkKey>>,
     /// Whether to ask nodes of ours for the framed, compressible stream.
     compress: compress::Mode,
+    /// Where the framed streams received are counted, if anywhere.
+    framed: Option<Arc<Framed>>,
 }
 
 impl PeerClient {
@@ -65,12 +68,20 @@ impl PeerClient {
         PeerClient {
             key,
             compress,
+            framed: None,
             connections: Connections::new(
                 IDLE_CONNECTIONS,
                 CONNECT_TIMEOUT,
                 concat!("peerix/", env!("CARGO_PKG_VERSION")).into(),
             ),
         }
+    }
+
+    /// Counts the framed streams it receives in `framed` (the node's
+    /// metrics).
+    pub fn counted(mut self, framed: Arc<Framed>) -> PeerClient {
+        self.framed = Some(framed);
+        self
     }
 
     /// GET `path` on the peer at `addr`, authenticated when there is a
@@ -274,7 +285,7 @@ impl PeerClient {
             None => total - offset.min(total),
         };
         let mut body: Box<dyn Read + Send> = match framed {
-            true => Box::new(Decoder::new(reply.body, left)),
+            true => Box::new(Decoder::new(reply.body, left).counted(self.framed.clone())),
             false => Box::new(reply.body),
         };
         if !resumed && offset > 0 {

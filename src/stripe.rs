@@ -198,6 +198,9 @@ impl Striped {
             striped.open(i)?;
         }
         striped.transfer = transfer.take();
+        if let Some(transfer) = &striped.transfer {
+            transfer.striped();
+        }
         Ok(striped)
     }
 

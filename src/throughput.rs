@@ -71,6 +71,15 @@ impl Throughput {
         self.paces.lock().ok()?.get(peer).copied()
     }
 
+    /// Every peer's pace in the table, in bytes a second.
+    pub fn paces(&self) -> Vec<(Who, f64)> {
+        let paces = self.paces.lock();
+        paces.map_or_else(
+            |_| Vec::new(),
+            |p| p.iter().map(|(w, p)| (*w, *p)).collect(),
+        )
+    }
+
     /// `items` (whose peer `addr_of` tells) fastest first. A peer not
     /// measured yet ranks as the median of those measured, ahead of any of
     /// that pace: it is worth a try before a peer known to be middling,
@@ -128,6 +137,16 @@ mod tests {
         // Averaged: one fast NAR does not undo a slow history at once.
         t.record(addr(1), 200_000_000, s);
         assert_eq!(t.pace(&addr(1)), Some(101_250_000.0));
+        let mut paces = t.paces();
+        paces.sort_by(|a, b| a.1.total_cmp(&b.1));
+        assert_eq!(
+            paces,
+            [
+                (addr(4), 40_000_000.0),
+                (addr(1), 101_250_000.0),
+                (addr(2), 110_000_000.0)
+            ]
+        );
         assert_eq!(ranked(&t, &[1, 2]), [2, 1]);
     }
 }

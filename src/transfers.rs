@@ -111,6 +111,11 @@ impl Transfer {
         }
     }
 
+    /// The stream comes from several peers at once (`stripe.rs`).
+    pub fn striped(&self) {
+        self.metrics.nar_striped();
+    }
+
     /// `n` more bytes came from the current peer.
     pub fn add(&mut self, n: usize) {
         self.progress.bytes.fetch_add(n as u64, Ordering::Relaxed);

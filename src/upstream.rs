@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::cache::Bounded;
 use crate::discovery::{Discovery, Found, Who};
-use crate::nar_check::{Blame, Checked, Prefixes, StartError};
+use crate::nar_check::{checked_or_log, Blame, Prefixes};
 use crate::narinfo::{HashPart, NarInfo};
 use crate::nix32;
 use crate::peer_client::PeerClient;
@@ -265,7 +265,8 @@ impl Upstream {
             match Striped::start(self.clone(), *hash, ours, lanes, &mut transfer) {
                 Ok(striped) => {
                     log::debug!("{hash}: NAR of {total} bytes from {lanes} peers at once");
-                    return self.checked_nar(hash, striped, nar_hash, total, offset);
+                    let prefixes = self.prefixes.clone();
+                    return checked_or_log(hash, striped, nar_hash, total, offset, prefixes);
                 }
                 Err(e) => log::info!("{hash}: {e}; one peer at a time"),
             }
@@ -302,7 +303,7 @@ impl Upstream {
                 return None;
             }
         }
-        self.checked_nar(hash, nar, nar_hash, total, offset)
+        checked_or_log(hash, nar, nar_hash, total, offset, self.prefixes.clone())
     }
 
     /// How many peers to fetch a NAR of `total` bytes from at once: the
@@ -346,37 +347,17 @@ impl Upstream {
             .map_err(|e| io::Error::other(e.to_string()))
     }
 
+    /// The pace learnt of each peer, in bytes a second (for the metrics).
+    pub fn paces(&self) -> Vec<(Who, f64)> {
+        self.throughput.paces()
+    }
+
     /// `who` sent `bytes` of a NAR, waited for in `took`; with `at_least`,
     /// while held back by a slower peer (see `Throughput::record_at_least`).
     pub(crate) fn learn(&self, who: Who, bytes: u64, took: Duration, at_least: bool) {
         match at_least {
             true => self.throughput.record_at_least(who, bytes, took),
             false => self.throughput.record(who, bytes, took),
-        }
-    }
-
-    /// `nar` checked against its NarHash, handed on from byte `offset`.
-    fn checked_nar(
-        &self,
-        hash: &HashPart,
-        nar: impl Read + Blame + Send + 'static,
-        nar_hash: [u8; 32],
-        total: u64,
-        offset: u64,
-    ) -> Option<Box<dyn Read + Send>> {
-        match Checked::start(nar, nar_hash, total, offset, self.prefixes.clone()) {
-            Ok(checked) => Some(Box::new(checked)),
-            Err(StartError::Io(e)) => {
-                log::info!("{hash}: {e}");
-                None
-            }
-            Err(StartError::PrefixDiffers) => {
-                log::warn!(
-                    "{hash}: Nix resumes a NAR whose first {offset} bytes were wrong; \
-                     refused (404), so that it gets the path anew"
-                );
-                None
-            }
         }
     }
 

@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::Xorshift;
+
 pub fn main(args: &[String]) -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("http") if args.len() == 4 => http(&args[1], &args[2], &args[3]),
@@ -33,31 +35,6 @@ pub fn main(args: &[String]) -> ExitCode {
             eprintln!("client: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// A small xorshift generator: random hashes and node ids.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new() -> Rng {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64);
-        Rng(t ^ (u64::from(std::process::id()) << 32) | 1)
-    }
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    /// 32 random nix32 characters: a hash part.
-    pub fn hash(&mut self) -> String {
-        const ABC: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
-        (0..32)
-            .map(|_| ABC[(self.next() >> 40) as usize % 32] as char)
-            .collect()
     }
 }
 
@@ -264,7 +241,7 @@ fn udp(addr: &str, count: &str, window: &str) -> Result<(), String> {
     let window: u32 = window.parse().map_err(|_| "WINDOW is a number")?;
     let socket = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
     socket.connect(addr).map_err(|e| e.to_string())?;
-    let mut rng = Rng::new();
+    let mut rng = Xorshift::new();
     let node = rng.next();
     let hashes: Vec<String> = (0..count.min(4096)).map(|_| rng.hash()).collect();
     let hash = |i: u32| &hashes[i as usize % hashes.len()];

@@ -7,8 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::client;
-use crate::support::{output_within, wait_until, Daemon, Host, Key};
+use crate::support::{node_with_env, output_within, wait_until, Daemon, Host, Key, Xorshift};
 
 /// The local node's address inside a host, as the local Nix reaches it.
 pub(crate) const LOCAL: &str = "127.0.0.1:12304";
@@ -38,16 +37,9 @@ impl Mode {
 /// `PEERIX_BENCH_LOGS=DIR` in the environment (for profiling, not for
 /// numbers) nodes log at `debug` and their logs are kept in DIR.
 pub(crate) fn node(host: &Host, key: &Key, extra: &[&str]) -> Node {
-    let mut args = vec![
-        "--private-key",
-        key.secret.to_str().unwrap(),
-        "--trusted-key",
-        &key.public,
-    ];
-    args.extend(extra);
     let keep = std::env::var_os("PEERIX_BENCH_LOGS").map(PathBuf::from);
     let level = if keep.is_some() { "debug" } else { "info" };
-    let daemon = host.spawn_peerix_with(&[], &[("RUST_LOG", level)], &args);
+    let daemon = node_with_env(host, key, &[key], extra, &[("RUST_LOG", level)]);
     let keep = keep.map(|dir| dir.join(format!("{}-{}-peerix.log", next_id(), host.name)));
     Node { daemon, keep }
 }
@@ -168,7 +160,7 @@ pub(crate) fn run_client(host: &Host, args: &[&str]) -> String {
 
 /// `/HASH.narinfo` for `n` random hashes no store has.
 pub(crate) fn absent_narinfo(n: usize) -> Vec<String> {
-    let mut rng = client::Rng::new();
+    let mut rng = Xorshift::new();
     (0..n).map(|_| format!("/{}.narinfo", rng.hash())).collect()
 }
 
@@ -225,6 +217,21 @@ pub(crate) fn process_cpu_secs(pid: u32) -> Option<f64> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Some(own + reaped / if hz > 0.0 { hz } else { 100.0 })
+}
+
+/// Pins process `pid` (all its threads, and the children they start from
+/// now on) to CPU `cpu`, so that two nodes on one machine compete for the
+/// CPU no more than two machines would. Nothing on a machine of one CPU.
+pub(crate) fn pin(pid: u32, cpu: usize) {
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) <= cpu {
+        return;
+    }
+    let ok = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "taskset -a -p -c {cpu} {pid}");
 }
 
 /// CPU seconds of a node and of every process below it (its Nix
@@ -331,7 +338,7 @@ pub(crate) fn random_path(host: &Host, name: &str, bytes: u64) -> String {
 pub(crate) fn small_paths(host: &Host, tag: &str, n: usize, bytes: usize) -> Vec<String> {
     let dir = host.dir.join(format!("small-{tag}"));
     fs::create_dir_all(&dir).expect("make a directory for small files");
-    let mut rng = client::Rng::new();
+    let mut rng = Xorshift::new();
     for i in 0..n {
         let mut data = format!("{tag} {i}\n").into_bytes();
         while data.len() < bytes {

@@ -4,7 +4,10 @@
 //!
 //! `compress`: one peer → local node → load client, real programs and
 //! libraries (files of the machine's /usr) and random bytes of the same
-//! size, behind 100 Mbit/s, 1 Gbit/s and an unlimited veth; the peer runs
+//! size, behind 100 Mbit/s, 1 Gbit/s and an unlimited veth, the peer's
+//! node (with its Nix children) on one CPU and the local node on another
+//! (as on two machines, where the sender's zstd takes no CPU from the
+//! receiver); the peer runs
 //! `--compress auto` and, for the baseline, `--compress never` (raw, as
 //! before). Throughput, and the CPU per GiB of the sender and of the
 //! receiver (each node with its Nix children).
@@ -96,7 +99,10 @@ pub(crate) fn compress(m: Mode) -> Vec<Row> {
     let data = [("programs", &programs), ("random", &random)];
     let sizes = [programs_size, nar_size(peer, &random)];
     let urls: Vec<String> = nar_urls(peer, &[programs.clone(), random.clone()]);
+    // The sender on one CPU, the receiver on the other: as on two
+    // machines, the sender's zstd does not take the receiver's CPU.
     let local_node = node(local, &key, &[]);
+    pin(local_node.pid(), 1);
     let reps = m.pick(1, 3);
     let mut rows = Vec::new();
     for (rate, rate_name) in [
@@ -115,6 +121,7 @@ pub(crate) fn compress(m: Mode) -> Vec<Row> {
             };
             for (which, mode) in modes {
                 let sender = peer_node(peer, &key, mode, &[&programs, &random]);
+                pin(sender.pid(), 0);
                 for (d, url) in urls.iter().enumerate() {
                     let s = fetch(local, url, sender.pid(), local_node.pid(), sizes[d]);
                     got[d][which].push(s);

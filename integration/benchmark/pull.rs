@@ -212,7 +212,7 @@ fn at_once(hosts: &[&Host], f: impl Fn(&Host) -> f64 + Sync) -> Vec<f64> {
 /// `n` requests on one kept connection (curl's `time_starttransfer -
 /// time_pretransfer` of each), in ms.
 fn upstream_answer_ms(host: &Host, url: &str, ca: &str, n: usize) -> Vec<f64> {
-    let mut rng = crate::client::Rng::new();
+    let mut rng = crate::support::Xorshift::new();
     let urls: Vec<String> = (0..n)
         .map(|_| format!("{url}/{}.narinfo", rng.hash()))
         .collect();

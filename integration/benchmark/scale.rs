@@ -9,10 +9,9 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-use crate::client;
 use crate::harness::*;
 use crate::report::*;
-use crate::support::{fake_paths, generate_key, wait_until, Host, Net};
+use crate::support::{fake_paths, generate_key, wait_until, Host, Net, Xorshift};
 
 pub(crate) fn scale(m: Mode) -> Vec<Row> {
     // PEERIX_BENCH_SCALE=20,50 runs those sizes instead.
@@ -102,7 +101,7 @@ fn scale_at(m: Mode, hosts: usize) -> Vec<Row> {
     let miss = miss_latencies(local, n);
     let (miss_sent, miss_local, miss_lan) = per_query(&before, &counts());
 
-    let mut rng = client::Rng::new();
+    let mut rng = Xorshift::new();
     let hits: Vec<String> = (0..n + 5)
         .map(|i| {
             let store = &stores[1 + i % (hosts - 1)];

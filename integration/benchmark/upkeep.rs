@@ -6,10 +6,9 @@ use std::thread;
 use std::time::Duration;
 use std::time::Instant;
 
-use crate::client;
 use crate::harness::*;
 use crate::report::*;
-use crate::support::{generate_key, wait_until, Host, Net};
+use crate::support::{generate_key, wait_until, Host, Net, Xorshift};
 
 /// The upkeep of the store index: the CPU of a node (with its Nix
 /// children) while 1,000 paths are added to its store, for a store of N
@@ -83,7 +82,7 @@ pub(crate) fn upkeep(m: Mode) -> Vec<Row> {
 /// then their registration.
 fn fake_paths(host: &Host, n: usize) {
     let store = host.nix_dir.join("store");
-    let mut rng = client::Rng::new();
+    let mut rng = Xorshift::new();
     let mut reg = String::new();
     for i in 0..n {
         let name = format!("{}-bench-added-{i}", rng.hash());

@@ -70,6 +70,8 @@ pub struct Net {
     bridge: String,
     /// A second bridge and the router between them ([`Net::routed`]).
     routed: Option<(String, String)>,
+    /// Room kept in the kernel's neighbour tables for this Net's hosts.
+    _neighbours: NeighbourRoom,
 }
 
 /// One test host: a network namespace plus its own `/nix`.
@@ -160,6 +162,7 @@ impl Net {
             prefix,
             hosts: Vec::new(),
             routed: None,
+            _neighbours: NeighbourRoom::reserve(hosts),
         };
         if let Err(e) = probe_netns(&format!("{}-probe", net.prefix)) {
             eprintln!("skipping: needs root and ip netns ({e})");
@@ -266,6 +269,72 @@ impl Net {
     /// The `i`-th host, counting from 1 like the names (`host(1)` is `h1`).
     pub fn host(&self, i: usize) -> &Host {
         &self.hosts[i - 1]
+    }
+}
+
+/// The kernel's ARP and neighbour-discovery tables are one per machine,
+/// shared by every namespace, and hold 1,024 entries by default
+/// (`gc_thresh3`). On one bridge each host may keep an entry for every
+/// other host's IPv4, link-local and ULA address: a hundred hosts
+/// overflow them, and the kernel then drops datagrams (`neighbor table
+/// overflow!`), which no LAN of separate machines does. A Net of many
+/// hosts raises the thresholds for its lifetime; the machine's values
+/// come back when the last such Net ends.
+struct NeighbourRoom(usize);
+
+/// Entries reserved by live Nets, and the machine's thresholds before
+/// (file, value) once raised.
+static NEIGHBOURS: std::sync::Mutex<(usize, Option<Thresholds>)> = std::sync::Mutex::new((0, None));
+type Thresholds = Vec<(String, String)>;
+
+const NEIGHBOUR_THRESHOLDS: [&str; 4] = [
+    "/proc/sys/net/ipv4/neigh/default/gc_thresh2",
+    "/proc/sys/net/ipv4/neigh/default/gc_thresh3",
+    "/proc/sys/net/ipv6/neigh/default/gc_thresh2",
+    "/proc/sys/net/ipv6/neigh/default/gc_thresh3",
+];
+
+impl NeighbourRoom {
+    fn reserve(hosts: usize) -> NeighbourRoom {
+        let entries = 2 * hosts * hosts;
+        let Ok(mut state) = NEIGHBOURS.lock() else {
+            return NeighbourRoom(0);
+        };
+        state.0 += entries;
+        let need = 1024 + state.0;
+        let read = |f: &str| fs::read_to_string(f).unwrap_or_default().trim().to_string();
+        if state.1.is_none() {
+            let current: Vec<(String, String)> = (NEIGHBOUR_THRESHOLDS.iter())
+                .map(|f| (f.to_string(), read(f)))
+                .collect();
+            let low = (current.iter()).any(|(_, v)| v.parse::<usize>().is_ok_and(|v| v < need));
+            if !low {
+                return NeighbourRoom(entries);
+            }
+            state.1 = Some(current);
+        }
+        for f in NEIGHBOUR_THRESHOLDS {
+            if read(f).parse::<usize>().is_ok_and(|v| v < need) {
+                if let Err(e) = fs::write(f, need.to_string()) {
+                    eprintln!("warning: cannot raise {f} for {hosts} hosts: {e}");
+                }
+            }
+        }
+        NeighbourRoom(entries)
+    }
+}
+
+impl Drop for NeighbourRoom {
+    fn drop(&mut self) {
+        let Ok(mut state) = NEIGHBOURS.lock() else {
+            return;
+        };
+        state.0 = state.0.saturating_sub(self.0);
+        if state.0 == 0 {
+            for (f, v) in state.1.take().into_iter().flatten() {
+                let _ = fs::write(&f, v);
+            }
+        }
     }
 }
 
@@ -589,12 +658,29 @@ impl Daemon {
         fs::read_to_string(&self.log_path).unwrap_or_else(|e| format!("(no log: {e})"))
     }
 
+    /// The lines of its log that mention `what`.
+    pub fn log_lines(&self, what: &str) -> Vec<String> {
+        (self.log().lines())
+            .filter(|l| l.contains(what))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Its exit status if it has exited.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().expect("wait for a daemon")
     }
 
     /// Stops it: SIGTERM, then SIGKILL after 5 s. Returns its exit status.
+    /// Sends `signal` (`STOP`, `CONT`, …) to the process.
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} {}", self.pid());
+    }
+
     pub fn kill(&mut self) -> ExitStatus {
         if let Some(status) = self.try_wait() {
             return status;
@@ -766,28 +852,51 @@ pub fn build_programs(host: &Host, tag: &str, bytes: u64) -> String {
     nix_build(host, &format!("programs-{tag}"), &expr, &[])
 }
 
+/// A small xorshift generator of test data: numbers and hash parts.
+pub struct Xorshift(u64);
+
+impl Xorshift {
+    /// Seeded from the clock, the process and a counter: another sequence
+    /// at every call.
+    pub fn new() -> Xorshift {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Xorshift::seeded(nanos ^ (u64::from(std::process::id()) << 32) ^ unique() as u64)
+    }
+
+    /// The same sequence for the same `seed`.
+    pub fn seeded(seed: u64) -> Xorshift {
+        Xorshift(seed | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// 32 random nix32 digits: a well-formed hash part.
+    pub fn hash(&mut self) -> String {
+        const DIGITS: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
+        (0..32)
+            .map(|_| DIGITS[(self.next() % 32) as usize] as char)
+            .collect()
+    }
+}
+
 /// Registers `count` fake valid paths in `host`'s store: empty directories
 /// named `<random hash>-<tag>-<i>`, made valid with `nix-store
 /// --register-validity` (a store of thousands of paths in seconds). Their
 /// full paths.
 pub fn fake_paths(host: &Host, tag: &str, count: usize) -> Vec<String> {
-    const DIGITS: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let mut x = nanos ^ (u64::from(std::process::id()) << 32) ^ unique() as u64 | 1;
+    let mut rng = Xorshift::new();
     let store = host.nix_dir.join("store");
     let mut paths = Vec::with_capacity(count);
     let mut reg = String::new();
     for i in 0..count {
-        let hash: String = (0..32)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                DIGITS[(x % 32) as usize] as char
-            })
-            .collect();
+        let hash = rng.hash();
         let name = format!("{hash}-{tag}-{i}");
         fs::create_dir(store.join(&name)).expect("make a fake store entry");
         reg.push_str(&format!(
@@ -850,12 +959,24 @@ pub fn realise_args(paths: &[&str], keys: &[&Key]) -> Vec<String> {
 /// Starts a node on `host` signing with `key`, accepting narinfo signed by
 /// `trusted` (`--trusted-key`), plus `extra` flags.
 pub fn node(host: &Host, key: &Key, trusted: &[&Key], extra: &[&str]) -> Daemon {
+    node_with_env(host, key, trusted, extra, &[])
+}
+
+/// Like [`node`], with `env` added to its environment (e.g. another
+/// `RUST_LOG`).
+pub fn node_with_env(
+    host: &Host,
+    key: &Key,
+    trusted: &[&Key],
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Daemon {
     let mut args: Vec<&str> = vec!["--private-key", key.secret.to_str().unwrap()];
     for k in trusted {
         args.extend(["--trusted-key", &k.public]);
     }
     args.extend(extra);
-    host.spawn_peerix(&args)
+    host.spawn_peerix_with(&[], env, &args)
 }
 
 /// The hash part of a store path.
@@ -889,6 +1010,109 @@ pub fn wait_offered(host: &Host, path: &str) {
     );
     let offered = wait_until(Duration::from_secs(10), || host.curl(&[&url]).status == 200);
     assert!(offered, "the node on {} never offered {path}", host.name);
+}
+
+/// A NAR on its way from two peers to Nix, made by [`nar_under_way`].
+pub struct NarUnderWay {
+    /// The nodes on hosts 1 and 2, which hold the path.
+    pub peers: [Daemon; 2],
+    /// Which of `peers` streams the NAR, as host 3's node first logged it
+    /// (`HASH: NAR of N bytes from ADDR…`).
+    pub streaming: usize,
+    /// The node on host 3, which fetches the NAR for its Nix.
+    pub n3: Daemon,
+    /// `nix-store -r PATH` on host 3.
+    pub nix: Daemon,
+}
+
+/// Starts nodes on hosts 1 and 2 of `net`, which both hold `path`, signing
+/// with `key` and given `extra` flags, and a node on host 3 that trusts
+/// `key`; then realises `path` on host 3 with `client` (`None`: the
+/// machine's Nix). Returns once host 3's node streams the NAR, and 1.5 s
+/// more: far enough into it for a test to take a peer away.
+pub fn nar_under_way(
+    net: &Net,
+    key: &Key,
+    path: &str,
+    extra: &[&str],
+    client: Option<&nix_clients::Client>,
+) -> NarUnderWay {
+    let (h1, h2, h3) = (net.host(1), net.host(2), net.host(3));
+    let n1 = node(h1, key, &[], extra);
+    let n2 = node(h2, key, &[], extra);
+    let n3 = node(h3, &generate_key(h3, "h3-1"), &[key], &[]);
+    wait_offered(h1, path);
+    wait_offered(h2, path);
+    let args = realise_args(&[path], &[key]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let command = match client {
+        None => h3.cmd("nix-store", &args),
+        Some(client) => client.command(h3, "nix-store", &args),
+    };
+    let nix = h3.spawn_daemon(command, "nix-store");
+    let label = client.map_or("nix-store".into(), |c| c.label());
+    let streams = format!("{}: NAR of", hash_of(path));
+    let started = wait_until(Duration::from_secs(30), || {
+        !n3.log_lines(&streams).is_empty()
+    });
+    assert!(started, "{label}: no NAR stream: {}", n3.log());
+    thread::sleep(Duration::from_millis(1500));
+    let line = n3.log_lines(&streams).remove(0);
+    let streaming = match line.contains(&h1.addr4.to_string()) {
+        true => 0,
+        false => 1,
+    };
+    NarUnderWay {
+        peers: [n1, n2],
+        streaming,
+        n3,
+        nix,
+    }
+}
+
+/// After a peer streaming a NAR to `node` was taken away: waits up to
+/// 2 min for `nix` to finish and asserts that it succeeded, and that
+/// `node` logged one "broke at byte N" and one "going on from … at byte
+/// N" line, for the same N. Returns those two lines and N.
+pub fn nar_went_on(nix: &mut Daemon, node: &Daemon, label: &str) -> (String, String, u64) {
+    let finished = wait_until(Duration::from_secs(120), || nix.try_wait().is_some());
+    assert!(finished, "{label}: nix-store hangs");
+    assert!(
+        nix.try_wait().is_some_and(|s| s.success()),
+        "{label}: {}\nnode:\n{}",
+        nix.log(),
+        node.log()
+    );
+    let mut broke = node.log_lines("broke at byte");
+    let mut went_on = node.log_lines("going on from");
+    assert_eq!(
+        (broke.len(), went_on.len()),
+        (1, 1),
+        "{label}: {}",
+        node.log()
+    );
+    let offset: u64 = went_on[0]
+        .rsplit("at byte ")
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .expect("an offset");
+    assert!(
+        broke[0].contains(&format!("at byte {offset} ")),
+        "{label}: {broke:?} {went_on:?}"
+    );
+    (broke.remove(0), went_on.remove(0), offset)
+}
+
+/// The text of `/metrics` of the node on `host` (asked as its local Nix).
+pub fn metrics(host: &Host) -> String {
+    host.curl(&[&format!("{LOCAL}/metrics")]).text()
+}
+
+/// The value of `series` (its name and labels, as exported, e.g.
+/// `peerix_nar_bytes_total{source="store"}`) in the `/metrics` text
+/// `metrics`; `None` when it is not there.
+pub fn metric(metrics: &str, series: &str) -> Option<f64> {
+    (metrics.lines()).find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// Runs `cmd` to completion, collecting stdout and stderr; `None` if it took

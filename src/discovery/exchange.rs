@@ -6,7 +6,8 @@
 //! since last heard) to the nodes it reaches by unicast: its extra hosts
 //! and every node that sent it a list, each hello period, and at once to
 //! a node new to it. What it passes on are the peers it heard from itself
-//! within `PEER_TTL`: an address it could not reach is never passed on.
+//! within their time to live (`PEER_TTL`, more on a large LAN): an
+//! address it could not reach is never passed on.
 //! What it learns is a candidate, no more: it is sent this node's list (a
 //! probe), and becomes a peer only when it answers from that address
 //! itself; candidates unanswered after a few probes, or not told about

@@ -16,8 +16,14 @@ use super::wire::{NodeId, PeerEntry};
 use crate::cache::Bounded;
 
 /// A peer not heard from for this long is forgotten. Peers say hello
-/// every `HELLO_EVERY`, so a live one is heard well within it.
+/// every `HELLO_EVERY`, so a live one is heard well within it. On a large
+/// LAN hellos come further apart (`hello_period`): a peer is then
+/// forgotten after `TTL_GAPS` of its last gap between hellos.
 pub const PEER_TTL: Duration = Duration::from_secs(95);
+const TTL_GAPS: u32 = 3;
+
+/// The longest time to live a peer's hellos can earn it.
+const TTL_MAX: Duration = Duration::from_secs(3 * 600 + 5);
 
 /// An original Peerix node is remembered this long after it was last
 /// heard: it says no hello, and is heard only when it asks (its Nix wants
@@ -54,6 +60,10 @@ pub struct Peer {
     pub addrs: Vec<SocketAddr>,
     pub http_port: Option<u16>,
     pub last_heard: Instant,
+    /// When it last said hello, and how long it is thought about after
+    /// it was last heard (see `PEER_TTL`).
+    hello_at: Option<Instant>,
+    ttl: Duration,
     strikes: u8,
     /// It fetches from upstream caches for its peers (`Message::Pulls`).
     pulls: bool,
@@ -84,6 +94,17 @@ impl Default for PeerTable {
     }
 }
 
+impl Peer {
+    /// Heard within its time to live.
+    fn live(&self) -> bool {
+        self.live_at(Instant::now())
+    }
+
+    fn live_at(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last_heard) < self.ttl
+    }
+}
+
 impl PeerTable {
     /// Any datagram of ours from `node`; true when it is new.
     pub fn heard(&mut self, node: NodeId, addr: SocketAddr, http_port: Option<u16>) -> bool {
@@ -93,6 +114,8 @@ impl PeerTable {
             addrs: Vec::new(),
             http_port,
             last_heard: now,
+            hello_at: None,
+            ttl: PEER_TTL,
             strikes: 0,
             pulls: false,
         });
@@ -107,6 +130,23 @@ impl PeerTable {
         }
         self.v1.remove(&addr.ip());
         new
+    }
+
+    /// `node` said hello (after `heard`): the time between its hellos sets
+    /// how long it is thought about once silent.
+    pub fn heard_hello(&mut self, node: NodeId, now: Instant) {
+        if let Some(peer) = self.ours.get_mut(&node) {
+            if let Some(at) = peer.hello_at {
+                let gap = now.saturating_duration_since(at);
+                peer.ttl = (gap * TTL_GAPS + Duration::from_secs(5)).clamp(PEER_TTL, TTL_MAX);
+            }
+            peer.hello_at = Some(now);
+        }
+    }
+
+    /// How long `node` is thought about after it was last heard.
+    pub fn ttl(&self, node: NodeId) -> Duration {
+        self.ours.get(&node).map_or(PEER_TTL, |p| p.ttl)
     }
 
     /// A v1 datagram from `ip`: an original Peerix there, unless a node of
@@ -154,21 +194,21 @@ impl PeerTable {
     pub fn expected(&self) -> Vec<NodeId> {
         self.ours
             .iter()
-            .filter(|(_, p)| p.last_heard.elapsed() < PEER_TTL && p.strikes < MAX_STRIKES)
+            .filter(|(_, p)| p.live() && p.strikes < MAX_STRIKES)
             .map(|(id, _)| *id)
             .collect()
     }
 
     /// True when `node` is a live peer of ours.
     pub fn knows(&self, node: NodeId) -> bool {
-        (self.ours.get(&node)).is_some_and(|p| p.last_heard.elapsed() < PEER_TTL)
+        (self.ours.get(&node)).is_some_and(|p| p.live())
     }
 
     /// The live peers of ours that answer every query, at the address
     /// they were last heard from.
     pub fn expected_addrs(&self) -> Vec<(NodeId, SocketAddr)> {
         (self.ours.iter())
-            .filter(|(_, p)| p.last_heard.elapsed() < PEER_TTL && p.strikes < MAX_STRIKES)
+            .filter(|(_, p)| p.live() && p.strikes < MAX_STRIKES)
             .map(|(id, p)| (*id, p.addrs[0]))
             .collect()
     }
@@ -177,8 +217,7 @@ impl PeerTable {
     /// ago, one entry per address they were heard from (but IPv6
     /// link-local ones, which mean nothing past the link).
     pub fn live_entries(&self) -> Vec<PeerEntry> {
-        let live = (self.ours.iter())
-            .filter(|(_, p)| p.last_heard.elapsed() < PEER_TTL && p.strikes < MAX_STRIKES);
+        let live = (self.ours.iter()).filter(|(_, p)| p.live() && p.strikes < MAX_STRIKES);
         let mut entries = Vec::new();
         for (node, p) in live {
             let age = p.last_heard.elapsed().as_secs().min(u64::from(u16::MAX)) as u16;
@@ -213,7 +252,7 @@ impl PeerTable {
     /// address of their HTTP server.
     pub fn pullers(&self) -> Vec<(NodeId, SocketAddr)> {
         (self.ours.iter())
-            .filter(|(_, p)| p.pulls && p.last_heard.elapsed() < PEER_TTL)
+            .filter(|(_, p)| p.pulls && p.live())
             .filter(|(_, p)| p.strikes < MAX_STRIKES)
             .filter_map(|(id, p)| {
                 // The address as heard, with an IPv6 link-local scope.
@@ -258,10 +297,11 @@ impl PeerTable {
         }
     }
 
-    /// Drops peers not heard from for `PEER_TTL`.
-    pub fn expire(&mut self) {
+    /// Drops peers not heard from for their time to live (`PEER_TTL`, or
+    /// a few of their gaps between hellos).
+    pub fn expire(&mut self, now: Instant) {
         self.ours.retain(|node, p| {
-            let live = p.last_heard.elapsed() < PEER_TTL;
+            let live = p.live_at(now);
             if !live {
                 log::info!("peer {node:016x} at {} is gone", p.addrs[0]);
             }
@@ -370,6 +410,36 @@ impl std::fmt::Display for PeerInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_is_forgotten_after_a_few_of_its_gaps_between_hellos() {
+        let mut table = PeerTable::default();
+        let addr: SocketAddr = "10.0.0.2:12304".parse().unwrap();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // Hellos every 30 s: forgotten 95 s after it was last heard.
+        table.heard(1, addr, Some(12304));
+        table.heard_hello(1, at(0));
+        table.heard_hello(1, at(30));
+        assert_eq!(table.ttl(1), PEER_TTL);
+        table.expire(at(96));
+        assert!(!table.knows(1));
+        // A node on a large LAN says hello every 400 s: still known 1,000 s
+        // after it was last heard, forgotten after 1,210 s.
+        table.heard(2, addr, Some(12304));
+        table.heard_hello(2, at(0));
+        table.heard_hello(2, at(400));
+        assert_eq!(table.ttl(2), Duration::from_secs(1205));
+        table.expire(at(1000));
+        assert!(table.knows(2));
+        table.expire(at(1210));
+        assert!(!table.knows(2));
+        // Whatever its gaps, the time to live stays bounded.
+        table.heard(3, addr, Some(12304));
+        table.heard_hello(3, at(0));
+        table.heard_hello(3, at(86_400));
+        assert_eq!(table.ttl(3), TTL_MAX);
+    }
 
     #[test]
     fn a_peer_heard_on_v4_and_v6_is_ours_on_both() {

@@ -103,6 +103,9 @@ struct Held {
     announced: u64,
     /// When it last told, and from where (its UDP address).
     told: Instant,
+    /// How long after that it is still about (its hellos' pace, see
+    /// `PeerTable::ttl`).
+    ttl: Duration,
     udp: SocketAddr,
     http: SocketAddr,
     summary: Option<Arc<PeerSummary>>,
@@ -115,6 +118,13 @@ struct Held {
     /// When its summary last could not be read: not fetched again for
     /// `UNREADABLE_RETRY`.
     unreadable: Option<Instant>,
+}
+
+impl Held {
+    /// It told of its summary within its time to live.
+    fn about(&self) -> bool {
+        self.told.elapsed() < self.ttl
+    }
 }
 
 pub struct Summaries {
@@ -164,14 +174,21 @@ impl Summaries {
     }
 
     /// A peer told its summary's version; fetches what changed when the
-    /// copy held is another.
-    pub fn announced(&mut self, node: NodeId, udp: SocketAddr, http: SocketAddr, version: u64) {
+    /// copy held is another. It is about for `ttl` from now.
+    pub fn announced(
+        &mut self,
+        node: NodeId,
+        (udp, http): (SocketAddr, SocketAddr),
+        version: u64,
+        ttl: Duration,
+    ) {
         if !self.peers.contains_key(&node) && self.peers.len() >= self.max_peers {
             return;
         }
         let held = self.peers.entry(node).or_insert(Held {
             announced: version,
             told: Instant::now(),
+            ttl,
             udp,
             http,
             summary: None,
@@ -182,6 +199,7 @@ impl Summaries {
         });
         held.announced = version;
         held.told = Instant::now();
+        held.ttl = ttl;
         held.udp = udp;
         held.http = http;
         self.fetch_if_due(node);
@@ -270,13 +288,13 @@ impl Summaries {
         }
     }
 
-    /// The peers whose current summary is held and who told of it
-    /// within `ttl`, at their UDP address. Only a node that served its
+    /// The peers about whose current summary is held, at their UDP
+    /// address. Only a node that served its
     /// summary over HTTP is here: a flood of made-up node ids, which can
     /// push real peers out of the peer table, cannot push them out of this.
-    pub fn summarised(&self, ttl: Duration) -> Vec<(NodeId, SocketAddr, Arc<PeerSummary>)> {
+    pub fn summarised(&self) -> Vec<(NodeId, SocketAddr, Arc<PeerSummary>)> {
         (self.peers.iter())
-            .filter(|(_, h)| h.told.elapsed() < ttl)
+            .filter(|(_, h)| h.about())
             .filter_map(|(node, h)| {
                 let s = h.summary.clone().filter(|s| s.version == h.announced)?;
                 Some((*node, h.udp, s))
@@ -284,12 +302,12 @@ impl Summaries {
             .collect()
     }
 
-    /// The peers that told of a summary within `ttl` whose current one is
+    /// The peers about that told of a summary whose current one is
     /// not held (being fetched, or dropped for the budget): they are asked
     /// every query until it is.
-    pub fn unsummarised(&self, ttl: Duration) -> Vec<(NodeId, SocketAddr)> {
+    pub fn unsummarised(&self) -> Vec<(NodeId, SocketAddr)> {
         (self.peers.iter())
-            .filter(|(_, h)| h.told.elapsed() < ttl)
+            .filter(|(_, h)| h.about())
             .filter(|(_, h)| h.summary.as_ref().is_none_or(|s| s.version != h.announced))
             .map(|(node, h)| (*node, h.udp))
             .collect()
@@ -309,8 +327,8 @@ impl Summaries {
     /// Keeps only the peers `live` says are still about; halves the hit
     /// counts (so that "lately" means the last few minutes) and lets
     /// dropped summaries be fetched again when there is room.
-    pub fn prune(&mut self, ttl: Duration) {
-        self.peers.retain(|_, h| h.told.elapsed() < ttl);
+    pub fn prune(&mut self) {
+        self.peers.retain(|_, h| h.about());
         let used: usize = self.bytes();
         for held in self.peers.values_mut() {
             held.hits /= 2;
@@ -367,6 +385,7 @@ impl Summaries {
                 }
                 Some(s) => format!(", summary v{} (v{} told)", s.version, h.announced),
                 None if h.dropped => ", summary dropped (memory)".into(),
+                None if h.unreadable.is_some() => ", summary unreadable (another format)".into(),
                 None => format!(", summary v{} not fetched yet", h.announced),
             },
         }
@@ -399,28 +418,28 @@ mod tests {
     #[test]
     fn a_summary_that_cannot_be_read_leaves_the_peer_asked_every_query() {
         let (mut s, rx) = summaries();
-        let (udp, http) = (
-            "127.0.0.1:12304".parse().unwrap(),
-            "127.0.0.1:12304".parse().unwrap(),
-        );
-        s.announced(7, udp, http, 3);
+        let udp: SocketAddr = "127.0.0.1:12304".parse().unwrap();
+        let addrs = (udp, udp);
+        let ttl = Duration::from_secs(60);
+        s.announced(7, addrs, 3, ttl);
         assert!(rx.try_recv().is_ok(), "fetched once told");
         let old = FetchError::Invalid("a summary starting \"PXS1\"".into());
         assert!(s.fetched(fetched(7, Err(old))));
-        assert_eq!(s.unsummarised(Duration::from_secs(60)), vec![(7, udp)]);
-        assert!(s.summarised(Duration::from_secs(60)).is_empty());
+        assert_eq!(s.unsummarised(), vec![(7, udp)]);
+        assert!(s.describe(7).contains("unreadable"), "{}", s.describe(7));
+        assert!(s.summarised().is_empty());
         // Not fetched again, even at a new version or a retry's time.
-        s.announced(7, udp, http, 4);
+        s.announced(7, addrs, 4, ttl);
         s.retry_at = Some(Instant::now());
         s.retry_failed();
-        s.prune(Duration::from_secs(60));
+        s.prune();
         assert!(
             rx.try_recv().is_err(),
             "an unreadable summary is not fetched again at once"
         );
 
         // A peer that could not be reached is tried again.
-        s.announced(8, udp, http, 1);
+        s.announced(8, addrs, 1, ttl);
         assert!(rx.try_recv().is_ok());
         s.fetched(fetched(8, Err(FetchError::Http("refused".into()))));
         s.retry_at = Some(Instant::now());

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::exchange::{self, Exchange};
-use super::peers::{PeerTable, PEER_TTL};
+use super::peers::PeerTable;
 use super::summaries::{Routes, SharedRoutes, Summaries};
 use super::targets::SharedTargets;
 use super::wire::{self, Datagram, Message, NodeId, PeerEntry};
-use super::{Answer, Command, Found, Outbox, Pending, Query, HELLO_EVERY, RECENT, STARTUP, TICK};
+use super::{Answer, Command, Found, Outbox, Pending, Query, RECENT, STARTUP, TICK};
 use crate::auth::{AuthError, NetworkKey};
 use crate::cache::Bounded;
 use crate::logs::Throttle;
@@ -37,6 +37,8 @@ pub(super) struct UdpThread {
     /// Recent "have" answers by path: who, and when.
     pub(super) recent: Bounded<HashPart, Vec<(Option<NodeId>, Found, Instant)>>,
     pub(super) last_hello: Option<Instant>,
+    /// The time from the last hello to the next (see `hello_period`).
+    pub(super) hello_period: Duration,
     pub(super) started: Instant,
     pub(super) exchange: Exchange,
     pub(super) summaries: Summaries,
@@ -274,8 +276,8 @@ impl UdpThread {
     /// old way).
     fn publish_routes(&mut self) {
         self.routes_stale = false;
-        let summarised = self.summaries.summarised(PEER_TTL);
-        let mut others = self.summaries.unsummarised(PEER_TTL);
+        let summarised = self.summaries.summarised();
+        let mut others = self.summaries.unsummarised();
         let mut known: std::collections::HashSet<NodeId> =
             (summarised.iter().map(|(n, _, _)| *n)).collect();
         known.extend(others.iter().map(|(n, _)| *n));
@@ -451,6 +453,9 @@ impl UdpThread {
                 self.outbox.send(&self.outbox.v2(0, pulls), from);
             }
         }
+        if matches!(message, Message::Hello { .. }) {
+            self.peers.heard_hello(node, Instant::now());
+        }
         match message {
             Message::Query { hash } => self.answer(Query {
                 hash,
@@ -500,7 +505,8 @@ impl UdpThread {
             Message::Notice { port, version } => {
                 let mut http = from;
                 http.set_port(port);
-                self.summaries.announced(node, from, http, version);
+                let ttl = self.peers.ttl(node);
+                self.summaries.announced(node, (from, http), version, ttl);
                 self.routes_stale = true;
             }
             Message::Peers { want_reply, peers } => {
@@ -561,7 +567,9 @@ impl UdpThread {
         }
         self.summaries.retry_failed();
         let version = self.store.summary_version();
-        let hello_due = self.last_hello.is_none_or(|t| t.elapsed() >= HELLO_EVERY);
+        let hello_due = self
+            .last_hello
+            .is_none_or(|t| t.elapsed() >= self.hello_period);
         let notice_due =
             version != self.announced && self.last_notice.is_none_or(|t| t.elapsed() >= NOTICE_GAP);
         if notice_due || hello_due {
@@ -586,9 +594,13 @@ impl UdpThread {
                     port: self.outbox.port,
                 });
             }
+            if let Some(last) = self.last_hello {
+                let live = self.peers.expected().len();
+                self.hello_period = super::hello_period(live, now - last);
+            }
             self.last_hello = Some(now);
-            self.peers.expire();
-            self.summaries.prune(PEER_TTL);
+            self.peers.expire(now);
+            self.summaries.prune();
             self.routes_stale = true;
             self.recent.retain(|_, entries| {
                 entries.retain(|(_, _, at)| at.elapsed() < RECENT);

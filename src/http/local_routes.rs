@@ -25,6 +25,7 @@
 //! "not here"). A narinfo request is answered 200 or 404, never an error:
 //! an error aborts the build on Nix up to 2.31.
 
+use std::io::Read;
 use std::time::Instant;
 
 use super::peer_routes::cache_info;
@@ -67,8 +68,11 @@ pub fn route(app: &App, incoming: &Incoming) -> Option<Reply> {
         Route::Metrics => Reply::text(
             200,
             "text/plain; version=0.0.4",
-            app.metrics
-                .render(app.discovery.peers().len(), app.store.valid_paths()),
+            app.metrics.render(
+                app.discovery.peers().len(),
+                app.store.valid_paths(),
+                &app.upstream.paces(),
+            ),
         ),
         Route::NarInfo(name) => match HashPart::parse(name) {
             Some(hash) => narinfo(app, &hash),
@@ -155,17 +159,13 @@ fn nar(app: &App, hash: &HashPart, nar_hash: Option<[u8; 32]>, incoming: &Incomi
             }
         }
     };
-    // The local Nix gets plain NAR bytes, as from any binary cache.
-    Reply::Stream {
-        compress: None,
-        stripe: None,
-        content_type: "application/x-nix-nar",
-        len: total,
-        range: incoming.range,
+    nar_reply(
+        total,
+        incoming,
         body,
-        source: NarSource::Peer,
-        what: format!("the NAR of {hash} from peers"),
-    }
+        NarSource::Peer,
+        format!("{hash} from peers"),
+    )
 }
 
 /// The NAR of `hash` from the upstream caches, when no peer has it.
@@ -194,6 +194,25 @@ fn pulled_nar(
             Some((body, false)) => (Some(body), NarSource::Upstream),
         },
     };
+    nar_reply(
+        total,
+        incoming,
+        body,
+        source,
+        format!("{hash} from upstream"),
+    )
+}
+
+/// The reply with a NAR of `total` bytes for the local Nix, from byte
+/// `incoming.range` on: plain NAR bytes, as from any binary cache. `what`
+/// says whose NAR from where, for the logs.
+fn nar_reply(
+    total: u64,
+    incoming: &Incoming,
+    body: Option<Box<dyn Read + Send>>,
+    source: NarSource,
+    what: String,
+) -> Reply {
     Reply::Stream {
         compress: None,
         stripe: None,
@@ -202,7 +221,7 @@ fn pulled_nar(
         range: incoming.range,
         body,
         source,
-        what: format!("the NAR of {hash} from upstream"),
+        what: format!("the NAR of {what}"),
     }
 }
 

@@ -184,13 +184,18 @@ pub fn send(request: Request, reply: Reply, metrics: &Arc<Metrics>, stop: &Recei
             };
             let stripe = stripe.filter(|_| compress.is_some() && body.is_some());
             let (body, length, framed): (Box<dyn Read + Send>, _, _) = match (body, compress) {
-                (Some(body), Some(mode)) => match stripe {
-                    Some(s) => {
-                        let filtered = Filter::new(exact(body), s, offset);
-                        (Box::new(Encoder::new(filtered, mode)), None, true)
-                    }
-                    None => (Box::new(Encoder::new(exact(body), mode)), None, true),
-                },
+                (Some(body), Some(mode)) => {
+                    let nar: Box<dyn Read + Send> = match stripe {
+                        Some(s) => Box::new(Filter::new(exact(body), s, offset)),
+                        None => Box::new(exact(body)),
+                    };
+                    let counted = Some(metrics.framed.clone());
+                    (
+                        Box::new(Encoder::new(nar, mode).counted(counted)),
+                        None,
+                        true,
+                    )
+                }
                 (Some(body), None) => (Box::new(exact(body)), Some(left as usize), false),
                 (None, _) => (Box::new(io::empty()), Some(left as usize), false),
             };

@@ -33,7 +33,7 @@ use spool::{Open, Spool};
 use crate::cache::Bounded;
 use crate::discovery::{Discovery, Found};
 use crate::logs::Throttle;
-use crate::nar_check::{Blame, Checked, Prefixes, StartError};
+use crate::nar_check::{checked_or_log, Blame, Prefixes};
 use crate::narinfo::{HashPart, NarInfo};
 use crate::nix32;
 use crate::peer_client::PeerClient;
@@ -210,20 +210,8 @@ impl Pull {
                 return None;
             }
         };
-        match Checked::start(nar, nar_hash, total, offset, self.prefixes.clone()) {
-            Ok(checked) => Some((Box::new(checked), from_peer)),
-            Err(StartError::Io(e)) => {
-                log::info!("{hash}: {e}");
-                None
-            }
-            Err(StartError::PrefixDiffers) => {
-                log::warn!(
-                    "{hash}: Nix resumes a NAR whose first {offset} bytes were wrong; \
-                     refused (404), so that it gets the path anew"
-                );
-                None
-            }
-        }
+        let checked = checked_or_log(&hash, nar, nar_hash, total, offset, self.prefixes.clone());
+        checked.map(|checked| (checked, from_peer))
     }
 
     /// The upstream's bytes for `hash` did not hash to its NarHash: its

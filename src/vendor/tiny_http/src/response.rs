@@ -15,6 +15,37 @@ use std::time::SystemTime;
 /// hundreds of MiB is most of the CPU the daemon uses. `sent` counts the
 /// bytes the writer took, also when it fails half-way (a client that went
 /// away), and says whether a failure was the reader's.
+/// peerix patch: a chunked body, one chunk per piece the reader gives (up
+/// to 256 KiB), each written whole in one write: the piece is read into
+/// the middle of the buffer, between room for its size line and for its
+/// CRLF, so nothing is copied. The last chunk is up to the caller.
+fn copy_chunked<R: Read + ?Sized, W: Write + ?Sized>(
+    reader: &mut R,
+    writer: &mut W,
+    sent: &mut Progress,
+) -> IoResult<()> {
+    const ROOM: usize = 8; // "40000\r\n" at most
+    const PIECE: usize = 256 * 1024;
+    let mut buf = vec![0u8; ROOM + PIECE + 2];
+    loop {
+        let n = match reader.read(&mut buf[ROOM..ROOM + PIECE]) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                sent.body_failed = true;
+                return Err(e);
+            }
+        };
+        let size = format!("{n:x}\r\n");
+        let start = ROOM - size.len();
+        buf[start..ROOM].copy_from_slice(size.as_bytes());
+        buf[ROOM + n..ROOM + n + 2].copy_from_slice(b"\r\n");
+        writer.write_all(&buf[start..ROOM + n + 2])?;
+        sent.bytes += n as u64;
+    }
+}
+
 fn copy_large<R: Read + ?Sized, W: Write + ?Sized>(
     reader: &mut R,
     writer: &mut W,
@@ -422,12 +453,12 @@ where
         if !do_not_send_body {
             match transfer_encoding {
                 TransferEncoding::Chunked => {
-                    use chunked_transfer::Encoder;
-
-                    // peerix patch: 60 KiB chunks (its most: a chunk size of four hex
-                    // digits), copied with a large buffer.
-                    let mut writer = Encoder::with_chunks_size(writer, 60 * 1024);
-                    copy_large(&mut reader, &mut writer, sent)?;
+                    // peerix patch: the last chunk only after the whole
+                    // body: a body that fails half-way is cut, never made
+                    // to look whole.
+                    copy_chunked(&mut reader, &mut writer, sent)?;
+                    writer.write_all(b"0\r\n\r\n")?;
+                    writer.flush()?;
                 }
 
                 TransferEncoding::Identity => {
