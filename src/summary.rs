@@ -45,12 +45,14 @@ const FINGERPRINT_MASK: u64 = (1 << FINGERPRINT_BITS) - 1;
 const ARITY: usize = 4;
 
 /// Slots of a segment, about, at most: the rows solved are `ARITY`
-/// segments wide, and building takes `ARITY` segments' bits a slot for a
-/// while (136 bytes; 40 past `LARGE` paths). Small tables are just
-/// `ARITY` segments: solved whole.
-const SEGMENT_MAX: usize = 256;
+/// segments wide, and building takes that many bits a slot for a while
+/// (72 bytes; 40 past `LARGE` paths). Tables of up to `SOLVED_WHOLE`
+/// paths are just `ARITY` segments, solved whole (they need less room
+/// so: 1.09 slots a path at 1,000 paths, where 8 segments need 1.10).
+const SEGMENT_MAX: usize = 128;
 const SEGMENT_MAX_LARGE: usize = 64;
 const LARGE: usize = 65_536;
+const SOLVED_WHOLE: usize = 2_500;
 
 /// Tries of a filter, each under a new seed; every `TRIES_PER_SIZE` the
 /// table grows by `GROWTH_PERMILLE`. Past the last the filter claims
@@ -159,7 +161,11 @@ impl Geometry {
         } else {
             SEGMENT_MAX
         };
-        let len = (target / ARITY.max(target / most)).max(1);
+        let segments = match n <= SOLVED_WHOLE {
+            true => ARITY,
+            false => ARITY.max(target / most),
+        };
+        let len = (target / segments).max(1);
         let total = (target / len).max(ARITY);
         Geometry {
             seed,
