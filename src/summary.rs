@@ -6,8 +6,8 @@
 //! of a table, and the table is filled so that the four slots of a path
 //! hold, XORed together, a 10-bit fingerprint of it. A path not in the
 //! store matches by chance once in 1,024 (0.1 % false positives); the
-//! fingerprints are packed into 64-bit words, about 1.08 slots a path, so
-//! a summary takes about 1.35 bytes a path (1.47 at 1,000 paths). The
+//! fingerprints are packed into 64-bit words, about 1.07 slots a path, so
+//! a summary takes about 1.33 bytes a path (1.44 at 1,000 paths). The
 //! paper fills the table by peeling, which at 1,000 to 5,000 paths needs
 //! 1.23 to 1.3 slots a path (arity 3; 1.55 bytes a path and more); this
 //! one solves the table's equations by Gaussian elimination (each row
@@ -47,12 +47,13 @@ const ARITY: usize = 4;
 /// Slots of a segment, about, at most: the rows solved are `ARITY`
 /// segments wide, and building takes that many bits a slot for a while
 /// (72 bytes; 40 past `LARGE` paths). Tables of up to `SOLVED_WHOLE`
-/// paths are just `ARITY` segments, solved whole (they need less room
-/// so: 1.09 slots a path at 1,000 paths, where 8 segments need 1.10).
+/// paths are just `ARITY` segments, solved whole: they need less room so
+/// (1.07 slots a path from 1,000 to 4,000 paths, where a few dozen
+/// segments need 1.08 or more), and take 12 ms at most.
 const SEGMENT_MAX: usize = 128;
 const SEGMENT_MAX_LARGE: usize = 64;
 const LARGE: usize = 65_536;
-const SOLVED_WHOLE: usize = 2_500;
+const SOLVED_WHOLE: usize = 4_000;
 
 /// Tries of a filter, each under a new seed; every `TRIES_PER_SIZE` the
 /// table grows by `GROWTH_PERMILLE`. Past the last the filter claims
@@ -241,7 +242,7 @@ impl Filter {
             };
         }
         // Small tables need a little more room, relatively.
-        let permille = 1075 + 20_000 / n;
+        let permille = 1065 + 5_000 / n;
         for attempt in 0..TRIES {
             let grown = (attempt / TRIES_PER_SIZE) as usize * GROWTH_PERMILLE;
             let seed = mix(0x5eed_0000 + u64::from(attempt));
