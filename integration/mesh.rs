@@ -134,7 +134,8 @@ fn summaries_follow_the_store_within_a_second_and_misses_send_nothing() {
     let (h1, h2, h3) = (net.host(1), net.host(2), net.host(3));
     let key = generate_key(h1, "mesh-1");
     let old = build_random(h2, "old", 1024);
-    // Enough paths on h2 for its summary to claim about 0.6 % of others.
+    // Enough paths on h2 for a summary of some size (it claims about
+    // 0.1 % of other paths).
     support::fake_paths(h2, "many", 5000);
     // Its discovery decisions are read from its log (at debug, as every node's).
     let n1 = node(h1, &key, &[&key], &["--timeout", "2000"]);
@@ -177,7 +178,7 @@ fn summaries_follow_the_store_within_a_second_and_misses_send_nothing() {
     let unasked = (misses.iter())
         .filter(|h| log.contains(&format!("no peer may have {h}")))
         .count();
-    // A summary may claim one of them falsely (about 1 % each).
+    // A summary may claim one of them falsely (about 0.1 % each).
     assert!(unasked >= 18, "only {unasked} of 20 misses asked nobody");
 
     // A path added on h2 is found from h1 within a second.
@@ -220,7 +221,7 @@ fn summaries_follow_the_store_within_a_second_and_misses_send_nothing() {
             let h = HashPart::parse(h).unwrap();
             s2.may_hold(&h) && !s3.may_hold(&h)
         })
-        .expect("about 1 % of random hashes are claimed");
+        .expect("about 0.1 % of random hashes are claimed");
     let (code, took) = narinfo(h1, &claimed);
     assert_eq!(code, 404);
     assert!(

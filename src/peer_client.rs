@@ -182,8 +182,13 @@ impl PeerClient {
             .take(summary::MAX_ENCODED as u64 + 1)
             .read_to_end(&mut bytes)
             .map_err(|e| FetchError::Http(format!("reading the summary: {e}")))?;
-        summary::Update::parse(&bytes)
-            .ok_or_else(|| FetchError::Invalid(format!("a summary of {} bytes", bytes.len())))
+        summary::Update::parse(&bytes).ok_or_else(|| {
+            let magic = String::from_utf8_lossy(&bytes[..bytes.len().min(4)]);
+            FetchError::Invalid(format!(
+                "a summary of {} bytes starting {magic:?}, not one of ours",
+                bytes.len()
+            ))
+        })
     }
 
     /// Starts receiving the NAR that the peer's narinfo `info` names, from

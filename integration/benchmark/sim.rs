@@ -174,6 +174,13 @@ fn sim_at(m: Mode, nodes: usize) -> Vec<Row> {
         )
         .note("false positives of the summaries only"),
         Row::new(
+            &k("summary_false_positives"),
+            &format!("summaries claiming a path none holds, {label}"),
+            "%",
+            vec![100.0 * miss_local / q / 2.0 / peers as f64],
+        )
+        .note("each costs a query and its answer"),
+        Row::new(
             &k("miss_udp_lan"),
             &format!("UDP datagrams per miss over the network, {label}"),
             "",

@@ -14,6 +14,11 @@
 //! (broadcast, v1), while an original Peerix or an unknown extra host is
 //! about, or no peer is known yet.
 //!
+//! A peer whose summary cannot be read (a node of an earlier version,
+//! whose summaries were Bloom filters) is asked every query, as one
+//! without a summary, and its summary is not fetched again for
+//! `UNREADABLE_RETRY`.
+//!
 //! The copies are bounded in memory (`BUDGET`): past it the summaries of
 //! the peers that answered fewest hits lately are dropped, and those peers
 //! are asked every query.
@@ -29,8 +34,8 @@ use super::wire::NodeId;
 use super::{Command, Outbox};
 use crate::logs::Throttle;
 use crate::narinfo::HashPart;
-use crate::peer_client::PeerClient;
-use crate::summary::{PeerSummary, Update, UpdateError};
+use crate::peer_client::{FetchError, PeerClient};
+use crate::summary::{PeerSummary, Update};
 
 /// Memory for peers' summaries, at most (about 50 peers of a million
 /// paths, or 2,000 of 20,000).
@@ -44,6 +49,10 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A fetch that failed is tried again after this.
 const RETRY: Duration = Duration::from_secs(1);
+
+/// A summary that could not be read (another format) is fetched again
+/// after this: the peer may have been upgraded by then.
+const UNREADABLE_RETRY: Duration = Duration::from_secs(600);
 
 static FETCH_FAILED: Throttle = Throttle::new();
 
@@ -85,7 +94,7 @@ pub struct Fetch {
 pub struct Fetched {
     node: NodeId,
     since: u64,
-    result: Result<Update, String>,
+    result: Result<Update, FetchError>,
 }
 
 /// One peer's summary, as far as this node knows it.
@@ -106,6 +115,9 @@ struct Held {
     hits: u32,
     /// Dropped for the budget: not fetched again until there is room.
     dropped: bool,
+    /// When its summary last could not be read: not fetched again for
+    /// `UNREADABLE_RETRY`.
+    unreadable: Option<Instant>,
 }
 
 impl Held {
@@ -138,9 +150,7 @@ impl Summaries {
             .name("discovery-summaries".into())
             .spawn(move || {
                 for f in rx {
-                    let result = client
-                        .summary(f.http, f.since, FETCH_TIMEOUT)
-                        .map_err(|e| e.to_string());
+                    let result = client.summary(f.http, f.since, FETCH_TIMEOUT);
                     let fetched = Fetched {
                         node: f.node,
                         since: f.since,
@@ -185,6 +195,7 @@ impl Summaries {
             fetching: None,
             hits: 0,
             dropped: false,
+            unreadable: None,
         });
         held.announced = version;
         held.told = Instant::now();
@@ -202,7 +213,10 @@ impl Summaries {
         let busy = held
             .fetching
             .is_some_and(|t| t.elapsed() < FETCH_TIMEOUT * 2);
-        if current == Some(held.announced) || busy || held.dropped {
+        let unreadable = held
+            .unreadable
+            .is_some_and(|t| t.elapsed() < UNREADABLE_RETRY);
+        if current == Some(held.announced) || busy || held.dropped || unreadable {
             return;
         }
         let fetch = Fetch {
@@ -224,6 +238,15 @@ impl Summaries {
         let node = fetched.node;
         let update = match fetched.result {
             Ok(update) => update,
+            Err(FetchError::Invalid(e)) => {
+                log::debug!(
+                    "discovery: the summary of peer {node:016x} cannot be read ({e}); \
+                     it is asked every query"
+                );
+                held.summary = None;
+                held.unreadable = Some(Instant::now());
+                return true;
+            }
             Err(e) => {
                 FETCH_FAILED.log(log::Level::Info, || {
                     format!("discovery: cannot fetch the summary of peer {node:016x}: {e}")
@@ -232,6 +255,7 @@ impl Summaries {
                 return false;
             }
         };
+        held.unreadable = None;
         let base = held.summary.clone().filter(|s| s.version == fetched.since);
         match PeerSummary::update(base.map(|s| (*s).clone()), update) {
             Ok(summary) => {
@@ -242,8 +266,8 @@ impl Summaries {
                 );
                 held.summary = Some(Arc::new(summary));
             }
-            Err(UpdateError::WrongBase { .. } | UpdateError::TooManyRemoved) => {
-                // Start over from the whole summary.
+            Err(e) => {
+                log::debug!("discovery: summary of peer {node:016x}: {e:?}; fetching it whole");
                 held.summary = None;
             }
         }
@@ -361,8 +385,65 @@ impl Summaries {
                 }
                 Some(s) => format!(", summary v{} (v{} told)", s.version, h.announced),
                 None if h.dropped => ", summary dropped (memory)".into(),
+                None if h.unreadable.is_some() => ", summary unreadable (another format)".into(),
                 None => format!(", summary v{} not fetched yet", h.announced),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summaries() -> (Summaries, crossbeam_channel::Receiver<Fetch>) {
+        let (fetches, rx) = crossbeam_channel::bounded(FETCHES_MAX);
+        let summaries = Summaries {
+            peers: HashMap::new(),
+            fetches,
+            max_peers: 16,
+            retry_at: None,
+        };
+        (summaries, rx)
+    }
+
+    fn fetched(node: NodeId, result: Result<Update, FetchError>) -> Fetched {
+        Fetched {
+            node,
+            since: 0,
+            result,
+        }
+    }
+
+    #[test]
+    fn a_summary_that_cannot_be_read_leaves_the_peer_asked_every_query() {
+        let (mut s, rx) = summaries();
+        let udp: SocketAddr = "127.0.0.1:12304".parse().unwrap();
+        let addrs = (udp, udp);
+        let ttl = Duration::from_secs(60);
+        s.announced(7, addrs, 3, ttl);
+        assert!(rx.try_recv().is_ok(), "fetched once told");
+        let old = FetchError::Invalid("a summary starting \"PXS1\"".into());
+        assert!(s.fetched(fetched(7, Err(old))));
+        assert_eq!(s.unsummarised(), vec![(7, udp)]);
+        assert!(s.describe(7).contains("unreadable"), "{}", s.describe(7));
+        assert!(s.summarised().is_empty());
+        // Not fetched again, even at a new version or a retry's time.
+        s.announced(7, addrs, 4, ttl);
+        s.retry_at = Some(Instant::now());
+        s.retry_failed();
+        s.prune();
+        assert!(
+            rx.try_recv().is_err(),
+            "an unreadable summary is not fetched again at once"
+        );
+
+        // A peer that could not be reached is tried again.
+        s.announced(8, addrs, 1, ttl);
+        assert!(rx.try_recv().is_ok());
+        s.fetched(fetched(8, Err(FetchError::Http("refused".into()))));
+        s.retry_at = Some(Instant::now());
+        s.retry_failed();
+        assert!(matches!(rx.try_recv(), Ok(Fetch { node: 8, .. })));
     }
 }
