@@ -2,7 +2,8 @@
 //! of queries (or of spoofed ones) neither keeps the thread busy nor turns
 //! this node into a stream of replies towards a victim; and on the bytes
 //! a peer's `Range` requests make this node read and drop. A source is an
-//! IPv4 address or an IPv6 /64 (what one host can pick its addresses in).
+//! IPv4 address, an IPv6 link-local address, or the /64 of another IPv6
+//! one (what one host can pick its addresses in): see [`source_of`].
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -76,9 +77,12 @@ impl RateLimit {
 }
 
 /// The source an address belongs to: an IPv4 address (IPv4-mapped IPv6
-/// ones included), or the /64 of an IPv6 one.
+/// ones included), an IPv6 link-local address itself (every host of a
+/// link has its link-local address in the same `fe80::/64`, so that /64 is
+/// the whole LAN, not one host), or the /64 of any other IPv6 address.
 pub fn source_of(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
+        IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80 => IpAddr::V6(v6),
         IpAddr::V6(v6) => {
             let bits = u128::from(v6) & !((1u128 << 64) - 1);
             IpAddr::V6(bits.into())
@@ -90,6 +94,28 @@ pub fn source_of(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sources_are_addresses_and_ipv6_networks() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(source_of(ip("10.0.0.1")), ip("10.0.0.1"));
+        assert_eq!(source_of(ip("::ffff:10.0.0.1")), ip("10.0.0.1"));
+        assert_eq!(source_of(ip("fd70:1:2:3:4:5:6:7")), ip("fd70:1:2:3::"));
+        assert_eq!(
+            source_of(ip("fd70:1:2:3::9")),
+            source_of(ip("fd70:1:2:3:ffff::1"))
+        );
+        assert_ne!(
+            source_of(ip("fd70:1:2:3::1")),
+            source_of(ip("fd70:1:2:4::1"))
+        );
+        // Link-local: each host is its own source (the 50-host benchmark
+        // saw every peer refused as one source past 32 connections).
+        assert_ne!(
+            source_of(ip("fe80::98e7:efff:fea1:1ebb")),
+            source_of(ip("fe80::14fd:aeff:fec3:f441"))
+        );
+    }
 
     #[test]
     fn a_flood_is_cut_to_the_burst_and_others_are_not_affected() {

@@ -12,8 +12,9 @@
 //! number of connections are bounded (by the file descriptor limit too),
 //! a peer finding its queue full gets 503 at once (nodes of ours then ask
 //! another peer), and the network key is checked before a request is
-//! queued. Connections are also capped per source (an IPv4 address, an
-//! IPv6 /64) among peers, and when a kind's connections are all taken its
+//! queued. Connections are also capped per source (`rate::source_of`: an
+//! IPv4 address, an IPv6 link-local address, another IPv6 one's /64) among
+//! peers, and when a kind's connections are all taken its
 //! idlest one is closed to make room: one stranger holds only its share.
 //! A worker that panics is replaced. Running out of file descriptors makes
 //! new connections wait in the kernel's backlog until some are free, with a
@@ -25,7 +26,7 @@ mod reply;
 pub mod status;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -132,8 +133,8 @@ const LIMITS: Limits = Limits {
 /// quarter of the file descriptors each (the rest are for Nix and peers).
 const MAX_CONNECTIONS: usize = 256;
 
-/// Connections from one source (an IPv4 address, an IPv6 /64) among the
-/// peers, at most, and never more than half the peers' connections: a node
+/// Connections from one source (`rate::source_of`) among the peers, at
+/// most, and never more than half the peers' connections: a node
 /// of ours fetches at most as many NARs at once as its local Nix asks for
 /// (25 connections).
 const MAX_PER_SOURCE: usize = 32;
@@ -418,16 +419,6 @@ fn connection(front: &Arc<Front>, stream: TcpStream, addr: SocketAddr) {
     }
 }
 
-/// Where a connection comes from, as far as shares go: the address of an
-/// IPv4 client, the /64 of an IPv6 one (a host may use any address of its
-/// network's /64).
-fn source_of(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
-        v4 => v4,
-    }
-}
-
 /// A connection's slot in its pool, given back when dropped.
 struct SlotGuard {
     front: Arc<Front>,
@@ -451,7 +442,7 @@ impl Pool {
     /// answering a request whose last request ended longest ago) is shut
     /// down to make room, and only when every one is busy is it refused.
     fn admit(&self, ip: IpAddr, stream: &Arc<TcpStream>) -> Result<u64, NoSlot> {
-        let source = source_of(ip);
+        let source = crate::rate::source_of(ip);
         let mut slots = self.slots();
         let held = slots.per_source.get(&source).copied().unwrap_or(0);
         if self.per_source.is_some_and(|share| held >= share) {
@@ -706,21 +697,5 @@ mod tests {
         assert_eq!(runs, 4);
         // Told by `supervise`, not by the default hook.
         assert_eq!(LAST_PANIC.with(|p| p.borrow().clone()), None);
-    }
-
-    #[test]
-    fn sources_are_addresses_and_ipv6_networks() {
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert_eq!(source_of(ip("10.0.0.1")), ip("10.0.0.1"));
-        assert_eq!(source_of(ip("::ffff:10.0.0.1")), ip("10.0.0.1"));
-        assert_eq!(source_of(ip("fd70:1:2:3:4:5:6:7")), ip("fd70:1:2:3::"));
-        assert_eq!(
-            source_of(ip("fd70:1:2:3::9")),
-            source_of(ip("fd70:1:2:3:ffff::1"))
-        );
-        assert_ne!(
-            source_of(ip("fd70:1:2:3::1")),
-            source_of(ip("fd70:1:2:4::1"))
-        );
     }
 }
