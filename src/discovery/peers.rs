@@ -22,8 +22,12 @@ use crate::cache::Bounded;
 pub const PEER_TTL: Duration = Duration::from_secs(95);
 const TTL_GAPS: u32 = 3;
 
+/// Added to a peer's gaps between hellos, for a hello late on the way.
+const TTL_SLACK: Duration = Duration::from_secs(5);
+
 /// The longest time to live a peer's hellos can earn it.
-const TTL_MAX: Duration = Duration::from_secs(3 * 600 + 5);
+const TTL_MAX: Duration =
+    Duration::from_secs(super::HELLO_MAX.as_secs() * TTL_GAPS as u64).saturating_add(TTL_SLACK);
 
 /// An original Peerix node is remembered this long after it was last
 /// heard: it says no hello, and is heard only when it asks (its Nix wants
@@ -138,7 +142,7 @@ impl PeerTable {
         if let Some(peer) = self.ours.get_mut(&node) {
             if let Some(at) = peer.hello_at {
                 let gap = now.saturating_duration_since(at);
-                peer.ttl = (gap * TTL_GAPS + Duration::from_secs(5)).clamp(PEER_TTL, TTL_MAX);
+                peer.ttl = (gap * TTL_GAPS + TTL_SLACK).clamp(PEER_TTL, TTL_MAX);
             }
             peer.hello_at = Some(now);
         }
