@@ -155,10 +155,11 @@ impl Policy {
     }
 
     /// The last block's `wire` bytes were written in `waited` (the time the
-    /// writer spent outside the encoder). Only raw blocks tell how fast the link drains: the wait for a
-    /// compressed one also holds the receiver's decompressing (more work
-    /// per wire byte), and a receiver short of CPU would then look like a
-    /// slow link, and compression feed itself. While compressing, the
+    /// writer spent outside the encoder). Only raw blocks tell how fast the
+    /// link drains: the wait for a compressed one also holds the
+    /// receiver's decompressing (more work per wire byte), and a receiver
+    /// short of CPU would then look like a slow link, and compression feed
+    /// itself. While compressing, the
     /// probes (every `PROBE_EVERY` blocks) keep the link's pace current.
     fn written(&mut self, wire: usize, waited: Duration, was_raw: bool) {
         self.blocks += 1;
@@ -278,11 +279,7 @@ impl<R: Read> Encoder<R> {
         }
         self.last = Some((wire, self.raw));
         self.waited = Duration::ZERO;
-        if direct {
-            self.input.clear();
-            return Ok(Some(wire));
-        }
-        Ok(Some(0))
+        Ok(Some(if direct { wire } else { 0 }))
     }
 
     /// The bytes of the block being sent.

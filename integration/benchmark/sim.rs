@@ -19,6 +19,7 @@ use peerix::summary::{PeerSummary, Published, Update};
 
 use crate::harness::*;
 use crate::report::*;
+use crate::support::Xorshift;
 
 /// IPv4 and UDP headers of a datagram.
 const UDP_OVERHEAD: f64 = 28.0;
@@ -34,24 +35,9 @@ pub(crate) fn sim(m: Mode) -> Vec<Row> {
     sizes.into_iter().flat_map(|n| sim_at(m, n)).collect()
 }
 
-/// A xorshift generator of hash parts.
-struct Hashes(u64);
-
-impl Hashes {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn hash(&mut self) -> HashPart {
-        const DIGITS: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
-        let text: String = (0..32)
-            .map(|_| DIGITS[(self.next() % 32) as usize] as char)
-            .collect();
-        HashPart::parse(&text).expect("nix32")
-    }
+/// A random hash part.
+fn hash(rng: &mut Xorshift) -> HashPart {
+    HashPart::parse(&rng.hash()).expect("nix32")
 }
 
 /// One datagram through the real wire code: its bytes on the network.
@@ -94,7 +80,7 @@ fn query(summaries: &[PeerSummary], hash: &HashPart, owner: Option<usize>) -> (f
 }
 
 fn sim_at(m: Mode, nodes: usize) -> Vec<Row> {
-    let mut rng = Hashes(0x9e37_79b9_7f4a_7c15 ^ nodes as u64);
+    let mut rng = Xorshift::seeded(0x9e37_79b9_7f4a_7c15 ^ nodes as u64);
     let started = Instant::now();
     let peers = nodes - 1;
     let mut summaries = Vec::with_capacity(peers);
@@ -102,7 +88,7 @@ fn sim_at(m: Mode, nodes: usize) -> Vec<Row> {
     let mut paths = 0usize;
     for i in 0..peers {
         let size = if i < 3 { 20_000 } else { 1_000 };
-        let store: Vec<HashPart> = (0..size).map(|_| rng.hash()).collect();
+        let store: Vec<HashPart> = (0..size).map(|_| hash(&mut rng)).collect();
         let published = Published::build(store.iter(), 0);
         let update = Update::parse(&published.since(0).encode()).expect("a summary");
         summaries.push(PeerSummary::update(None, update).expect("a whole summary"));
@@ -115,7 +101,7 @@ fn sim_at(m: Mode, nodes: usize) -> Vec<Row> {
     let n = m.pick(200, 2_000);
     let (mut miss_us, mut miss_local, mut miss_lan) = (Vec::new(), 0.0, 0.0);
     for _ in 0..n {
-        let (us, local, lan) = query(&summaries, &rng.hash(), None);
+        let (us, local, lan) = query(&summaries, &hash(&mut rng), None);
         miss_us.push(us);
         miss_local += local;
         miss_lan += lan;
@@ -133,10 +119,10 @@ fn sim_at(m: Mode, nodes: usize) -> Vec<Row> {
 
     // 1 % of a 1,000-path store changing in an hour (as one rebuild): one
     // notice to every peer, one delta fetched by each.
-    let store: Vec<HashPart> = (0..1_000).map(|_| rng.hash()).collect();
+    let store: Vec<HashPart> = (0..1_000).map(|_| hash(&mut rng)).collect();
     let mut published = Published::build(store.iter(), 0);
     let from = published.version();
-    let added: Vec<HashPart> = (0..10).map(|_| rng.hash()).collect();
+    let added: Vec<HashPart> = (0..10).map(|_| hash(&mut rng)).collect();
     published.apply(&added, &[]);
     let delta = published.since(from).encode().len() as f64;
     let notice = datagram(Message::Notice {

@@ -366,11 +366,8 @@ impl UdpThread {
         };
         match datagram {
             Datagram::V1Request { id, hash } => {
-                if self.pending.contains_key(&id) {
-                    return; // our own query, heard back
-                }
                 if id & wire::OURS != 0 {
-                    return; // a node of ours, which asked in v2 too
+                    return; // ours heard back, or another node of ours (which asked in v2 too)
                 }
                 self.peers.heard_v1(from.ip());
                 // Nodes of ours asked in v2 as well and get that answer.
