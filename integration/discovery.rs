@@ -99,12 +99,9 @@ fn a_closure_split_across_two_peers_is_substituted_on_a_third() {
     );
 
     // What the node counted, on /metrics and /status.
-    let metrics = h3.curl(&[&format!("{LOCAL}/metrics")]).text();
+    let metrics = support::metrics(h3);
     let value = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+        support::metric(&metrics, name).unwrap_or_else(|| panic!("no {name} in\n{metrics}")) as u64
     };
     // Five paths, asked by each Nix client that ran (a busy machine may
     // make a client ask one again, when its own narinfo cache is locked).

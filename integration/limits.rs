@@ -580,23 +580,19 @@ fn a_nar_its_client_left_is_counted_as_aborted() {
         hostile()
     ));
     assert_eq!(left.trim(), "read 1048576", "{left}");
-    let metrics = || h1.curl(&[&format!("{LOCAL}/metrics")]).text();
-    let value = |text: &str, name: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap_or(0)))
-            .unwrap_or(0)
-    };
+    let metrics = || support::metrics(h1);
+    let value = |text: &str, name: &str| support::metric(text, name).unwrap_or(0.0) as u64;
     assert!(
         support::wait_until(Duration::from_secs(10), || value(
             &metrics(),
-            "peerix_nar_aborted_total "
+            "peerix_nar_aborted_total"
         ) == 1),
         "{}\n{}",
         metrics(),
         n1.log()
     );
     let text = metrics();
-    let sent = value(&text, "peerix_nar_bytes_total{source=\"store\"} ");
+    let sent = value(&text, "peerix_nar_bytes_total{source=\"store\"}");
     eprintln!("an aborted 64 MiB NAR: {sent} bytes counted as sent, 1 MiB of them read");
     // What was read, and what the two sockets' buffers held; never the
     // whole NAR.

@@ -29,8 +29,8 @@ use crate::metrics::Framed;
 pub const ENCODING: &str = "x-peerix-zblocks";
 
 /// NAR bytes per block the sender makes: with its header, a block is one
-/// 256 KiB piece of the reply writer (`copy_large` in tiny_http), so one
-/// chunk on the wire.
+/// 256 KiB piece of the reply writer (`copy_chunked` in tiny_http), read
+/// straight into its buffer when raw, and one chunk on the wire.
 const BLOCK: usize = 256 * 1024 - HEADER;
 /// The most NAR bytes a receiver accepts in one block.
 const MAX_BLOCK: usize = 1024 * 1024;

@@ -15,6 +15,25 @@ use std::time::SystemTime;
 /// hundreds of MiB is most of the CPU the daemon uses. `sent` counts the
 /// bytes the writer took, also when it fails half-way (a client that went
 /// away), and says whether a failure was the reader's.
+/// peerix patch: the next piece of a body into `buf` (0 at its end); a
+/// failed read is the body's failure (`body_failed`), not the client's.
+fn read_piece<R: Read + ?Sized>(
+    reader: &mut R,
+    buf: &mut [u8],
+    sent: &mut Progress,
+) -> IoResult<usize> {
+    loop {
+        match reader.read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                sent.body_failed = true;
+                return Err(e);
+            }
+        }
+    }
+}
+
 /// peerix patch: a chunked body, one chunk per piece the reader gives (up
 /// to 256 KiB), each written whole in one write: the piece is read into
 /// the middle of the buffer, between room for its size line and for its
@@ -28,14 +47,9 @@ fn copy_chunked<R: Read + ?Sized, W: Write + ?Sized>(
     const PIECE: usize = 256 * 1024;
     let mut buf = vec![0u8; ROOM + PIECE + 2];
     loop {
-        let n = match reader.read(&mut buf[ROOM..ROOM + PIECE]) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                sent.body_failed = true;
-                return Err(e);
-            }
+        let n = match read_piece(reader, &mut buf[ROOM..ROOM + PIECE], sent)? {
+            0 => return Ok(()),
+            n => n,
         };
         let size = format!("{n:x}\r\n");
         let start = ROOM - size.len();
@@ -53,14 +67,9 @@ fn copy_large<R: Read + ?Sized, W: Write + ?Sized>(
 ) -> IoResult<()> {
     let mut buf = vec![0u8; 256 * 1024];
     loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                sent.body_failed = true;
-                return Err(e);
-            }
+        let n = match read_piece(reader, &mut buf, sent)? {
+            0 => return Ok(()),
+            n => n,
         };
         let mut piece = &buf[..n];
         while !piece.is_empty() {
