@@ -196,7 +196,7 @@ pub(crate) fn fastest(m: Mode) -> Vec<Row> {
     let net = Net::new(3).expect("test hosts");
     let (slow, fast, local) = (net.host(1), net.host(2), net.host(3));
     let key = generate_key(slow, "bench-1");
-    let size = m.pick(12u64, 32) << 20;
+    let size = m.pick(12u64, 64) << 20;
     let paths: Vec<String> = (0..3)
         .map(|i| random_path(slow, &format!("pace{i}.bin"), size))
         .collect();
@@ -207,7 +207,8 @@ pub(crate) fn fastest(m: Mode) -> Vec<Row> {
     let urls = nar_urls(slow, &paths);
     set_rate(slow, Some(20));
     let local_node = node(local, &key, &[]);
-    let reps = m.pick(1, 3);
+    // A sample is a tenth of a second: many of them.
+    let reps = m.pick(1, 9);
     // The fast peer alone: the baseline (and its pace learnt).
     let fast_node = peer_node(fast, &key, "auto", &paths.iter().collect::<Vec<_>>());
     let alone: Vec<f64> = (0..reps)
