@@ -13,10 +13,10 @@ mod support;
 
 use std::io::Read;
 
-use peerix::compress::{Decoder, ENCODING};
+use peerix::compress::{Decoder, ENCODING, NO_GAIN_PACE};
 use support::{
     build_programs, build_random, copy_to, generate_key, hash_of, metric, metrics, nar_under_way,
-    nar_went_on, node, wait_offered, Daemon, Host, Net,
+    nar_went_on, node, wait_offered, Daemon, Host, Net, LOCAL,
 };
 
 /// The NAR of `path` as Nix serializes it on `host`.
@@ -229,4 +229,66 @@ fn incompressible_data_is_sent_raw_after_the_first_blocks() {
             ),
         }
     }
+}
+
+/// A node asks a peer for the framed stream only while that peer's NARs
+/// came slower than compressing could pay for (`NO_GAIN_PACE`, learnt from
+/// the last NARs): a fast peer's next NAR comes plain; once its link is
+/// down to 100 Mbit/s and the node has seen it, framed again.
+#[test]
+fn a_peer_faster_than_compressing_pays_for_is_asked_for_plain_nars() {
+    let Some(net) = Net::new(2) else { return };
+    let (h1, h2) = (net.host(1), net.host(2));
+    let key = generate_key(h1, "k-1");
+    let paths: Vec<String> = (0..6)
+        .map(|i| build_random(h1, &format!("{}-plain{i}", net.prefix), 8 << 20))
+        .collect();
+    let _n1 = node(h1, &key, &[], &[]);
+    let _n2 = node(h2, &generate_key(h2, "k-2"), &[&key], &[]);
+    for p in &paths {
+        wait_offered(h1, p);
+    }
+    // Framed NAR bytes h1 sent, and the pace h2 learnt of it.
+    let framed = || metric(&metrics(h1), "peerix_compress_sent_nar_bytes_total").unwrap_or(0.0);
+    let pace = || {
+        let text = metrics(h2);
+        (text.lines()).find_map(|l| {
+            l.strip_prefix("peerix_peer_pace_bytes_per_second{")?
+                .split(' ')
+                .nth(1)?
+                .parse::<f64>()
+                .ok()
+        })
+    };
+    let fetch = |path: &str| {
+        let info = h2
+            .curl(&[&format!("{LOCAL}/{}.narinfo", hash_of(path))])
+            .text();
+        let url = (info.lines())
+            .find_map(|l| l.strip_prefix("URL: "))
+            .unwrap_or_else(|| panic!("no URL: {info}"))
+            .to_string();
+        let nar = h2.curl(&[&format!("{LOCAL}/{url}")]);
+        assert_eq!(nar.status, 200);
+        assert!(nar.body == dump(h1, path));
+    };
+    // Each NAR is framed exactly when the pace before it is unknown or
+    // under NO_GAIN_PACE; the link slows down after the second.
+    let mut framed_again = false;
+    for (i, path) in paths.iter().enumerate() {
+        if i == 2 {
+            h1.limit_rate(100);
+        }
+        let (before, sent) = (pace(), framed());
+        fetch(path);
+        let was_framed = framed() > sent;
+        let want = before.is_none_or(|p| p < NO_GAIN_PACE);
+        assert_eq!(was_framed, want, "NAR {i}, pace before it {before:?}");
+        if i == 1 && was_framed {
+            eprintln!("a veth under {NO_GAIN_PACE} B/s here: no plain NAR to show");
+        }
+        framed_again |= i > 1 && was_framed;
+    }
+    // Behind 100 Mbit/s the pace falls under it within four NARs.
+    assert!(framed_again, "no NAR framed again behind 100 Mbit/s");
 }

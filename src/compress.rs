@@ -40,6 +40,15 @@ const ZSTD: u8 = 1;
 /// zstd's fastest level with real gains (`zstd -1`: 2.7x on binaries).
 const LEVEL: i32 = 1;
 
+/// NAR bytes a second from a peer past which compressing cannot pay: zstd
+/// -1 makes 300–500 MB/s on a core, and a sender compresses only while
+/// that is `SPEED_MARGIN` times faster than its link. A node asks a peer
+/// whose last NARs came faster for plain NARs: raw blocks in the framed
+/// stream cost the receiver more than a plain body (over a veth 11 % more
+/// CPU time, with 1.6 times the reads of its socket: a block's chunk line
+/// and header refill the reader's buffer), which shows on such links,
+/// where the receiver's CPU is the bottleneck.
+pub const NO_GAIN_PACE: f64 = 400e6;
 /// Compress only while compressing is this much faster than the link
 /// drains raw bytes: the receiver decompresses, and both pay CPU.
 const SPEED_MARGIN: f64 = 1.5;

@@ -198,8 +198,8 @@ impl PeerClient {
     /// Any other status is refused. The URL must be a plain relative
     /// path: relative to `/peer/` on ours, to the root on an original
     /// Peerix. Nodes of ours are asked for the framed stream
-    /// (`compress.rs`) unless compression is off; what this returns is
-    /// plain NAR bytes either way. With `stripe`, a node of ours is asked
+    /// (`compress.rs`) when `compressible` and compression is on; what this
+    /// returns is plain NAR bytes either way. With `stripe`, a node of ours is asked
     /// for that stripe's bytes only (`stripe.rs`), and what this returns is
     /// them.
     pub fn nar(
@@ -207,6 +207,7 @@ impl PeerClient {
         found: &Found,
         info: &NarInfo,
         offset: u64,
+        compressible: bool,
         stripe: Option<Stripe>,
     ) -> Result<Box<dyn Read + Send>, FetchError> {
         let url = &info.url;
@@ -219,7 +220,8 @@ impl PeerClient {
         let head_by = Instant::now()
             + NAR_HEAD_TIMEOUT
             + Duration::from_secs_f64(offset as f64 / SKIP_PACE as f64);
-        let framed = !found.v1 && (self.compress != compress::Mode::Never || stripe.is_some());
+        let compressing = compressible && self.compress != compress::Mode::Never;
+        let framed = !found.v1 && (compressing || stripe.is_some());
         let mut headers = Vec::new();
         if offset > 0 {
             headers.push(("Range", format!("bytes={offset}-")));

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::cache::Bounded;
+use crate::compress;
 use crate::discovery::{Discovery, Found, Who};
 use crate::nar_check::{checked_or_log, Blame, Prefixes};
 use crate::narinfo::{HashPart, NarInfo};
@@ -343,7 +344,7 @@ impl Upstream {
         stripe: Stripe,
     ) -> io::Result<Box<dyn Read + Send>> {
         (self.client)
-            .nar(&source.found, &source.info, pos, Some(stripe))
+            .nar(&source.found, &source.info, pos, true, Some(stripe))
             .map_err(|e| io::Error::other(e.to_string()))
     }
 
@@ -496,11 +497,16 @@ impl FailoverNar {
                 continue;
             }
             self.tried.push(who);
-            match self
-                .upstream
-                .client
-                .nar(&source.found, &source.info, self.pos, None)
-            {
+            // Compressed only where it may pay (see `compress::NO_GAIN_PACE`).
+            let pace = self.upstream.throughput.pace(&who);
+            let compressible = pace.is_none_or(|p| p < compress::NO_GAIN_PACE);
+            match (self.upstream.client).nar(
+                &source.found,
+                &source.info,
+                self.pos,
+                compressible,
+                None,
+            ) {
                 Ok(body) => {
                     self.transfer.from_peer(addr);
                     return Ok(Current {

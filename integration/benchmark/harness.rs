@@ -108,12 +108,21 @@ pub(crate) struct Sample {
 /// as many threads as paths, every request starts at once). One sample per
 /// path, in order.
 pub(crate) fn http_load(host: &Host, paths: &[String], threads: usize) -> Vec<Sample> {
+    http_load_on(host, paths, threads, None)
+}
+
+/// `http_load` with the client on `cpu` (as `pin` puts a node), when given.
+pub(crate) fn http_load_on(
+    host: &Host,
+    paths: &[String],
+    threads: usize,
+    cpu: Option<usize>,
+) -> Vec<Sample> {
     let file = host.dir.join(format!("paths-{}.txt", next_id()));
     fs::write(&file, paths.join("\n")).expect("write the paths file");
-    let out = run_client(
-        host,
-        &["http", LOCAL, file.to_str().unwrap(), &threads.to_string()],
-    );
+    let threads = threads.to_string();
+    let args = ["http", LOCAL, file.to_str().unwrap(), &threads];
+    let out = run_client_on(host, &args, cpu);
     let samples: Vec<Sample> = out.lines().map(parse_sample).collect();
     assert_eq!(samples.len(), paths.len(), "client output:\n{out}");
     samples
@@ -142,14 +151,24 @@ pub(crate) fn parse_sample(line: &str) -> Sample {
 
 /// Runs this binary as the load client inside `host`; its stdout.
 pub(crate) fn run_client(host: &Host, args: &[&str]) -> String {
+    run_client_on(host, args, None)
+}
+
+/// `run_client` on `cpu` only, when given (and the machine has it).
+fn run_client_on(host: &Host, args: &[&str], cpu: Option<usize>) -> String {
     let exe = std::env::current_exe().expect("own executable");
-    let mut argv = vec!["--client"];
+    let exe = exe.to_str().expect("a UTF-8 path");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu = cpu.filter(|&c| c < cpus).map(|c| c.to_string());
+    let mut argv = Vec::new();
+    if let Some(cpu) = &cpu {
+        argv.extend(["-c", cpu.as_str(), exe]);
+    }
+    argv.push("--client");
     argv.extend(args);
-    let out = output_within(
-        host.cmd(exe.to_str().unwrap(), &argv),
-        Duration::from_secs(900),
-    )
-    .expect("the load client finished within 15 minutes");
+    let program = if cpu.is_some() { "taskset" } else { exe };
+    let out = output_within(host.cmd(program, &argv), Duration::from_secs(900))
+        .expect("the load client finished within 15 minutes");
     assert!(
         out.status.success(),
         "load client {args:?} failed: {}",

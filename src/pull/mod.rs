@@ -308,7 +308,7 @@ impl PullNar {
                         url: peer_nar_url(&self.pulled.info),
                         ..self.pulled.info.clone()
                     };
-                    (self.pull.peers.nar(&found, &info, self.pos, None))
+                    (self.pull.peers.nar(&found, &info, self.pos, true, None))
                         .map_err(|e| io::Error::other(e.to_string()))
                 }
             };
