@@ -51,10 +51,10 @@ fn set_rate(host: &Host, mbit: Option<u32>) {
 /// One NAR through the local node, after its narinfo as Nix asks (not
 /// timed; asked again for up to 10 s, the first query of a path a peer
 /// has not answered before may be missed): seconds, and the CPU seconds
-/// the sender and the receiver (each node with its Nix children) spent on
+/// the senders and the receiver (each node with its Nix children) spent on
 /// the NAR. The client runs on CPU 1, where `compress` puts the local node:
 /// Nix reads on the receiving machine.
-fn fetch(local: &Host, url: &str, sender: u32, receiver: u32, size: f64) -> (f64, f64, f64) {
+fn fetch(local: &Host, url: &str, senders: &[u32], receiver: u32, size: f64) -> (f64, f64, f64) {
     let hash = url
         .trim_end_matches(".nar")
         .rsplit('-')
@@ -67,11 +67,12 @@ fn fetch(local: &Host, url: &str, sender: u32, receiver: u32, size: f64) -> (f64
     assert!(found, "no peer answers for {hash}");
     let settle = || thread::sleep(Duration::from_millis(300));
     settle();
-    let (s0, r0) = (tree_cpu_secs(sender), tree_cpu_secs(receiver));
+    let sent = || senders.iter().map(|&s| tree_cpu_secs(s)).sum::<f64>();
+    let (s0, r0) = (sent(), tree_cpu_secs(receiver));
     let s = &http_load_on(local, &[url.to_string()], 1, Some(1))[0];
     assert_eq!((s.status, s.bytes as f64), (200, size), "{s:?}");
     settle();
-    let (s1, r1) = (tree_cpu_secs(sender), tree_cpu_secs(receiver));
+    let (s1, r1) = (sent(), tree_cpu_secs(receiver));
     (s.total_ms / 1000.0, s1 - s0, r1 - r0)
 }
 
@@ -131,9 +132,15 @@ pub(crate) fn compress(m: Mode) -> Vec<Row> {
             for (which, mode) in modes {
                 let sender = peer_node(peer, &key, mode, &[&programs, &random, &warm]);
                 pin(sender.pid(), 0);
-                fetch(local, &warm_url, sender.pid(), local_node.pid(), warm_size);
+                fetch(
+                    local,
+                    &warm_url,
+                    &[sender.pid()],
+                    local_node.pid(),
+                    warm_size,
+                );
                 for (d, url) in urls.iter().enumerate() {
-                    let s = fetch(local, url, sender.pid(), local_node.pid(), sizes[d]);
+                    let s = fetch(local, url, &[sender.pid()], local_node.pid(), sizes[d]);
                     got[d][which].push(s);
                 }
             }
@@ -221,7 +228,7 @@ pub(crate) fn fastest(m: Mode) -> Vec<Row> {
     // The fast peer alone: the baseline (and its pace learnt).
     let fast_node = peer_node(fast, &key, "auto", &paths.iter().collect::<Vec<_>>());
     let alone: Vec<f64> = (0..reps)
-        .map(|_| fetch(local, &urls[2], fast_node.pid(), local_node.pid(), nar).0)
+        .map(|_| fetch(local, &urls[2], &[fast_node.pid()], local_node.pid(), nar).0)
         .collect();
     // The slow peer joins; the next NARs teach the node its pace (a peer
     // not measured yet is tried before one as fast as the median).
@@ -229,10 +236,10 @@ pub(crate) fn fastest(m: Mode) -> Vec<Row> {
     wait_peers(local, 2);
     let learning: Vec<f64> = urls[..2]
         .iter()
-        .map(|u| fetch(local, u, slow_node.pid(), local_node.pid(), nar).0)
+        .map(|u| fetch(local, u, &[slow_node.pid()], local_node.pid(), nar).0)
         .collect();
     let both: Vec<f64> = (0..reps)
-        .map(|_| fetch(local, &urls[2], fast_node.pid(), local_node.pid(), nar).0)
+        .map(|_| fetch(local, &urls[2], &[fast_node.pid()], local_node.pid(), nar).0)
         .collect();
     let note = format!(
         "{:.0} MiB NAR; the two NARs that taught the node the slow peer's pace took {}",
@@ -271,23 +278,46 @@ pub(crate) fn stripe(m: Mode) -> Vec<Row> {
     let local_node = node(local, &key, &["--compress", "never"]);
     let reps = m.pick(1, 3);
     let first = peer_node(peers[0], &key, "never", &[&path]);
-    let one: Vec<f64> = (0..reps)
-        .map(|_| nar / MIB / fetch(local, &url, first.pid(), local_node.pid(), nar).0)
+    let one: Vec<(f64, f64, f64)> = (0..reps)
+        .map(|_| fetch(local, &url, &[first.pid()], local_node.pid(), nar))
         .collect();
-    let _others: Vec<Node> = (peers[1..].iter())
+    let others: Vec<Node> = (peers[1..].iter())
         .map(|p| peer_node(p, &key, "never", &[&path]))
         .collect();
     wait_peers(local, 3);
-    let three: Vec<f64> = (0..reps)
-        .map(|_| nar / MIB / fetch(local, &url, first.pid(), local_node.pid(), nar).0)
+    let senders = [first.pid(), others[0].pid(), others[1].pid()];
+    let three: Vec<(f64, f64, f64)> = (0..reps)
+        .map(|_| fetch(local, &url, &senders, local_node.pid(), nar))
         .collect();
-    vec![Row::new(
-        "stripe_three_peers_mib_s",
-        "NAR throughput from three peers each behind 100 Mbit/s, client unlimited, --compress never",
-        "MiB/s",
-        three,
-    )
-    .baseline("one of them alone", one)
-    .target(Target::AtLeastTimesBaseline(2.5))
-    .note(&format!("{:.0} MiB NAR of random bytes", nar / MIB))]
+    let gib = nar / GIB;
+    fn col(samples: &[(f64, f64, f64)], f: impl Fn(&(f64, f64, f64)) -> f64) -> Vec<f64> {
+        samples.iter().map(f).collect()
+    }
+    let tput = |s: &(f64, f64, f64)| nar / MIB / s.0;
+    let note = format!("{:.0} MiB NAR of random bytes", nar / MIB);
+    vec![
+        Row::new(
+            "stripe_three_peers_mib_s",
+            "NAR throughput from three peers each behind 100 Mbit/s, client unlimited, --compress never",
+            "MiB/s",
+            col(&three, tput),
+        )
+        .baseline("one of them alone", col(&one, tput))
+        .target(Target::AtLeastTimesBaseline(2.5))
+        .note(&note),
+        Row::new(
+            "stripe_three_peers_sender_cpu_s_gib",
+            "senders' CPU per GiB (three nodes + Nix children), three peers at once",
+            "s/GiB",
+            col(&three, |s| s.1 / gib),
+        )
+        .baseline("one of them alone", col(&one, |s| s.1 / gib)),
+        Row::new(
+            "stripe_three_peers_receiver_cpu_s_gib",
+            "receiver CPU per GiB (local node, NarHash check included), three peers at once",
+            "s/GiB",
+            col(&three, |s| s.2 / gib),
+        )
+        .baseline("one of them alone", col(&one, |s| s.2 / gib)),
+    ]
 }
