@@ -247,6 +247,50 @@ fn status_dashboard_and_grafana_show_two_peers_and_what_came_from_them() {
     assert_eq!(got[13], r#"["h1-1", "h2-1"]"#);
     assert_eq!(got[14], "\"h3-1\"");
 
+    // Compression and paces: the status says what /metrics counts. The
+    // large NAR taught h3 h1's pace; h2's NARs were too small to.
+    let compression = [
+        "sent_nar_bytes",
+        "zstd_in_bytes",
+        "zstd_out_bytes",
+        "received_bytes",
+        "decoded_bytes",
+    ];
+    let exprs: Vec<String> = (compression.iter())
+        .map(|c| format!("f['compression']['{c}']"))
+        .chain([
+            by_node(&ids[0], "pace_bytes_per_second"),
+            by_node(&ids[1], "pace_bytes_per_second"),
+        ])
+        .collect();
+    let status = status_json(h3);
+    let metrics = h3.curl(&[&format!("{LOCAL}/metrics")]).text();
+    let shown = eval_json(
+        &status,
+        &exprs.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    for (c, got) in compression.iter().zip(&shown) {
+        let series = format!("peerix_compress_{c}_total");
+        let counted = support::metric(&metrics, &series).unwrap_or_else(|| panic!("{series}"));
+        assert_eq!(
+            got.parse::<f64>().ok(),
+            Some(counted),
+            "{c}: {status}\n{metrics}"
+        );
+    }
+    let decoded: u64 = shown[4].parse().unwrap_or(0);
+    assert!(
+        decoded >= from_h1,
+        "h3 got its NARs from h1 framed: {status}"
+    );
+    let pace_h1 = format!("peerix_peer_pace_bytes_per_second{{node=\"{}\"}}", ids[0]);
+    let learnt = support::metric(&metrics, &pace_h1).unwrap_or_else(|| panic!("{metrics}"));
+    let pace = shown[5]
+        .trim_matches(|c| c == '[' || c == ']')
+        .parse::<f64>();
+    assert_eq!(pace.ok(), Some(learnt), "{status}");
+    assert_eq!(shown[6], "[null]", "{status}");
+
     // Each peer counted what it sent to h3, as h3 counted what it received.
     let h3_id = node_id(h3);
     for (host, sent) in [(h1, from_h1), (h2, from_h2)] {
@@ -289,6 +333,17 @@ fn status_dashboard_and_grafana_show_two_peers_and_what_came_from_them() {
         let hits = format!("{paths}/0");
         assert_eq!(data_value(&dom, "hits"), Some(hits.as_str()), "{dom}");
         assert_eq!(data_value(&dom, "peer-count"), Some("2"), "{dom}");
+        let z: Vec<u64> = (shown[..5].iter())
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        let spared = z[1].saturating_sub(z[2]) + z[4].saturating_sub(z[3]);
+        assert_eq!(
+            data_value(&dom, "zstd-saved"),
+            Some(spared.to_string().as_str()),
+            "{dom}"
+        );
+        let pace = format!("<td class=\"n pace\" data-value=\"{learnt}\">");
+        assert!(dom.contains(&pace), "{pace} in {dom}");
         for bytes in [from_h1, from_h2] {
             let cell = format!("<td class=\"n\" data-value=\"{bytes}\">");
             assert!(dom.contains(&cell), "{cell} in {dom}");

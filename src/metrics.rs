@@ -91,6 +91,20 @@ impl Framed {
         self.received.fetch_add(wire as u64, Ordering::Relaxed);
         self.decoded.fetch_add(nar as u64, Ordering::Relaxed);
     }
+
+    /// The byte counts so far, for the status: NAR bytes sent framed, the
+    /// NAR and zstd bytes of the blocks sent compressed, bytes received
+    /// framed and the NAR bytes decoded from them.
+    pub fn bytes(&self) -> [(&'static str, u64); 5] {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("sent_nar_bytes", get(&self.sent_nar)),
+            ("zstd_in_bytes", get(&self.zstd_in)),
+            ("zstd_out_bytes", get(&self.zstd_out)),
+            ("received_bytes", get(&self.received)),
+            ("decoded_bytes", get(&self.decoded)),
+        ]
+    }
 }
 
 impl Default for Metrics {

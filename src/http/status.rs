@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::reply::Reply;
 use super::App;
 use crate::config::{COMMIT, VERSION};
+use crate::discovery::Who;
 use crate::history::Sample;
 use crate::json::Json;
 
@@ -74,10 +75,19 @@ fn facts(app: &App) -> Json {
         ));
     }
     warnings.extend(app.pull.as_ref().and_then(|p| p.warning()));
+    let paces = app.upstream.paces();
     let peers = peers.iter().map(|peer| {
         let (sent, received) = (peer.addrs.iter())
             .map(|ip| metrics.peer_totals(*ip))
             .fold((0, 0), |(s, r), (s1, r1)| (s + s1, r + r1));
+        // Its pace is learnt by node id (original nodes by address).
+        let pace = (paces.iter()).find_map(|(who, pace)| {
+            let ours = match who {
+                Who::Node(id) => peer.node == Some(*id),
+                Who::Addr(ip) => peer.node.is_none() && peer.addrs.contains(ip),
+            };
+            ours.then_some(*pace)
+        });
         Json::Object(vec![
             (
                 "node",
@@ -108,6 +118,10 @@ fn facts(app: &App) -> Json {
             ("pulls", Json::Bool(peer.pulls)),
             ("bytes_received", Json::Int(received)),
             ("bytes_sent", Json::Int(sent)),
+            (
+                "pace_bytes_per_second",
+                Json::opt(pace, |p| Json::Float(p.round())),
+            ),
         ])
     });
     let (transfers, running) = metrics.transfers.snapshot();
@@ -162,6 +176,14 @@ fn facts(app: &App) -> Json {
         ("peers", Json::Array(peers.collect())),
         ("transfers", Json::Array(transfers.collect())),
         ("transfers_running", Json::Int(running as u64)),
+        (
+            "compression",
+            Json::Object(
+                (metrics.framed.bytes().iter())
+                    .map(|&(name, n)| (name, Json::Int(n)))
+                    .collect(),
+            ),
+        ),
         (
             "totals",
             Json::Object(vec![
