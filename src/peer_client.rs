@@ -198,10 +198,10 @@ impl PeerClient {
     /// Any other status is refused. The URL must be a plain relative
     /// path: relative to `/peer/` on ours, to the root on an original
     /// Peerix. Nodes of ours are asked for the framed stream
-    /// (`compress.rs`) when `compressible` and compression is on; what this
-    /// returns is plain NAR bytes either way. With `stripe`, a node of ours is asked
-    /// for that stripe's bytes only (`stripe.rs`), and what this returns is
-    /// them.
+    /// (`compress.rs`) when `compressible` and compression is on; what
+    /// this returns is plain NAR bytes either way. With `stripe`, a node of
+    /// ours is asked for that stripe's bytes only (`stripe.rs`), framed,
+    /// and what this returns is them.
     pub fn nar(
         &self,
         found: &Found,
