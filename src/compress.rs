@@ -157,11 +157,12 @@ impl Policy {
             return false;
         };
         let (compressing, raw) = (zstd * SPEED_MARGIN, link);
-        let pays = ratio >= POOR_RATIO && compressing < raw;
+        let compresses = ratio >= POOR_RATIO;
+        let pays = compresses && compressing < raw;
         // Now and then the other choice, to see whether things changed (and
         // soon when the data compresses poorly: a second such block ends
         // the trying).
-        let clear = ratio >= POOR_RATIO && compressing.max(raw) > CLEAR * compressing.min(raw);
+        let clear = compresses && compressing.max(raw) > CLEAR * compressing.min(raw);
         let every = if clear { PROBE_RARELY } else { PROBE_EVERY };
         match self.since_probe >= every {
             true => {
@@ -199,9 +200,8 @@ impl Policy {
     /// link drains: the wait for a compressed one also holds the
     /// receiver's decompressing (more work per wire byte), and a receiver
     /// short of CPU would then look like a slow link, and compression feed
-    /// itself. While compressing, the
-    /// probes (every `PROBE_EVERY` or `PROBE_RARELY` blocks) keep the
-    /// link's pace current.
+    /// itself. While compressing, the probes (every `PROBE_EVERY` or
+    /// `PROBE_RARELY` blocks) keep the link's pace current.
     fn written(&mut self, wire: usize, waited: Duration, was_raw: bool) {
         self.since_probe += 1;
         if was_raw {

@@ -10,11 +10,6 @@ use std::fs::File;
 use std::str::FromStr;
 use std::time::SystemTime;
 
-/// peerix patch: copies a body with a large buffer. `io::copy`'s 8 KiB
-/// pieces cost a system call on each side per 8 KiB, which for a NAR of
-/// hundreds of MiB is most of the CPU the daemon uses. `sent` counts the
-/// bytes the writer took, also when it fails half-way (a client that went
-/// away), and says whether a failure was the reader's.
 /// peerix patch: the next piece of a body into `buf` (0 at its end); a
 /// failed read is the body's failure (`body_failed`), not the client's.
 fn read_piece<R: Read + ?Sized>(
@@ -60,6 +55,11 @@ fn copy_chunked<R: Read + ?Sized, W: Write + ?Sized>(
     }
 }
 
+/// peerix patch: copies a body with a large buffer. `io::copy`'s 8 KiB
+/// pieces cost a system call on each side per 8 KiB, which for a NAR of
+/// hundreds of MiB is most of the CPU the daemon uses. `sent` counts the
+/// bytes the writer took, also when it fails half-way (a client that went
+/// away), and says whether a failure was the reader's.
 fn copy_large<R: Read + ?Sized, W: Write + ?Sized>(
     reader: &mut R,
     writer: &mut W,
