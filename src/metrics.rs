@@ -92,17 +92,36 @@ impl Framed {
         self.decoded.fetch_add(nar as u64, Ordering::Relaxed);
     }
 
-    /// The byte counts so far, for the status: NAR bytes sent framed, the
-    /// NAR and zstd bytes of the blocks sent compressed, bytes received
-    /// framed and the NAR bytes decoded from them.
-    pub fn bytes(&self) -> [(&'static str, u64); 5] {
+    /// The byte counts so far, each with its name (in the status; on
+    /// `/metrics` as `peerix_compress_{name}_total`) and what it counts.
+    pub fn bytes(&self) -> [(&'static str, &'static str, u64); 5] {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
-            ("sent_nar_bytes", get(&self.sent_nar)),
-            ("zstd_in_bytes", get(&self.zstd_in)),
-            ("zstd_out_bytes", get(&self.zstd_out)),
-            ("received_bytes", get(&self.received)),
-            ("decoded_bytes", get(&self.decoded)),
+            (
+                "sent_nar_bytes",
+                "NAR bytes sent to peers in framed streams, compressed or not.",
+                get(&self.sent_nar),
+            ),
+            (
+                "zstd_in_bytes",
+                "NAR bytes of the blocks sent zstd-compressed.",
+                get(&self.zstd_in),
+            ),
+            (
+                "zstd_out_bytes",
+                "Bytes of the zstd-compressed blocks sent (in - out: bytes saved).",
+                get(&self.zstd_out),
+            ),
+            (
+                "received_bytes",
+                "Bytes of framed streams received from peers, block headers included.",
+                get(&self.received),
+            ),
+            (
+                "decoded_bytes",
+                "NAR bytes decoded from framed streams received from peers.",
+                get(&self.decoded),
+            ),
         ]
     }
 }
@@ -313,38 +332,13 @@ impl Metrics {
                 "NARs for the local Nix fetched from several peers at once.",
                 get(&self.nar_striped),
             ),
-            (
-                "compress_sent_nar_bytes_total",
-                "counter",
-                "NAR bytes sent to peers in framed streams, compressed or not.",
-                get(&self.framed.sent_nar),
-            ),
-            (
-                "compress_zstd_in_bytes_total",
-                "counter",
-                "NAR bytes of the blocks sent zstd-compressed.",
-                get(&self.framed.zstd_in),
-            ),
-            (
-                "compress_zstd_out_bytes_total",
-                "counter",
-                "Bytes of the zstd-compressed blocks sent (in - out: bytes saved).",
-                get(&self.framed.zstd_out),
-            ),
-            (
-                "compress_received_bytes_total",
-                "counter",
-                "Bytes of framed streams received from peers, block headers included.",
-                get(&self.framed.received),
-            ),
-            (
-                "compress_decoded_bytes_total",
-                "counter",
-                "NAR bytes decoded from framed streams received from peers.",
-                get(&self.framed.decoded),
-            ),
         ] {
             head(&mut out, name, kind, help);
+            let _ = writeln!(out, "peerix_{name} {value}");
+        }
+        for (name, help, value) in self.framed.bytes() {
+            let name = format!("compress_{name}_total");
+            head(&mut out, &name, "counter", help);
             let _ = writeln!(out, "peerix_{name} {value}");
         }
         head(

@@ -348,6 +348,11 @@ impl Upstream {
             .map_err(|e| io::Error::other(e.to_string()))
     }
 
+    /// The pace learnt of `who`, in bytes a second (for the status).
+    pub fn pace(&self, who: &Who) -> Option<f64> {
+        self.throughput.pace(who)
+    }
+
     /// The pace learnt of each peer, in bytes a second (for the metrics).
     pub fn paces(&self) -> Vec<(Who, f64)> {
         self.throughput.paces()

@@ -75,19 +75,15 @@ fn facts(app: &App) -> Json {
         ));
     }
     warnings.extend(app.pull.as_ref().and_then(|p| p.warning()));
-    let paces = app.upstream.paces();
     let peers = peers.iter().map(|peer| {
         let (sent, received) = (peer.addrs.iter())
             .map(|ip| metrics.peer_totals(*ip))
             .fold((0, 0), |(s, r), (s1, r1)| (s + s1, r + r1));
         // Its pace is learnt by node id (original nodes by address).
-        let pace = (paces.iter()).find_map(|(who, pace)| {
-            let ours = match who {
-                Who::Node(id) => peer.node == Some(*id),
-                Who::Addr(ip) => peer.node.is_none() && peer.addrs.contains(ip),
-            };
-            ours.then_some(*pace)
-        });
+        let pace = match peer.node {
+            Some(id) => app.upstream.pace(&Who::Node(id)),
+            None => (peer.addrs.iter()).find_map(|ip| app.upstream.pace(&Who::Addr(*ip))),
+        };
         Json::Object(vec![
             (
                 "node",
@@ -180,7 +176,7 @@ fn facts(app: &App) -> Json {
             "compression",
             Json::Object(
                 (metrics.framed.bytes().iter())
-                    .map(|&(name, n)| (name, Json::Int(n)))
+                    .map(|&(name, _, n)| (name, Json::Int(n)))
                     .collect(),
             ),
         ),
