@@ -48,13 +48,21 @@ fn set_rate(host: &Host, mbit: Option<u32>) {
     }
 }
 
-/// One NAR through the local node, after its narinfo as Nix asks (not
-/// timed; asked again for up to 10 s, the first query of a path a peer
-/// has not answered before may be missed): seconds, and the CPU seconds
-/// the senders and the receiver (each node with its Nix children) spent on
-/// the NAR. The client runs on CPU 1, where `compress` puts the local node:
-/// Nix reads on the receiving machine.
-fn fetch(local: &Host, url: &str, senders: &[u32], receiver: u32, size: f64) -> (f64, f64, f64) {
+/// One NAR through the local node: its time, and the CPU seconds the
+/// senders and the receiver (each node with its Nix children) spent on it.
+#[derive(Clone, Copy)]
+struct Fetched {
+    secs: f64,
+    senders_cpu: f64,
+    receiver_cpu: f64,
+}
+
+/// Fetches one NAR through the local node, after its narinfo as Nix asks
+/// (not timed; asked again for up to 10 s, the first query of a path a
+/// peer has not answered before may be missed). The client runs on CPU 1,
+/// where `compress` puts the local node: Nix reads on the receiving
+/// machine.
+fn fetch(local: &Host, url: &str, senders: &[u32], receiver: u32, size: f64) -> Fetched {
     let hash = url
         .trim_end_matches(".nar")
         .rsplit('-')
@@ -73,7 +81,45 @@ fn fetch(local: &Host, url: &str, senders: &[u32], receiver: u32, size: f64) -> 
     assert_eq!((s.status, s.bytes as f64), (200, size), "{s:?}");
     settle();
     let (s1, r1) = (sent(), tree_cpu_secs(receiver));
-    (s.total_ms / 1000.0, s1 - s0, r1 - r0)
+    Fetched {
+        secs: s.total_ms / 1000.0,
+        senders_cpu: s1 - s0,
+        receiver_cpu: r1 - r0,
+    }
+}
+
+/// The rows `{key}_sender_cpu_s_gib` and `{key}_receiver_cpu_s_gib`: the
+/// senders' and the receiver's CPU per GiB of NAR (`gib` a NAR) in `got`,
+/// beside `baseline` (what, samples), for `what` was measured.
+fn cpu_rows(
+    key: &str,
+    what: &str,
+    gib: f64,
+    got: &[Fetched],
+    baseline: (&str, &[Fetched]),
+    sender_target: Target,
+) -> [Row; 2] {
+    let per_gib = |samples: &[Fetched], f: fn(&Fetched) -> f64| -> Vec<f64> {
+        samples.iter().map(|s| f(s) / gib).collect()
+    };
+    let (base, base_got) = baseline;
+    [
+        Row::new(
+            &format!("{key}_sender_cpu_s_gib"),
+            &format!("sender CPU per GiB (the sending nodes + Nix children), {what}"),
+            "s/GiB",
+            per_gib(got, |s| s.senders_cpu),
+        )
+        .baseline(base, per_gib(base_got, |s| s.senders_cpu))
+        .target(sender_target),
+        Row::new(
+            &format!("{key}_receiver_cpu_s_gib"),
+            &format!("receiver CPU per GiB (local node, NarHash check included), {what}"),
+            "s/GiB",
+            per_gib(got, |s| s.receiver_cpu),
+        )
+        .baseline(base, per_gib(base_got, |s| s.receiver_cpu)),
+    ]
 }
 
 /// The NAR size of `path` on `host`.
@@ -121,8 +167,8 @@ pub(crate) fn compress(m: Mode) -> Vec<Row> {
         (None, "veth", m.pick(1, 9)),
     ] {
         set_rate(peer, rate);
-        // [data][mode] -> samples of (seconds, sender CPU, receiver CPU)
-        let mut got = vec![vec![Vec::new(), Vec::new()]; 2];
+        // [data][mode: never, auto] -> samples
+        let mut got: [[Vec<Fetched>; 2]; 2] = Default::default();
         for rep in 0..reps {
             // Alternate which mode goes first, against drift.
             let modes = match rep % 2 {
@@ -146,15 +192,9 @@ pub(crate) fn compress(m: Mode) -> Vec<Row> {
             }
         }
         for (d, (name, _)) in data.iter().enumerate() {
-            let gib = sizes[d] / GIB;
-            let col = |which: usize, f: fn(&(f64, f64, f64)) -> f64| -> Vec<f64> {
-                got[d][which].iter().map(f).collect()
-            };
-            let tput = |which| {
-                col(which, |s| s.0)
-                    .iter()
-                    .map(|t| sizes[d] / MIB / t)
-                    .collect()
+            let [never, auto] = [&got[d][0], &got[d][1]];
+            let tput = |samples: &[Fetched]| -> Vec<f64> {
+                samples.iter().map(|s| sizes[d] / MIB / s.secs).collect()
             };
             let speed_target = match (*name, rate) {
                 ("programs", Some(100)) => 2.2,
@@ -166,43 +206,30 @@ pub(crate) fn compress(m: Mode) -> Vec<Row> {
                 None => "one peer, unlimited veth".into(),
             };
             let note = format!("{:.0} MiB NAR of {name}", sizes[d] / MIB);
+            let key = format!("compress_{name}_{rate_name}");
             rows.push(
                 Row::new(
-                    &format!("compress_{name}_{rate_name}_mib_s"),
+                    &format!("{key}_mib_s"),
                     &format!("NAR throughput, {name}, {what}, --compress auto"),
                     "MiB/s",
-                    tput(1),
+                    tput(auto),
                 )
-                .baseline("--compress never (raw, as before), same run", tput(0))
+                .baseline("--compress never (raw, as before), same run", tput(never))
                 .target(Target::AtLeastTimesBaseline(speed_target))
                 .note(&note),
             );
-            let per_gib = |which, f| col(which, f).iter().map(|c| c / gib).collect();
             let sender_target = match *name {
                 "random" => Target::TimesBaseline(1.2),
                 _ => Target::None,
             };
-            rows.push(
-                Row::new(
-                    &format!("compress_{name}_{rate_name}_sender_cpu_s_gib"),
-                    &format!("sender CPU per GiB (node + Nix children), {name}, {what}"),
-                    "s/GiB",
-                    per_gib(1, |s| s.1),
-                )
-                .baseline("--compress never", per_gib(0, |s| s.1))
-                .target(sender_target),
-            );
-            rows.push(
-                Row::new(
-                    &format!("compress_{name}_{rate_name}_receiver_cpu_s_gib"),
-                    &format!(
-                        "receiver CPU per GiB (local node, NarHash check included), {name}, {what}"
-                    ),
-                    "s/GiB",
-                    per_gib(1, |s| s.2),
-                )
-                .baseline("--compress never", per_gib(0, |s| s.2)),
-            );
+            rows.extend(cpu_rows(
+                &key,
+                &format!("{name}, {what}"),
+                sizes[d] / GIB,
+                auto,
+                ("--compress never", never),
+                sender_target,
+            ));
         }
     }
     rows
@@ -227,8 +254,8 @@ pub(crate) fn fastest(m: Mode) -> Vec<Row> {
     let reps = m.pick(1, 9);
     // The fast peer alone: the baseline (and its pace learnt).
     let fast_node = peer_node(fast, &key, "auto", &paths.iter().collect::<Vec<_>>());
-    let alone: Vec<f64> = (0..reps)
-        .map(|_| fetch(local, &urls[2], &[fast_node.pid()], local_node.pid(), nar).0)
+    let alone: Vec<Fetched> = (0..reps)
+        .map(|_| fetch(local, &urls[2], &[fast_node.pid()], local_node.pid(), nar))
         .collect();
     // The slow peer joins; the next NARs teach the node its pace (a peer
     // not measured yet is tried before one as fast as the median).
@@ -236,10 +263,11 @@ pub(crate) fn fastest(m: Mode) -> Vec<Row> {
     wait_peers(local, 2);
     let learning: Vec<f64> = urls[..2]
         .iter()
-        .map(|u| fetch(local, u, &[slow_node.pid()], local_node.pid(), nar).0)
+        .map(|u| fetch(local, u, &[slow_node.pid()], local_node.pid(), nar).secs)
         .collect();
-    let both: Vec<f64> = (0..reps)
-        .map(|_| fetch(local, &urls[2], &[fast_node.pid()], local_node.pid(), nar).0)
+    let senders = [fast_node.pid(), slow_node.pid()];
+    let both: Vec<Fetched> = (0..reps)
+        .map(|_| fetch(local, &urls[2], &senders, local_node.pid(), nar))
         .collect();
     let note = format!(
         "{:.0} MiB NAR; the two NARs that taught the node the slow peer's pace took {}",
@@ -249,15 +277,25 @@ pub(crate) fn fastest(m: Mode) -> Vec<Row> {
             .collect::<Vec<_>>()
             .join(" and ")
     );
-    vec![Row::new(
+    let secs = |samples: &[Fetched]| samples.iter().map(|s| s.secs).collect();
+    let mut rows = vec![Row::new(
         "fastest_of_two_s",
         "a NAR with two peers holding it, one behind 20 Mbit/s, one unlimited, paces learnt",
         "s",
-        both,
+        secs(&both),
     )
-    .baseline("the unlimited peer alone", alone)
+    .baseline("the unlimited peer alone", secs(&alone))
     .target(Target::TimesBaseline(1.2))
-    .note(&note)]
+    .note(&note)];
+    rows.extend(cpu_rows(
+        "fastest_of_two",
+        "two peers, one behind 20 Mbit/s",
+        nar / GIB,
+        &both,
+        ("the unlimited peer alone", &alone),
+        Target::None,
+    ));
+    rows
 }
 
 pub(crate) fn stripe(m: Mode) -> Vec<Row> {
@@ -278,7 +316,7 @@ pub(crate) fn stripe(m: Mode) -> Vec<Row> {
     let local_node = node(local, &key, &["--compress", "never"]);
     let reps = m.pick(1, 3);
     let first = peer_node(peers[0], &key, "never", &[&path]);
-    let one: Vec<(f64, f64, f64)> = (0..reps)
+    let one: Vec<Fetched> = (0..reps)
         .map(|_| fetch(local, &url, &[first.pid()], local_node.pid(), nar))
         .collect();
     let others: Vec<Node> = (peers[1..].iter())
@@ -286,38 +324,26 @@ pub(crate) fn stripe(m: Mode) -> Vec<Row> {
         .collect();
     wait_peers(local, 3);
     let senders = [first.pid(), others[0].pid(), others[1].pid()];
-    let three: Vec<(f64, f64, f64)> = (0..reps)
+    let three: Vec<Fetched> = (0..reps)
         .map(|_| fetch(local, &url, &senders, local_node.pid(), nar))
         .collect();
-    let gib = nar / GIB;
-    fn col(samples: &[(f64, f64, f64)], f: impl Fn(&(f64, f64, f64)) -> f64) -> Vec<f64> {
-        samples.iter().map(f).collect()
-    }
-    let tput = |s: &(f64, f64, f64)| nar / MIB / s.0;
-    let note = format!("{:.0} MiB NAR of random bytes", nar / MIB);
-    vec![
-        Row::new(
-            "stripe_three_peers_mib_s",
-            "NAR throughput from three peers each behind 100 Mbit/s, client unlimited, --compress never",
-            "MiB/s",
-            col(&three, tput),
-        )
-        .baseline("one of them alone", col(&one, tput))
-        .target(Target::AtLeastTimesBaseline(2.5))
-        .note(&note),
-        Row::new(
-            "stripe_three_peers_sender_cpu_s_gib",
-            "senders' CPU per GiB (three nodes + Nix children), three peers at once",
-            "s/GiB",
-            col(&three, |s| s.1 / gib),
-        )
-        .baseline("one of them alone", col(&one, |s| s.1 / gib)),
-        Row::new(
-            "stripe_three_peers_receiver_cpu_s_gib",
-            "receiver CPU per GiB (local node, NarHash check included), three peers at once",
-            "s/GiB",
-            col(&three, |s| s.2 / gib),
-        )
-        .baseline("one of them alone", col(&one, |s| s.2 / gib)),
-    ]
+    let tput = |samples: &[Fetched]| samples.iter().map(|s| nar / MIB / s.secs).collect();
+    let mut rows = vec![Row::new(
+        "stripe_three_peers_mib_s",
+        "NAR throughput from three peers each behind 100 Mbit/s, client unlimited, --compress never",
+        "MiB/s",
+        tput(&three),
+    )
+    .baseline("one of them alone", tput(&one))
+    .target(Target::AtLeastTimesBaseline(2.5))
+    .note(&format!("{:.0} MiB NAR of random bytes", nar / MIB))];
+    rows.extend(cpu_rows(
+        "stripe_three_peers",
+        "three peers at once",
+        nar / GIB,
+        &three,
+        ("one of them alone", &one),
+        Target::None,
+    ));
+    rows
 }
