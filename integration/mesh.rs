@@ -15,7 +15,7 @@ mod support;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use peerix::narinfo::HashPart;
+use peerix::nix::narinfo::HashPart;
 use peerix::summary::{PeerSummary, Update};
 use support::{
     build_random, generate_key, hash_of, node, wait_offered, wait_until, Host, Net, Xorshift, LOCAL,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use peerix::auth::NetworkKey;
 use peerix::discovery::wire::{Datagram, Message};
-use peerix::narinfo::HashPart;
+use peerix::nix::narinfo::HashPart;
 use support::{generate_key, hash_of, Daemon, Host, Key, Net, LOCAL};
 
 fn script(name: &str) -> String {

@@ -114,7 +114,7 @@ impl NetworkKey {
     pub fn from_file(path: &Path) -> Result<NetworkKey, String> {
         let text = std::fs::read(path)
             .map_err(|e| format!("cannot read network key file {}: {e}", path.display()))?;
-        crate::keys::warn_if_exposed(path, "network key");
+        crate::nix::keys::warn_if_exposed(path, "network key");
         NetworkKey::new(text.trim_ascii())
             .map_err(|e| format!("network key file {}: {e}", path.display()))
     }

@@ -8,25 +8,11 @@ use argh::FromArgs;
 
 use crate::auth::NetworkKey;
 use crate::compress;
-use crate::keys::{KeyError, PublicKey, SigningKey};
+use crate::nix::keys::{KeyError, PublicKey, SigningKey};
 use crate::share::Policy;
 
 /// The port of the original Peerix, for TCP (HTTP) and UDP alike.
 pub const DEFAULT_PORT: u16 = 12304;
-
-/// The version of the daemon, as `--version` prints it.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// The git commit the daemon was built from, when known (see src/build.rs).
-pub const COMMIT: Option<&str> = option_env!("PEERIX_COMMIT");
-
-/// `peerix 0.2.0 (commit 1a2b3c4d5e6f)`, or without the commit.
-pub fn version_line() -> String {
-    match COMMIT {
-        Some(commit) => format!("peerix {VERSION} (commit {commit})"),
-        None => format!("peerix {VERSION}"),
-    }
-}
 
 /// Peerix: a peer-to-peer binary cache for Nix. Every machine on the LAN
 /// serves its /nix/store to the others, and substitutes from them through
@@ -242,7 +228,7 @@ impl Config {
             (&args.network_key_file, "network key"),
         ]
         .into_iter()
-        .filter_map(|(path, what)| crate::keys::exposure(path.as_deref()?, what))
+        .filter_map(|(path, what)| crate::nix::keys::exposure(path.as_deref()?, what))
         .collect();
         let mut warn = |warning: &str| {
             log::warn!("{warning}");

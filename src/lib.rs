@@ -3,30 +3,21 @@
 //! the parsers and the store index.
 
 pub mod auth;
-pub mod cache;
-pub mod child;
+pub mod base;
 pub mod compress;
 pub mod config;
 pub mod discovery;
-pub mod history;
 pub mod http;
-pub mod json;
-pub mod keys;
-pub mod logs;
 pub mod metrics;
 pub mod nar_check;
-pub mod narinfo;
-pub mod nix32;
+pub mod nix;
 pub mod peer_client;
 pub mod peer_http;
 pub mod pull;
-pub mod rate;
 pub mod share;
-pub mod signals;
 pub mod store;
 pub mod stripe;
 pub mod summary;
 pub mod throughput;
 pub mod transfers;
-pub mod trust;
 pub mod upstream;

@@ -4,13 +4,15 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use peerix::base::signals;
 use peerix::config::{Args, Config};
-use peerix::{discovery, http, metrics, peer_client, pull, signals, store, trust, upstream};
+use peerix::nix::trust;
+use peerix::{discovery, http, metrics, peer_client, pull, store, upstream};
 
 fn main() -> ExitCode {
     let args: Args = argh::from_env();
     if args.version {
-        println!("{}", peerix::config::version_line());
+        println!("{}", peerix::base::version::version_line());
         return ExitCode::SUCCESS;
     }
     let level = if args.verbose { "debug" } else { "info" };

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use ring::digest::{Context, SHA256};
 
-use crate::cache::Bounded;
+use crate::base::bounded::Bounded;
 
 /// Cut streams whose sent prefix is remembered, per generation.
 const PREFIXES: usize = 256;

@@ -16,7 +16,7 @@ use crate::auth::NetworkKey;
 use crate::compress::{self, Decoder};
 use crate::discovery::Found;
 use crate::metrics::Framed;
-use crate::narinfo::{self, HashPart, NarInfo};
+use crate::nix::narinfo::{self, HashPart, NarInfo};
 use crate::peer_http::{Connections, Reply};
 use crate::stripe::{self, Stripe};
 use crate::summary;

@@ -16,7 +16,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::cache::Bounded;
+use crate::base::bounded::Bounded;
 
 /// The longest reply head read from a peer.
 const MAX_HEAD: usize = 16 * 1024;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::discovery::Who;
 use crate::nar_check::Blame;
-use crate::narinfo::HashPart;
+use crate::nix::narinfo::HashPart;
 use crate::transfers::Transfer;
 use crate::upstream::{Source, Upstream};
 

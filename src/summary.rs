@@ -35,7 +35,7 @@
 
 use std::collections::VecDeque;
 
-use crate::narinfo::HashPart;
+use crate::nix::narinfo::HashPart;
 
 /// Bits of a fingerprint: a path not in the store matches one in 2^10.
 const FINGERPRINT_BITS: u32 = 10;

@@ -11,7 +11,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::cache::Bounded;
+use crate::base::bounded::Bounded;
 use crate::discovery::Who;
 
 /// Peers whose pace is remembered, per generation of the table.

@@ -23,17 +23,17 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::cache::Bounded;
+use crate::base::bounded::Bounded;
 use crate::compress;
 use crate::discovery::{Discovery, Found, Who};
 use crate::nar_check::{checked_or_log, Blame, Prefixes};
-use crate::narinfo::{HashPart, NarInfo};
-use crate::nix32;
+use crate::nix::narinfo::{HashPart, NarInfo};
+use crate::nix::nix32;
+use crate::nix::trust::Trust;
 use crate::peer_client::PeerClient;
 use crate::stripe::{self, Stripe, Striped};
 use crate::throughput::Throughput;
 use crate::transfers::Transfer;
-use crate::trust::Trust;
 
 /// The longest a narinfo fetch from one peer may take. A narinfo request
 /// is answered within the discovery timeout plus this.

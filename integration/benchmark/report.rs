@@ -208,7 +208,7 @@ pub(crate) fn table(rows: &[Row], machine: &[(String, String)]) -> String {
 
 /// A JSON string literal.
 pub(crate) fn js(s: &str) -> String {
-    peerix::json::Json::str(s).render()
+    peerix::base::json::Json::str(s).render()
 }
 
 /// A JSON number (null when not finite).

@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use peerix::discovery::wire::{Datagram, Message};
-use peerix::narinfo::HashPart;
+use peerix::nix::narinfo::HashPart;
 use peerix::summary::{PeerSummary, Published, Update};
 
 use crate::harness::*;

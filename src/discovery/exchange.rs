@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use super::peers::PeerTable;
 use super::wire::{NodeId, PeerEntry, PEERS_MAX};
-use crate::cache::Bounded;
+use crate::base::bounded::Bounded;
 
 /// Candidates kept, per generation of their table.
 const CANDIDATES_MAX: usize = 256;

@@ -35,8 +35,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::auth::NetworkKey;
-use crate::narinfo::HashPart;
-use crate::rate::RateLimit;
+use crate::base::rate::RateLimit;
+use crate::nix::narinfo::HashPart;
 use crate::store::Store;
 use exchange::Exchange;
 pub use peers::PeerInfo;
@@ -431,7 +431,7 @@ impl Discovery {
             rate: RateLimit::new(settings.answer_rate),
             peers: PeerTable::default(),
             pending: HashMap::new(),
-            recent: crate::cache::Bounded::new(RECENT_MAX),
+            recent: crate::base::bounded::Bounded::new(RECENT_MAX),
             last_hello: None,
             hello_period: HELLO_EVERY,
             started: Instant::now(),
@@ -442,7 +442,7 @@ impl Discovery {
             announced: 0,
             last_notice: None,
             last_publish: None,
-            departed: crate::cache::Bounded::new(64),
+            departed: crate::base::bounded::Bounded::new(64),
             pulls: settings.pulls,
         };
         std::thread::Builder::new()

@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::wire::{NodeId, PeerEntry};
-use crate::cache::Bounded;
+use crate::base::bounded::Bounded;
 
 /// A peer not heard from for this long is forgotten. Peers say hello
 /// every `HELLO_EVERY`, so a live one is heard well within it. On a large

@@ -32,8 +32,8 @@ use crossbeam_channel::Sender;
 
 use super::wire::NodeId;
 use super::{Command, Outbox};
-use crate::logs::Throttle;
-use crate::narinfo::HashPart;
+use crate::base::logs::Throttle;
+use crate::nix::narinfo::HashPart;
 use crate::peer_client::{FetchError, PeerClient};
 use crate::summary::{PeerSummary, Update};
 

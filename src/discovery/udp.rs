@@ -16,10 +16,10 @@ use super::targets::SharedTargets;
 use super::wire::{self, Datagram, Message, NodeId, PeerEntry};
 use super::{Answer, Command, Found, Outbox, Pending, Query, RECENT, STARTUP, TICK};
 use crate::auth::{AuthError, NetworkKey};
-use crate::cache::Bounded;
-use crate::logs::Throttle;
-use crate::narinfo::HashPart;
-use crate::rate::RateLimit;
+use crate::base::bounded::Bounded;
+use crate::base::logs::Throttle;
+use crate::base::rate::RateLimit;
+use crate::nix::narinfo::HashPart;
 use crate::store::Store;
 
 pub(super) struct UdpThread {

@@ -39,7 +39,7 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use crate::narinfo::HashPart;
+use crate::nix::narinfo::HashPart;
 
 pub const MAGIC: &[u8; 2] = b"PX";
 pub const VERSION: u8 = 2;

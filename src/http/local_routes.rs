@@ -32,8 +32,8 @@ use super::peer_routes::cache_info;
 use super::reply::Reply;
 use super::{status, App, Client, Incoming};
 use crate::metrics::NarSource;
-use crate::narinfo::HashPart;
-use crate::nix32;
+use crate::nix::narinfo::HashPart;
+use crate::nix::nix32;
 use crate::transfers::Transfer;
 use crate::upstream::Upstream;
 

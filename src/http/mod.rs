@@ -37,12 +37,12 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tiny_http::{Limits, Method, Request};
 
 use crate::auth::NetworkKey;
+use crate::base::logs::Throttle;
+use crate::base::rate::RateLimit;
 use crate::discovery::Discovery;
-use crate::keys::SigningKey;
-use crate::logs::Throttle;
 use crate::metrics::Metrics;
+use crate::nix::keys::SigningKey;
 use crate::pull::Pull;
-use crate::rate::RateLimit;
 use crate::store::Store;
 use crate::upstream::Upstream;
 use reply::Reply;
@@ -442,7 +442,7 @@ impl Pool {
     /// answering a request whose last request ended longest ago) is shut
     /// down to make room, and only when every one is busy is it refused.
     fn admit(&self, ip: IpAddr, stream: &Arc<TcpStream>) -> Result<u64, NoSlot> {
-        let source = crate::rate::source_of(ip);
+        let source = crate::base::rate::source_of(ip);
         let mut slots = self.slots();
         let held = slots.per_source.get(&source).copied().unwrap_or(0);
         if self.per_source.is_some_and(|share| held >= share) {

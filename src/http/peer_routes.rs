@@ -20,10 +20,10 @@ use base64::Engine;
 
 use super::reply::Reply;
 use super::{App, Incoming};
+use crate::base::logs::Throttle;
 use crate::compress::Mode;
-use crate::logs::Throttle;
 use crate::metrics::NarSource;
-use crate::narinfo::{basename_of, HashPart, STORE_DIR};
+use crate::nix::narinfo::{basename_of, HashPart, STORE_DIR};
 use crate::store::PathInfo;
 
 /// Requests refused for want of the network key, logged at most once a second.
@@ -222,7 +222,7 @@ fn pulled_nar(app: &App, rest: &str, incoming: &Incoming) -> Reply {
         let (nar_hash, hash) = n.split_once('-')?;
         Some((
             HashPart::parse(hash)?,
-            crate::nix32::decode::<32>(nar_hash)?,
+            crate::nix::nix32::decode::<32>(nar_hash)?,
         ))
     });
     let Some((hash, nar_hash)) = parsed else {

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use super::reply::Reply;
 use super::App;
-use crate::config::{COMMIT, VERSION};
+use crate::base::json::Json;
+use crate::base::version::{COMMIT, VERSION};
 use crate::discovery::Who;
-use crate::history::Sample;
-use crate::json::Json;
+use crate::metrics::history::Sample;
 
 /// The dashboard; `/*FACTS*/null` is replaced by the facts at the time.
 const DASHBOARD: &str = include_str!("dashboard.html");

@@ -16,7 +16,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
 use super::decode;
-use crate::narinfo::{self, HashPart, NarInfo};
+use crate::nix::narinfo::{self, HashPart, NarInfo};
 
 /// Connecting to an upstream across the internet may take this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -30,15 +30,15 @@ pub use client::Cache;
 use client::{Client, UpstreamError};
 use spool::{Open, Spool};
 
-use crate::cache::Bounded;
+use crate::base::bounded::Bounded;
+use crate::base::logs::Throttle;
 use crate::discovery::{Discovery, Found};
-use crate::logs::Throttle;
 use crate::nar_check::{checked_or_log, Blame, Prefixes};
-use crate::narinfo::{HashPart, NarInfo};
-use crate::nix32;
+use crate::nix::narinfo::{HashPart, NarInfo};
+use crate::nix::nix32;
+use crate::nix::trust::Trust;
 use crate::peer_client::PeerClient;
 use crate::store::Store;
-use crate::trust::Trust;
 
 /// The longest all upstreams together may take to answer a narinfo.
 const NARINFO_TIMEOUT: Duration = Duration::from_secs(5);

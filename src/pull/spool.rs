@@ -30,9 +30,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::cache::Bounded;
-use crate::logs::Throttle;
-use crate::narinfo::HashPart;
+use crate::base::bounded::Bounded;
+use crate::base::logs::Throttle;
+use crate::nix::narinfo::HashPart;
 
 /// Downloads into the spool at once, at most; more stream directly.
 const MAX_WRITERS: usize = 64;

@@ -21,7 +21,7 @@ use std::sync::RwLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::serve::NixError;
-use crate::narinfo::HashPart;
+use crate::nix::narinfo::HashPart;
 
 /// Pending entries (a path being built or substituted) are asked about
 /// again after this, then after twice as long each time none became

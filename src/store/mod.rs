@@ -22,8 +22,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 pub use serve::{NixError, PathInfo};
 
-use crate::cache::Bounded;
-use crate::narinfo::{HashPart, STORE_DIR};
+use crate::base::bounded::Bounded;
+use crate::nix::narinfo::{HashPart, STORE_DIR};
 use crate::share::Policy;
 use crate::summary::{Published, Update};
 use serve::Serve;

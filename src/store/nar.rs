@@ -20,8 +20,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::serve::{PathInfo, Serve};
-use crate::child::Child;
-use crate::narinfo::STORE_DIR;
+use crate::base::child::Child;
+use crate::nix::narinfo::STORE_DIR;
 
 /// Serve children kept for NARs, at most (busy or idle).
 const CHILDREN: usize = 16;

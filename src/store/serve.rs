@@ -13,8 +13,8 @@ use std::io;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::child::Child;
-use crate::narinfo::{self, basename_of, NarInfo, STORE_DIR};
+use crate::base::child::Child;
+use crate::nix::narinfo::{self, basename_of, NarInfo, STORE_DIR};
 
 const MAGIC_1: u64 = 0x390c_9deb;
 const MAGIC_2: u64 = 0x5452_eecb;

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use peerix::keys::{PublicKey, SigningKey};
+use peerix::nix::keys::{PublicKey, SigningKey};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

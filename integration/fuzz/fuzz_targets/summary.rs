@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use peerix::narinfo::HashPart;
+use peerix::nix::narinfo::HashPart;
 use peerix::summary::{PeerSummary, Update};
 
 fuzz_target!(|data: &[u8]| {

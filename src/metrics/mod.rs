@@ -9,6 +9,8 @@
 //! atomics and small maps. The last hour of them, minute by minute, is
 //! kept in `history.rs`; `/status.json` and the dashboard read them here.
 
+pub mod history;
+
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::net::IpAddr;
@@ -16,11 +18,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::cache::Bounded;
-use crate::config::{COMMIT, VERSION};
+use crate::base::bounded::Bounded;
+use crate::base::version::{COMMIT, VERSION};
 use crate::discovery::Who;
-use crate::history::{History, Sample};
 use crate::transfers::Transfers;
+use history::{History, Sample};
 
 /// Upper bounds (seconds) of the discovery latency histogram.
 const BUCKETS: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];

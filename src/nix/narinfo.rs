@@ -7,8 +7,8 @@ use std::fmt;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
-use crate::keys::{PublicKey, SigningKey};
-use crate::nix32;
+use crate::nix::keys::{PublicKey, SigningKey};
+use crate::nix::nix32;
 
 /// The store directory every narinfo is relative to.
 pub const STORE_DIR: &str = "/nix/store";
@@ -186,7 +186,7 @@ impl NarInfo {
             url,
             compression: "none".into(),
             sigs: (self.sigs.iter())
-                .filter(|s| crate::keys::is_signature(s))
+                .filter(|s| crate::nix::keys::is_signature(s))
                 .cloned()
                 .collect(),
             ..self.clone()

@@ -9,8 +9,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::keys::PublicKey;
-use crate::narinfo::NarInfo;
+use crate::nix::keys::PublicKey;
+use crate::nix::narinfo::NarInfo;
 
 /// How long `nix config show` may take.
 const NIX_CONFIG_TIMEOUT: Duration = Duration::from_secs(10);
@@ -108,7 +108,7 @@ fn nix_settings() -> Option<String> {
             command
                 .args(["--extra-experimental-features", "nix-command"])
                 .args(*args);
-            match crate::child::output_by(command, Instant::now() + NIX_CONFIG_TIMEOUT) {
+            match crate::base::child::output_by(command, Instant::now() + NIX_CONFIG_TIMEOUT) {
                 Ok(out) => Some(String::from_utf8_lossy(&out).into_owned()),
                 Err(e) => {
                     log::debug!("{e}");

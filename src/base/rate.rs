@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::cache::Bounded;
+use crate::base::bounded::Bounded;
 
 /// Sources remembered per generation of the table.
 const MAX_SOURCES: usize = 4096;
