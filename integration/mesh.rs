@@ -16,7 +16,7 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use peerix::nix::narinfo::HashPart;
-use peerix::summary::{PeerSummary, Update};
+use peerix::store::summary::{PeerSummary, Update};
 use support::{
     build_random, generate_key, hash_of, node, wait_offered, wait_until, Host, Net, Xorshift, LOCAL,
 };

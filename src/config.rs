@@ -9,7 +9,7 @@ use argh::FromArgs;
 use crate::auth::NetworkKey;
 use crate::compress;
 use crate::nix::keys::{KeyError, PublicKey, SigningKey};
-use crate::share::Policy;
+use crate::store::share::Policy;
 
 /// The port of the original Peerix, for TCP (HTTP) and UDP alike.
 pub const DEFAULT_PORT: u16 = 12304;

@@ -18,8 +18,8 @@ use crate::discovery::Found;
 use crate::metrics::Framed;
 use crate::nix::narinfo::{self, HashPart, NarInfo};
 use crate::peer_http::{Connections, Reply};
+use crate::store::summary;
 use crate::stripe::{self, Stripe};
-use crate::summary;
 
 /// A connection to a LAN peer that takes longer than this is a dead peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use peerix::discovery::wire::{Datagram, Message};
 use peerix::nix::narinfo::HashPart;
-use peerix::summary::{PeerSummary, Published, Update};
+use peerix::store::summary::{PeerSummary, Published, Update};
 
 use crate::harness::*;
 use crate::report::*;

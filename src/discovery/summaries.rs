@@ -35,7 +35,7 @@ use super::{Command, Outbox};
 use crate::base::logs::Throttle;
 use crate::nix::narinfo::HashPart;
 use crate::peer_client::{FetchError, PeerClient};
-use crate::summary::{PeerSummary, Update};
+use crate::store::summary::{PeerSummary, Update};
 
 /// Memory for peers' summaries, at most (about 50 peers of a million
 /// paths, or 2,000 of 20,000).

@@ -1,8 +1,9 @@
 //! The local Nix store, as this node offers it to peers: the index of
 //! valid paths by hash part (`index.rs`, followed with inotify), path
 //! metadata asked of a long-lived `nix-store --serve` (`serve.rs`) by one
-//! thread and cached per path, the share policy's verdict per path (cached
-//! too), and NARs streamed from Nix (`nar.rs`).
+//! thread and cached per path, the share policy (`share.rs`) and its
+//! verdict per path (cached too), NARs streamed from Nix (`nar.rs`), and
+//! the store's summary that peers keep a copy of (`summary.rs`).
 //!
 //! Nothing here waits on Nix without a deadline: a hung nix-daemon makes
 //! a path info "not found" after `INFO_WAIT`, never a stuck worker.
@@ -10,6 +11,8 @@
 mod index;
 mod nar;
 mod serve;
+pub mod share;
+pub mod summary;
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -24,9 +27,9 @@ pub use serve::{NixError, PathInfo};
 
 use crate::base::bounded::Bounded;
 use crate::nix::narinfo::{HashPart, STORE_DIR};
-use crate::share::Policy;
-use crate::summary::{Published, Update};
 use serve::Serve;
+use share::Policy;
+use summary::{Published, Update};
 
 /// Path infos kept in memory, per generation of the cache.
 const INFO_CACHE: usize = 8192;

@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use peerix::nix::narinfo::HashPart;
-use peerix::summary::{PeerSummary, Update};
+use peerix::store::summary::{PeerSummary, Update};
 
 fuzz_target!(|data: &[u8]| {
     if let Some(u) = Update::parse(data) {

@@ -7,8 +7,8 @@
 //! offered only when every path of its closure passes: its narinfo names
 //! its references, and a peer could not complete the closure anyway.
 
+use super::serve::PathInfo;
 use crate::nix::keys::PublicKey;
-use crate::store::PathInfo;
 
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
