@@ -13,7 +13,7 @@ mod support;
 
 use std::io::Read;
 
-use peerix::compress::{Decoder, ENCODING, NO_GAIN_PACE};
+use peerix::peer::framed::{Decoder, ENCODING, NO_GAIN_PACE};
 use support::{
     build_programs, build_random, copy_to, generate_key, hash_of, metric, metrics, nar_under_way,
     nar_went_on, node, wait_offered, Daemon, Host, Net, LOCAL,

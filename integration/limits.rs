@@ -471,7 +471,7 @@ fn one_stranger_cannot_hold_every_peer_slot() {
     let (h1, h2, h3) = (net.host(1), net.host(2), net.host(3));
     let secret = "a secret of the network";
     let key_file = network_key_file(&net, secret);
-    let network_key = peerix::auth::NetworkKey::new(secret.as_bytes()).unwrap();
+    let network_key = peerix::peer::network_key::NetworkKey::new(secret.as_bytes()).unwrap();
     let key = generate_key(h1, "h1-1");
     let target = h1.addr4.to_string();
     let url = format!("http://{target}:12304/peer/nix-cache-info");

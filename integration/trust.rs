@@ -10,9 +10,9 @@ use std::fs;
 use std::process::Output;
 use std::time::Duration;
 
-use peerix::auth::NetworkKey;
 use peerix::discovery::wire::{Datagram, Message};
 use peerix::nix::narinfo::HashPart;
+use peerix::peer::network_key::NetworkKey;
 use support::{generate_key, hash_of, Daemon, Host, Key, Net, LOCAL};
 
 fn script(name: &str) -> String {

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
-use crate::auth::NetworkKey;
-use crate::compress;
 use crate::nix::keys::{KeyError, PublicKey, SigningKey};
+use crate::peer::framed;
+use crate::peer::network_key::NetworkKey;
 use crate::store::share::Policy;
 
 /// The port of the original Peerix, for TCP (HTTP) and UDP alike.
@@ -86,8 +86,8 @@ pub struct Args {
     /// compress NARs between nodes of ours: auto (while the link, not the
     /// CPU, is the bottleneck and the data compresses), always or never
     /// (default auto)
-    #[argh(option, default = "compress::Mode::Auto")]
-    pub compress: compress::Mode,
+    #[argh(option, default = "framed::Mode::Auto")]
+    pub compress: framed::Mode,
     /// never ask original Peerix nodes (their format is broadcast with
     /// every query otherwise): on a LAN of this version only, a miss then
     /// sends nothing
@@ -141,7 +141,7 @@ pub struct Config {
     pub share: Policy,
     pub network_key: Option<NetworkKey>,
     pub answer_rate: u32,
-    pub compress: compress::Mode,
+    pub compress: framed::Mode,
     /// Ask original Peerix nodes too.
     pub v1: bool,
     /// Upstream caches, in order; none: the node asks only its peers.

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use peerix::base::signals;
 use peerix::config::{Args, Config};
 use peerix::nix::trust;
-use peerix::{discovery, http, metrics, peer_client, pull, store, upstream};
+use peerix::peer::client as peer_client;
+use peerix::{discovery, http, metrics, pull, store, upstream};
 
 fn main() -> ExitCode {
     let args: Args = argh::from_env();

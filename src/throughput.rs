@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::base::bounded::Bounded;
-use crate::discovery::Who;
+use crate::peer::Who;
 
 /// Peers whose pace is remembered, per generation of the table.
 const REMEMBERED: usize = 256;

@@ -24,14 +24,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::base::bounded::Bounded;
-use crate::compress;
-use crate::discovery::{Discovery, Found, Who};
+use crate::discovery::Discovery;
 use crate::nar_check::{checked_or_log, Blame, Prefixes};
 use crate::nix::narinfo::{HashPart, NarInfo};
 use crate::nix::nix32;
 use crate::nix::trust::Trust;
-use crate::peer_client::PeerClient;
-use crate::stripe::{self, Stripe, Striped};
+use crate::peer::client::PeerClient;
+use crate::peer::framed;
+use crate::peer::stripe::Stripe;
+use crate::peer::{Peer, Who};
+use crate::stripe::{self, Striped};
 use crate::throughput::Throughput;
 use crate::transfers::Transfer;
 
@@ -53,7 +55,7 @@ const LARGE_NAR: u64 = 8 << 20;
 /// (checked: parsed strictly, signed by a key the local Nix trusts, raw).
 #[derive(Clone, Debug)]
 pub struct Source {
-    pub found: Found,
+    pub found: Peer,
     pub info: NarInfo,
 }
 
@@ -428,12 +430,7 @@ impl Upstream {
     /// The peer's narinfo for `hash`, if it may reach the local Nix: every
     /// field parses as Nix parses it (`NarInfo::parse`), it describes the
     /// raw NAR, and it is signed by a key the local Nix trusts.
-    fn checked(
-        &self,
-        found: &Found,
-        hash: &HashPart,
-        timeout: Duration,
-    ) -> Result<NarInfo, String> {
+    fn checked(&self, found: &Peer, hash: &HashPart, timeout: Duration) -> Result<NarInfo, String> {
         let mut info = (self.client.narinfo(found, hash, timeout)).map_err(|e| e.to_string())?;
         if info.compression != "none" {
             return Err(format!(
@@ -502,9 +499,9 @@ impl FailoverNar {
                 continue;
             }
             self.tried.push(who);
-            // Compressed only where it may pay (see `compress::NO_GAIN_PACE`).
+            // Compressed only where it may pay (see `framed::NO_GAIN_PACE`).
             let pace = self.upstream.throughput.pace(&who);
-            let compressible = pace.is_none_or(|p| p < compress::NO_GAIN_PACE);
+            let compressible = pace.is_none_or(|p| p < framed::NO_GAIN_PACE);
             match (self.upstream.client).nar(
                 &source.found,
                 &source.info,

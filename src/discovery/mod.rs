@@ -34,9 +34,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::auth::NetworkKey;
 use crate::base::rate::RateLimit;
 use crate::nix::narinfo::HashPart;
+use crate::peer::network_key::NetworkKey;
+use crate::peer::Peer;
 use crate::store::Store;
 use exchange::Exchange;
 pub use peers::PeerInfo;
@@ -111,7 +112,7 @@ impl Asked<'_> {
     /// The next peer that says it has the path; `None` once no more will
     /// (every peer of ours has answered, and original Peerix nodes had the
     /// time their answers need), or at the discovery timeout.
-    pub fn next_have(&mut self) -> Option<Found> {
+    pub fn next_have(&mut self) -> Option<Peer> {
         loop {
             let wait = self
                 .resend_at
@@ -141,39 +142,10 @@ impl Asked<'_> {
     }
 }
 
-/// A peer that says it has a path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Found {
-    /// The peer's HTTP address (with its scope, for IPv6 link-local).
-    pub addr: SocketAddr,
-    /// An original Peerix, whose routes are the `/local/…` ones.
-    pub v1: bool,
-    /// The node id of a peer of ours (original nodes have none).
-    pub node: Option<wire::NodeId>,
-}
-
-impl Found {
-    /// Who the peer is, whichever of its addresses it was heard from: one
-    /// node heard over IPv4 and IPv6 link-local is one source of a NAR.
-    pub fn who(&self) -> Who {
-        match self.node {
-            Some(node) => Who::Node(node),
-            None => Who::Addr(self.addr.ip().to_canonical()),
-        }
-    }
-}
-
-/// A peer's identity: its node id, or for an original node its address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Who {
-    Node(wire::NodeId),
-    Addr(std::net::IpAddr),
-}
-
 /// What the UDP thread tells a worker about its query.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
-    Have(Found),
+    Have(Peer),
     /// Every peer of ours has answered: a `Have` may still come from an
     /// original Peerix (silent on a miss) until `until`, then no more.
     Settled {
@@ -402,9 +374,9 @@ impl Discovery {
         }));
         let summaries = Summaries::start(
             // Summaries are small: no compression asked for.
-            crate::peer_client::PeerClient::new(
+            crate::peer::client::PeerClient::new(
                 settings.network_key.clone(),
-                crate::compress::Mode::Never,
+                crate::peer::framed::Mode::Never,
             ),
             commands.clone(),
             outbox.clone(),

@@ -58,7 +58,7 @@ const V1_WAIT_FACTOR: u32 = 4;
 const V1_WAIT_MIN: Duration = Duration::from_millis(10);
 
 #[derive(Clone, Debug)]
-pub struct Peer {
+pub struct OurNode {
     /// Where its datagrams come from, most recent first: a peer is heard
     /// over IPv4 broadcast and IPv6 multicast alike.
     pub addrs: Vec<SocketAddr>,
@@ -75,17 +75,17 @@ pub struct Peer {
 
 /// An original Peerix node: when it was heard, and how long its answers
 /// to our queries took.
-struct V1Peer {
+struct V1Node {
     last_heard: Instant,
     answers: VecDeque<Duration>,
 }
 
 pub struct PeerTable {
-    ours: Bounded<NodeId, Peer>,
+    ours: Bounded<NodeId, OurNode>,
     /// Which node of ours sends from an address.
     by_addr: Bounded<IpAddr, NodeId>,
     /// Original Peerix nodes, by the address their datagrams come from.
-    v1: Bounded<IpAddr, V1Peer>,
+    v1: Bounded<IpAddr, V1Node>,
 }
 
 impl Default for PeerTable {
@@ -98,7 +98,7 @@ impl Default for PeerTable {
     }
 }
 
-impl Peer {
+impl OurNode {
     /// Heard within its time to live.
     fn live(&self) -> bool {
         self.live_at(Instant::now())
@@ -114,7 +114,7 @@ impl PeerTable {
     pub fn heard(&mut self, node: NodeId, addr: SocketAddr, http_port: Option<u16>) -> bool {
         let now = Instant::now();
         let new = !self.ours.contains_key(&node);
-        let peer = self.ours.entry_or_insert_with(node, || Peer {
+        let peer = self.ours.entry_or_insert_with(node, || OurNode {
             addrs: Vec::new(),
             http_port,
             last_heard: now,
@@ -175,8 +175,8 @@ impl PeerTable {
         peer.answers.push_back(took);
     }
 
-    fn v1_peer(&mut self, ip: IpAddr) -> &mut V1Peer {
-        self.v1.entry_or_insert_with(ip, || V1Peer {
+    fn v1_peer(&mut self, ip: IpAddr) -> &mut V1Node {
+        self.v1.entry_or_insert_with(ip, || V1Node {
             last_heard: Instant::now(),
             answers: VecDeque::new(),
         })
@@ -273,7 +273,7 @@ impl PeerTable {
     /// enough hits to know its pace; else a few times its slowest recent
     /// answer, within `timeout`.
     pub fn v1_wait(&self, timeout: Duration) -> Option<Duration> {
-        let live: Vec<&V1Peer> = (self.v1.iter())
+        let live: Vec<&V1Node> = (self.v1.iter())
             .map(|(_, p)| p)
             .filter(|p| p.last_heard.elapsed() < V1_TTL)
             .collect();

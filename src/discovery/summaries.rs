@@ -34,7 +34,7 @@ use super::wire::NodeId;
 use super::{Command, Outbox};
 use crate::base::logs::Throttle;
 use crate::nix::narinfo::HashPart;
-use crate::peer_client::{FetchError, PeerClient};
+use crate::peer::client::{FetchError, PeerClient};
 use crate::store::summary::{PeerSummary, Update};
 
 /// Memory for peers' summaries, at most (about 50 peers of a million

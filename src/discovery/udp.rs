@@ -14,12 +14,13 @@ use super::peers::PeerTable;
 use super::summaries::{Routes, SharedRoutes, Summaries};
 use super::targets::SharedTargets;
 use super::wire::{self, Datagram, Message, NodeId, PeerEntry};
-use super::{Answer, Command, Found, Outbox, Pending, Query, RECENT, STARTUP, TICK};
-use crate::auth::{AuthError, NetworkKey};
+use super::{Answer, Command, Outbox, Pending, Query, RECENT, STARTUP, TICK};
 use crate::base::bounded::Bounded;
 use crate::base::logs::Throttle;
 use crate::base::rate::RateLimit;
 use crate::nix::narinfo::HashPart;
+use crate::peer::network_key::{AuthError, NetworkKey};
+use crate::peer::Peer;
 use crate::store::Store;
 
 pub(super) struct UdpThread {
@@ -35,7 +36,7 @@ pub(super) struct UdpThread {
     pub(super) peers: PeerTable,
     pub(super) pending: HashMap<u32, Pending>,
     /// Recent "have" answers by path: who, and when.
-    pub(super) recent: Bounded<HashPart, Vec<(Option<NodeId>, Found, Instant)>>,
+    pub(super) recent: Bounded<HashPart, Vec<(Option<NodeId>, Peer, Instant)>>,
     pub(super) last_hello: Option<Instant>,
     /// The time from the last hello to the next (see `hello_period`).
     pub(super) hello_period: Duration,
@@ -217,7 +218,7 @@ impl UdpThread {
     }
 
     /// Remembers that `node` (at `found`) has `hash`.
-    fn remember(&mut self, hash: HashPart, node: Option<NodeId>, found: Found) {
+    fn remember(&mut self, hash: HashPart, node: Option<NodeId>, found: Peer) {
         let entries = self.recent.entry_or_insert_with(hash, Vec::new);
         entries.retain(|(n, f, _)| !(*n == node && f.addr.ip() == found.addr.ip()));
         entries.insert(0, (node, found, Instant::now()));
@@ -389,7 +390,7 @@ impl UdpThread {
                 let Some(p) = self.pending.get(&id).filter(|p| p.hash == hash) else {
                     return self.peers.heard_v1(from.ip());
                 };
-                let found = Found {
+                let found = Peer {
                     addr: SocketAddr::new(from.ip(), port),
                     v1: true,
                     node: None,
@@ -463,7 +464,7 @@ impl UdpThread {
             Message::Have { hash, port } => {
                 let mut addr = from;
                 addr.set_port(port);
-                let found = Found {
+                let found = Peer {
                     addr,
                     v1: false,
                     node: Some(node),

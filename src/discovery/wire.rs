@@ -40,15 +40,13 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use crate::nix::narinfo::HashPart;
+pub use crate::peer::NodeId;
 
 pub const MAGIC: &[u8; 2] = b"PX";
 pub const VERSION: u8 = 2;
 
 /// The bit that marks the request ids of ours (see the module doc).
 pub const OURS: u32 = 1 << 31;
-
-/// A node's identity on the wire: random at each start.
-pub type NodeId = u64;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Datagram {

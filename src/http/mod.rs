@@ -36,12 +36,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tiny_http::{Limits, Method, Request};
 
-use crate::auth::NetworkKey;
 use crate::base::logs::Throttle;
 use crate::base::rate::RateLimit;
 use crate::discovery::Discovery;
 use crate::metrics::Metrics;
 use crate::nix::keys::SigningKey;
+use crate::peer::network_key::NetworkKey;
 use crate::pull::Pull;
 use crate::store::Store;
 use crate::upstream::Upstream;
@@ -61,7 +61,7 @@ pub struct App {
     /// When set, requests for the peer routes must be authenticated.
     pub network_key: Option<Arc<NetworkKey>>,
     /// Whether NARs to peers that ask for it are compressed, and how.
-    pub compress: crate::compress::Mode,
+    pub compress: crate::peer::framed::Mode,
     /// The port peers use, for status.
     pub port: u16,
     /// What the node was started with, for status.
@@ -111,7 +111,7 @@ pub struct Incoming<'a> {
     /// (`compress.rs`): only nodes of ours do.
     pub framed: bool,
     /// The stripe of the NAR asked for (`stripe.rs`), with `framed`.
-    pub stripe: Option<crate::stripe::Stripe>,
+    pub stripe: Option<crate::peer::stripe::Stripe>,
     /// The client's address.
     pub peer: Option<IpAddr>,
     /// True when the client prefers JSON (`Accept: application/json`).

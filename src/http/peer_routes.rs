@@ -21,9 +21,9 @@ use base64::Engine;
 use super::reply::Reply;
 use super::{App, Incoming};
 use crate::base::logs::Throttle;
-use crate::compress::Mode;
 use crate::metrics::NarSource;
 use crate::nix::narinfo::{basename_of, HashPart, STORE_DIR};
+use crate::peer::framed::Mode;
 use crate::store::PathInfo;
 
 /// Requests refused for want of the network key, logged at most once a second.

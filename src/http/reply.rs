@@ -12,9 +12,9 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, TryRecvError};
 use tiny_http::{Header, Request, Response, StatusCode};
 
-use crate::compress::{self, Encoder};
 use crate::metrics::{Direction, Metrics, NarSource};
-use crate::stripe::{self, Filter, Stripe};
+use crate::peer::framed::{self, Encoder};
+use crate::peer::stripe::{self, Filter, Stripe};
 
 pub enum Reply {
     /// A short text body.
@@ -33,7 +33,7 @@ pub enum Reply {
     /// With `compress`, sent as the framed stream of `compress.rs`,
     /// chunked (offsets and `Content-Range` still count NAR bytes).
     Stream {
-        compress: Option<compress::Mode>,
+        compress: Option<framed::Mode>,
         /// Only this stripe's bytes (`stripe.rs`); with `compress` only.
         stripe: Option<Stripe>,
         content_type: &'static str,
@@ -92,7 +92,7 @@ pub fn range(request: &Request) -> Option<u64> {
 pub fn asks_framed(request: &Request) -> bool {
     (request.headers().iter())
         .filter(|h| h.field.equiv("Accept-Encoding"))
-        .any(|h| compress::accepts(h.value.as_str()))
+        .any(|h| framed::accepts(h.value.as_str()))
 }
 
 /// The stripe a request asks for in `X-Peerix-Stripe`, if well-formed.
@@ -211,7 +211,7 @@ pub fn send(request: Request, reply: Reply, metrics: &Arc<Metrics>, stop: &Recei
                 ));
             }
             if framed {
-                headers.push(header("Content-Encoding", compress::ENCODING));
+                headers.push(header("Content-Encoding", framed::ENCODING));
             }
             if let Some(s) = stripe {
                 headers.push(header(stripe::HEADER, &s.render()));

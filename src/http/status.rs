@@ -10,8 +10,8 @@ use super::reply::Reply;
 use super::App;
 use crate::base::json::Json;
 use crate::base::version::{COMMIT, VERSION};
-use crate::discovery::Who;
 use crate::metrics::history::Sample;
+use crate::peer::Who;
 
 /// The dashboard; `/*FACTS*/null` is replaced by the facts at the time.
 const DASHBOARD: &str = include_str!("dashboard.html");

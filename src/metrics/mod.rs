@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::base::bounded::Bounded;
 use crate::base::version::{COMMIT, VERSION};
-use crate::discovery::Who;
+use crate::peer::Who;
 use crate::transfers::Transfers;
 use history::{History, Sample};
 

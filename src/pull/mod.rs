@@ -32,12 +32,13 @@ use spool::{Open, Spool};
 
 use crate::base::bounded::Bounded;
 use crate::base::logs::Throttle;
-use crate::discovery::{Discovery, Found};
+use crate::discovery::Discovery;
 use crate::nar_check::{checked_or_log, Blame, Prefixes};
 use crate::nix::narinfo::{HashPart, NarInfo};
 use crate::nix::nix32;
 use crate::nix::trust::Trust;
-use crate::peer_client::PeerClient;
+use crate::peer::client::PeerClient;
+use crate::peer::Peer;
 use crate::store::Store;
 
 /// The longest all upstreams together may take to answer a narinfo.
@@ -299,7 +300,7 @@ impl PullNar {
             let opened = match via {
                 Via::Here => self.pull.nar_here(&self.pulled, self.pos),
                 Via::Peer(node, addr) => {
-                    let found = Found {
+                    let found = Peer {
                         addr,
                         v1: false,
                         node: Some(node),

@@ -12,14 +12,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::auth::NetworkKey;
-use crate::compress::{self, Decoder};
-use crate::discovery::Found;
 use crate::metrics::Framed;
 use crate::nix::narinfo::{self, HashPart, NarInfo};
-use crate::peer_http::{Connections, Reply};
+use crate::peer::connection::{Connections, Reply};
+use crate::peer::framed::{self, Decoder};
+use crate::peer::network_key::NetworkKey;
+use crate::peer::stripe::{self, Stripe};
+use crate::peer::Peer;
 use crate::store::summary;
-use crate::stripe::{self, Stripe};
 
 /// A connection to a LAN peer that takes longer than this is a dead peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -58,13 +58,13 @@ pub struct PeerClient {
     /// Authenticates requests to peers, when the network has a key.
     key: Option<Arc<NetworkKey>>,
     /// Whether to ask nodes of ours for the framed, compressible stream.
-    compress: compress::Mode,
+    compress: framed::Mode,
     /// Where the framed streams received are counted, if anywhere.
     framed: Option<Arc<Framed>>,
 }
 
 impl PeerClient {
-    pub fn new(key: Option<Arc<NetworkKey>>, compress: compress::Mode) -> PeerClient {
+    pub fn new(key: Option<Arc<NetworkKey>>, compress: framed::Mode) -> PeerClient {
         PeerClient {
             key,
             compress,
@@ -112,13 +112,13 @@ impl PeerClient {
     }
 
     /// The peer's narinfo path for `hash`.
-    fn narinfo_path(found: &Found, hash: &HashPart) -> String {
+    fn narinfo_path(found: &Peer, hash: &HashPart) -> String {
         let route = if found.v1 { "local" } else { "peer" };
         format!("/{route}/{hash}.narinfo")
     }
 
     /// The peer's narinfo URL for `hash`, for messages.
-    pub fn narinfo_url(found: &Found, hash: &HashPart) -> String {
+    pub fn narinfo_url(found: &Peer, hash: &HashPart) -> String {
         format!(
             "http://{}{}",
             found.addr,
@@ -130,7 +130,7 @@ impl PeerClient {
     /// `timeout`.
     pub fn narinfo(
         &self,
-        found: &Found,
+        found: &Peer,
         hash: &HashPart,
         timeout: Duration,
     ) -> Result<NarInfo, FetchError> {
@@ -204,7 +204,7 @@ impl PeerClient {
     /// and what this returns is them.
     pub fn nar(
         &self,
-        found: &Found,
+        found: &Peer,
         info: &NarInfo,
         offset: u64,
         compressible: bool,
@@ -220,14 +220,14 @@ impl PeerClient {
         let head_by = Instant::now()
             + NAR_HEAD_TIMEOUT
             + Duration::from_secs_f64(offset as f64 / SKIP_PACE as f64);
-        let compressing = compressible && self.compress != compress::Mode::Never;
+        let compressing = compressible && self.compress != framed::Mode::Never;
         let framed = !found.v1 && (compressing || stripe.is_some());
         let mut headers = Vec::new();
         if offset > 0 {
             headers.push(("Range", format!("bytes={offset}-")));
         }
         if framed {
-            headers.push(("Accept-Encoding", compress::ENCODING.to_string()));
+            headers.push(("Accept-Encoding", framed::ENCODING.to_string()));
         }
         if let Some(stripe) = stripe {
             headers.push((stripe::HEADER, stripe.render()));
@@ -250,7 +250,7 @@ impl PeerClient {
         // NAR bytes by the route that passes it on.
         let framed = match reply.header("Content-Encoding") {
             None => false,
-            Some(compress::ENCODING) if framed && length.is_none() => true,
+            Some(framed::ENCODING) if framed && length.is_none() => true,
             Some(other) => {
                 return Err(FetchError::Invalid(format!(
                     "Content-Encoding {other:?} with Content-Length {length:?}"
