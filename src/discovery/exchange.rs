@@ -24,7 +24,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::peers::PeerTable;
+use super::peer_table::PeerTable;
 use super::wire::{NodeId, PeerEntry, PEERS_MAX};
 use crate::base::bounded::Bounded;
 

@@ -20,14 +20,16 @@
 //! hold the path, and a miss sends nothing at all.
 
 mod exchange;
-mod peers;
-mod summaries;
+mod hello;
+mod outbox;
+mod peer_summaries;
+mod peer_table;
 mod targets;
 mod udp;
 pub mod wire;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,47 +42,15 @@ use crate::peer::network_key::NetworkKey;
 use crate::peer::Peer;
 use crate::store::Store;
 use exchange::Exchange;
-pub use peers::PeerInfo;
-use peers::PeerTable;
-use summaries::{Fetched, Routes, SharedRoutes, Summaries};
+pub use hello::hello_period;
+use hello::HELLO_EVERY;
+use outbox::{Outbox, Query};
+use peer_summaries::{Routes, SharedRoutes, Summaries};
+pub use peer_table::PeerInfo;
+use peer_table::PeerTable;
 use targets::SharedTargets;
-use udp::UdpThread;
+use udp::{Answer, Command, UdpThread};
 use wire::{Datagram, Message, NodeId};
-
-/// How often a node says hello to the LAN, so that peers know it is there
-/// (with its summary's version, and its peer list to the peers it reaches
-/// by unicast), on a LAN of up to a hundred nodes.
-const HELLO_EVERY: Duration = Duration::from_secs(30);
-
-/// Past a hundred nodes the hellos thin out, so that each node hears
-/// about `1 / HELLO_SPACING` of them a second however large the LAN.
-const HELLO_SPACING: Duration = Duration::from_millis(300);
-
-/// The longest time between hellos: how long a node that vanished without
-/// a goodbye may still be thought about, a few times over.
-const HELLO_MAX: Duration = Duration::from_secs(600);
-
-/// The time until the next hello for a node that knows `peers` live peers
-/// and said its last one `previous` ago: `HELLO_SPACING` per peer within
-/// `HELLO_EVERY..=HELLO_MAX`, at most twice the previous one, so that
-/// peers (which forget a node after a few of its recent gaps, see
-/// `PeerTable::expire`) follow it as the LAN grows.
-pub fn hello_period(peers: usize, previous: Duration) -> Duration {
-    let wanted = HELLO_SPACING.saturating_mul(peers.try_into().unwrap_or(u32::MAX));
-    wanted.clamp(HELLO_EVERY, HELLO_MAX).min(previous * 2)
-}
-
-/// The UDP thread's longest sleep: how often it prunes and says hello.
-const TICK: Duration = Duration::from_millis(250);
-
-/// After start, the time in which the peers' answers to our first hello
-/// come back; until then nobody's silence means a miss.
-const STARTUP: Duration = Duration::from_secs(2);
-
-/// How long a peer's "have" is remembered: a query for the same path
-/// (Nix asks for the NAR right after the narinfo) gets it at once, whether
-/// or not the new answers make it through a busy network.
-const RECENT: Duration = Duration::from_secs(60);
 
 /// Paths whose recent "have" answers are remembered, per generation.
 const RECENT_MAX: usize = 4096;
@@ -142,17 +112,6 @@ impl Asked<'_> {
     }
 }
 
-/// What the UDP thread tells a worker about its query.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Answer {
-    Have(Peer),
-    /// Every peer of ours has answered: a `Have` may still come from an
-    /// original Peerix (silent on a miss) until `until`, then no more.
-    Settled {
-        until: Instant,
-    },
-}
-
 pub struct Settings {
     pub port: u16,
     pub broadcast: bool,
@@ -172,85 +131,6 @@ pub struct Settings {
 /// dropped (the asker's timeout covers it).
 const DEFERRED_MAX: usize = 256;
 
-/// Sends this node's datagrams: encodes them, and seals ours with the
-/// network key when there is one. Shared by the workers, the UDP thread
-/// and the verdicts thread.
-struct Outbox {
-    node: NodeId,
-    port: u16,
-    socket: UdpSocket,
-    key: Option<Arc<NetworkKey>>,
-}
-
-impl Outbox {
-    fn send(&self, datagram: &Datagram, to: SocketAddr) {
-        let mut bytes = datagram.encode();
-        if let (Some(key), Datagram::V2 { .. }) = (&self.key, datagram) {
-            key.seal(&mut bytes);
-        }
-        if let Err(e) = self.socket.send_to(&bytes, to) {
-            log::debug!("discovery: cannot send to {to}: {e}");
-        }
-    }
-
-    /// A datagram of ours.
-    fn v2(&self, id: u32, message: Message) -> Datagram {
-        Datagram::V2 {
-            node: self.node,
-            id,
-            message,
-        }
-    }
-
-    /// The answer to a query for `hash`, from `shared`: whether this node
-    /// offers the path.
-    fn answer(&self, query: &Query, shared: bool) {
-        let datagram = match query.v1 {
-            true if shared => Datagram::V1Reply {
-                id: query.id,
-                port: self.port,
-                hash: query.hash,
-            },
-            true => return, // an original Peerix expects silence on a miss
-            false if shared => self.v2(
-                query.id,
-                Message::Have {
-                    hash: query.hash,
-                    port: self.port,
-                },
-            ),
-            false => self.v2(query.id, Message::NotHere { hash: query.hash }),
-        };
-        log::debug!(
-            "discovery: {} asks for {}: {}",
-            query.from,
-            query.hash,
-            if shared { "have" } else { "not here" }
-        );
-        self.send(&datagram, query.from);
-    }
-
-    /// Wakes the UDP thread from its receive with an empty datagram to
-    /// itself, which it ignores.
-    fn wake(&self) {
-        let _ = self
-            .socket
-            .send_to(&[], (IpAddr::from(Ipv6Addr::LOCALHOST), self.port))
-            .or_else(|_| {
-                self.socket
-                    .send_to(&[], (IpAddr::from([127, 0, 0, 1]), self.port))
-            });
-    }
-}
-
-/// A peer's query, to answer.
-struct Query {
-    hash: HashPart,
-    id: u32,
-    from: SocketAddr,
-    v1: bool,
-}
-
 /// The handle workers ask through.
 pub struct Discovery {
     outbox: Arc<Outbox>,
@@ -261,41 +141,6 @@ pub struct Discovery {
     timeout: Duration,
     /// Ask original Peerix nodes too (`--no-v1` turns it off).
     v1: bool,
-}
-
-enum Command {
-    Register {
-        id: u32,
-        hash: HashPart,
-        answers: Sender<Answer>,
-        sent: Instant,
-        deadline: Instant,
-        /// The peers it went to, when it went to chosen ones.
-        waiting: Option<Vec<NodeId>>,
-    },
-    /// A peer's summary, fetched.
-    Fetched(Fetched),
-    Status(Sender<Vec<PeerInfo>>),
-    Pullers(Sender<Vec<(NodeId, SocketAddr)>>),
-    Stop,
-}
-
-/// A query of ours waiting for answers. It is kept until the full
-/// timeout, even after its worker stopped listening, so that the answer
-/// times of original Peerix nodes are learnt from late answers too.
-struct Pending {
-    hash: HashPart,
-    answers: Sender<Answer>,
-    sent: Instant,
-    deadline: Instant,
-    /// Peers of ours that have not answered yet.
-    waiting: Vec<NodeId>,
-    /// Peers that said they have it (each is reported once, though it
-    /// may answer on IPv4 and IPv6 alike).
-    have: Vec<NodeId>,
-    /// When nothing more is to be expected once every peer of ours has
-    /// answered: later for peers that are silent on a miss.
-    settled_at: Instant,
 }
 
 fn random_u64() -> u64 {
@@ -378,9 +223,8 @@ impl Discovery {
                 settings.network_key.clone(),
                 crate::peer::framed::Mode::Never,
             ),
-            commands.clone(),
             outbox.clone(),
-            peers::MAX_PEERS,
+            peer_table::MAX_PEERS,
         )?;
         let discovery = Arc::new(Discovery {
             outbox: outbox.clone(),
@@ -599,30 +443,5 @@ impl Discovery {
             .commands
             .send_timeout(Command::Stop, Duration::from_secs(1));
         self.outbox.wake();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hellos_thin_out_past_a_hundred_peers_at_most_doubling_each_time() {
-        let secs = Duration::from_secs;
-        assert_eq!(hello_period(0, secs(30)), HELLO_EVERY);
-        assert_eq!(hello_period(100, secs(30)), HELLO_EVERY);
-        assert_eq!(hello_period(200, secs(30)), secs(60));
-        // A thousand peers at once: 300 s, reached by doubling.
-        let mut period = HELLO_EVERY;
-        let mut steps = Vec::new();
-        for _ in 0..6 {
-            period = hello_period(1000, period);
-            steps.push(period.as_secs());
-        }
-        assert_eq!(steps, [60, 120, 240, 300, 300, 300]);
-        assert_eq!(hello_period(10_000, secs(600)), HELLO_MAX);
-        assert_eq!(hello_period(usize::MAX, secs(600)), HELLO_MAX);
-        // Peers leave: back to 30 s at once.
-        assert_eq!(hello_period(10, HELLO_MAX), HELLO_EVERY);
     }
 }

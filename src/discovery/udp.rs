@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::exchange::{self, Exchange};
-use super::peers::PeerTable;
-use super::summaries::{Routes, SharedRoutes, Summaries};
+use super::hello::hello_period;
+use super::outbox::{Outbox, Query};
+use super::peer_summaries::{Routes, SharedRoutes, Summaries};
+use super::peer_table::{PeerInfo, PeerTable};
 use super::targets::SharedTargets;
 use super::wire::{self, Datagram, Message, NodeId, PeerEntry};
-use super::{Answer, Command, Outbox, Pending, Query, RECENT, STARTUP, TICK};
 use crate::base::bounded::Bounded;
 use crate::base::logs::Throttle;
 use crate::base::rate::RateLimit;
@@ -22,6 +23,63 @@ use crate::nix::narinfo::HashPart;
 use crate::peer::network_key::{AuthError, NetworkKey};
 use crate::peer::Peer;
 use crate::store::Store;
+
+/// The UDP thread's longest sleep: how often it prunes and says hello.
+pub(super) const TICK: Duration = Duration::from_millis(250);
+
+/// After start, the time in which the peers' answers to our first hello
+/// come back; until then nobody's silence means a miss.
+pub(super) const STARTUP: Duration = Duration::from_secs(2);
+
+/// How long a peer's "have" is remembered: a query for the same path
+/// (Nix asks for the NAR right after the narinfo) gets it at once, whether
+/// or not the new answers make it through a busy network.
+pub(super) const RECENT: Duration = Duration::from_secs(60);
+
+/// What the UDP thread tells a worker about its query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Have(Peer),
+    /// Every peer of ours has answered: a `Have` may still come from an
+    /// original Peerix (silent on a miss) until `until`, then no more.
+    Settled {
+        until: Instant,
+    },
+}
+
+pub(super) enum Command {
+    Register {
+        id: u32,
+        hash: HashPart,
+        answers: Sender<Answer>,
+        sent: Instant,
+        deadline: Instant,
+        /// The peers it went to, when it went to chosen ones.
+        waiting: Option<Vec<NodeId>>,
+    },
+    /// A peer's summary, fetched.
+    Status(Sender<Vec<PeerInfo>>),
+    Pullers(Sender<Vec<(NodeId, SocketAddr)>>),
+    Stop,
+}
+
+/// A query of ours waiting for answers. It is kept until the full
+/// timeout, even after its worker stopped listening, so that the answer
+/// times of original Peerix nodes are learnt from late answers too.
+pub(super) struct Pending {
+    pub(super) hash: HashPart,
+    pub(super) answers: Sender<Answer>,
+    pub(super) sent: Instant,
+    pub(super) deadline: Instant,
+    /// Peers of ours that have not answered yet.
+    pub(super) waiting: Vec<NodeId>,
+    /// Peers that said they have it (each is reported once, though it
+    /// may answer on IPv4 and IPv6 alike).
+    pub(super) have: Vec<NodeId>,
+    /// When nothing more is to be expected once every peer of ours has
+    /// answered: later for peers that are silent on a miss.
+    pub(super) settled_at: Instant,
+}
 
 pub(super) struct UdpThread {
     pub(super) outbox: Arc<Outbox>,
@@ -123,9 +181,6 @@ impl UdpThread {
                         deadline,
                         waiting,
                     } => self.register(id, hash, answers, (sent, deadline), waiting),
-                    Command::Fetched(fetched) => {
-                        self.routes_stale |= self.summaries.fetched(fetched);
-                    }
                     Command::Status(reply) => {
                         let summaries = &self.summaries;
                         let lines = self.peers.snapshot(|node| summaries.describe(node));
@@ -141,6 +196,7 @@ impl UdpThread {
                     }
                 }
             }
+            self.routes_stale |= self.summaries.take_fetched();
             match received {
                 Ok((len, from)) => self.handle(&buf[..len], from),
                 Err(e)
@@ -594,7 +650,7 @@ impl UdpThread {
             }
             if let Some(last) = self.last_hello {
                 let live = self.peers.expected().len();
-                self.hello_period = super::hello_period(live, now - last);
+                self.hello_period = hello_period(live, now - last);
             }
             self.last_hello = Some(now);
             self.peers.expire(now);

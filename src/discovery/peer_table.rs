@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use super::hello::HELLO_MAX;
 use super::wire::{NodeId, PeerEntry};
 use crate::base::bounded::Bounded;
 
@@ -27,7 +28,7 @@ const TTL_SLACK: Duration = Duration::from_secs(5);
 
 /// The longest time to live a peer's hellos can earn it.
 const TTL_MAX: Duration =
-    Duration::from_secs(super::HELLO_MAX.as_secs() * TTL_GAPS as u64).saturating_add(TTL_SLACK);
+    Duration::from_secs(HELLO_MAX.as_secs() * TTL_GAPS as u64).saturating_add(TTL_SLACK);
 
 /// An original Peerix node is remembered this long after it was last
 /// heard: it says no hello, and is heard only when it asks (its Nix wants

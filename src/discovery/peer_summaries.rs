@@ -28,10 +28,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 
+use super::outbox::Outbox;
 use super::wire::NodeId;
-use super::{Command, Outbox};
 use crate::base::logs::Throttle;
 use crate::nix::narinfo::HashPart;
 use crate::peer::client::{FetchError, PeerClient};
@@ -130,6 +130,8 @@ impl Held {
 pub struct Summaries {
     peers: HashMap<NodeId, Held>,
     fetches: Sender<Fetch>,
+    /// What the fetcher thread brought back, for the UDP thread.
+    results: Receiver<Fetched>,
     /// Peers whose summaries are held, at most (with the peer table's bound).
     max_peers: usize,
     /// When a failed fetch is to be tried again.
@@ -137,15 +139,15 @@ pub struct Summaries {
 }
 
 impl Summaries {
-    /// Starts the fetcher thread, which hands its results to the UDP
-    /// thread as commands.
+    /// Starts the fetcher thread, which hands its results back (see
+    /// [`Summaries::take_fetched`]) and wakes the UDP thread.
     pub fn start(
         client: PeerClient,
-        commands: Sender<Command>,
         outbox: Arc<Outbox>,
         max_peers: usize,
     ) -> std::io::Result<Summaries> {
         let (fetches, rx) = crossbeam_channel::bounded::<Fetch>(FETCHES_MAX);
+        let (done, results) = crossbeam_channel::bounded::<Fetched>(FETCHES_MAX);
         std::thread::Builder::new()
             .name("discovery-summaries".into())
             .spawn(move || {
@@ -156,10 +158,7 @@ impl Summaries {
                         since: f.since,
                         result,
                     };
-                    if commands
-                        .send_timeout(Command::Fetched(fetched), FETCH_TIMEOUT)
-                        .is_err()
-                    {
+                    if done.send_timeout(fetched, FETCH_TIMEOUT).is_err() {
                         return;
                     }
                     outbox.wake();
@@ -168,6 +167,7 @@ impl Summaries {
         Ok(Summaries {
             peers: HashMap::new(),
             fetches,
+            results,
             max_peers,
             retry_at: None,
         })
@@ -229,8 +229,18 @@ impl Summaries {
         }
     }
 
+    /// Takes in the results the fetcher thread brought back since the
+    /// last call; true when a copy changed.
+    pub fn take_fetched(&mut self) -> bool {
+        let mut changed = false;
+        while let Ok(fetched) = self.results.try_recv() {
+            changed |= self.fetched(fetched);
+        }
+        changed
+    }
+
     /// Takes in a fetch's result; true when a copy changed.
-    pub fn fetched(&mut self, fetched: Fetched) -> bool {
+    fn fetched(&mut self, fetched: Fetched) -> bool {
         let Some(held) = self.peers.get_mut(&fetched.node) else {
             return false;
         };
@@ -401,6 +411,7 @@ mod tests {
         let summaries = Summaries {
             peers: HashMap::new(),
             fetches,
+            results: crossbeam_channel::never(),
             max_peers: 16,
             retry_at: None,
         };
