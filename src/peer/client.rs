@@ -12,13 +12,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::connection::{Connections, Reply};
+use super::framed::{self, Decoder};
+use super::identity::Peer;
+use super::network_key::NetworkKey;
+use super::stripe::{self, Stripe};
 use crate::metrics::Framed;
 use crate::nix::narinfo::{self, HashPart, NarInfo};
-use crate::peer::connection::{Connections, Reply};
-use crate::peer::framed::{self, Decoder};
-use crate::peer::network_key::NetworkKey;
-use crate::peer::stripe::{self, Stripe};
-use crate::peer::Peer;
 use crate::store::summary;
 
 /// A connection to a LAN peer that takes longer than this is a dead peer.
