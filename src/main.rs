@@ -7,8 +7,9 @@ use std::sync::Arc;
 use peerix::base::signals;
 use peerix::config::{Args, Config};
 use peerix::nix::trust;
-use peerix::peer::client as peer_client;
-use peerix::{discovery, http, metrics, pull, store, upstream};
+use peerix::peer::client::PeerClient;
+use peerix::substitute::Substituter;
+use peerix::{discovery, http, metrics, pull, store};
 
 fn main() -> ExitCode {
     let args: Args = argh::from_env();
@@ -78,7 +79,7 @@ fn main() -> ExitCode {
         log::warn!("{warning}");
         warnings.push(warning.into());
     }
-    let about = http::status::About {
+    let about = http::About {
         trusted_keys: trust.key_names(),
         signing_key: config.signing_key.as_ref().map(|k| k.name().to_owned()),
         share: config.share.to_string(),
@@ -88,13 +89,8 @@ fn main() -> ExitCode {
         warnings,
     };
     let metrics = Arc::new(metrics::Metrics::default());
-    let peers = peer_client::PeerClient::new(network_key.clone(), config.compress)
-        .counted(metrics.framed.clone());
-    let upstream = Arc::new(upstream::Upstream::new(
-        discovery.clone(),
-        peers,
-        trust.clone(),
-    ));
+    let peers =
+        || PeerClient::new(network_key.clone(), config.compress).counted(metrics.framed.clone());
     let pull = match config.upstreams.is_empty() {
         true => None,
         false => {
@@ -104,15 +100,12 @@ fn main() -> ExitCode {
                 spool_dir: config.state_dir.join("spool"),
                 spool_bytes: config.spool_bytes,
             };
-            let peers = peer_client::PeerClient::new(network_key.clone(), config.compress)
-                .counted(metrics.framed.clone());
             match pull::Pull::new(
                 settings,
-                trust,
+                trust.clone(),
                 discovery.clone(),
-                peers,
+                peers(),
                 store.clone(),
-                upstream.prefixes(),
             ) {
                 Ok(p) => {
                     log::info!("pulling through {} for the LAN", caches.join(", "));
@@ -125,12 +118,19 @@ fn main() -> ExitCode {
             }
         }
     };
+    let substituter = Arc::new(Substituter::new(
+        discovery.clone(),
+        peers(),
+        trust,
+        pull.clone(),
+        metrics.clone(),
+    ));
     let app = Arc::new(http::App {
         store,
         key: config.signing_key,
         priority: config.priority,
         discovery: discovery.clone(),
-        upstream,
+        substituter,
         pull,
         network_key,
         metrics,

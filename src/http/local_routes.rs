@@ -3,7 +3,7 @@
 //! - `/nix-cache-info`
 //! - `/<hash>.narinfo`: asks the peers, and hands on the narinfo of the
 //!   first one that has the path and whose narinfo passes every check
-//!   (see `upstream.rs`), naming its NAR by content:
+//!   (see `substitute/`), naming its NAR by content:
 //!   `nar/<nix32 NarHash>-<hash>.nar`.
 //! - `/nar/<nix32 NarHash>-<hash>.nar`: streams that NAR from peers whose
 //!   narinfo has that NarHash, failing over mid-stream; `/nar/<hash>.nar`
@@ -25,17 +25,18 @@
 //! "not here"). A narinfo request is answered 200 or 404, never an error:
 //! an error aborts the build on Nix up to 2.31.
 
-use std::io::Read;
 use std::time::Instant;
 
-use super::peer_routes::cache_info;
+use super::app::App;
 use super::reply::Reply;
-use super::{status, App, Client, Incoming};
-use crate::metrics::NarSource;
+use super::request::{Client, Incoming};
+use super::status;
+use super::store_routes::cache_info;
+use crate::metrics::{Gauges, NarSource};
 use crate::nix::narinfo::HashPart;
 use crate::nix::nix32;
-use crate::transfers::Transfer;
-use crate::upstream::Upstream;
+use crate::peer::Who;
+use crate::substitute::NoNar;
 
 /// Answers the request if its path is one of the local routes.
 pub fn route(app: &App, incoming: &Incoming) -> Option<Reply> {
@@ -65,15 +66,7 @@ pub fn route(app: &App, incoming: &Incoming) -> Option<Reply> {
         Route::Status => status::text(app),
         Route::StatusJson => status::json(app),
         Route::Dashboard => status::dashboard(app),
-        Route::Metrics => Reply::text(
-            200,
-            "text/plain; version=0.0.4",
-            app.metrics.render(
-                app.discovery.peers().len(),
-                app.store.valid_paths(),
-                &app.upstream.paces(),
-            ),
-        ),
+        Route::Metrics => metrics(app),
         Route::NarInfo(name) => match HashPart::parse(name) {
             Some(hash) => narinfo(app, &hash),
             None => Reply::status(400, "expected a 32-character nix32 hash"),
@@ -104,124 +97,58 @@ fn parse_nar_name(name: &str) -> Option<(HashPart, Option<[u8; 32]>)> {
     }
 }
 
-/// Asks the peers for `hash` and hands on the first narinfo that passes;
-/// then the upstream caches.
+/// The counters, with the gauges of the moment.
+fn metrics(app: &App) -> Reply {
+    let now = Gauges {
+        peers: app.discovery.peers().len(),
+        store_paths: app.store.valid_paths(),
+        transfers: app.substituter.transfers().snapshot().1,
+    };
+    let paces: Vec<(String, f64)> = (app.substituter.paces().into_iter())
+        .map(|(who, pace)| match who {
+            Who::Node(id) => (format!("{id:016x}"), pace),
+            Who::Addr(ip) => (ip.to_string(), pace),
+        })
+        .collect();
+    let text = app.metrics.render(now, &paces);
+    Reply::text(200, "text/plain; version=0.0.4", text)
+}
+
+/// The narinfo of `hash` from the peers, else the upstream caches.
 fn narinfo(app: &App, hash: &HashPart) -> Reply {
     let start = Instant::now();
-    let found = app.upstream.narinfo(hash);
-    let found = match found {
-        Some(source) => {
-            log::debug!(
-                "{hash}: found at http://{} in {:.1?}",
-                source.found.addr,
-                start.elapsed()
-            );
-            Some(source.info)
-        }
-        None => (app.pull.as_ref().and_then(|pull| pull.narinfo(hash))).map(|pulled| {
-            log::debug!("{hash}: found upstream in {:.1?}", start.elapsed());
-            pulled.info
-        }),
-    };
+    let found = app.substituter.narinfo(hash);
     app.metrics.lookup(found.is_some(), start.elapsed());
     match found {
-        Some(info) => {
-            let url = Upstream::nar_url(&info);
-            Reply::text(200, "text/x-nix-narinfo", info.for_nix(url).render())
-        }
-        None => {
-            log::debug!("{hash}: nobody has it ({:.1?})", start.elapsed());
-            Reply::not_found()
-        }
+        Some(info) => Reply::text(200, "text/x-nix-narinfo", info.render()),
+        None => Reply::not_found(),
     }
 }
 
-/// The NAR of `hash` with `nar_hash`, from the peers that serve it, else
-/// pulled through the upstream caches.
+/// The NAR of `hash` with `nar_hash`, from byte `incoming.range` on:
+/// plain NAR bytes, as from any binary cache.
 fn nar(app: &App, hash: &HashPart, nar_hash: Option<[u8; 32]>, incoming: &Incoming) -> Reply {
-    let sources = app.upstream.sources(hash, nar_hash);
-    let Some(total) = sources.first().map(|s| s.info.nar_size) else {
-        return pulled_nar(app, hash, nar_hash, incoming);
-    };
     let offset = incoming.range.unwrap_or(0);
-    if offset >= total {
-        return Reply::status(416, "the range starts after the end of the NAR");
-    }
-    let body = match incoming.head {
-        true => None,
-        false => {
-            let transfer =
-                Transfer::start(&app.metrics, sources[0].info.path.clone(), total, offset);
-            match app.upstream.nar(hash, sources, offset, transfer) {
-                // No peer could start it: through the upstreams, if any.
-                None => return pulled_nar(app, hash, nar_hash, incoming),
-                body => body,
-            }
+    let nar = match app.substituter.nar(hash, nar_hash, offset, incoming.head) {
+        Ok(nar) => nar,
+        Err(NoNar::Nowhere) => return Reply::not_found(),
+        Err(NoNar::PastTheEnd) => {
+            return Reply::status(416, "the range starts after the end of the NAR")
         }
     };
-    nar_reply(
-        total,
-        incoming,
-        body,
-        NarSource::Peer,
-        format!("{hash} from peers"),
-    )
-}
-
-/// The NAR of `hash` from the upstream caches, when no peer has it.
-fn pulled_nar(
-    app: &App,
-    hash: &HashPart,
-    nar_hash: Option<[u8; 32]>,
-    incoming: &Incoming,
-) -> Reply {
-    let Some((pull, pulled)) =
-        (app.pull.as_ref()).and_then(|p| Some((p, p.matching(hash, nar_hash)?)))
-    else {
-        log::info!("{hash}: no peer serves the NAR asked for");
-        return Reply::not_found();
+    let from = match nar.from {
+        NarSource::Peer => "peers",
+        _ => "upstream",
     };
-    let total = pulled.info.nar_size;
-    let offset = incoming.range.unwrap_or(0);
-    if offset >= total {
-        return Reply::status(416, "the range starts after the end of the NAR");
-    }
-    let (body, source) = match incoming.head {
-        true => (None, NarSource::Upstream),
-        false => match pull.nar(pulled, offset) {
-            None => return Reply::not_found(),
-            Some((body, true)) => (Some(body), NarSource::PeerPull),
-            Some((body, false)) => (Some(body), NarSource::Upstream),
-        },
-    };
-    nar_reply(
-        total,
-        incoming,
-        body,
-        source,
-        format!("{hash} from upstream"),
-    )
-}
-
-/// The reply with a NAR of `total` bytes for the local Nix, from byte
-/// `incoming.range` on: plain NAR bytes, as from any binary cache. `what`
-/// says whose NAR from where, for the logs.
-fn nar_reply(
-    total: u64,
-    incoming: &Incoming,
-    body: Option<Box<dyn Read + Send>>,
-    source: NarSource,
-    what: String,
-) -> Reply {
     Reply::Stream {
         compress: None,
         stripe: None,
         content_type: "application/x-nix-nar",
-        len: total,
+        len: nar.total,
         range: incoming.range,
-        body,
-        source,
-        what: format!("the NAR of {what}"),
+        body: nar.body,
+        source: nar.from,
+        what: format!("the NAR of {hash} from {from}"),
     }
 }
 

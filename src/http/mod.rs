@@ -20,10 +20,12 @@
 //! new connections wait in the kernel's backlog until some are free, with a
 //! log line a second.
 
+mod app;
 mod local_routes;
-mod peer_routes;
 mod reply;
-pub mod status;
+mod request;
+mod status;
+mod store_routes;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -37,86 +39,9 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tiny_http::{Limits, Method, Request};
 
 use crate::base::logs::Throttle;
-use crate::base::rate::RateLimit;
-use crate::discovery::Discovery;
-use crate::metrics::Metrics;
-use crate::nix::keys::SigningKey;
-use crate::peer::network_key::NetworkKey;
-use crate::pull::Pull;
-use crate::store::Store;
-use crate::upstream::Upstream;
+pub use app::{range_skips, About, App};
 use reply::Reply;
-
-/// What every worker needs to answer a request; never changes.
-pub struct App {
-    pub store: Arc<Store>,
-    pub key: Option<SigningKey>,
-    pub priority: u32,
-    pub discovery: Arc<Discovery>,
-    /// The peers, as the local Nix's upstream.
-    pub upstream: Arc<Upstream>,
-    /// Upstream caches, when this node pulls through them.
-    pub pull: Option<Arc<Pull>>,
-    pub metrics: Arc<Metrics>,
-    /// When set, requests for the peer routes must be authenticated.
-    pub network_key: Option<Arc<NetworkKey>>,
-    /// Whether NARs to peers that ask for it are compressed, and how.
-    pub compress: crate::peer::framed::Mode,
-    /// The port peers use, for status.
-    pub port: u16,
-    /// What the node was started with, for status.
-    pub about: status::About,
-    /// The bytes each source's `Range` requests may make Nix's serializer
-    /// read and drop (see `range_skips`).
-    pub range_skips: Mutex<RateLimit>,
-}
-
-/// What peers' `Range` requests may cost: each source may have this node
-/// read and drop 256 MiB a second of NAR bytes before the asked start, 2
-/// GiB at once (a peer of ours resumes a broken NAR once). Past that, 503:
-/// a stranger asking for the last byte of the largest NAR over and over
-/// costs whole reads of it.
-pub fn range_skips() -> Mutex<RateLimit> {
-    const MIB: f64 = 1024.0 * 1024.0;
-    Mutex::new(RateLimit::with_burst(256.0 * MIB, 2048.0 * MIB))
-}
-
-/// Who a request comes from: the one place where loopback is told apart.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Client {
-    /// The local Nix (or another process of this machine).
-    Local,
-    /// A peer, or anyone else on the network.
-    Peer,
-}
-
-impl Client {
-    pub fn of(addr: SocketAddr) -> Client {
-        match addr.ip().to_canonical().is_loopback() {
-            true => Client::Local,
-            false => Client::Peer,
-        }
-    }
-}
-
-/// A request as the routes see it.
-pub struct Incoming<'a> {
-    /// The path, without the query.
-    pub path: &'a str,
-    pub head: bool,
-    pub from: Client,
-    /// Where the body should start: the `N` of `Range: bytes=N-`.
-    pub range: Option<u64>,
-    /// The client asked for the framed, compressible NAR stream
-    /// (`compress.rs`): only nodes of ours do.
-    pub framed: bool,
-    /// The stripe of the NAR asked for (`stripe.rs`), with `framed`.
-    pub stripe: Option<crate::peer::stripe::Stripe>,
-    /// The client's address.
-    pub peer: Option<IpAddr>,
-    /// True when the client prefers JSON (`Accept: application/json`).
-    pub json: bool,
-}
+use request::{Client, Incoming};
 
 /// What one connection may take (tiny_http as patched in src/vendor): an
 /// idle client is dropped after `read_timeout`, a client that stops reading
@@ -566,7 +491,7 @@ impl Front {
         match key.check_authorization(method, path, authorization) {
             Ok(()) => None,
             Err(e) => {
-                peer_routes::REFUSED.log(log::Level::Warn, || {
+                store_routes::REFUSED.log(log::Level::Warn, || {
                     format!("refused {path} from {:?}: {e}", request.remote_addr())
                 });
                 Some(Reply::status(403, "this network needs its key"))
@@ -648,7 +573,7 @@ fn answer(app: &App, job: Job, stop: &Receiver<()>) {
         peer: request.remote_addr().map(|a| a.ip()),
         json: reply::accepts_json(&request),
     };
-    let reply = peer_routes::route(app, &incoming)
+    let reply = store_routes::route(app, &incoming)
         .or_else(|| local_routes::route(app, &incoming))
         .unwrap_or_else(Reply::not_found);
     log::debug!(

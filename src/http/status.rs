@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
+use super::app::App;
 use super::reply::Reply;
-use super::App;
 use crate::base::json::Json;
 use crate::base::version::{COMMIT, VERSION};
 use crate::metrics::history::Sample;
@@ -18,21 +18,6 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// After this long without a peer, status says so as a warning.
 const LONELY_AFTER: Duration = Duration::from_secs(60);
-
-/// What the node was started with, for status.
-pub struct About {
-    /// Names of the keys peers' narinfo must be signed by.
-    pub trusted_keys: Vec<String>,
-    /// The name of this node's signing key.
-    pub signing_key: Option<String>,
-    /// The share policy, in a few words.
-    pub share: String,
-    pub network_key: bool,
-    pub broadcast: bool,
-    pub extra_hosts: Vec<String>,
-    /// What is unwise about the configuration.
-    pub warnings: Vec<String>,
-}
 
 /// `/status` as text: this node and the peers it knows, one line each.
 pub fn text(app: &App) -> Reply {
@@ -81,8 +66,8 @@ fn facts(app: &App) -> Json {
             .fold((0, 0), |(s, r), (s1, r1)| (s + s1, r + r1));
         // Its pace is learnt by node id (original nodes by address).
         let pace = match peer.node {
-            Some(id) => app.upstream.pace(&Who::Node(id)),
-            None => (peer.addrs.iter()).find_map(|ip| app.upstream.pace(&Who::Addr(*ip))),
+            Some(id) => app.substituter.pace(&Who::Node(id)),
+            None => (peer.addrs.iter()).find_map(|ip| app.substituter.pace(&Who::Addr(*ip))),
         };
         Json::Object(vec![
             (
@@ -120,7 +105,7 @@ fn facts(app: &App) -> Json {
             ),
         ])
     });
-    let (transfers, running) = metrics.transfers.snapshot();
+    let (transfers, running) = app.substituter.transfers().snapshot();
     let transfers = transfers.iter().map(|t| {
         let took = t.started.elapsed();
         Json::Object(vec![

@@ -18,8 +18,9 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
+use super::app::App;
 use super::reply::Reply;
-use super::{App, Incoming};
+use super::request::Incoming;
 use crate::base::logs::Throttle;
 use crate::metrics::NarSource;
 use crate::nix::narinfo::{basename_of, HashPart, STORE_DIR};

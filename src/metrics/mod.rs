@@ -1,13 +1,14 @@
 //! Counters of a running node, rendered in the Prometheus text format on
 //! `/metrics`: requests by route and status, narinfo hits and misses with
 //! the time discovery took, NAR bytes served from the store and the spool
-//! and fetched from peers and upstream caches, and per peer, NAR replies aborted by their clients, the NAR
-//! streams in flight (`transfers.rs`), the framed (compressed) streams
-//! sent and received (`compress.rs`), the NARs fetched from several peers
-//! at once (`stripe.rs`), each peer's learnt pace (`throughput.rs`), the
-//! build and the start time. Counters only ever grow; they are plain
-//! atomics and small maps. The last hour of them, minute by minute, is
-//! kept in `history.rs`; `/status.json` and the dashboard read them here.
+//! and fetched from peers and upstream caches, NAR bytes per peer, NAR
+//! replies aborted by their clients, the framed (compressed) streams sent
+//! and received (`peer/framed.rs`), the NARs fetched from several peers at
+//! once, the build and the start time. The gauges of other layers (peers,
+//! store paths, streams in flight, each peer's pace) come as plain values
+//! when rendered. Counters only ever grow; they are plain atomics and
+//! small maps. The last hour of them, minute by minute, is kept in
+//! `history.rs`; `/status.json` and the dashboard read them here.
 
 pub mod history;
 
@@ -20,8 +21,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::base::bounded::Bounded;
 use crate::base::version::{COMMIT, VERSION};
-use crate::peer::Who;
-use crate::transfers::Transfers;
 use history::{History, Sample};
 
 /// Upper bounds (seconds) of the discovery latency histogram.
@@ -49,8 +48,6 @@ pub struct Metrics {
     nar_aborted: AtomicU64,
     /// NAR bytes per peer address: sent to it, received from it.
     peer_bytes: Mutex<Bounded<IpAddr, [u64; 2]>>,
-    /// NAR streams from peers to the local Nix, in flight.
-    pub transfers: Transfers,
     /// NARs fetched from several peers at once.
     nar_striped: AtomicU64,
     /// Framed streams sent and received.
@@ -148,12 +145,22 @@ impl Default for Metrics {
             nar_bytes_spool: AtomicU64::default(),
             nar_aborted: AtomicU64::default(),
             peer_bytes: Mutex::new(Bounded::new(PEERS_COUNTED)),
-            transfers: Transfers::default(),
             nar_striped: AtomicU64::default(),
             framed: Arc::default(),
             history: History::new(started),
         }
     }
+}
+
+/// The gauges `/metrics` shows, counted by other layers at the time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Gauges {
+    /// Peers heard from lately.
+    pub peers: usize,
+    /// Valid paths in the local store.
+    pub store_paths: usize,
+    /// NAR streams from peers to the local Nix in flight.
+    pub transfers: usize,
 }
 
 /// Which way NAR bytes went between this node and a peer.
@@ -272,9 +279,11 @@ impl Metrics {
         self.history.last_hour(Instant::now(), self.totals())
     }
 
-    /// The Prometheus text exposition, with the number of known peers, of
-    /// valid store paths, and the pace learnt of each peer (bytes a second).
-    pub fn render(&self, peers: usize, store_paths: usize, paces: &[(Who, f64)]) -> String {
+    /// The Prometheus text exposition, with the gauges of the moment (the
+    /// other layers' counts) and the pace learnt of each peer (bytes a
+    /// second, by node id as 16 hex digits, an original node's by
+    /// address).
+    pub fn render(&self, now: Gauges, paces: &[(String, f64)]) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::new();
         let head = |out: &mut String, name: &str, kind: &str, help: &str| {
@@ -315,18 +324,23 @@ impl Metrics {
                 "NAR replies whose client went away or stopped reading before the end.",
                 get(&self.nar_aborted),
             ),
-            ("peers", "gauge", "Peers heard from lately.", peers as u64),
+            (
+                "peers",
+                "gauge",
+                "Peers heard from lately.",
+                now.peers as u64,
+            ),
             (
                 "store_paths",
                 "gauge",
                 "Valid paths in the local store.",
-                store_paths as u64,
+                now.store_paths as u64,
             ),
             (
                 "nar_transfers",
                 "gauge",
                 "NAR streams from peers to the local Nix in flight.",
-                self.transfers.snapshot().1 as u64,
+                now.transfers as u64,
             ),
             (
                 "nar_striped_total",
@@ -381,15 +395,7 @@ impl Metrics {
             "gauge",
             "Each peer's pace learnt from its recent NARs, by node id (an original node's address).",
         );
-        let paces: BTreeMap<String, f64> = (paces.iter())
-            .map(|(who, pace)| {
-                let node = match who {
-                    Who::Node(id) => format!("{id:016x}"),
-                    Who::Addr(ip) => ip.to_string(),
-                };
-                (node, *pace)
-            })
-            .collect();
+        let paces: BTreeMap<&str, f64> = (paces.iter()).map(|(n, p)| (n.as_str(), *p)).collect();
         for (node, pace) in paces {
             let _ = writeln!(
                 out,
@@ -482,10 +488,15 @@ mod tests {
         m.framed.sent_block(50, None);
         m.framed.received(9 + 40, 100);
         let paces = [
-            (Who::Node(0xab), 1.25e6),
-            (Who::Addr("10.0.0.3".parse().unwrap()), 2e6),
+            ("00000000000000ab".to_string(), 1.25e6),
+            ("10.0.0.3".to_string(), 2e6),
         ];
-        let text = m.render(3, 7, &paces);
+        let now = Gauges {
+            peers: 3,
+            store_paths: 7,
+            transfers: 0,
+        };
+        let text = m.render(now, &paces);
         for line in [
             "peerix_http_requests_total{route=\"narinfo\",status=\"200\"} 2",
             "peerix_http_requests_total{route=\"nar\",status=\"404\"} 1",

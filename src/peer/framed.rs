@@ -779,7 +779,10 @@ mod tests {
             .read_to_end(&mut out)
             .unwrap();
         assert!(out == data);
-        let (sent, received) = (sent.render(0, 0, &[]), received.render(0, 0, &[]));
+        let (sent, received) = (
+            sent.render(Default::default(), &[]),
+            received.render(Default::default(), &[]),
+        );
         let value = |text: &str, name: &str| -> u64 {
             (text.lines())
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())

@@ -33,7 +33,6 @@ use spool::{Open, Spool};
 use crate::base::bounded::Bounded;
 use crate::base::logs::Throttle;
 use crate::discovery::Discovery;
-use crate::nar_check::{checked_or_log, Blame, Prefixes};
 use crate::nix::narinfo::{HashPart, NarInfo};
 use crate::nix::nix32;
 use crate::nix::trust::Trust;
@@ -83,9 +82,6 @@ pub struct Pull {
     spool: Spool,
     discovery: Arc<Discovery>,
     peers: PeerClient,
-    /// What cut streams to the local Nix had sent (shared with the peers'
-    /// NARs: the URLs are the same).
-    prefixes: Arc<Prefixes>,
 }
 
 /// Who goes on with a NAR: a peer that pulls, or this node.
@@ -102,7 +98,6 @@ impl Pull {
         discovery: Arc<Discovery>,
         peers: PeerClient,
         store: Arc<Store>,
-        prefixes: Arc<Prefixes>,
     ) -> Result<Pull, String> {
         let spool = Spool::new(
             settings.spool_dir,
@@ -117,7 +112,6 @@ impl Pull {
             spool,
             discovery,
             peers,
-            prefixes,
         })
     }
 
@@ -179,20 +173,13 @@ impl Pull {
             .filter(|p| nar_hash.is_none_or(|n| n == p.info.nar_hash))
     }
 
-    /// The NAR of `pulled` to hand the local Nix from byte `offset`: read
-    /// from its first byte, from the node that fetches it for the LAN,
-    /// failing over down the rendezvous order to this node itself, and
-    /// checked against its NarHash (`nar_check`). `None` when no node can
-    /// start it, or when the client's first `offset` bytes (of a stream
-    /// that was cut) are not this NAR's. With it, whether it starts from a
-    /// peer (over the LAN) rather than from this node's own download.
-    pub fn nar(
-        self: &Arc<Self>,
-        pulled: Pulled,
-        offset: u64,
-    ) -> Option<(Box<dyn Read + Send>, bool)> {
+    /// The NAR of `pulled` for the local Nix, from its first byte: from
+    /// the node that fetches it for the LAN, failing over down the
+    /// rendezvous order to this node itself. `None` when no node can start
+    /// it. With it, whether it starts from a peer (over the LAN) rather
+    /// than from this node's own download.
+    pub fn nar(self: &Arc<Self>, pulled: Pulled) -> Option<(PullNar, bool)> {
         let hash = pulled.info.hash_part();
-        let (nar_hash, total) = (pulled.info.nar_hash, pulled.info.nar_size);
         let order = self.order(&hash);
         if let Some(Via::Peer(_, first)) = order.first() {
             log::debug!("{hash}: fetched for the LAN by {first}");
@@ -204,15 +191,16 @@ impl Pull {
             order: order.into(),
             current: None,
         };
-        let from_peer = match nar.open_next() {
-            Ok(opened) => matches!(nar.current.insert(opened).0, Via::Peer(..)),
+        match nar.open_next() {
+            Ok(opened) => {
+                let from_peer = matches!(nar.current.insert(opened).0, Via::Peer(..));
+                Some((nar, from_peer))
+            }
             Err(e) => {
                 log::info!("{hash}: {e}");
-                return None;
+                None
             }
-        };
-        let checked = checked_or_log(&hash, nar, nar_hash, total, offset, self.prefixes.clone());
-        checked.map(|checked| (checked, from_peer))
+        }
     }
 
     /// The upstream's bytes for `hash` did not hash to its NarHash: its
@@ -285,7 +273,7 @@ pub fn peer_nar_url(info: &NarInfo) -> String {
 
 /// A pulled NAR for the local Nix, from one node after another: when the
 /// current one fails, the next goes on from the same byte.
-struct PullNar {
+pub struct PullNar {
     pull: Arc<Pull>,
     pulled: Pulled,
     pos: u64,
@@ -325,8 +313,9 @@ impl PullNar {
     }
 }
 
-impl Blame for PullNar {
-    fn bad_bytes(&mut self) {
+impl PullNar {
+    /// Its bytes did not hash to its NarHash.
+    pub fn blame(&mut self) {
         self.pull.blame(&self.pulled.info.hash_part());
     }
 }

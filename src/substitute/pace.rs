@@ -19,20 +19,20 @@ const REMEMBERED: usize = 256;
 /// Transfers shorter than this say more about latency than about the link.
 const MIN_BYTES: u64 = 1 << 20;
 
-pub struct Throughput {
+pub struct Paces {
     /// Bytes a second, per peer.
     paces: Mutex<Bounded<Who, f64>>,
 }
 
-impl Default for Throughput {
-    fn default() -> Throughput {
-        Throughput {
+impl Default for Paces {
+    fn default() -> Paces {
+        Paces {
             paces: Mutex::new(Bounded::new(REMEMBERED)),
         }
     }
 }
 
-impl Throughput {
+impl Paces {
     /// `peer` sent `bytes` of a NAR in `took`.
     pub fn record(&self, peer: Who, bytes: u64, took: Duration) {
         self.update(peer, bytes, took, false);
@@ -109,13 +109,13 @@ mod tests {
         Who::Addr([10, 0, 0, i].into())
     }
 
-    fn ranked(t: &Throughput, peers: &[u8]) -> Vec<u8> {
+    fn ranked(t: &Paces, peers: &[u8]) -> Vec<u8> {
         t.fastest_first(peers.to_vec(), |&i| addr(i))
     }
 
     #[test]
     fn the_fastest_peer_comes_first_and_unknown_ones_in_between() {
-        let t = Throughput::default();
+        let t = Paces::default();
         assert_eq!(
             ranked(&t, &[1, 2, 3]),
             [1, 2, 3],

@@ -3,15 +3,10 @@
 //! each), every peer streams its stripe over one connection, and the
 //! receiver reads the lanes in turn, so Nix gets the NAR in order.
 //!
-//! A stripe is asked for with `X-Peerix-Stripe: BLOCK/EVERY/INDEX` beside
-//! `Accept-Encoding: x-peerix-zblocks` (and `Range: bytes=N-`): the sender
-//! serializes the NAR as always, from N on, and sends only the bytes of
-//! the blocks `j` (counted from the NAR's start) with `j % EVERY == INDEX`,
-//! as the framed stream of `compress.rs` (raw blocks when compression is
-//! off), echoing the header. Memory stays bounded without a reordering
-//! buffer of our own: a lane not being read waits in its socket (TCP flow
-//! control holds the sender), so at most the socket buffers hold NAR bytes
-//! ahead. A lane whose peer fails or stalls (no byte for the stall timeout
+//! What a stripe is and how a peer sends one is `peer/stripe.rs`. Memory
+//! stays bounded without a reordering buffer of our own: a lane not being
+//! read waits in its socket (TCP flow control holds the sender), so at
+//! most the socket buffers hold NAR bytes ahead. A lane whose peer fails or stalls (no byte for the stall timeout
 //! of the peer client) is asked of another peer from the byte it stopped
 //! at; the others go on.
 
@@ -20,13 +15,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::nar_check::Blame;
+use super::find::{Finder, Source};
+use super::nar_hash::Blame;
+use super::pace::Paces;
+use super::transfers::Transfer;
 use crate::nix::narinfo::HashPart;
-use crate::peer::Who;
-use crate::transfers::Transfer;
-use crate::upstream::{Source, Upstream};
-
 use crate::peer::stripe::Stripe;
+use crate::peer::Who;
 
 /// NAR bytes per block dealt to a lane: small enough that the sockets of
 /// the lanes not being read hold their next block (a LAN's TCP buffers stay
@@ -49,7 +44,8 @@ struct Lane {
 /// The receiver's side: the NAR of `total` bytes from several peers at
 /// once, in order.
 pub struct Striped {
-    upstream: Arc<Upstream>,
+    finder: Arc<Finder>,
+    paces: Arc<Paces>,
     hash: HashPart,
     total: u64,
     pos: u64,
@@ -72,7 +68,8 @@ impl Striped {
     /// `transfer`; an error (and `transfer` left in place) when a lane
     /// cannot start on any of them.
     pub fn start(
-        upstream: Arc<Upstream>,
+        finder: Arc<Finder>,
+        paces: Arc<Paces>,
         hash: HashPart,
         sources: Vec<Source>,
         every: usize,
@@ -89,7 +86,8 @@ impl Striped {
             })
             .collect();
         let mut striped = Striped {
-            upstream,
+            finder,
+            paces,
             hash,
             total,
             pos: 0,
@@ -126,7 +124,7 @@ impl Striped {
         loop {
             let stripe = self.stripe(i);
             let source = self.lanes[i].source.clone();
-            match (self.upstream).open_stripe(&source, self.pos, stripe) {
+            match self.finder.open(&source, self.pos, true, Some(stripe)) {
                 Ok(body) => {
                     self.lanes[i].body = Some(body);
                     return Ok(());
@@ -144,7 +142,7 @@ impl Striped {
     fn replace(&mut self, i: usize) -> io::Result<()> {
         let lane = &mut self.lanes[i];
         self.failed.push(lane.source.found.who());
-        (self.upstream).learn(lane.source.found.who(), lane.bytes, lane.waited, false);
+        (self.paces).record(lane.source.found.who(), lane.bytes, lane.waited);
         (lane.bytes, lane.waited, lane.body) = (0, Duration::ZERO, None);
         let n = self.sources.len();
         for k in 0..n {
@@ -225,7 +223,7 @@ impl Blame for Striped {
     fn bad_bytes(&mut self) {
         let nar_hash = self.sources.first().map(|s| s.info.nar_hash);
         if let Some(nar_hash) = nar_hash {
-            self.upstream.blame(&self.hash, &nar_hash, &self.sent_by);
+            self.finder.blame(&self.hash, &nar_hash, &self.sent_by);
         }
     }
 }
@@ -242,8 +240,8 @@ impl Drop for Striped {
         for (i, lane) in self.lanes.iter().enumerate() {
             let who = lane.source.found.who();
             match Some(i) == slowest {
-                true => (self.upstream).learn(who, lane.bytes, lane.waited, false),
-                false => (self.upstream).learn(who, lane.bytes, took, true),
+                true => self.paces.record(who, lane.bytes, lane.waited),
+                false => self.paces.record_at_least(who, lane.bytes, took),
             }
         }
     }

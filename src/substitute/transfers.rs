@@ -1,6 +1,6 @@
 //! NAR streams from peers to the local Nix while they run: which path,
 //! from which peer, how far, for the dashboard and `/status.json`; and the
-//! bytes each peer gave, passed on to the per-peer counters of `metrics.rs`.
+//! bytes each peer gave, passed on to the per-peer counters of `metrics/`.
 //!
 //! The stream touches its entry per chunk with one atomic add; the peer is
 //! set under a short lock when a peer starts or takes over. At most
@@ -21,11 +21,12 @@ const LISTED: usize = 64;
 const FLUSH_EVERY: u64 = 256 * 1024;
 
 /// The streams in flight.
-#[derive(Default)]
 pub struct Transfers {
     listed: Mutex<Vec<Arc<Progress>>>,
     /// Streams in flight, listed or not.
     running: AtomicUsize,
+    /// Where each peer's bytes are counted.
+    metrics: Arc<Metrics>,
 }
 
 /// One stream as status shows it.
@@ -55,6 +56,14 @@ impl Progress {
 }
 
 impl Transfers {
+    pub fn new(metrics: Arc<Metrics>) -> Transfers {
+        Transfers {
+            listed: Mutex::default(),
+            running: AtomicUsize::new(0),
+            metrics,
+        }
+    }
+
     /// The streams listed now, oldest first, and how many run in all.
     pub fn snapshot(&self) -> (Vec<Arc<Progress>>, usize) {
         let listed = self.listed.lock().map(|l| l.clone()).unwrap_or_default();
@@ -65,7 +74,7 @@ impl Transfers {
 /// A stream's handle: counts its bytes, and takes it off the list when
 /// dropped.
 pub struct Transfer {
-    metrics: Arc<Metrics>,
+    transfers: Arc<Transfers>,
     progress: Arc<Progress>,
     listed: bool,
     /// The peer streaming now, and its bytes not yet passed on.
@@ -75,7 +84,7 @@ pub struct Transfer {
 
 impl Transfer {
     /// A stream of the NAR of `path` (`nar_size` bytes) from byte `offset`.
-    pub fn start(metrics: &Arc<Metrics>, path: String, nar_size: u64, offset: u64) -> Transfer {
+    pub fn start(transfers: &Arc<Transfers>, path: String, nar_size: u64, offset: u64) -> Transfer {
         let progress = Arc::new(Progress {
             path,
             nar_size,
@@ -84,7 +93,6 @@ impl Transfer {
             bytes: AtomicU64::new(0),
             peer: Mutex::new(None),
         });
-        let transfers = &metrics.transfers;
         transfers.running.fetch_add(1, Ordering::Relaxed);
         let listed = match transfers.listed.lock() {
             Ok(mut listed) if listed.len() < LISTED => {
@@ -94,7 +102,7 @@ impl Transfer {
             _ => false,
         };
         Transfer {
-            metrics: metrics.clone(),
+            transfers: transfers.clone(),
             progress,
             listed,
             from: None,
@@ -111,9 +119,9 @@ impl Transfer {
         }
     }
 
-    /// The stream comes from several peers at once (`stripe.rs`).
+    /// The stream comes from several peers at once (`striped_nar.rs`).
     pub fn striped(&self) {
-        self.metrics.nar_striped();
+        self.transfers.metrics.nar_striped();
     }
 
     /// `n` more bytes came from the current peer.
@@ -127,7 +135,9 @@ impl Transfer {
 
     fn flush(&mut self) {
         if let (Some(ip), n @ 1..) = (self.from, self.unflushed) {
-            self.metrics.peer_bytes(ip, Direction::Received, n);
+            self.transfers
+                .metrics
+                .peer_bytes(ip, Direction::Received, n);
         }
         self.unflushed = 0;
     }
@@ -136,7 +146,7 @@ impl Transfer {
 impl Drop for Transfer {
     fn drop(&mut self) {
         self.flush();
-        let transfers = &self.metrics.transfers;
+        let transfers = &self.transfers;
         transfers.running.fetch_sub(1, Ordering::Relaxed);
         if self.listed {
             if let Ok(mut listed) = transfers.listed.lock() {
@@ -153,14 +163,15 @@ mod tests {
     #[test]
     fn streams_are_listed_while_they_run_and_their_bytes_reach_their_peers() {
         let metrics = Arc::new(Metrics::default());
+        let transfers = Arc::new(Transfers::new(metrics.clone()));
         let (a, b): (SocketAddr, SocketAddr) = (
             "10.0.0.2:12304".parse().unwrap(),
             "10.0.0.3:12304".parse().unwrap(),
         );
-        let mut t = Transfer::start(&metrics, "x-hello".into(), 3 << 20, 0);
+        let mut t = Transfer::start(&transfers, "x-hello".into(), 3 << 20, 0);
         t.from_peer(a);
         t.add(1 << 20);
-        let (listed, running) = metrics.transfers.snapshot();
+        let (listed, running) = transfers.snapshot();
         assert_eq!((listed.len(), running), (1, 1));
         assert_eq!(listed[0].bytes(), 1 << 20);
         assert_eq!(listed[0].peer(), Some(a));
@@ -170,19 +181,19 @@ mod tests {
         t.add(1000);
         drop(t);
         assert_eq!(metrics.peer_totals(b.ip()), (0, 1000));
-        assert_eq!(metrics.transfers.snapshot().1, 0);
-        assert!(metrics.transfers.snapshot().0.is_empty());
+        assert_eq!(transfers.snapshot().1, 0);
+        assert!(transfers.snapshot().0.is_empty());
     }
 
     #[test]
     fn at_most_so_many_are_listed() {
-        let metrics = Arc::new(Metrics::default());
+        let transfers = Arc::new(Transfers::new(Arc::new(Metrics::default())));
         let all: Vec<Transfer> = (0..LISTED + 10)
-            .map(|i| Transfer::start(&metrics, format!("p{i}"), 1, 0))
+            .map(|i| Transfer::start(&transfers, format!("p{i}"), 1, 0))
             .collect();
-        let (listed, running) = metrics.transfers.snapshot();
+        let (listed, running) = transfers.snapshot();
         assert_eq!((listed.len(), running), (LISTED, LISTED + 10));
         drop(all);
-        assert_eq!(metrics.transfers.snapshot().1, 0);
+        assert_eq!(transfers.snapshot().1, 0);
     }
 }
