@@ -11,12 +11,12 @@
 //! When the share policy has not judged a path yet (that takes the Nix
 //! CLI), the UDP thread hands the query to the verdicts thread, which
 //! answers it when it knows. With a network key every datagram of ours is
-//! sealed and checked (`auth.rs`), and v1 is not spoken: it cannot be
+//! sealed and checked (`peer/network_key.rs`), and v1 is not spoken: it cannot be
 //! authenticated. Each source gets at most `--answer-rate` answers a second.
 //!
 //! Past one broadcast domain and past a few dozen nodes: nodes pass on the
 //! peers they hear (`exchange.rs`), and keep each other's store summaries
-//! (`summaries.rs`), so that a query goes by unicast to the peers that may
+//! (`peer_summaries.rs`), so that a query goes by unicast to the peers that may
 //! hold the path, and a miss sends nothing at all.
 
 mod exchange;

@@ -1,4 +1,4 @@
-//! The peers' store summaries (`summary.rs`) as this node keeps them, and
+//! The peers' store summaries (`store/summary.rs`) as this node keeps them, and
 //! the routes a query takes from them.
 //!
 //! A peer of ours tells its summary's version in a notice datagram (at

@@ -79,7 +79,7 @@ pub enum Message {
         port: u16,
     },
     Bye,
-    /// The sender's store summary is now at `version` (`summary.rs`);
+    /// The sender's store summary is now at `version` (`store/summary.rs`);
     /// fetch it from its HTTP `port`.
     Notice {
         port: u16,

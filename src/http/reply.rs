@@ -30,11 +30,11 @@ pub enum Reply {
     },
     /// A streamed body (a NAR) of `len` bytes in all; with `range`, from
     /// that byte on (206). `body` is `None` for HEAD.
-    /// With `compress`, sent as the framed stream of `compress.rs`,
+    /// With `compress`, sent as the framed stream of `peer/framed.rs`,
     /// chunked (offsets and `Content-Range` still count NAR bytes).
     Stream {
         compress: Option<framed::Mode>,
-        /// Only this stripe's bytes (`stripe.rs`); with `compress` only.
+        /// Only this stripe's bytes (`peer/stripe.rs`); with `compress` only.
         stripe: Option<Stripe>,
         content_type: &'static str,
         len: u64,

@@ -3,7 +3,7 @@
 //! - `/peer/nix-cache-info`, `/peer/<hash>.narinfo`, `/peer/nar/<hash>.nar`:
 //!   ours; `http://HOST:PORT/peer` is a complete binary cache for Nix.
 //! - `/peer/summary/<version>`: what changed in this store's summary since
-//!   that version (`summary.rs`; 0 for the whole of it).
+//!   that version (`store/summary.rs`; 0 for the whole of it).
 //! - `/local/<hash>.narinfo`, `/local/nar/<b64>.nar`: the original Peerix's,
 //!   so that nodes still running it can fetch from ours.
 //!
@@ -12,7 +12,7 @@
 //! `Content-Length`; `Range: bytes=N-` is answered 206, the first N bytes
 //! of the NAR read and dropped (a peer of ours resumes a NAR so when the
 //! peer it came from broke off). With a network key, requests must carry a
-//! valid `Authorization` (see `auth.rs`; checked before they are queued),
+//! valid `Authorization` (see `peer/network_key.rs`; checked before they are queued),
 //! and the original's routes are off: its nodes cannot authenticate.
 
 use base64::engine::general_purpose::STANDARD;

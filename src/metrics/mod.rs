@@ -55,7 +55,7 @@ pub struct Metrics {
     history: History,
 }
 
-/// The framed streams of `compress.rs`, counted by their encoders (the
+/// The framed streams of `peer/framed.rs`, counted by their encoders (the
 /// sender's side) and decoders (the receiver's).
 #[derive(Debug, Default)]
 pub struct Framed {

@@ -1,7 +1,7 @@
 //! Fetching from a peer over HTTP: its narinfo for a path (bounded in time
 //! and size, parsed strictly) and the NAR it points to. Every request has
 //! a deadline to the reply's head, on a new or a reused connection alike
-//! (`peer_http.rs`), and a NAR's body a stall limit per read, so a peer
+//! (`connection.rs`), and a NAR's body a stall limit per read, so a peer
 //! that freezes is given up on. Only the peer that discovery found is ever
 //! asked, at its fixed routes: no host or URL is taken from a request or a
 //! narinfo.
@@ -112,17 +112,17 @@ impl PeerClient {
     }
 
     /// The peer's narinfo path for `hash`.
-    fn narinfo_path(found: &Peer, hash: &HashPart) -> String {
-        let route = if found.v1 { "local" } else { "peer" };
+    fn narinfo_path(peer: &Peer, hash: &HashPart) -> String {
+        let route = if peer.v1 { "local" } else { "peer" };
         format!("/{route}/{hash}.narinfo")
     }
 
     /// The peer's narinfo URL for `hash`, for messages.
-    pub fn narinfo_url(found: &Peer, hash: &HashPart) -> String {
+    pub fn narinfo_url(peer: &Peer, hash: &HashPart) -> String {
         format!(
             "http://{}{}",
-            found.addr,
-            PeerClient::narinfo_path(found, hash)
+            peer.addr,
+            PeerClient::narinfo_path(peer, hash)
         )
     }
 
@@ -130,13 +130,13 @@ impl PeerClient {
     /// `timeout`.
     pub fn narinfo(
         &self,
-        found: &Peer,
+        peer: &Peer,
         hash: &HashPart,
         timeout: Duration,
     ) -> Result<NarInfo, FetchError> {
         let deadline = Instant::now() + timeout;
-        let path = PeerClient::narinfo_path(found, hash);
-        let reply = self.get(found.addr, &path, Vec::new(), deadline, timeout)?;
+        let path = PeerClient::narinfo_path(peer, hash);
+        let reply = self.get(peer.addr, &path, Vec::new(), deadline, timeout)?;
         if reply.status != 200 {
             reply.discard();
             return Err(FetchError::Invalid("a narinfo answered 206".into()));
@@ -198,13 +198,13 @@ impl PeerClient {
     /// Any other status is refused. The URL must be a plain relative
     /// path: relative to `/peer/` on ours, to the root on an original
     /// Peerix. Nodes of ours are asked for the framed stream
-    /// (`compress.rs`) when `compressible` and compression is on; what
+    /// (`framed.rs`) when `compressible` and compression is on; what
     /// this returns is plain NAR bytes either way. With `stripe`, a node of
     /// ours is asked for that stripe's bytes only (`stripe.rs`), framed,
     /// and what this returns is them.
     pub fn nar(
         &self,
-        found: &Peer,
+        peer: &Peer,
         info: &NarInfo,
         offset: u64,
         compressible: bool,
@@ -216,12 +216,12 @@ impl PeerClient {
                 "NAR URL {url:?} is not a plain relative path"
             )));
         }
-        let base = if found.v1 { "/" } else { "/peer/" };
+        let base = if peer.v1 { "/" } else { "/peer/" };
         let head_by = Instant::now()
             + NAR_HEAD_TIMEOUT
             + Duration::from_secs_f64(offset as f64 / SKIP_PACE as f64);
         let compressing = compressible && self.compress != framed::Mode::Never;
-        let framed = !found.v1 && (compressing || stripe.is_some());
+        let framed = !peer.v1 && (compressing || stripe.is_some());
         let mut headers = Vec::new();
         if offset > 0 {
             headers.push(("Range", format!("bytes={offset}-")));
@@ -233,7 +233,7 @@ impl PeerClient {
             headers.push((stripe::HEADER, stripe.render()));
         }
         let reply = self.get(
-            found.addr,
+            peer.addr,
             &format!("{base}{url}"),
             headers,
             head_by,

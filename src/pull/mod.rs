@@ -2,7 +2,7 @@
 //! for a path no peer has, so that each upstream path crosses the internet
 //! once per LAN, however many machines want it at the same moment.
 //!
-//! - `client.rs`: HTTPS to the upstreams, as Nix does it (CAs, proxies).
+//! - `https.rs`: HTTPS to the upstreams, as Nix does it (CAs, proxies).
 //! - `decode.rs`: xz and zstd NARs decompressed, so every Nix reads them.
 //! - `spool.rs`: the downloads under way, in files every reader follows.
 //! - here: the upstreams' narinfo (checked, cached), and which node of the
@@ -15,8 +15,8 @@
 //!   the byte reached, and this node itself in the end, which fetches
 //!   from the upstream directly.
 
-mod client;
 mod decode;
+mod https;
 mod spool;
 
 use std::collections::VecDeque;
@@ -26,8 +26,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub use client::Cache;
-use client::{Client, UpstreamError};
+pub use https::Cache;
+use https::{Client, UpstreamError};
 use spool::{Open, Spool};
 
 use crate::base::bounded::Bounded;

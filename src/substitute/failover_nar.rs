@@ -104,11 +104,11 @@ impl FailoverNar {
                 let tried = &self.tried;
                 self.left = found
                     .into_iter()
-                    .filter(|s| !tried.contains(&s.found.who()))
+                    .filter(|s| !tried.contains(&s.peer.who()))
                     .collect();
                 continue;
             };
-            let (who, addr) = (source.found.who(), source.found.addr);
+            let (who, addr) = (source.peer.who(), source.peer.addr);
             if self.tried.contains(&who) {
                 continue;
             }

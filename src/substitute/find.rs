@@ -39,7 +39,7 @@ const SOURCES_PER_PATH: usize = 8;
 /// (checked: parsed strictly, signed by a key the local Nix trusts, raw).
 #[derive(Clone, Debug)]
 pub struct Source {
-    pub found: Peer,
+    pub peer: Peer,
     pub info: NarInfo,
 }
 
@@ -144,7 +144,7 @@ impl Finder {
             return sources;
         };
         let guilt = |s: &Source| {
-            let who = s.found.who();
+            let who = s.peer.who();
             guilty.iter().find(|(w, _)| *w == who).map(|(_, g)| *g)
         };
         sources.retain(|s| guilt(s) != Some(Guilt::Sure));
@@ -184,7 +184,7 @@ impl Finder {
             if let Ok(mut known) = self.known.lock() {
                 if let Some(sources) = known.get_mut(hash) {
                     sources
-                        .retain(|s| !(s.info.nar_hash == *nar_hash && s.found.who() == from[0].0));
+                        .retain(|s| !(s.info.nar_hash == *nar_hash && s.peer.who() == from[0].0));
                 }
             }
         }
@@ -200,7 +200,7 @@ impl Finder {
         stripe: Option<Stripe>,
     ) -> io::Result<Box<dyn Read + Send>> {
         (self.client)
-            .nar(&source.found, &source.info, pos, compressible, stripe)
+            .nar(&source.peer, &source.info, pos, compressible, stripe)
             .map_err(|e| io::Error::other(e.to_string()))
     }
 
@@ -221,8 +221,7 @@ impl Finder {
         };
         let sources = known.entry_or_insert_with(source.info.hash_part(), Vec::new);
         // Another identity at the same address is a node that restarted.
-        sources
-            .retain(|s| s.found.who() != source.found.who() && s.found.addr != source.found.addr);
+        sources.retain(|s| s.peer.who() != source.peer.who() && s.peer.addr != source.peer.addr);
         sources.insert(0, source.clone());
         sources.truncate(SOURCES_PER_PATH);
     }
@@ -235,19 +234,19 @@ impl Finder {
         let start = Instant::now();
         let deadline = start + self.discovery.timeout() + NARINFO_FETCH;
         let mut asked = self.discovery.ask(hash);
-        while let Some(found) = asked.next_have() {
+        while let Some(peer) = asked.next_have() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            match self.checked(&found, hash, left.min(NARINFO_FETCH)) {
+            match self.checked(&peer, hash, left.min(NARINFO_FETCH)) {
                 Ok(info) => {
                     log::debug!(
                         "{hash}: narinfo from {} after {:.1?}",
-                        found.addr,
+                        peer.addr,
                         start.elapsed()
                     );
-                    let source = Source { found, info };
+                    let source = Source { peer, info };
                     self.remember(&source);
                     if !each(source) {
                         return;
@@ -256,7 +255,7 @@ impl Finder {
                 // At most one line per peer per request of the local Nix.
                 Err(e) => log::warn!(
                     "{}: {e}; trying the next peer",
-                    PeerClient::narinfo_url(&found, hash)
+                    PeerClient::narinfo_url(&peer, hash)
                 ),
             }
         }
@@ -265,8 +264,8 @@ impl Finder {
     /// The peer's narinfo for `hash`, if it may reach the local Nix: every
     /// field parses as Nix parses it (`NarInfo::parse`), it describes the
     /// raw NAR, and it is signed by a key the local Nix trusts.
-    fn checked(&self, found: &Peer, hash: &HashPart, timeout: Duration) -> Result<NarInfo, String> {
-        let mut info = (self.client.narinfo(found, hash, timeout)).map_err(|e| e.to_string())?;
+    fn checked(&self, peer: &Peer, hash: &HashPart, timeout: Duration) -> Result<NarInfo, String> {
+        let mut info = (self.client.narinfo(peer, hash, timeout)).map_err(|e| e.to_string())?;
         if info.compression != "none" {
             return Err(format!(
                 "its NAR is compressed ({}); only raw NARs are passed on",

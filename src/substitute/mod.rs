@@ -100,7 +100,7 @@ impl Substituter {
             Some(source) => {
                 log::debug!(
                     "{hash}: found at http://{} in {:.1?}",
-                    source.found.addr,
+                    source.peer.addr,
                     start.elapsed()
                 );
                 Some(source.info)
@@ -215,20 +215,20 @@ impl Substituter {
             let mut found = self.finder.search(hash, &nar_hash);
             let mut seen = Vec::new();
             found.retain(|s| {
-                let new = !seen.contains(&s.found.who());
-                seen.push(s.found.who());
+                let new = !seen.contains(&s.peer.who());
+                seen.push(s.peer.who());
                 new
             });
             if !found.is_empty() {
                 sources = found;
             }
         }
-        let sources = (self.paces).fastest_first(sources, |s| s.found.who());
+        let sources = (self.paces).fastest_first(sources, |s| s.peer.who());
         let sources = self.finder.unblamed_first(&nar_hash, sources);
         let lanes = self.lanes(&sources, total);
         let mut transfer = Some(transfer);
         if lanes >= 2 {
-            let ours: Vec<Source> = sources.iter().filter(|s| !s.found.v1).cloned().collect();
+            let ours: Vec<Source> = sources.iter().filter(|s| !s.peer.v1).cloned().collect();
             let (finder, paces) = (self.finder.clone(), self.paces.clone());
             match Striped::start(finder, paces, *hash, ours, lanes, &mut transfer) {
                 Ok(striped) => {
@@ -270,9 +270,9 @@ impl Substituter {
             return 0;
         }
         let paces: Vec<Option<f64>> = (sources.iter())
-            .filter(|s| !s.found.v1)
+            .filter(|s| !s.peer.v1)
             .take(striped_nar::MAX_LANES)
-            .map(|s| self.paces.pace(&s.found.who()))
+            .map(|s| self.paces.pace(&s.peer.who()))
             .collect();
         let best = paces.iter().flatten().fold(0.0, |a: f64, &b| a.max(b));
         let mut slowest = f64::INFINITY;

@@ -130,7 +130,7 @@ impl Striped {
                     return Ok(());
                 }
                 Err(e) => {
-                    log::warn!("{}: stripe {i} from {}: {e}", self.hash, source.found.addr);
+                    log::warn!("{}: stripe {i} from {}: {e}", self.hash, source.peer.addr);
                     self.replace(i)?;
                 }
             }
@@ -141,13 +141,13 @@ impl Striped {
     /// serving another lane will do); an error when none is left.
     fn replace(&mut self, i: usize) -> io::Result<()> {
         let lane = &mut self.lanes[i];
-        self.failed.push(lane.source.found.who());
-        (self.paces).record(lane.source.found.who(), lane.bytes, lane.waited);
+        self.failed.push(lane.source.peer.who());
+        (self.paces).record(lane.source.peer.who(), lane.bytes, lane.waited);
         (lane.bytes, lane.waited, lane.body) = (0, Duration::ZERO, None);
         let n = self.sources.len();
         for k in 0..n {
             let candidate = &self.sources[(self.next_source + k) % n];
-            if !self.failed.contains(&candidate.found.who()) {
+            if !self.failed.contains(&candidate.peer.who()) {
                 self.next_source = (self.next_source + k + 1) % n;
                 self.lanes[i].source = candidate.clone();
                 return Ok(());
@@ -176,7 +176,7 @@ impl Read for Striped {
                 log::info!(
                     "{}: stripe {i}: going on from {} at byte {}",
                     self.hash,
-                    self.lanes[i].source.found.addr,
+                    self.lanes[i].source.peer.addr,
                     self.pos
                 );
             }
@@ -191,7 +191,7 @@ impl Read for Striped {
                 Ok(0) => "it ended early".to_string(),
                 Ok(n) => {
                     lane.bytes += n as u64;
-                    let who = (lane.source.found.who(), lane.source.found.addr);
+                    let who = (lane.source.peer.who(), lane.source.peer.addr);
                     if let Some(transfer) = &mut self.transfer {
                         if self.last_from != Some(who.1) {
                             transfer.from_peer(who.1);
@@ -210,7 +210,7 @@ impl Read for Striped {
             log::info!(
                 "{}: stripe {i}: the NAR from {} broke at byte {} of {} ({failure}); another peer goes on",
                 self.hash,
-                lane.source.found.addr,
+                lane.source.peer.addr,
                 self.pos,
                 self.total
             );
@@ -238,7 +238,7 @@ impl Drop for Striped {
         let took = self.started.elapsed();
         let slowest = (0..self.lanes.len()).max_by_key(|&i| self.lanes[i].waited);
         for (i, lane) in self.lanes.iter().enumerate() {
-            let who = lane.source.found.who();
+            let who = lane.source.peer.who();
             match Some(i) == slowest {
                 true => self.paces.record(who, lane.bytes, lane.waited),
                 false => self.paces.record_at_least(who, lane.bytes, took),
