@@ -49,22 +49,18 @@ struct Current {
 }
 
 impl FailoverNar {
-    /// The NAR of `hash` from the first of `sources` that starts it, read
-    /// from its first byte; `searched` when `sources` are those found
-    /// just now (else peers are asked anew once they run out). What comes
-    /// from which peer goes to `transfer`. An error when none can start it.
+    /// The NAR of `hash` (`total` bytes, `nar_hash`) from the first of
+    /// `sources` that starts it, read from its first byte; `searched` when
+    /// `sources` are those found just now (else peers are asked anew once
+    /// they run out, or at once when there are none). What comes from
+    /// which peer goes to `transfer`. An error when none can start it.
     pub fn start(
-        finder: Arc<Finder>,
-        paces: Arc<Paces>,
-        hash: HashPart,
+        (finder, paces): (Arc<Finder>, Arc<Paces>),
+        (hash, nar_hash, total): (HashPart, [u8; 32], u64),
         sources: Vec<Source>,
         searched: bool,
         transfer: Transfer,
     ) -> io::Result<FailoverNar> {
-        let (nar_hash, total) = match sources.first() {
-            Some(first) => (first.info.nar_hash, first.info.nar_size),
-            None => return Err(io::Error::other("no peer serves its NAR")),
-        };
         let mut nar = FailoverNar {
             finder,
             paces,

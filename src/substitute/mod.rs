@@ -239,8 +239,9 @@ impl Substituter {
                 Err(e) => log::info!("{hash}: {e}; one peer at a time"),
             }
         }
-        let (finder, paces) = (self.finder.clone(), self.paces.clone());
-        let nar = match FailoverNar::start(finder, paces, *hash, sources, searched, transfer?) {
+        let parts = (self.finder.clone(), self.paces.clone());
+        let nar = (*hash, nar_hash, total);
+        let nar = match FailoverNar::start(parts, nar, sources, searched, transfer?) {
             Ok(nar) => nar,
             Err(e) => {
                 log::info!("{hash}: {e}");
