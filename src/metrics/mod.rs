@@ -34,6 +34,8 @@ pub struct Metrics {
     /// The start as a Unix time, in seconds.
     started_unix: f64,
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    /// Sources of NAR bytes passed over, by kind and reason.
+    passed_over: Mutex<BTreeMap<(PassedOver, &'static str), u64>>,
     hits: AtomicU64,
     misses: AtomicU64,
     /// Discovery latency: count per bucket (the last one is +Inf), and the
@@ -134,6 +136,7 @@ impl Default for Metrics {
             started,
             started_unix,
             requests: Mutex::default(),
+            passed_over: Mutex::default(),
             hits: AtomicU64::default(),
             misses: AtomicU64::default(),
             latency: Default::default(),
@@ -161,6 +164,24 @@ pub struct Gauges {
     pub store_paths: usize,
     /// NAR streams from peers to the local Nix in flight.
     pub transfers: usize,
+}
+
+/// A source of NAR bytes for the local Nix that can be passed over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PassedOver {
+    /// A peer that serves the NAR from its store.
+    Peer,
+    /// A node that fetches a NAR from an upstream cache for the LAN.
+    Puller,
+}
+
+impl PassedOver {
+    fn label(self) -> &'static str {
+        match self {
+            PassedOver::Peer => "peer",
+            PassedOver::Puller => "puller",
+        }
+    }
 }
 
 /// Which way NAR bytes went between this node and a peer.
@@ -229,6 +250,15 @@ impl Metrics {
     /// end.
     pub fn nar_aborted(&self) {
         self.nar_aborted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A source of a NAR for the local Nix was passed over (for that NAR,
+    /// or from now on), for `reason`: a short snake_case word, such as
+    /// `wrong_bytes`, `stalled` or `too_slow`.
+    pub fn passed_over(&self, source: PassedOver, reason: &'static str) {
+        if let Ok(mut passed) = self.passed_over.lock() {
+            *passed.entry((source, reason)).or_default() += 1;
+        }
     }
 
     /// A NAR for the local Nix is fetched from several peers at once.
@@ -424,6 +454,24 @@ impl Metrics {
         }
         head(
             &mut out,
+            "passed_over_total",
+            "counter",
+            "Peers and pullers passed over for a NAR of the local Nix, by reason.",
+        );
+        let passed = self
+            .passed_over
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default();
+        for ((source, reason), n) in passed {
+            let source = source.label();
+            let _ = writeln!(
+                out,
+                "peerix_passed_over_total{{source=\"{source}\",reason=\"{reason}\"}} {n}"
+            );
+        }
+        head(
+            &mut out,
             "build_info",
             "gauge",
             "The version and commit of the running daemon (always 1).",
@@ -484,6 +532,9 @@ mod tests {
         m.peer_bytes("10.0.0.2".parse().unwrap(), Direction::Sent, 10);
         m.peer_bytes("::ffff:10.0.0.2".parse().unwrap(), Direction::Received, 5);
         m.nar_striped();
+        m.passed_over(PassedOver::Puller, "wrong_bytes");
+        m.passed_over(PassedOver::Puller, "wrong_bytes");
+        m.passed_over(PassedOver::Peer, "stalled");
         m.framed.sent_block(100, Some(40));
         m.framed.sent_block(50, None);
         m.framed.received(9 + 40, 100);
@@ -516,6 +567,8 @@ mod tests {
             "peerix_discovery_seconds_count 2",
             "peerix_nar_transfers 0",
             "peerix_nar_striped_total 1",
+            "peerix_passed_over_total{source=\"puller\",reason=\"wrong_bytes\"} 2",
+            "peerix_passed_over_total{source=\"peer\",reason=\"stalled\"} 1",
             "peerix_compress_sent_nar_bytes_total 150",
             "peerix_compress_sent_blocks_total{kind=\"raw\"} 1",
             "peerix_compress_sent_blocks_total{kind=\"zstd\"} 1",
