@@ -223,9 +223,9 @@ fn a_peer_killed_between_narinfo_and_nar_is_replaced_by_another() {
     assert_eq!(nar.status, 404);
 }
 
-/// The original Peerix stand-in, `integration/v1_peer.py`.
+/// The original Peerix stand-in, `support/v1_peer.py`.
 fn v1_peer_script() -> String {
-    format!("{}/integration/v1_peer.py", env!("CARGO_MANIFEST_DIR"))
+    support::stand_in("v1_peer.py")
 }
 
 #[test]

@@ -229,7 +229,7 @@ fn narinfos_nix_would_choke_on_are_skipped_for_the_next_peer() {
         "nix copy --to 'file://{}?compression=none' {path}",
         cache.display()
     ));
-    let script = format!("{}/integration/v1_peer.py", env!("CARGO_MANIFEST_DIR"));
+    let script = support::stand_in("v1_peer.py");
     let cache = cache.to_str().unwrap();
     let v1 = |host: &Host, extra: &[&str]| {
         let mut args = vec![script.as_str(), "serve", cache, "12304"];

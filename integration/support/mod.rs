@@ -979,6 +979,13 @@ pub fn node_with_env(
     host.spawn_peerix_with(&[], env, &args)
 }
 
+/// The path of a Python stand-in of this folder (`v1_peer.py`, the original
+/// Peerix; `hostile.py`, hostile clients; `upstream_cache.py`, an upstream
+/// binary cache), to run with `python3`.
+pub fn stand_in(name: &str) -> String {
+    format!("{}/integration/support/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
 /// The hash part of a store path.
 pub fn hash_of(path: &str) -> &str {
     &path["/nix/store/".len().."/nix/store/".len() + 32]
