@@ -1,7 +1,7 @@
 //! The Nix client matrix: every Nix client the tests have substitutes
 //! through its host's local node. The clients are the machine's own Nix
-//! (2.8) and, when `integration/setup-nix-clients` prepared them, Debian's
-//! 2.3.7 (bullseye), 2.26.3 (trixie) and the current one (sid); see
+//! (2.8) and, when `integration/support/setup-nix-clients` prepared them,
+//! Debian's 2.3.7 (bullseye), 2.26.3 (trixie) and the current one (sid); see
 //! `support::nix_clients`. Each in turn, on one set of hosts and nodes:
 //!
 //! - closure: a chain of three paths from a peer, signatures required, the

@@ -31,7 +31,9 @@ fn substitute(host: &Host, paths: &[&str], keys: &[&Key]) -> Output {
     let out =
         support::output_within(host.cmd("nix-store", &args), limit).expect("nix-store -r finished");
     let Some(current) = nix_clients::current() else {
-        eprintln!("no current Nix client (integration/setup-nix-clients sid): Nix 2.8 only");
+        eprintln!(
+            "no current Nix client (integration/support/setup-nix-clients sid): Nix 2.8 only"
+        );
         return out;
     };
     if !out.status.success() {

@@ -9,11 +9,12 @@
 //! supplementary groups, `Environment`, `LoadCredential` (a copy of each
 //! file in `/run/credentials/peerix.service`, the service's, 0400),
 //! `RuntimeDirectory`, `UMask` and `LimitNOFILE`. The sandboxing directives
-//! are not applied (`systemd-analyze verify`, run by integration/unit-verify,
-//! checks them). Everything else is real: the user made by `useradd`, the key
-//! by `nix-store --generate-binary-cache-key`, nix.conf read by the
-//! nix-daemon and by the node, the node reaching the store through the
-//! nix-daemon's socket as that user.
+//! are not applied (`systemd-analyze verify`, run by
+//! integration/support/unit-verify, checks them). Everything else is real:
+//! the user made by `useradd`, the key by `nix-store
+//! --generate-binary-cache-key`, nix.conf read by the nix-daemon and by the
+//! node, the node reaching the store through the nix-daemon's socket as
+//! that user.
 //!
 //! The host's system directories are its own: `/etc`, `/var` and
 //! `/usr/local` are overlays whose changes go into the host's directory
