@@ -22,8 +22,8 @@ use std::time::Duration;
 use support::upstream_cache::{wait_pullers, UpstreamCache};
 use support::{build_chain, build_random, generate_key, node, output_within, Host, Net, LOCAL};
 
-/// The Grafana dashboard shipped in integration/.
-const GRAFANA: &str = include_str!("grafana-dashboard.json");
+/// The Grafana dashboard shipped in integration/dist/.
+const GRAFANA: &str = include_str!("dist/grafana-dashboard.json");
 
 /// Where the test leaves its screenshot of the dashboard.
 fn screenshot_path() -> PathBuf {

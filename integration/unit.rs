@@ -1,6 +1,6 @@
 //! The plain systemd unit for machines with Nix but without NixOS,
-//! `integration/peerix.service`, followed as README.md's "Run as a service
-//! without NixOS" says, in a test host with a multi-user Nix.
+//! `integration/dist/peerix.service`, followed as README.md's "Run as a
+//! service without NixOS" says, in a test host with a multi-user Nix.
 //!
 //! There is no systemd to run it here (not PID 1, and test hosts are only
 //! network and mount namespaces), so systemd's part is played by the test,
@@ -33,7 +33,10 @@ use std::time::Duration;
 use support::{generate_key, Daemon, Host, Net, NIX_CONF};
 
 /// The unit as the repository has it.
-const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/integration/peerix.service");
+const UNIT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/integration/dist/peerix.service"
+);
 
 /// A directive of the unit: its section, name and value, in file order.
 struct Directive {

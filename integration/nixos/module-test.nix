@@ -285,12 +285,12 @@ let
       ];
   };
 
-  # integration/peerix.service, the unit for machines without NixOS: its
+  # integration/dist/peerix.service, the unit for machines without NixOS: its
   # [Service] directives, NAME -> the values of its lines, in order.
   plainUnit =
     let
       lines = filter (l: l != "" && !(hasPrefix "#" l) && !(hasPrefix "[" l))
-        (map lib.trim (lib.splitString "\n" (builtins.readFile ../peerix.service)));
+        (map lib.trim (lib.splitString "\n" (builtins.readFile ../dist/peerix.service)));
       pairs = map (l: let m = builtins.match "([A-Za-z]+)=(.*)" l; in { name = builtins.elemAt m 0; value = builtins.elemAt m 1; }) lines;
     in
     builtins.mapAttrs (name: _: map (p: p.value) (filter (p: p.name == name) pairs)) (builtins.listToAttrs pairs);
@@ -307,7 +307,7 @@ let
 
   checks = {
     minimal = let c = configs.minimal; in common c // {
-      "integration/peerix.service has the same hardening and settings" =
+      "integration/dist/peerix.service has the same hardening and settings" =
         all (d: plainUnit.${d} or [ ] == [ (unitValue (sc c).${d}) ]) sharedDirectives
         && lib.concatMap (v: lib.splitString " " v) plainUnit.RestrictAddressFamilies == (sc c).RestrictAddressFamilies
         && lib.concatMap (v: lib.splitString " " v) plainUnit.SystemCallFilter == (sc c).SystemCallFilter
