@@ -1,6 +1,7 @@
 //! The plain systemd unit for machines with Nix but without NixOS,
-//! `integration/dist/peerix.service`, followed as README.md's "Run as a
-//! service without NixOS" says, in a test host with a multi-user Nix.
+//! `integration/dist/peerix.service`, followed as README.md's "As a service
+//! without NixOS" (under "Run it") says, in a test host with a multi-user
+//! Nix.
 //!
 //! There is no systemd to run it here (not PID 1, and test hosts are only
 //! network and mount namespaces), so systemd's part is played by the test,
