@@ -31,10 +31,10 @@
       checks = forAllSystems (system: pkgs: {
         package = self.packages.${system}.peerix;
         # Evaluates the module in several configurations (see
-        # integration/nix-module-test); builds nothing but a stamp.
+        # integration/nixos/nix-module-test); builds nothing but a stamp.
         module =
           let
-            result = import ./integration/module-test.nix { inherit nixpkgs system; };
+            result = import ./integration/nixos/module-test.nix { inherit nixpkgs system; };
           in
           assert result.passed;
           pkgs.runCommand "peerix-module-test" { } ''

@@ -1,7 +1,7 @@
 //! The Nix client matrix: every Nix client the tests have substitutes
 //! through its host's local node. The clients are the machine's own Nix
-//! (2.8) and, when `integration/setup-nix-clients` prepared them, Debian's
-//! 2.3.7 (bullseye), 2.26.3 (trixie) and the current one (sid); see
+//! (2.8) and, when `integration/support/setup-nix-clients` prepared them,
+//! Debian's 2.3.7 (bullseye), 2.26.3 (trixie) and the current one (sid); see
 //! `support::nix_clients`. Each in turn, on one set of hosts and nodes:
 //!
 //! - closure: a chain of three paths from a peer, signatures required, the
@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use support::nix_clients::{self, Client};
 use support::{
-    build_chain, copy_to, generate_key, hash_of, nar_hash, node, realise_args, sign, wait_offered,
-    Daemon, Host, Key, Net, LOCAL,
+    build_chain, copy_to, generate_key, hash_of, nar_hash, realise_args, sign, three_nodes,
+    wait_offered, Daemon, Host, Key, Net, LOCAL,
 };
 
 /// How long one `nix-store -r` may take.
@@ -68,9 +68,8 @@ fn every_nix_client_substitutes_through_its_local_node() {
         "one derivation"
     );
     assert_ne!(nar_hash(h1, &random), nar_hash(h2, &random), "two outputs");
-    let _n1 = node(h1, &k1, &[], &[]);
-    let _n2 = node(h2, &k2, &[], &[]);
-    let n3 = node(h3, &generate_key(h3, "h3-1"), &[&k1, &k2, &upstream], &[]);
+    let trust_upstream = ["--trusted-key", upstream.public.as_str()];
+    let [_n1, _n2, n3] = three_nodes(&net, [&k1, &k2], &[], &trust_upstream);
     let lan = Lan {
         h1,
         h2,

@@ -20,10 +20,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::upstream_cache::{wait_pullers, UpstreamCache};
-use support::{build_chain, build_random, generate_key, node, output_within, Host, Net, LOCAL};
+use support::{
+    build_chain, build_random, generate_key, node, output_within, three_nodes, Host, Net, LOCAL,
+};
 
-/// The Grafana dashboard shipped in integration/.
-const GRAFANA: &str = include_str!("grafana-dashboard.json");
+/// The Grafana dashboard shipped in integration/dist/.
+const GRAFANA: &str = include_str!("dist/grafana-dashboard.json");
 
 /// Where the test leaves its screenshot of the dashboard.
 fn screenshot_path() -> PathBuf {
@@ -110,9 +112,7 @@ fn status_dashboard_and_grafana_show_two_peers_and_what_came_from_them() {
     let x = build_chain(h1, "dash-x", 2);
     let y = build_chain(h2, "dash-y", 3);
     let big = build_random(h1, "dash-big", 24 << 20);
-    let _n1 = node(h1, &keys[0], &[], &[]);
-    let _n2 = node(h2, &keys[1], &[], &[]);
-    let n3 = node(h3, &generate_key(h3, "h3-1"), &[&keys[0], &keys[1]], &[]);
+    let [_n1, _n2, n3] = three_nodes(&net, [&keys[0], &keys[1]], &[], &[]);
     let ids = [node_id(h1), node_id(h2)];
 
     substitute(h3, &[&x[0], &y[0]], &[&keys[0], &keys[1]]);

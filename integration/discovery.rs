@@ -15,8 +15,8 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use support::{
-    build_chain, copy_to, generate_key, hash_of, nar_hash, nix_clients, node, Daemon, Host, Key,
-    Net, LOCAL,
+    build_chain, copy_to, generate_key, hash_of, local_node, nar_hash, nix_clients, node,
+    three_nodes, Daemon, Host, Key, Net, LOCAL,
 };
 
 /// `nix-store -r paths` on `host` through its local node, trusting `keys`,
@@ -31,7 +31,9 @@ fn substitute(host: &Host, paths: &[&str], keys: &[&Key]) -> Output {
     let out =
         support::output_within(host.cmd("nix-store", &args), limit).expect("nix-store -r finished");
     let Some(current) = nix_clients::current() else {
-        eprintln!("no current Nix client (integration/setup-nix-clients sid): Nix 2.8 only");
+        eprintln!(
+            "no current Nix client (integration/support/setup-nix-clients sid): Nix 2.8 only"
+        );
         return out;
     };
     if !out.status.success() {
@@ -79,9 +81,7 @@ fn a_closure_split_across_two_peers_is_substituted_on_a_third() {
     let keys = [generate_key(h1, "h1-1"), generate_key(h2, "h2-1")];
     let x = build_chain(h1, "x", 3);
     let y = build_chain(h2, "y", 2);
-    let _n1 = node(h1, &keys[0], &[], &[]);
-    let _n2 = node(h2, &keys[1], &[], &[]);
-    let n3 = node(h3, &generate_key(h3, "h3-1"), &[&keys[0], &keys[1]], &[]);
+    let [_n1, _n2, n3] = three_nodes(&net, [&keys[0], &keys[1]], &[], &[]);
 
     let out = substitute(h3, &[&x[0], &y[0]], &[&keys[0], &keys[1]]);
     assert_ok("nix-store -r through the local node", &out);
@@ -168,14 +168,7 @@ fn a_peer_killed_between_narinfo_and_nar_is_replaced_by_another() {
     let paths = build_chain(h1, "kill", 1);
     let path = &paths[0];
     copy_to(h1, h2, path);
-    let n1 = node(h1, &key, &[], &[]);
-    let n2 = node(h2, &key, &[], &[]);
-    let n3 = node(
-        h3,
-        &generate_key(h3, "h3-1"),
-        &[&key],
-        &["--timeout", "1000"],
-    );
+    let [n1, n2, n3] = three_nodes(&net, [&key, &key], &[], &["--timeout", "1000"]);
     let hash = hash_of(path);
 
     let narinfo = h3.curl(&[&format!("{LOCAL}/{hash}.narinfo")]);
@@ -223,9 +216,9 @@ fn a_peer_killed_between_narinfo_and_nar_is_replaced_by_another() {
     assert_eq!(nar.status, 404);
 }
 
-/// The original Peerix stand-in, `integration/v1_peer.py`.
+/// The original Peerix stand-in, `support/v1_peer.py`.
 fn v1_peer_script() -> String {
-    format!("{}/integration/v1_peer.py", env!("CARGO_MANIFEST_DIR"))
+    support::stand_in("v1_peer.py")
 }
 
 #[test]
@@ -244,12 +237,7 @@ fn garbage_from_a_peer_is_refused_and_the_next_peer_used() {
         h2.cmd("python3", &[&script, "serve", cache, "12304", "--garbage"]),
         "v1-garbage",
     );
-    let n3 = node(
-        h3,
-        &generate_key(h3, "h3-1"),
-        &[&key],
-        &["--timeout", "1000"],
-    );
+    let n3 = local_node(&net, &[&key], &["--timeout", "1000"]);
     std::thread::sleep(Duration::from_millis(500));
 
     let out = substitute(h3, &[&paths[0]], &[&key]);
@@ -376,12 +364,7 @@ fn v1_peers_and_ours_find_each_others_paths() {
     let key = generate_key(h1, "h1-1");
     let ours = build_chain(h1, "ours", 1);
     let _n1 = node(h1, &key, &[], &[]);
-    let n3 = node(
-        h3,
-        &generate_key(h3, "h3-1"),
-        &[&upstream],
-        &["--timeout", "1000"],
-    );
+    let n3 = local_node(&net, &[&upstream], &["--timeout", "1000"]);
     std::thread::sleep(Duration::from_millis(300));
 
     // Ours finds theirs: v1 request, v1 reply, /local/ routes, chunked NAR.
@@ -578,7 +561,7 @@ fn misses_wait_for_original_nodes_only_as_long_as_their_answers_need() {
             ),
             "v1-peer",
         );
-        let mut n3 = node(h3, &generate_key(h3, "h3-1"), &[&upstream], &[]);
+        let mut n3 = local_node(&net, &[&upstream], &[]);
         wait_until_peers(h3, 1);
         let broadcast = format!("{}.255", h1.addr4.to_string().rsplit_once('.').unwrap().0);
         let asked = h1.try_run(&format!(

@@ -15,8 +15,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::{
-    build_chain, copy_to, generate_key, hash_of, nar_hash, node, realise_args, wait_offered, Host,
-    Net, DEFAULT_PORT, LOCAL,
+    build_chain, copy_to, generate_key, hash_of, local_node, nar_hash, node, realise_args,
+    three_nodes, wait_offered, Host, Net, DEFAULT_PORT, LOCAL,
 };
 
 /// `sha256sum` of `nix-store --dump path` on `host`.
@@ -56,9 +56,7 @@ fn a_peer_frozen_before_its_reply_head_loses_the_nar_to_another() {
     let key = generate_key(h1, "frozen-1");
     let path = support::build_random(h1, &net.prefix, 2 << 20);
     copy_to(h1, h2, &path);
-    let n1 = node(h1, &key, &[], &[]);
-    let n2 = node(h2, &key, &[], &[]);
-    let n3 = node(h3, &generate_key(h3, "h3-1"), &[&key], &[]);
+    let [n1, n2, n3] = three_nodes(&net, [&key, &key], &[], &[]);
     wait_offered(h1, &path);
     wait_offered(h2, &path);
 
@@ -147,7 +145,7 @@ fn a_nar_that_does_not_match_its_nar_hash_never_reaches_nix_whole() {
     assert_eq!(nar_hash(h1, &path), nar_hash(h2, &path));
 
     let n1 = node(h1, &key, &[], &[]);
-    let n3 = node(h3, &generate_key(h3, "h3-1"), &[&key], &[]);
+    let n3 = local_node(&net, &[&key], &[]);
     wait_offered(h1, &path);
     let args = realise_args(&[&path], &[&key]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();

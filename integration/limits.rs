@@ -24,7 +24,7 @@ use support::{
 
 /// The stand-ins for hostile clients.
 fn hostile() -> String {
-    format!("{}/integration/hostile.py", env!("CARGO_MANIFEST_DIR"))
+    support::stand_in("hostile.py")
 }
 
 /// `hostile.py args…` started on `host`, once it says it opened its

@@ -15,10 +15,6 @@ use peerix::nix::narinfo::HashPart;
 use peerix::peer::network_key::NetworkKey;
 use support::{generate_key, hash_of, Daemon, Host, Key, Net, LOCAL};
 
-fn script(name: &str) -> String {
-    format!("{}/integration/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
 /// Builds, on `host`, the paths named `names` (in order; each refers to the
 /// one before it when `chain`), returning their store paths.
 fn build(host: &Host, names: &[&str], chain: bool) -> Vec<String> {
@@ -82,7 +78,7 @@ fn v1_query(host: &Host, hash: &str) -> (bool, String) {
         + ".255";
     let out: Output = host.try_run(&format!(
         "python3 {} query {hash} {broadcast} 12304",
-        script("v1_peer.py")
+        support::stand_in("v1_peer.py")
     ));
     (
         out.status.success(),
@@ -253,7 +249,7 @@ fn the_local_nar_route_reaches_nobody_a_request_names() {
         h3.cmd(
             "python3",
             &[
-                &script("hostile.py"),
+                &support::stand_in("hostile.py"),
                 "listen",
                 "9999",
                 hits.to_str().unwrap(),
@@ -316,7 +312,7 @@ fn under_hostile_input_the_node_serves_on_without_leaks_or_amplification() {
     let pid = n2.pid();
     std::thread::sleep(Duration::from_millis(500));
     let (fds_before, rss_before) = (support::fd_count(pid), support::rss_kib(pid));
-    let hostile = script("hostile.py");
+    let hostile = support::stand_in("hostile.py");
     let target = h2.addr4.to_string();
 
     // Oversized and malformed requests: 4xx or a closed connection, no 5xx.

@@ -15,8 +15,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::{
-    build_chain, copy_to, generate_key, hash_of, metric, metrics, nar_hash, nar_under_way,
-    nar_went_on, nix_clients, node, realise_args, wait_offered, Daemon, Host, Net, LOCAL,
+    build_chain, copy_to, generate_key, hash_of, local_node, metric, metrics, nar_hash,
+    nar_under_way, nar_went_on, nix_clients, node, realise_args, three_nodes, wait_offered, Daemon,
+    Host, Net, LOCAL,
 };
 
 /// The nix32 digest of a NAR hash as `nix-store -q --hash` prints it.
@@ -49,14 +50,7 @@ fn a_nar_is_served_only_by_peers_with_the_nar_hash_its_narinfo_names() {
     assert_eq!(support::build_random(h2, &net.prefix, 4096), path);
     let (nar1, nar2) = (nar_hash(h1, &path), nar_hash(h2, &path));
     assert_ne!(nar1, nar2, "the builds differ");
-    let n1 = node(h1, &key, &[], &[]);
-    let n2 = node(h2, &key, &[], &[]);
-    let n3 = node(
-        h3,
-        &generate_key(h3, "h3-1"),
-        &[&key],
-        &["--timeout", "1000"],
-    );
+    let [n1, n2, n3] = three_nodes(&net, [&key, &key], &[], &["--timeout", "1000"]);
     let hash = hash_of(&path);
 
     // The narinfo names its NAR by NarHash; that URL is the same NAR.
@@ -229,7 +223,7 @@ fn narinfos_nix_would_choke_on_are_skipped_for_the_next_peer() {
         "nix copy --to 'file://{}?compression=none' {path}",
         cache.display()
     ));
-    let script = format!("{}/integration/v1_peer.py", env!("CARGO_MANIFEST_DIR"));
+    let script = support::stand_in("v1_peer.py");
     let cache = cache.to_str().unwrap();
     let v1 = |host: &Host, extra: &[&str]| {
         let mut args = vec![script.as_str(), "serve", cache, "12304"];
@@ -240,12 +234,7 @@ fn narinfos_nix_would_choke_on_are_skipped_for_the_next_peer() {
     let _ca = v1(h1, &["--set", "CA: garbage:xyz"]);
     let _xz = v1(h2, &["--set", "Compression: xz"]);
     let _honest = v1(h4, &["--delay", "200"]);
-    let n3 = node(
-        h3,
-        &generate_key(h3, "h3-1"),
-        &[&upstream],
-        &["--timeout", "2000"],
-    );
+    let n3 = local_node(&net, &[&upstream], &["--timeout", "2000"]);
     std::thread::sleep(Duration::from_millis(300));
 
     let start = Instant::now();
@@ -353,7 +342,7 @@ fn the_fastest_peer_serves_a_nar_once_paces_are_learnt() {
     }
     slow.limit_rate(20);
     let _slow_node = node(slow, &key, &[], &[]);
-    let n3 = node(h3, &generate_key(h3, "h3-1"), &[&key], &[]);
+    let n3 = local_node(&net, &[&key], &[]);
     // The narinfo and the NAR, `frozen` (if any) answering second.
     let fetch = |path: &str, frozen: Option<&Daemon>| -> String {
         frozen.inspect(|d| d.signal("STOP"));

@@ -9,8 +9,8 @@
 //! Every measurement runs on throw-away test hosts (network namespaces, each
 //! with its own `/nix` and real Nix; see `support`), several times, and is
 //! printed beside a baseline measured in the same run: a table of medians
-//! with min–max, and a JSON copy (written to `integration/bench-results.json`
-//! in full mode, printed in `--quick` mode). Numbers never fail the run; a
+//! with min–max, and a JSON copy (written to `results.json` beside this
+//! file in full mode, printed in `--quick` mode). Numbers never fail the run; a
 //! measurement that cannot be made (a panic in its section) does.
 //!
 //! Latencies are measured by a load client that runs inside the test host:
@@ -63,7 +63,7 @@ use report::{json, machine_info, table, Row};
 /// Where the full run's JSON goes unless `--out` says otherwise.
 const RESULTS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/integration/bench-results.json"
+    "/integration/benchmark/results.json"
 );
 
 fn main() -> ExitCode {

@@ -1,5 +1,5 @@
 //! Section `v1`: beside original Peerix nodes (the stand-in
-//! `integration/v1_peer.py`).
+//! `integration/support/v1_peer.py`).
 
 use std::fs;
 use std::path::PathBuf;
@@ -10,15 +10,15 @@ use crate::harness::*;
 use crate::report::*;
 use crate::support::{generate_key, wait_until, Daemon, Host, Key, Net};
 
-/// The original Peerix stand-in, `integration/v1_peer.py`, serving `cache`
+/// The original Peerix stand-in, `support/v1_peer.py`, serving `cache`
 /// on `host`, answering each request `delay_ms` late.
 fn v1_peer(host: &Host, cache: &std::path::Path, delay_ms: u32) -> Daemon {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/integration/v1_peer.py");
+    let script = crate::support::stand_in("v1_peer.py");
     let delay = delay_ms.to_string();
     let cmd = host.cmd(
         "/usr/bin/python3",
         &[
-            script,
+            &script,
             "serve",
             cache.to_str().unwrap(),
             "12304",

@@ -979,6 +979,42 @@ pub fn node_with_env(
     host.spawn_peerix_with(&[], env, &args)
 }
 
+/// The three-node setup most tests start from. On hosts 1 and 2 of `net`,
+/// nodes that serve their stores, signing with `keys[0]` and `keys[1]` (one
+/// key twice where they share it), each given `peer_flags`; then, on host
+/// 3, the [`local_node`], accepting the peers' keys and given
+/// `local_flags`. Returns the nodes of hosts 1, 2 and 3.
+pub fn three_nodes(
+    net: &Net,
+    keys: [&Key; 2],
+    peer_flags: &[&str],
+    local_flags: &[&str],
+) -> [Daemon; 3] {
+    let n1 = node(net.host(1), keys[0], &[], peer_flags);
+    let n2 = node(net.host(2), keys[1], &[], peer_flags);
+    let trusted = match keys[0].public == keys[1].public {
+        true => &keys[..1],
+        false => &keys[..],
+    };
+    [n1, n2, local_node(net, trusted, local_flags)]
+}
+
+/// The node on host 3 of `net` that the test's Nix substitutes through: it
+/// signs with a key of its own (`h3-1`) and accepts narinfo signed by
+/// `trusted`, given `flags`. [`three_nodes`] starts it after two peers;
+/// tests whose peers are stand-ins, or start later, start it alone.
+pub fn local_node(net: &Net, trusted: &[&Key], flags: &[&str]) -> Daemon {
+    let h3 = net.host(3);
+    node(h3, &generate_key(h3, "h3-1"), trusted, flags)
+}
+
+/// The path of a Python stand-in of this folder (`v1_peer.py`, the original
+/// Peerix; `hostile.py`, hostile clients; `upstream_cache.py`, an upstream
+/// binary cache), to run with `python3`.
+pub fn stand_in(name: &str) -> String {
+    format!("{}/integration/support/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
 /// The hash part of a store path.
 pub fn hash_of(path: &str) -> &str {
     &path["/nix/store/".len().."/nix/store/".len() + 32]
@@ -1038,9 +1074,7 @@ pub fn nar_under_way(
     client: Option<&nix_clients::Client>,
 ) -> NarUnderWay {
     let (h1, h2, h3) = (net.host(1), net.host(2), net.host(3));
-    let n1 = node(h1, key, &[], extra);
-    let n2 = node(h2, key, &[], extra);
-    let n3 = node(h3, &generate_key(h3, "h3-1"), &[key], &[]);
+    let [n1, n2, n3] = three_nodes(net, [key, key], extra, &[]);
     wait_offered(h1, path);
     wait_offered(h2, path);
     let args = realise_args(&[path], &[key]);

@@ -1,6 +1,6 @@
 //! The Nix clients the tests can run in a test host: the machine's own
 //! (Debian 12's `nix-bin`, 2.8) and one per Debian root that
-//! `integration/setup-nix-clients` prepared (reused across runs):
+//! `integration/support/setup-nix-clients` prepared (reused across runs):
 //!
 //! | suite | Nix |
 //! |---|---|
@@ -36,7 +36,7 @@ pub const SUITES: [&str; 3] = ["bullseye", "trixie", "sid"];
 /// The suite whose Nix is the current one.
 pub const CURRENT: &str = "sid";
 /// Stamp file in a finished root (holds `nix-store --version`'s output); the
-/// same name as in `integration/setup-nix-clients`.
+/// same name as in `integration/support/setup-nix-clients`.
 const STAMP: &str = ".peerix-nix-client-ready";
 /// What `PATH` is inside a root.
 const ROOT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -156,7 +156,7 @@ pub fn all(host: &Host) -> Vec<Client> {
         match prepared(suite) {
             Some(client) => clients.push(client),
             None => eprintln!(
-                "no Nix client from Debian {suite}: run integration/setup-nix-clients {suite}"
+                "no Nix client from Debian {suite}: run integration/support/setup-nix-clients {suite}"
             ),
         }
     }

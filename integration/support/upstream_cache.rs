@@ -1,7 +1,7 @@
 //! A stand-in for an upstream binary cache (cache.nixos.org) on a test
 //! host: caches made with `nix copy --to file://DIR?compression=…`, signed
 //! with the upstream's key, served over HTTPS with a certificate of a test
-//! CA by `integration/upstream_cache.py`, which logs every answer with the
+//! CA by `upstream_cache.py` beside this file, which logs every answer with the
 //! bytes it sent.
 
 use std::collections::BTreeMap;
@@ -45,11 +45,11 @@ impl UpstreamCache {
             ip = host.addr4
         ));
         let log = host.dir.join("upstream-sent.log");
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/integration/upstream_cache.py");
+        let script = super::stand_in("upstream_cache.py");
         let port = PORT.to_string();
         let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
         let args = [
-            script,
+            script.as_str(),
             "--dir",
             root.to_str().unwrap(),
             "--port",

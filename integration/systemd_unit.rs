@@ -1,6 +1,7 @@
 //! The plain systemd unit for machines with Nix but without NixOS,
-//! `integration/peerix.service`, followed as README.md's "Run as a service
-//! without NixOS" says, in a test host with a multi-user Nix.
+//! `integration/dist/peerix.service`, followed as README.md's "As a service
+//! without NixOS" (under "Run it") says, in a test host with a multi-user
+//! Nix.
 //!
 //! There is no systemd to run it here (not PID 1, and test hosts are only
 //! network and mount namespaces), so systemd's part is played by the test,
@@ -9,11 +10,12 @@
 //! supplementary groups, `Environment`, `LoadCredential` (a copy of each
 //! file in `/run/credentials/peerix.service`, the service's, 0400),
 //! `RuntimeDirectory`, `UMask` and `LimitNOFILE`. The sandboxing directives
-//! are not applied (`systemd-analyze verify`, run by integration/unit-verify,
-//! checks them). Everything else is real: the user made by `useradd`, the key
-//! by `nix-store --generate-binary-cache-key`, nix.conf read by the
-//! nix-daemon and by the node, the node reaching the store through the
-//! nix-daemon's socket as that user.
+//! are not applied (`systemd-analyze verify`, run by
+//! integration/support/unit-verify, checks them). Everything else is real:
+//! the user made by `useradd`, the key by `nix-store
+//! --generate-binary-cache-key`, nix.conf read by the nix-daemon and by the
+//! node, the node reaching the store through the nix-daemon's socket as
+//! that user.
 //!
 //! The host's system directories are its own: `/etc`, `/var` and
 //! `/usr/local` are overlays whose changes go into the host's directory
@@ -32,7 +34,10 @@ use std::time::Duration;
 use support::{generate_key, Daemon, Host, Net, NIX_CONF};
 
 /// The unit as the repository has it.
-const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/integration/peerix.service");
+const UNIT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/integration/dist/peerix.service"
+);
 
 /// A directive of the unit: its section, name and value, in file order.
 struct Directive {

@@ -70,6 +70,18 @@ def udp_garbage(addr, port, count):
     print("sent %d datagrams" % count)
 
 
+def drain(s):
+    """Reads what a non-blocking socket holds; returns how many datagrams."""
+    n = 0
+    try:
+        while True:
+            s.recv(2048)
+            n += 1
+    except BlockingIOError:
+        pass
+    return n
+
+
 def query_flood(addr, port, seconds):
     s = socket.socket(family(addr), socket.SOCK_DGRAM)
     s.setblocking(False)
@@ -81,21 +93,11 @@ def query_flood(addr, port, seconds):
         h = bytes(random.choice(nix32) for _ in range(32))
         s.sendto(b"PX\x02\x01" + node + struct.pack(">I", sent) + h, (addr, port))
         sent += 1
-        try:
-            while True:
-                s.recv(2048)
-                answers += 1
-        except BlockingIOError:
-            pass
+        answers += drain(s)
         if sent % 100 == 0:
             time.sleep(0.001)
     time.sleep(0.5)
-    try:
-        while True:
-            s.recv(2048)
-            answers += 1
-    except BlockingIOError:
-        pass
+    answers += drain(s)
     print("sent %d answers %d" % (sent, answers))
 
 

@@ -1,15 +1,16 @@
 # NixOS without nixpkgs: declarations of the NixOS options module.nix reads
 # and sets, and the module arguments it takes (pkgs, utils), for evaluating
 # it with nixpkgs' `lib` alone (the module system) where no full nixpkgs is
-# at hand. integration/module-test.nix evaluates with its `evalConfig`.
+# at hand. integration/nixos/module-test.nix evaluates with its `evalConfig`.
 #
 # The declarations follow NixOS's own, with their types, defaults and merge
 # rules (nixos/lib/systemd-unit-options.nix, nixos/modules/config/nix.nix,
 # users-groups.nix, services/networking/firewall.nix, misc/assertions.nix),
 # so that a definition NixOS would refuse or merge differently is refused or
 # merged the same way here. Only what the checks look at is computed: the
-# generated nix.conf text, not the unit files. Where a full nixpkgs is found,
-# integration/nix-module-test uses the real nixos/lib/eval-config.nix instead.
+# generated nix.conf text, not the unit files. Where a full nixpkgs is
+# found, integration/nixos/nix-module-test uses the real
+# nixos/lib/eval-config.nix instead.
 { lib, system ? builtins.currentSystem }:
 
 let

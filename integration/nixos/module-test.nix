@@ -3,10 +3,11 @@
 # Nix settings, the users, the warnings and the assertions. With `nixpkgs`,
 # NixOS itself (nixos/lib/eval-config.nix); with `nixpkgsLib` alone, the
 # module system with NixOS's options declared by module-test-nixos.nix. Run
-# by integration/nix-module-test, which prints `lines` (each configuration,
-# what it made, its checks), and by the flake's checks.module.
+# by integration/nixos/nix-module-test, which prints `lines` (each
+# configuration, what it made, its checks), and by the flake's
+# checks.module.
 #
-#   nix-instantiate --eval --strict --json integration/module-test.nix \
+#   nix-instantiate --eval --strict --json integration/nixos/module-test.nix \
 #     --arg nixpkgsLib ../shared/nixpkgs-lib/lib -A lines
 #
 # Nothing is built: only the configuration is evaluated. The key pair in
@@ -45,7 +46,7 @@ let
       }).config;
 
   harness =
-    if standIn != null then "nixpkgs' lib with NixOS's options declared by integration/module-test-nixos.nix"
+    if standIn != null then "nixpkgs' lib with NixOS's options declared by integration/nixos/module-test-nixos.nix"
     else "NixOS of nixpkgs ${lib.trivial.version}";
 
   nixpkgsInput =
@@ -64,7 +65,7 @@ let
   # flake.nix's outputs, as Nix would make them with this nixpkgs as input.
   flake =
     let
-      self = (import ../flake.nix).outputs { inherit self; nixpkgs = nixpkgsInput; } // { outPath = toString ../.; };
+      self = (import ../../flake.nix).outputs { inherit self; nixpkgs = nixpkgsInput; } // { outPath = toString ../..; };
     in
     self;
   flakeSystems = [ "x86_64-linux" "aarch64-linux" "i686-linux" "armv7l-linux" ];
@@ -78,7 +79,7 @@ let
   # The secret half of peerC: pasted where a public key belongs.
   secretC = "peer-c-1:7vy+L401ChiGyx7zg0eDlylPqIRmWtls4P0/dpsVvtkTrO523xuPikKj1EGI8OwuyMqpavoP4yM0xdtEk5qmFQ==";
 
-  eval = config: evalConfig [ ../module.nix config ];
+  eval = config: evalConfig [ ../../module.nix config ];
 
   configs = {
     # {enable = true;} and nothing else.
@@ -89,7 +90,7 @@ let
     blog = eval ({ pkgs, ... }: {
       services.peerix = {
         enable = true;
-        package = pkgs.callPackage ../default.nix { };
+        package = pkgs.callPackage ../../default.nix { };
         openFirewall = true;
         privateKeyFile = ./module-test-keys/peerix-private;
         publicKeyFile = ./module-test-keys/peerix-public;
@@ -124,7 +125,7 @@ let
     everything = eval ({ pkgs, ... }: {
       services.peerix = {
         enable = true;
-        package = pkgs.callPackage ../default.nix { };
+        package = pkgs.callPackage ../../default.nix { };
         openFirewall = true;
         port = 12305;
         bind = "::";
@@ -284,12 +285,12 @@ let
       ];
   };
 
-  # integration/peerix.service, the unit for machines without NixOS: its
+  # integration/dist/peerix.service, the unit for machines without NixOS: its
   # [Service] directives, NAME -> the values of its lines, in order.
   plainUnit =
     let
       lines = filter (l: l != "" && !(hasPrefix "#" l) && !(hasPrefix "[" l))
-        (map lib.trim (lib.splitString "\n" (builtins.readFile ./peerix.service)));
+        (map lib.trim (lib.splitString "\n" (builtins.readFile ../dist/peerix.service)));
       pairs = map (l: let m = builtins.match "([A-Za-z]+)=(.*)" l; in { name = builtins.elemAt m 0; value = builtins.elemAt m 1; }) lines;
     in
     builtins.mapAttrs (name: _: map (p: p.value) (filter (p: p.name == name) pairs)) (builtins.listToAttrs pairs);
@@ -306,7 +307,7 @@ let
 
   checks = {
     minimal = let c = configs.minimal; in common c // {
-      "integration/peerix.service has the same hardening and settings" =
+      "integration/dist/peerix.service has the same hardening and settings" =
         all (d: plainUnit.${d} or [ ] == [ (unitValue (sc c).${d}) ]) sharedDirectives
         && lib.concatMap (v: lib.splitString " " v) plainUnit.RestrictAddressFamilies == (sc c).RestrictAddressFamilies
         && lib.concatMap (v: lib.splitString " " v) plainUnit.SystemCallFilter == (sc c).SystemCallFilter
@@ -557,7 +558,7 @@ in
       checks);
 
   # nix.conf as generated for the configuration with globalCacheTTL, for
-  # integration/nix-module-test to hand to the real Nix.
+  # integration/nixos/nix-module-test to hand to the real Nix.
   legacyNixConf = nixConfText configs.legacy;
 
   summary = "module evaluation: ${toString (builtins.length results - builtins.length failed)} passed, ${toString (builtins.length failed)} failed";
