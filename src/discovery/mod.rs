@@ -11,13 +11,22 @@
 //! When the share policy has not judged a path yet (that takes the Nix
 //! CLI), the UDP thread hands the query to the verdicts thread, which
 //! answers it when it knows. With a network key every datagram of ours is
-//! sealed and checked (`peer/network_key.rs`), and v1 is not spoken: it cannot be
-//! authenticated. Each source gets at most `--answer-rate` answers a second.
+//! sealed and checked (`peer/network_key.rs`), and v1 is not spoken: it
+//! cannot be authenticated. Each source gets at most `--answer-rate`
+//! answers a second. A node never answers its own queries: ours carry its
+//! random node id, and its v1 requests ids it remembers.
+//!
+//! A query with no "have" after a third of the timeout is sent once more
+//! (datagrams get lost on a busy network). The timeout's default, 500 ms,
+//! rides out Wi-Fi access points, which hold broadcast frames for sleeping
+//! stations until the next DTIM beacon (often 100 to 300 ms: the
+//! original's 50 ms lost real hits); peers answer from memory, so a loaded
+//! machine still answers in milliseconds.
 //!
 //! Past one broadcast domain and past a few dozen nodes: nodes pass on the
 //! peers they hear (`exchange.rs`), and keep each other's store summaries
-//! (`peer_summaries.rs`), so that a query goes by unicast to the peers that may
-//! hold the path, and a miss sends nothing at all.
+//! (`peer_summaries.rs`), so that a query goes by unicast to the peers that
+//! may hold the path, and a miss sends nothing at all.
 
 mod exchange;
 mod hello;

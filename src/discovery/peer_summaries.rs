@@ -9,10 +9,13 @@
 //! the copy is current the peer is asked every query, as before.
 //!
 //! Workers read the routes ([`Routes`]) the UDP thread publishes: the
-//! peers with a current summary, asked only when it may hold the path; the
-//! others, always asked (by unicast); and whether to ask the old way too
-//! (broadcast, v1), while an original Peerix or an unknown extra host is
-//! about, or no peer is known yet.
+//! peers with a current summary (those that served it over HTTP and told
+//! of it lately, kept apart from the peer table so that made-up node ids
+//! cannot push them out), asked only when it may hold the path; the
+//! others, always asked by unicast (at most 64; past that, queries go the
+//! old way); and whether to ask the old way too (broadcast, multicast, v1),
+//! while an original Peerix was heard in the last hour, an `--extra-host`
+//! is not known as one of ours, or no peer is known yet.
 //!
 //! A peer whose summary cannot be read (a node of an earlier version,
 //! whose summaries were Bloom filters) is asked every query, as one

@@ -1,6 +1,16 @@
 //! The discovery datagrams: the original Peerix's v1 format, spoken in both
 //! directions, and our own versioned extension. Parsing never panics and
-//! checks every length; anything else is `None`.
+//! checks every length; anything else is `None`, and the UDP thread drops
+//! it with a debug line. Every datagram goes to UDP port `--port` (12304
+//! by default), the number of the HTTP port too.
+//!
+//! How the two are spoken together: a node sends each query in both
+//! formats (v1 only without a network key and without `--no-v1`: one
+//! broadcast datagram, which nodes of ours drop unanswered). It answers a
+//! v1 request only when it has the path, as the original does, unless the
+//! sender is known as one of ours, which gets the v2 answer. A path found
+//! on an original Peerix is fetched from its `/local/` routes, on ours from
+//! `/peer/`.
 //!
 //! v1 (no magic, no version; hashes are 32 ASCII nix32 characters):
 //!
@@ -31,11 +41,12 @@
 //! peers 18 + 28 per peer).
 //!
 //! `pulls` goes out beside every hello of a node with upstream caches
-//! (`--upstream`): it may be asked for paths it fetches from them
+//! (`--upstream`), every hello it answers, and to each peer it hears for
+//! the first time: it may be asked for paths it fetches from them
 //! (`src/pull/`). Nodes before it drop the unknown kind, as every node
 //! drops what it cannot parse, so their hellos and ours are unchanged; so
 //! do nodes before notices and peer lists (store summaries and peer
-//! exchange).
+//! exchange), which are then asked every query by unicast.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 

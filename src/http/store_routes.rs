@@ -5,15 +5,21 @@
 //! - `/peer/summary/<version>`: what changed in this store's summary since
 //!   that version (`store/summary.rs`; 0 for the whole of it).
 //! - `/local/<hash>.narinfo`, `/local/nar/<b64>.nar`: the original Peerix's,
-//!   so that nodes still running it can fetch from ours.
+//!   so that nodes still running it can fetch from ours (`<b64>` is the
+//!   base64 of the whole store path, `/` written `_`).
 //!
 //! Only valid paths of this store that the share policy offers are ever
-//! served. NARs come from Nix's serializer (`store/nar.rs`), with
-//! `Content-Length`; `Range: bytes=N-` is answered 206, the first N bytes
-//! of the NAR read and dropped (a peer of ours resumes a NAR so when the
-//! peer it came from broke off). With a network key, requests must carry a
-//! valid `Authorization` (see `peer/network_key.rs`; checked before they are queued),
-//! and the original's routes are off: its nodes cannot authenticate.
+//! served (404 otherwise, 400 for a malformed hash). A narinfo carries the
+//! path's own signatures and this node's; one in this node's key name that
+//! does not verify (an older key of that name) is replaced. NARs come from
+//! Nix's serializer (`store/nar.rs`), with `Content-Length`; `Range:
+//! bytes=N-` is answered 206, the first N bytes of the NAR read and dropped
+//! (a peer of ours resumes a NAR so when the peer it came from broke off),
+//! within a per-source budget of bytes read and dropped (`App::range_skips`:
+//! 2 GiB at once, 256 MiB a second; 503 past it). With a network key,
+//! requests must carry a valid `Authorization` (`peer/network_key.rs`;
+//! checked before they are queued), and the original's routes are off:
+//! its nodes cannot authenticate.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;

@@ -2,9 +2,13 @@
 //! and size, parsed strictly) and the NAR it points to. Every request has
 //! a deadline to the reply's head, on a new or a reused connection alike
 //! (`connection.rs`), and a NAR's body a stall limit per read, so a peer
-//! that freezes is given up on. Only the peer that discovery found is ever
-//! asked, at its fixed routes: no host or URL is taken from a request or a
-//! narinfo.
+//! that freezes is given up on: 1 s to connect, 3 s for a NAR's head (plus
+//! the time to skip to a `Range` start), 10 s without a byte. Only `200`
+//! (the NAR from its first byte) and `206` with the range asked for are
+//! taken as a NAR; an original Peerix, which sends the whole NAR to a
+//! `Range` request, has the first bytes read and dropped. Only the peer
+//! that discovery found is ever asked, at its fixed routes: no host or URL
+//! is taken from a request or a narinfo.
 
 use std::fmt;
 use std::io::{self, Read};

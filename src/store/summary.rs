@@ -24,8 +24,17 @@
 //! bytes), or the whole summary ([`Update::Full`]) when the log no longer
 //! reaches back to V or the whole one is smaller. A peer's copy
 //! ([`PeerSummary`]) is exactly the owner's: the filter and both lists.
-//! The lists are bounded: past `CHANGES_MAX_SHARE` of the paths the owner
-//! builds its filter anew and the peers take the new whole summary.
+//! The log holds the last `LOG_MAX` (65,536) changes, and the lists are
+//! bounded: past 1/64 of the paths (`CHANGES_MAX_SHARE`, at least
+//! `CHANGES_MIN`) the owner builds its filter anew and the peers take the
+//! new whole summary.
+//!
+//! The version follows the store's index change by change; the node tells
+//! a new one at once in a `notice` datagram (at most one every 100 ms) and
+//! with every hello, and its peers fetch what changed. So a path added to
+//! a store is found by the peers within a second (until the new summary is
+//! fetched, the peer is asked every query), and a removed one is no longer
+//! claimed as quickly.
 //!
 //! The encoding ([`Update::encode`], [`Update::parse`]) is what the peer
 //! route `/peer/summary/<version>` sends (magic `PXS2`; the Bloom filters

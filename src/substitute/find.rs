@@ -9,7 +9,18 @@
 //! asked for by its NarHash, and served only from peers whose own narinfo
 //! for the path has that NarHash. Peers are told apart by node id (one
 //! node heard over IPv4 and IPv6 is one source), original nodes by
-//! address.
+//! address. Nix asks for the NAR right after the narinfo: the peers whose
+//! narinfo was checked are remembered, so that needs no second discovery
+//! round and no second narinfo fetch.
+//!
+//! What a peer's narinfo must be to reach Nix (Nix remembers a refused
+//! one for 30 days): every field as Nix parses it (`nix/narinfo.rs`: the
+//! store path asked for, references and deriver valid names, a sha256
+//! NarHash, a content address in a form every Nix from 2.3 reads),
+//! `Compression: none` (a peer offering another is skipped), and a
+//! signature by a key of the local Nix's `trusted-public-keys` or of
+//! `--trusted-key` (`nix/trust.rs`); `FileHash`, `FileSize` and
+//! signatures of the wrong form are not passed on.
 
 use std::io::{self, Read};
 use std::net::SocketAddr;
