@@ -149,10 +149,17 @@ fn status_dashboard_and_grafana_show_two_peers_and_what_came_from_them() {
         ],
     );
     assert_eq!(transfer[0], format!("[\"{big_name}\"]"), "{in_flight}");
+    // h1 by any of its addresses: IPv4, its ULA, or the link-local one
+    // its multicast hellos come from.
     let peer = &transfer[1];
+    let h1_addrs = [
+        h1.addr4.to_string(),
+        h1.addr6.to_string(),
+        h1.link_local().to_string(),
+    ];
     assert!(
-        peer.contains(&h1.addr4.to_string()) || peer.contains(&h1.addr6.to_string()),
-        "{peer}"
+        h1_addrs.iter().any(|a| peer.contains(a)),
+        "{peer} is not one of {h1_addrs:?}"
     );
     assert_eq!(transfer[2], closure_nar_size(h1, &big).to_string());
     assert_eq!(transfer[3], "true", "{in_flight}");

@@ -443,6 +443,15 @@ impl Host {
             .unwrap_or_else(|| panic!("on {}: `{script}` timed out", self.name))
     }
 
+    /// The host's IPv6 link-local address on the bridge (the kernel's, made
+    /// from its MAC): peers hear IPv6 multicast from it.
+    pub fn link_local(&self) -> Ipv6Addr {
+        let out = self.run("ip -6 -o addr show dev eth0 scope link");
+        (out.split_whitespace())
+            .find_map(|w| w.split('/').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no link-local address on {}: {out}", self.name))
+    }
+
     /// Where a path under `/nix` of this host is, seen from outside the host
     /// (e.g. to change a store file behind Nix's back).
     pub fn outside(&self, nix_path: &str) -> PathBuf {
