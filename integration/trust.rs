@@ -8,7 +8,7 @@ mod support;
 
 use std::fs;
 use std::process::Output;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use peerix::discovery::wire::{Datagram, Message};
 use peerix::nix::narinfo::HashPart;
@@ -414,9 +414,13 @@ fn under_hostile_input_the_node_serves_on_without_leaks_or_amplification() {
     // queries, each from a node id of its own): the tables stay bounded,
     // the log says a handful of lines, and Nix still substitutes.
     let lines_before = n2.log().lines().count();
+    let flood = Instant::now();
     let spoofed = h3.run(&format!("python3 {hostile} spoof {target} 12304 100000"));
     assert!(spoofed.contains("sent 100000"), "{spoofed}");
     std::thread::sleep(Duration::from_secs(1));
+    // Each kind of line strangers cause goes out at most once a second (a
+    // few kinds here), however long the flood took on a busy machine.
+    let flood_secs = flood.elapsed().as_secs() as usize + 2;
     let log = n2.log();
     let new_lines: Vec<&str> = log.lines().skip(lines_before).collect();
     let rss_spoofed = support::rss_kib(pid);
@@ -425,7 +429,12 @@ fn under_hostile_input_the_node_serves_on_without_leaks_or_amplification() {
         new_lines.len(),
         new_lines.join("\n")
     );
-    assert!(new_lines.len() <= 20, "{}", new_lines.join("\n"));
+    assert!(
+        new_lines.len() <= 3 * flood_secs,
+        "{} lines in {flood_secs} s:\n{}",
+        new_lines.len(),
+        new_lines.join("\n")
+    );
     assert!(rss_spoofed < 32 * 1024, "RSS {rss_spoofed} KiB");
     let out = h2.try_run(&format!(
         "nix-store -r {later} --option substituters {LOCAL} --option trusted-public-keys '{}'",
