@@ -99,23 +99,27 @@ impl Trust {
 }
 
 /// The Nix configuration in force: `nix config show`, or the older
-/// `nix show-config` on Nix before 2.20.
+/// `nix show-config` on Nix before 2.20, without the flag on Nix 2.3
+/// (which has no `--extra-experimental-features`, and needs none).
 fn nix_settings() -> Option<String> {
-    [&["config", "show"][..], &["show-config"][..]]
-        .iter()
-        .find_map(|args| {
-            let mut command = Command::new("nix");
-            command
-                .args(["--extra-experimental-features", "nix-command"])
-                .args(*args);
-            match crate::base::child::output_by(command, Instant::now() + NIX_CONFIG_TIMEOUT) {
-                Ok(out) => Some(String::from_utf8_lossy(&out).into_owned()),
-                Err(e) => {
-                    log::debug!("{e}");
-                    None
-                }
+    const FLAG: [&str; 2] = ["--extra-experimental-features", "nix-command"];
+    [
+        &[FLAG[0], FLAG[1], "config", "show"][..],
+        &[FLAG[0], FLAG[1], "show-config"][..],
+        &["show-config"][..],
+    ]
+    .iter()
+    .find_map(|args| {
+        let mut command = Command::new("nix");
+        command.args(*args);
+        match crate::base::child::output_by(command, Instant::now() + NIX_CONFIG_TIMEOUT) {
+            Ok(out) => Some(String::from_utf8_lossy(&out).into_owned()),
+            Err(e) => {
+                log::debug!("{e}");
+                None
             }
-        })
+        }
+    })
 }
 
 #[cfg(test)]
