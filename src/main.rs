@@ -71,7 +71,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let trust = trust::Trust::from_nix(config.trusted_keys);
+    let trust = trust::Trust::from_nix(config.trusted_keys, Vec::new());
     let mut warnings = config.warnings;
     if trust.key_names().is_empty() {
         let warning = "no trusted keys (the local Nix's trusted-public-keys, --trusted-key): \
