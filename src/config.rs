@@ -195,7 +195,7 @@ impl Config {
             )));
         }
         let network_key = match &args.network_key_file {
-            Some(path) => Some(NetworkKey::from_file(path).map_err(ConfigError::Invalid)?),
+            Some(path) => Some(NetworkKey::from_files(&[path]).map_err(ConfigError::Invalid)?),
             None => None,
         };
         if args.threads == 0 || args.threads > 1024 {
