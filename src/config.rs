@@ -234,10 +234,11 @@ impl Config {
             log::warn!("{warning}");
             warnings.push(warning.to_owned());
         };
-        if signing_key.is_none() {
+        if signing_key.is_none() && network_key.is_none() {
             warn(
-                "no --private-key: peers accept from this node only paths signed by \
-                 keys they already trust (such as cache.nixos.org's), not its own builds",
+                "no --private-key and no --network-key-file: peers accept from this node \
+                 only paths signed by keys they already trust (such as cache.nixos.org's), \
+                 not its own builds",
             );
         }
         if args.no_broadcast && args.extra_host.is_empty() {

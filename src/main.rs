@@ -49,9 +49,16 @@ fn main() -> ExitCode {
     }
     let listen = config.listen_addrs();
     let network_key = config.network_key.map(Arc::new);
-    if network_key.is_some() {
-        log::info!("network key: peers are authenticated; original Peerix nodes are not spoken to");
+    if let Some(key) = &network_key {
+        log::info!(
+            "network key: peers are authenticated; original Peerix nodes are not spoken to; \
+             signing narinfo with the LAN key {}",
+            key.lan_key().public_key()
+        );
     }
+    let lan_keys = (network_key.iter())
+        .flat_map(|k| k.lan_public_keys())
+        .collect();
     let discovery = match discovery::Discovery::start(
         discovery::Settings {
             port: config.port,
@@ -71,8 +78,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let trust = trust::Trust::from_nix(config.trusted_keys, Vec::new());
+    let trust = trust::Trust::from_nix(config.trusted_keys, lan_keys);
     let mut warnings = config.warnings;
+    warnings.extend(trust.warning());
     if trust.key_names().is_empty() {
         let warning = "no trusted keys (the local Nix's trusted-public-keys, --trusted-key): \
                        no peer's narinfo is ever handed to Nix";
@@ -82,6 +90,7 @@ fn main() -> ExitCode {
     let about = http::About {
         trusted_keys: trust.key_names(),
         signing_key: config.signing_key.as_ref().map(|k| k.name().to_owned()),
+        lan_key: (network_key.as_ref()).map(|k| k.lan_key().public_key().to_string()),
         share: config.share.to_string(),
         network_key: network_key.is_some(),
         broadcast: config.broadcast,
