@@ -5,24 +5,40 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use peerix::base::signals;
-use peerix::config::{Args, Config};
+use peerix::config::{Args, Command, Config};
 use peerix::nix::trust;
 use peerix::peer::client::PeerClient;
 use peerix::substitute::Substituter;
 use peerix::{discovery, http, metrics, pull, store};
 
 fn main() -> ExitCode {
-    let args: Args = argh::from_env();
+    let mut args: Args = argh::from_env();
     if args.version {
         println!("{}", peerix::base::version::version_line());
         return ExitCode::SUCCESS;
     }
-    let level = if args.verbose { "debug" } else { "info" };
+    let level = match (args.verbose, &args.command) {
+        (_, Some(_)) => "warn",
+        (true, None) => "debug",
+        (false, None) => "info",
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         // A line per TLS handshake step with upstream caches is noise.
         .filter_module("rustls", log::LevelFilter::Warn)
         .format_target(false)
         .init();
+    if let Some(Command::LanKey(lan_key)) = args.command.take() {
+        return match lan_key.line() {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("peerix lan-key: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
 
     let config = match Config::from_args(args) {
         Ok(c) => c,
