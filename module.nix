@@ -13,6 +13,7 @@
 let
   inherit (lib)
     concatMap
+    concatMapStrings
     concatStringsSep
     filter
     literalExpression
@@ -56,7 +57,19 @@ let
     && (builtins.isPath cfg.privateKeyFile || lib.hasPrefix "${builtins.storeDir}/" privateKeyLocation);
 
   credentialName = "peerix-private-key";
-  networkCredentialName = "peerix-network-key";
+
+  # networkKeyFile and lanPublicKey, a string or a list (while moving to a
+  # new secret), as lists.
+  asList = v: if v == null then [ ] else if builtins.isList v then v else [ v ];
+  networkKeyFiles = asList cfg.networkKeyFile;
+  lanPublicKeys = asList cfg.lanPublicKey;
+  # The first network key's credential keeps the name it always had.
+  networkCredentials = lib.imap0
+    (i: file: {
+      name = "peerix-network-key" + lib.optionalString (i > 0) "-${toString (i + 1)}";
+      inherit file;
+    })
+    networkKeyFiles;
 
   daemonArgs =
     [
@@ -87,7 +100,7 @@ let
   execStart =
     utils.escapeSystemdExecArgs ([ "${cfg.package}/bin/peerix" ] ++ daemonArgs)
     + lib.optionalString (cfg.privateKeyFile != null) " --private-key %d/${credentialName}"
-    + lib.optionalString (cfg.networkKeyFile != null) " --network-key-file %d/${networkCredentialName}";
+    + concatMapStrings (c: " --network-key-file %d/${c.name}") networkCredentials;
 
   # Where the local Nix reaches the daemon, which answers it only from a
   # loopback address.
@@ -196,7 +209,8 @@ in
       example = "/var/lib/peerix/private";
       description = ''
         The secret key this node signs the narinfo it serves with, as written
-        by `nix-store --generate-binary-cache-key`. Give it as a string: the
+        by `nix-store --generate-binary-cache-key`; not needed with
+        `networkKeyFile`, whose LAN key signs too. Give it as a string: the
         file is read at run time by systemd (`LoadCredential`), so it can
         stay `root:root 0600` and never enters the Nix store.
 
@@ -358,17 +372,35 @@ in
     };
 
     networkKeyFile = mkOption {
-      type = types.nullOr types.str;
+      type = types.nullOr (types.either types.str (types.listOf types.str));
       default = null;
-      example = "/var/lib/peerix/network-key";
+      example = "/run/agenix/peerix-network-key";
       description = ''
-        A file with a secret shared by the nodes of this network (at least
-        16 bytes, e.g. `head -c 32 /dev/urandom | base64`), read at run time
-        (systemd `LoadCredential`). Every datagram and every request between
-        peers is then authenticated, and nodes without it get nothing. It
-        authenticates but does not encrypt: the paths asked for and the NARs
-        sent can still be seen on the network. Original Peerix nodes cannot
-        take part.
+        A file with a secret shared by the nodes of this network (made once
+        with `peerix lan-key --new FILE`; any 16 bytes or more will do), read
+        at run time (systemd `LoadCredential`), so it never enters the
+        store. Every datagram and every request between peers is then
+        authenticated, nodes without it get nothing, and the narinfo served
+        to peers is signed with the LAN key derived from it, which
+        `lanPublicKey` makes the local Nix trust. It authenticates but does
+        not encrypt: the paths asked for and the NARs sent can still be seen
+        on the network. Original Peerix nodes cannot take part.
+
+        A list while moving to a new secret: every one is accepted, the
+        first authenticates and signs what this node sends.
+      '';
+    };
+
+    lanPublicKey = mkOption {
+      type = types.nullOr (types.either types.str (types.listOf types.str));
+      default = null;
+      example = "peerix-lan-3178f3e4:MXjz5Be/kUY2Y8f5WIX6loChlMZjHYP/M+VuSsTEHc4=";
+      description = ''
+        The LAN key of `networkKeyFile`: the line `peerix lan-key
+        --network-key-file FILE` prints, the same on every machine with the
+        secret, added to `nix.settings.trusted-public-keys`. Public: it goes
+        into the shared configuration. Set with `networkKeyFile`, and only
+        with it. A list while moving to a new secret (both lines).
       '';
     };
 
@@ -435,8 +467,20 @@ in
         message = "services.peerix.privateKeyFile must be an absolute path, such as \"/var/lib/peerix/private\"; it is ${builtins.toJSON privateKeyLocation}.";
       }
       {
-        assertion = cfg.networkKeyFile == null || !(lib.hasPrefix "${builtins.storeDir}/" cfg.networkKeyFile);
+        assertion = !(lib.any (lib.hasPrefix "${builtins.storeDir}/") networkKeyFiles);
         message = "services.peerix.networkKeyFile is in the Nix store, where anyone can read it: keep the secret in a file outside the store, such as \"/var/lib/peerix/network-key\".";
+      }
+      {
+        assertion = networkKeyFiles == [ ] || lanPublicKeys != [ ];
+        message = "services.peerix.networkKeyFile is set but services.peerix.lanPublicKey is not: set it to the line `peerix lan-key --network-key-file ${builtins.head (networkKeyFiles ++ [ "FILE" ])}` prints (the same on every machine with the secret), so that Nix accepts what the LAN's nodes sign.";
+      }
+      {
+        assertion = lanPublicKeys == [ ] || networkKeyFiles != [ ];
+        message = "services.peerix.lanPublicKey is set but services.peerix.networkKeyFile is not: without the network's secret this node can neither talk to the LAN's nodes nor sign with the LAN key. Set networkKeyFile to the file with the secret (made once with `peerix lan-key --new FILE`).";
+      }
+      {
+        assertion = builtins.all isPublicKey lanPublicKeys;
+        message = "services.peerix.lanPublicKey: not a public key line (NAME:BASE64 of 32 bytes, as `peerix lan-key` prints): ${concatStringsSep ", " (map builtins.toJSON (filter (k: !isPublicKey k) lanPublicKeys))}.";
       }
       {
         assertion = builtins.all isPublicKey cfg.shareOnlySignedBy;
@@ -488,7 +532,7 @@ in
     nix.settings = lib.mkMerge [
       {
         substituters = [ substituter ];
-        trusted-public-keys = publicKeys;
+        trusted-public-keys = publicKeys ++ lanPublicKeys;
         # Beside the option's default ([ "*" ]) rather than in place of it: a
         # plain definition would drop the default and lock every other user
         # out of the nix-daemon.
@@ -552,7 +596,7 @@ in
         LimitNOFILE = 65536;
         LoadCredential =
           optional (cfg.privateKeyFile != null) "${credentialName}:${cfg.privateKeyFile}"
-          ++ optional (cfg.networkKeyFile != null) "${networkCredentialName}:${cfg.networkKeyFile}";
+          ++ map (c: "${c.name}:${c.file}") networkCredentials;
 
         # Everything read-only but the runtime directory; the store is read,
         # and changed only by the nix-daemon, through its socket.

@@ -28,7 +28,8 @@ pub struct Args {
     pub bind: Option<IpAddr>,
 
     /// the secret key this node signs narinfo with, as written by
-    /// `nix-store --generate-binary-cache-key`
+    /// `nix-store --generate-binary-cache-key` (beside the LAN key of
+    /// --network-key-file; optional with it)
     #[argh(option)]
     pub private_key: Option<PathBuf>,
 
@@ -78,10 +79,13 @@ pub struct Args {
     pub answer_rate: u32,
 
     /// a secret shared by the nodes of this network: every datagram and
-    /// every request between peers is authenticated with it, and nodes
-    /// without it get nothing (original Peerix nodes included)
+    /// every request between peers is authenticated with it, nodes without
+    /// it get nothing (original Peerix nodes included), and the narinfo
+    /// served to peers is signed with the LAN key derived from it (see
+    /// `peerix lan-key`); repeat to move to a new secret: every one is
+    /// accepted, the first authenticates and signs what this node sends
     #[argh(option)]
-    pub network_key_file: Option<PathBuf>,
+    pub network_key_file: Vec<PathBuf>,
 
     /// compress NARs between nodes of ours: auto (while the link, not the
     /// CPU, is the bottleneck and the data compresses), always or never
@@ -112,6 +116,49 @@ pub struct Args {
     /// print the version (and the commit it was built from) and exit
     #[argh(switch, short = 'V')]
     pub version: bool,
+
+    #[argh(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What `peerix SUBCOMMAND` does instead of running the daemon.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum Command {
+    LanKey(LanKeyArgs),
+}
+
+/// Print the LAN key of a network key, one line `NAME:BASE64` for Nix's
+/// trusted-public-keys: the same on every machine with that network key.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "lan-key")]
+pub struct LanKeyArgs {
+    /// the network key file whose LAN key to print
+    #[argh(option)]
+    pub network_key_file: Option<PathBuf>,
+
+    /// write a new random network key to this file (mode 0600; refused if
+    /// the file exists) and print its LAN key
+    #[argh(option)]
+    pub new: Option<PathBuf>,
+}
+
+impl LanKeyArgs {
+    /// The line to print: the LAN key's public half, `NAME:BASE64`.
+    pub fn line(&self) -> Result<String, String> {
+        let key = match (&self.network_key_file, &self.new) {
+            (Some(path), None) => NetworkKey::from_files(&[path])?,
+            (None, Some(path)) => NetworkKey::create(path)?,
+            _ => {
+                return Err(
+                    "give either --network-key-file FILE (an existing network key) \
+                     or --new FILE (to make one)"
+                        .into(),
+                )
+            }
+        };
+        Ok(key.lan_key().public_key().to_string())
+    }
 }
 
 /// Where the node keeps its state without `--state-dir`: the directory
@@ -194,9 +241,11 @@ impl Config {
                 "--never-share {p:?}: a pattern is a store path name, with * and ?"
             )));
         }
-        let network_key = match &args.network_key_file {
-            Some(path) => Some(NetworkKey::from_file(path).map_err(ConfigError::Invalid)?),
-            None => None,
+        let network_key = match args.network_key_file.is_empty() {
+            true => None,
+            false => {
+                Some(NetworkKey::from_files(&args.network_key_file).map_err(ConfigError::Invalid)?)
+            }
         };
         if args.threads == 0 || args.threads > 1024 {
             return Err(ConfigError::Invalid(
@@ -223,21 +272,20 @@ impl Config {
             ));
         }
         // Logged where they are found (the key files' when they are read).
-        let mut warnings: Vec<String> = [
-            (&args.private_key, "private key"),
-            (&args.network_key_file, "network key"),
-        ]
-        .into_iter()
-        .filter_map(|(path, what)| crate::nix::keys::exposure(path.as_deref()?, what))
-        .collect();
+        let key_files = (args.private_key.iter().map(|p| (p, "private key")))
+            .chain(args.network_key_file.iter().map(|p| (p, "network key")));
+        let mut warnings: Vec<String> = key_files
+            .filter_map(|(path, what)| crate::nix::keys::exposure(path, what))
+            .collect();
         let mut warn = |warning: &str| {
             log::warn!("{warning}");
             warnings.push(warning.to_owned());
         };
-        if signing_key.is_none() {
+        if signing_key.is_none() && network_key.is_none() {
             warn(
-                "no --private-key: peers accept from this node only paths signed by \
-                 keys they already trust (such as cache.nixos.org's), not its own builds",
+                "no --private-key and no --network-key-file: peers accept from this node \
+                 only paths signed by keys they already trust (such as cache.nixos.org's), \
+                 not its own builds",
             );
         }
         if args.no_broadcast && args.extra_host.is_empty() {
@@ -274,5 +322,54 @@ impl Config {
                 IpAddr::from([0, 0, 0, 0]),
             ],
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, String> {
+        Args::from_args(&["peerix"], args).map_err(|e| e.output)
+    }
+
+    #[test]
+    fn without_a_subcommand_the_daemon_runs_with_its_flags() {
+        let args = parse(&["--port", "12305", "--no-broadcast"]).unwrap();
+        assert!(args.command.is_none());
+        assert_eq!(args.port, 12305);
+        assert!(args.network_key_file.is_empty());
+        assert!(parse(&["--version"]).unwrap().version);
+    }
+
+    #[test]
+    fn network_key_files_repeat_in_order() {
+        let args = parse(&["--network-key-file", "new", "--network-key-file", "old"]).unwrap();
+        assert_eq!(
+            args.network_key_file,
+            [PathBuf::from("new"), PathBuf::from("old")]
+        );
+    }
+
+    #[test]
+    fn lan_key_is_a_subcommand() {
+        let args = parse(&["lan-key", "--network-key-file", "k"]).unwrap();
+        let Some(Command::LanKey(lan_key)) = args.command else {
+            panic!("no lan-key subcommand");
+        };
+        assert_eq!(lan_key.network_key_file, Some(PathBuf::from("k")));
+        let Some(Command::LanKey(lan_key)) = parse(&["lan-key", "--new", "k"]).unwrap().command
+        else {
+            panic!("no lan-key subcommand");
+        };
+        assert_eq!(lan_key.new, Some(PathBuf::from("k")));
+        let err = (LanKeyArgs {
+            network_key_file: None,
+            new: None,
+        })
+        .line()
+        .unwrap_err();
+        assert!(err.contains("--new FILE"), "{err}");
+        assert!(parse(&["lan-key", "--port", "1"]).is_err());
     }
 }

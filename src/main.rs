@@ -5,24 +5,40 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use peerix::base::signals;
-use peerix::config::{Args, Config};
+use peerix::config::{Args, Command, Config};
 use peerix::nix::trust;
 use peerix::peer::client::PeerClient;
 use peerix::substitute::Substituter;
 use peerix::{discovery, http, metrics, pull, store};
 
 fn main() -> ExitCode {
-    let args: Args = argh::from_env();
+    let mut args: Args = argh::from_env();
     if args.version {
         println!("{}", peerix::base::version::version_line());
         return ExitCode::SUCCESS;
     }
-    let level = if args.verbose { "debug" } else { "info" };
+    let level = match (args.verbose, &args.command) {
+        (_, Some(_)) => "warn",
+        (true, None) => "debug",
+        (false, None) => "info",
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         // A line per TLS handshake step with upstream caches is noise.
         .filter_module("rustls", log::LevelFilter::Warn)
         .format_target(false)
         .init();
+    if let Some(Command::LanKey(lan_key)) = args.command.take() {
+        return match lan_key.line() {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("peerix lan-key: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
 
     let config = match Config::from_args(args) {
         Ok(c) => c,
@@ -49,9 +65,16 @@ fn main() -> ExitCode {
     }
     let listen = config.listen_addrs();
     let network_key = config.network_key.map(Arc::new);
-    if network_key.is_some() {
-        log::info!("network key: peers are authenticated; original Peerix nodes are not spoken to");
+    if let Some(key) = &network_key {
+        log::info!(
+            "network key: peers are authenticated; original Peerix nodes are not spoken to; \
+             signing narinfo with the LAN key {}",
+            key.lan_key().public_key()
+        );
     }
+    let lan_keys = (network_key.iter())
+        .flat_map(|k| k.lan_public_keys())
+        .collect();
     let discovery = match discovery::Discovery::start(
         discovery::Settings {
             port: config.port,
@@ -71,8 +94,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let trust = trust::Trust::from_nix(config.trusted_keys);
+    let trust = trust::Trust::from_nix(config.trusted_keys, lan_keys);
     let mut warnings = config.warnings;
+    warnings.extend(trust.warning());
     if trust.key_names().is_empty() {
         let warning = "no trusted keys (the local Nix's trusted-public-keys, --trusted-key): \
                        no peer's narinfo is ever handed to Nix";
@@ -82,6 +106,7 @@ fn main() -> ExitCode {
     let about = http::About {
         trusted_keys: trust.key_names(),
         signing_key: config.signing_key.as_ref().map(|k| k.name().to_owned()),
+        lan_key: (network_key.as_ref()).map(|k| k.lan_key().public_key().to_string()),
         share: config.share.to_string(),
         network_key: network_key.is_some(),
         broadcast: config.broadcast,

@@ -76,6 +76,10 @@ let
   peerB = "peer-b-1:tbVOKFaVx5kClZLEnRHkWU+4GRuaxyCur2ecVt3ebMM=";
   peerC = "peer-c-1:E6zudt8bj4pCo9RBiPDsLsjKqWr6D+MjNMXbRJOaphU=";
   cacheNixosOrg = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
+  # LAN key lines, as `peerix lan-key` prints them (the test vectors of
+  # src/peer/network_key.rs).
+  lanLine = "peerix-lan-3178f3e4:MXjz5Be/kUY2Y8f5WIX6loChlMZjHYP/M+VuSsTEHc4=";
+  newLanLine = "peerix-lan-d4bf004a:1L8ASv1U05EStK4t8qJQO7ZDwTP74SqrqNE+qypgcwQ=";
   # The secret half of peerC: pasted where a public key belongs.
   secretC = "peer-c-1:7vy+L401ChiGyx7zg0eDlylPqIRmWtls4P0/dpsVvtkTrO523xuPikKj1EGI8OwuyMqpavoP4yM0xdtEk5qmFQ==";
 
@@ -147,6 +151,7 @@ let
         compress = "never";
         originalPeerix = false;
         networkKeyFile = "/var/lib/peerix/network-key";
+        lanPublicKey = lanLine;
         upstreams = [ "https://cache.nixos.org" "http://10.0.0.9:5000/" ];
         spoolSize = 4096;
         extraArgs = [ "--answer-rate" "1000" ];
@@ -179,6 +184,43 @@ let
         shareOnlySignedBy = [ peerB ];
         neverShare = [ "*-secret*" "*.key" ];
         networkKeyFile = "/var/lib/peerix/network-key";
+        lanPublicKey = lanLine;
+      };
+    };
+
+    # The README's setup for several machines: one secret (from agenix),
+    # one line, no key pair of the node's own.
+    lan = eval {
+      services.peerix = {
+        enable = true;
+        openFirewall = true;
+        networkKeyFile = "/run/agenix/peerix-network-key";
+        lanPublicKey = lanLine;
+      };
+    };
+
+    # Moving to a new secret: both files, both lines, the new one first.
+    rotation = eval {
+      services.peerix = {
+        enable = true;
+        openFirewall = true;
+        networkKeyFile = [ "/run/agenix/peerix-network-key-new" "/run/agenix/peerix-network-key" ];
+        lanPublicKey = [ newLanLine lanLine ];
+      };
+    };
+
+    # One without the other, and a secret where the line belongs.
+    lanKeyWithoutLine = eval {
+      services.peerix = { enable = true; networkKeyFile = "/run/agenix/peerix-network-key"; };
+    };
+    lineWithoutLanKey = eval {
+      services.peerix = { enable = true; lanPublicKey = lanLine; };
+    };
+    lanLineMistaken = eval {
+      services.peerix = {
+        enable = true;
+        networkKeyFile = "/run/agenix/peerix-network-key";
+        lanPublicKey = secretC;
       };
     };
 
@@ -416,7 +458,7 @@ let
       "firewall open on its port" = firewallOpen 12305 c && !(elem 12304 c.networking.firewall.allowedTCPPorts);
       "the substituter on that port, on loopback" =
         has (settings c).substituters "http://127.0.0.1:12305" && !(has (settings c).substituters "http://127.0.0.1:12304");
-      "publicKeyFile, publicKey and publicKeys trusted by Nix" = all (has (settings c).trusted-public-keys) [ testPublic peerB peerC ];
+      "publicKeyFile, publicKey, publicKeys and lanPublicKey trusted by Nix" = all (has (settings c).trusted-public-keys) [ testPublic peerB peerC lanLine ];
       "globalCacheTTL sets both narinfo TTLs" =
         (settings c).narinfo-cache-negative-ttl == 60 && (settings c).narinfo-cache-positive-ttl == 60;
       "no warning, no failed assertion" = peerixWarnings c == [ ] && failedAssertions c == [ ];
@@ -450,6 +492,50 @@ let
       "the network key is loaded at run time" =
         loadCredential c == [ "peerix-network-key:/var/lib/peerix/network-key" ];
       "no warning, no failed assertion" = peerixWarnings c == [ ] && failedAssertions c == [ ];
+    };
+
+    lan = let c = configs.lan; in common c // {
+      "ExecStart: only the network key, from its credential" =
+        execArgs c == [
+          (bin c) "--port" "12304" "--timeout" "500" "--priority" "20"
+          "--network-key-file" "%d/peerix-network-key"
+        ];
+      "the secret is loaded at run time, never named in ExecStart" =
+        loadCredential c == [ "peerix-network-key:/run/agenix/peerix-network-key" ]
+        && !(hasInfix "/run/agenix" (execStart c));
+      "Nix trusts the one LAN line beside cache.nixos.org's" =
+        lib.sort builtins.lessThan (settings c).trusted-public-keys == lib.sort builtins.lessThan [ lanLine cacheNixosOrg ];
+      "no warning, no failed assertion" = peerixWarnings c == [ ] && failedAssertions c == [ ];
+    };
+
+    rotation = let c = configs.rotation; in common c // {
+      "ExecStart: both network keys, the first first" =
+        execArgs c == [
+          (bin c) "--port" "12304" "--timeout" "500" "--priority" "20"
+          "--network-key-file" "%d/peerix-network-key" "--network-key-file" "%d/peerix-network-key-2"
+        ];
+      "both secrets loaded at run time" =
+        loadCredential c == [
+          "peerix-network-key:/run/agenix/peerix-network-key-new"
+          "peerix-network-key-2:/run/agenix/peerix-network-key"
+        ];
+      "Nix trusts both lines" = all (has (settings c).trusted-public-keys) [ newLanLine lanLine ];
+      "no warning, no failed assertion" = peerixWarnings c == [ ] && failedAssertions c == [ ];
+    };
+
+    lanKeyWithoutLine = let c = configs.lanKeyWithoutLine; in {
+      "refused, naming the command that prints the line" =
+        any (hasInfix "peerix lan-key --network-key-file /run/agenix/peerix-network-key") (failedAssertions c);
+    };
+
+    lineWithoutLanKey = let c = configs.lineWithoutLanKey; in {
+      "refused, saying the secret is missing" =
+        any (hasInfix "lanPublicKey is set but services.peerix.networkKeyFile is not") (failedAssertions c);
+    };
+
+    lanLineMistaken = let c = configs.lanLineMistaken; in {
+      "a secret key given as the LAN line is refused" =
+        any (hasInfix "lanPublicKey: not a public key line") (failedAssertions c);
     };
 
     legacy = let c = configs.legacy; in common c // {

@@ -54,6 +54,9 @@ pub struct About {
     pub trusted_keys: Vec<String>,
     /// The name of this node's signing key.
     pub signing_key: Option<String>,
+    /// The public half of the LAN key this node signs with too, when it
+    /// has a network key (`NAME:BASE64`, the line for Nix).
+    pub lan_key: Option<String>,
     /// The share policy, in a few words.
     pub share: String,
     pub network_key: bool,

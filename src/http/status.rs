@@ -148,6 +148,7 @@ fn facts(app: &App) -> Json {
                     "signing_key",
                     Json::opt(about.signing_key.clone(), Json::str),
                 ),
+                ("lan_key", Json::opt(about.lan_key.clone(), Json::str)),
                 ("network_key", Json::Bool(about.network_key)),
                 ("broadcast", Json::Bool(about.broadcast)),
                 ("extra_hosts", strings(&about.extra_hosts)),

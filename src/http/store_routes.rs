@@ -10,16 +10,17 @@
 //!
 //! Only valid paths of this store that the share policy offers are ever
 //! served (404 otherwise, 400 for a malformed hash). A narinfo carries the
-//! path's own signatures and this node's; one in this node's key name that
-//! does not verify (an older key of that name) is replaced. NARs come from
-//! Nix's serializer (`store/nar.rs`), with `Content-Length`; `Range:
-//! bytes=N-` is answered 206, the first N bytes of the NAR read and dropped
-//! (a peer of ours resumes a NAR so when the peer it came from broke off),
-//! within a per-source budget of bytes read and dropped (`App::range_skips`:
-//! 2 GiB at once, 256 MiB a second; 503 past it). With a network key,
-//! requests must carry a valid `Authorization` (`peer/network_key.rs`;
-//! checked before they are queued), and the original's routes are off:
-//! its nodes cannot authenticate.
+//! path's own signatures, this node's (`--private-key`) and, with a network
+//! key, the LAN key's; one in such a key's name that does not verify (an
+//! older key of that name) is replaced. NARs come from Nix's serializer
+//! (`store/nar.rs`), with `Content-Length`; `Range: bytes=N-` is answered
+//! 206, the first N bytes of the NAR read and dropped (a peer of ours
+//! resumes a NAR so when the peer it came from broke off), within a
+//! per-source budget of bytes read and dropped (`App::range_skips`: 2 GiB
+//! at once, 256 MiB a second; 503 past it). With a network key, requests
+//! must carry a valid `Authorization` (`peer/network_key.rs`; checked
+//! before they are queued), and the original's routes are off: its nodes
+//! cannot authenticate.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -164,7 +165,8 @@ fn path_info(app: &App, hash: &HashPart) -> Result<std::sync::Arc<PathInfo>, Rep
 fn narinfo_reply(app: &App, hash: &HashPart, url: String) -> Reply {
     match path_info(app, hash) {
         Ok(info) => {
-            let narinfo = info.served_at(url, app.key.as_ref());
+            let lan_key = app.network_key.as_deref().map(|k| k.lan_key());
+            let narinfo = info.served_at(url, app.key.iter().chain(lan_key));
             Reply::text(200, "text/x-nix-narinfo", narinfo.render())
         }
         Err(reply) => reply,

@@ -135,6 +135,20 @@ impl SigningKey {
         })
     }
 
+    /// The key of a 32-byte Ed25519 seed, named by `name` from its public
+    /// key (so that the name says which key it is).
+    pub fn from_seed(seed: &[u8; 32], name: impl FnOnce(&[u8; 32]) -> String) -> SigningKey {
+        // ring accepts every 32-byte seed; the error case cannot happen.
+        let pair = Ed25519KeyPair::from_seed_unchecked(seed)
+            .expect("an Ed25519 key pair from a 32-byte seed");
+        let mut public = [0u8; 32];
+        public.copy_from_slice(pair.public_key().as_ref());
+        SigningKey {
+            name: name(&public),
+            pair,
+        }
+    }
+
     /// The key's name, as it appears before the ':' of a signature.
     pub fn name(&self) -> &str {
         &self.name

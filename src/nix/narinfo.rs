@@ -133,13 +133,17 @@ impl NarInfo {
 
     /// The narinfo this node serves for a path of its own store (`self`,
     /// as the store knows it): the NAR at `url`, the path's existing
-    /// signatures and, with a key, this node's own.
-    pub fn served_at(&self, url: String, key: Option<&SigningKey>) -> NarInfo {
+    /// signatures and this node's by each of `keys` (its own, the LAN's).
+    pub fn served_at<'a>(
+        &self,
+        url: String,
+        keys: impl IntoIterator<Item = &'a SigningKey>,
+    ) -> NarInfo {
         let mut narinfo = NarInfo {
             url,
             ..self.clone()
         };
-        if let Some(key) = key {
+        for key in keys {
             narinfo.sign(key);
         }
         narinfo
@@ -449,6 +453,23 @@ Sig: test-upstream-1:HlHn9ZyiYEa4PaQsRuSGFxur+CjjWVblTMAff9j5jmi5acjU82zth/yAOIj
         // Re-signing with the upstream key adds nothing: it already signed.
         info.sign(&SigningKey::parse(SECRET).unwrap());
         assert_eq!(info.sigs.len(), 2);
+    }
+
+    #[test]
+    fn served_narinfo_is_signed_with_every_key_given() {
+        let info = NarInfo::parse(FROM_NIX).unwrap();
+        let ours = SigningKey::parse(
+            "node-1:GiyaBAJsHSYtfKaXbfE4sW+HzE8PuA1aSEzg/PJObwbyn0Gyi5nn6evs5LcRhwFpEQ1KGKQOAvSMomjS+GcjSA==",
+        )
+        .unwrap();
+        let lan = SigningKey::from_seed(&[7; 32], |_| "peerix-lan-test".into());
+        let served = info.served_at("nar/x.nar".into(), [&ours, &lan]);
+        assert_eq!(served.url, "nar/x.nar");
+        assert_eq!(served.sigs.len(), 3, "{:?}", served.sigs);
+        for key in [&ours, &lan] {
+            assert!(served.signed_by_any(&[key.public_key()]), "{}", key.name());
+        }
+        assert_eq!(info.served_at("x".into(), []).sigs, info.sigs);
     }
 
     #[test]

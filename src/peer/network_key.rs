@@ -7,6 +7,19 @@
 //! It authenticates; it does not encrypt: who can watch the network still
 //! sees which paths are asked for and the NARs that are sent. Nodes' clocks
 //! must agree within `WINDOW` (NTP does).
+//!
+//! The LAN key: from each secret an Ed25519 signing key is derived with
+//! HKDF-SHA256 (RFC 5869): the secret as input key material, the salt
+//! `peerix-lan-key`, the label (HKDF's info) `ed25519 seed v1`, 32 bytes of
+//! output as the seed. It is named `peerix-lan-` and the first 4 bytes of
+//! its public key in hex, so `NAME:BASE64` of its public half (`lan_key`)
+//! is the same on every machine with the secret, and the one line their
+//! Nix needs in `trusted-public-keys`. Nodes sign the narinfo they serve to
+//! peers with it.
+//!
+//! Rotation: a node may hold several secrets. Every one is accepted; the
+//! first seals and authenticates what this node sends, and its LAN key
+//! signs.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -14,7 +27,11 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ring::hmac;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use ring::{hkdf, hmac};
+
+use crate::nix::keys::{PublicKey, SigningKey};
 
 /// How far a message's timestamp may be from this node's clock.
 pub const WINDOW: Duration = Duration::from_secs(30);
@@ -25,6 +42,14 @@ pub const TRAILER: usize = 8 + 32;
 
 /// Tags remembered against replays per generation (two are kept).
 const REMEMBERED: usize = 50_000;
+
+/// HKDF's salt for the LAN key. Never changes: the LAN key's line is
+/// pasted into every machine's Nix configuration.
+const LAN_KEY_SALT: &[u8] = b"peerix-lan-key";
+/// HKDF's info, the label, for the LAN key. Never changes (see above).
+const LAN_KEY_LABEL: &[u8] = b"ed25519 seed v1";
+/// What the LAN key's name starts with.
+const LAN_KEY_PREFIX: &str = "peerix-lan-";
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum AuthError {
@@ -47,10 +72,48 @@ impl fmt::Display for AuthError {
     }
 }
 
+/// The network's secrets (one, or more while moving to a new one).
 pub struct NetworkKey {
-    key: hmac::Key,
+    /// Every secret accepted; the first one's is used for what this node
+    /// sends. Never empty.
+    secrets: Vec<Secret>,
     /// The tags of accepted messages, against replays.
     seen: Mutex<Replays>,
+}
+
+/// What one secret gives: its HMAC key and its LAN key.
+struct Secret {
+    hmac: hmac::Key,
+    lan: SigningKey,
+}
+
+impl Secret {
+    fn new(secret: &[u8]) -> Result<Secret, String> {
+        if secret.len() < 16 {
+            return Err(format!(
+                "{} bytes is too short for a network key: use at least 16 random bytes",
+                secret.len()
+            ));
+        }
+        Ok(Secret {
+            hmac: hmac::Key::new(hmac::HMAC_SHA256, secret),
+            lan: lan_key(secret),
+        })
+    }
+}
+
+/// The LAN key of `secret` (see the module's documentation).
+fn lan_key(secret: &[u8]) -> SigningKey {
+    let mut seed = [0u8; 32];
+    let filled = hkdf::Salt::new(hkdf::HKDF_SHA256, LAN_KEY_SALT)
+        .extract(secret)
+        .expand(&[LAN_KEY_LABEL], hkdf::HKDF_SHA256)
+        .and_then(|okm| okm.fill(&mut seed));
+    // HKDF-SHA256 gives up to 8160 bytes; 32 are always there.
+    filled.expect("32 bytes of HKDF-SHA256 output");
+    SigningKey::from_seed(&seed, |public| {
+        format!("{LAN_KEY_PREFIX}{}", hex(&public[..4]))
+    })
 }
 
 /// The tags of the messages accepted, in two generations of at most
@@ -97,30 +160,88 @@ fn now_ms() -> u64 {
 impl NetworkKey {
     /// A key from its bytes (at least 16).
     pub fn new(secret: &[u8]) -> Result<NetworkKey, String> {
-        if secret.len() < 16 {
-            return Err(format!(
-                "{} bytes is too short for a network key: use at least 16 random bytes",
-                secret.len()
-            ));
+        NetworkKey::from_secrets(&[secret])
+    }
+
+    /// The keys of several secrets, the first one's used for what this
+    /// node sends; at least one.
+    pub fn from_secrets(secrets: &[&[u8]]) -> Result<NetworkKey, String> {
+        let secrets = secrets.iter().map(|s| Secret::new(s)).collect();
+        NetworkKey::of(secrets)
+    }
+
+    /// Reads network key files (the content of each, without surrounding
+    /// white space, is a secret), warning about those others can read.
+    /// The first one's is used for what this node sends.
+    pub fn from_files(paths: &[impl AsRef<Path>]) -> Result<NetworkKey, String> {
+        let read = |path: &Path| {
+            let text = std::fs::read(path)
+                .map_err(|e| format!("cannot read network key file {}: {e}", path.display()))?;
+            crate::nix::keys::warn_if_exposed(path, "network key");
+            Secret::new(text.trim_ascii())
+                .map_err(|e| format!("network key file {}: {e}", path.display()))
+        };
+        NetworkKey::of(paths.iter().map(|p| read(p.as_ref())).collect())
+    }
+
+    fn of(secrets: Result<Vec<Secret>, String>) -> Result<NetworkKey, String> {
+        let secrets = secrets?;
+        if secrets.is_empty() {
+            return Err("no network key".into());
         }
         Ok(NetworkKey {
-            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+            secrets,
             seen: Mutex::new(Replays::default()),
         })
     }
 
-    /// Reads a network key file (its content, without surrounding white
-    /// space, is the secret), warning when others can read it.
-    pub fn from_file(path: &Path) -> Result<NetworkKey, String> {
-        let text = std::fs::read(path)
-            .map_err(|e| format!("cannot read network key file {}: {e}", path.display()))?;
-        crate::nix::keys::warn_if_exposed(path, "network key");
-        NetworkKey::new(text.trim_ascii())
-            .map_err(|e| format!("network key file {}: {e}", path.display()))
+    /// Writes a new random secret to `path`, which must not exist (made
+    /// 0600, never overwritten), and returns its key.
+    pub fn create(path: &Path) -> Result<NetworkKey, String> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut bytes = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+            .map_err(|_| "the system gave no random bytes for a new network key".to_string())?;
+        let text = format!("{}\n", STANDARD.encode(bytes));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => format!(
+                    "{} exists: a network key is never overwritten (remove the file first \
+                     if it is really to go)",
+                    path.display()
+                ),
+                _ => format!("cannot create {}: {e}", path.display()),
+            })?;
+        if let Err(e) = file
+            .write_all(text.as_bytes())
+            .and_then(|()| file.sync_all())
+        {
+            let _ = std::fs::remove_file(path);
+            return Err(format!("cannot write {}: {e}", path.display()));
+        }
+        NetworkKey::new(text.trim().as_bytes())
     }
 
+    /// The key this node signs the narinfo it serves to peers with: the
+    /// first secret's LAN key.
+    pub fn lan_key(&self) -> &SigningKey {
+        &self.secrets[0].lan
+    }
+
+    /// The public halves of every secret's LAN key, the first first: what
+    /// peers sign with.
+    pub fn lan_public_keys(&self) -> Vec<PublicKey> {
+        self.secrets.iter().map(|s| s.lan.public_key()).collect()
+    }
+
+    /// The tag of `parts` with the first secret.
     fn tag(&self, parts: &[&[u8]]) -> [u8; 32] {
-        let mut context = hmac::Context::with_key(&self.key);
+        let mut context = hmac::Context::with_key(&self.secrets[0].hmac);
         for part in parts {
             context.update(part);
         }
@@ -182,15 +303,18 @@ impl NetworkKey {
         self.check(&http_message(method, path, ts, nonce), ts_value, &tag)
     }
 
-    /// Verifies `tag` over `parts` in constant time, then the timestamp,
-    /// then that this tag was not seen before.
+    /// Verifies `tag` over `parts` in constant time with each secret, then
+    /// the timestamp, then that this tag was not seen before.
     fn check(&self, parts: &[&[u8]], ts: u64, tag: &[u8]) -> Result<(), AuthError> {
         // ring compares the whole tag in constant time.
         let mut message = Vec::new();
         for part in parts {
             message.extend_from_slice(part);
         }
-        hmac::verify(&self.key, &message, tag).map_err(|_| AuthError::Forged)?;
+        let verified = (self.secrets.iter()).any(|s| hmac::verify(&s.hmac, &message, tag).is_ok());
+        if !verified {
+            return Err(AuthError::Forged);
+        }
         let skew = now_ms().abs_diff(ts);
         if skew > WINDOW.as_millis() as u64 {
             return Err(AuthError::Stale);
@@ -319,5 +443,102 @@ mod tests {
     #[test]
     fn short_keys_are_refused() {
         assert!(NetworkKey::new(b"short").is_err());
+        assert!(NetworkKey::from_secrets(&[b"0123456789abcdef", b"short"]).is_err());
+        assert!(NetworkKey::from_secrets(&[]).is_err());
+    }
+
+    /// The LAN key's line is pasted into every machine's Nix configuration:
+    /// it must never change for a given secret. Checked independently
+    /// (Python's hmac for HKDF-SHA256, `openssl pkey` for the public key).
+    #[test]
+    fn the_lan_key_of_a_secret_never_changes() {
+        let line = |secret: &str| key(secret).lan_key().public_key().to_string();
+        assert_eq!(
+            line("peerix lan key test vector, 0123456789"),
+            "peerix-lan-3178f3e4:MXjz5Be/kUY2Y8f5WIX6loChlMZjHYP/M+VuSsTEHc4="
+        );
+        // Another secret, another key (and name).
+        assert_eq!(
+            line("peerix lan key test vector, 0123456780"),
+            "peerix-lan-d4bf004a:1L8ASv1U05EStK4t8qJQO7ZDwTP74SqrqNE+qypgcwQ="
+        );
+        // The name is the public key's first 4 bytes, in hex.
+        let public = key("0123456789abcdef").lan_key().public_key();
+        let bytes = STANDARD
+            .decode(public.to_string().split_once(':').unwrap().1)
+            .unwrap();
+        assert_eq!(public.name(), format!("peerix-lan-{}", hex(&bytes[..4])));
+        // It signs as a Nix key does: what it signs, its public half verifies.
+        let signing = key("0123456789abcdef");
+        let sig = signing.lan_key().sign("1;/nix/store/x;sha256:y;1;");
+        assert!(public.verifies("1;/nix/store/x;sha256:y;1;", &sig));
+    }
+
+    #[test]
+    fn every_secret_is_accepted_and_the_first_one_sends() {
+        let (old, new) = (b"the old secret of the LAN", b"the new secret of the LAN");
+        let old_only = NetworkKey::new(old).unwrap();
+        let new_only = NetworkKey::new(new).unwrap();
+        let moving = NetworkKey::from_secrets(&[old, new]).unwrap();
+        let moved = NetworkKey::from_secrets(&[new, old]).unwrap();
+        // Nodes that have the old secret only, or have moved on, are heard.
+        for (i, (sender, receiver)) in [
+            (&old_only, &moving),
+            (&new_only, &moving),
+            (&moving, &old_only),
+            (&moved, &new_only),
+            (&moved, &moving),
+            (&old_only, &moved),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let body = format!("datagram {i}");
+            let mut datagram = body.clone().into_bytes();
+            sender.seal(&mut datagram);
+            assert_eq!(receiver.open(&datagram), Ok(body.as_bytes()), "{i}");
+            let header = sender.authorization("GET", "/peer/x.narinfo");
+            assert_eq!(
+                receiver.check_authorization("GET", "/peer/x.narinfo", Some(&header)),
+                Ok(()),
+                "{i}"
+            );
+        }
+        // The first secret sends: a node still on the old one alone cannot
+        // hear one that put the new one first.
+        let mut datagram = b"a datagram".to_vec();
+        moved.seal(&mut datagram);
+        assert_eq!(old_only.open(&datagram), Err(AuthError::Forged));
+        // And the first secret's LAN key signs; every one's is trusted.
+        let line = |k: &NetworkKey| k.lan_key().public_key();
+        assert_eq!(line(&moving), line(&old_only));
+        assert_eq!(line(&moved), line(&new_only));
+        assert_eq!(moving.lan_public_keys(), [line(&old_only), line(&new_only)]);
+    }
+
+    #[test]
+    fn a_new_secret_is_written_private_and_never_over_another() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("peerix-network-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("network-key");
+        let _ = std::fs::remove_file(&file);
+        let made = NetworkKey::create(&file).unwrap();
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(STANDARD.decode(text.trim()).unwrap().len(), 32);
+        let read = NetworkKey::from_files(&[&file]).unwrap();
+        assert_eq!(read.lan_key().public_key(), made.lan_key().public_key());
+        // Never overwritten: the first secret stays.
+        let err = NetworkKey::create(&file).err().unwrap();
+        assert!(err.contains("exists"), "{err}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+        // Two new secrets differ.
+        let other = dir.join("other");
+        let _ = std::fs::remove_file(&other);
+        let second = NetworkKey::create(&other).unwrap();
+        assert_ne!(second.lan_key().public_key(), made.lan_key().public_key());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

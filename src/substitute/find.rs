@@ -18,9 +18,10 @@
 //! store path asked for, references and deriver valid names, a sha256
 //! NarHash, a content address in a form every Nix from 2.3 reads),
 //! `Compression: none` (a peer offering another is skipped), and a
-//! signature by a key of the local Nix's `trusted-public-keys` or of
-//! `--trusted-key` (`nix/trust.rs`); `FileHash`, `FileSize` and
-//! signatures of the wrong form are not passed on.
+//! signature by a key of the local Nix's `trusted-public-keys`, of
+//! `--trusted-key` or, where Nix trusts it, of this node's LAN key
+//! (`nix/trust.rs`); `FileHash`, `FileSize` and signatures of the wrong
+//! form are not passed on.
 
 use std::io::{self, Read};
 use std::net::SocketAddr;
