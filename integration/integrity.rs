@@ -8,7 +8,10 @@
 //! with as many bytes (Nix never gets the whole wrong NAR, and its next try
 //! gets the path from a good peer); a metadata child that died (replaced
 //! before a narinfo is answered 404); `Range` requests that each make the
-//! node read and drop most of a NAR (refused past a budget per source).
+//! node read and drop most of a NAR (refused past a budget per source); a
+//! NAR that failed its NarHash right after a segment shorter than tiny_http's
+//! buffer, resumed by Nix (refused, never completed from another peer with
+//! the wrong prefix).
 
 mod support;
 
@@ -16,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use support::{
     build_chain, copy_to, generate_key, hash_of, local_node, nar_hash, node, realise_args,
-    three_nodes, wait_offered, Host, Net, DEFAULT_PORT, LOCAL,
+    stand_in, three_nodes, wait_offered, Host, Net, DEFAULT_PORT, LOCAL,
 };
 
 /// `sha256sum` of `nix-store --dump path` on `host`.
@@ -239,4 +242,88 @@ fn range_requests_skip_bytes_within_a_budget_per_source() {
     assert_eq!(statuses.last(), Some(&503), "{statuses:?}\n{}", n1.log());
     // Another source is not affected.
     assert_eq!(last_byte(h3), 206);
+}
+
+/// Issue 24, item 1. A peer sends a wrong NAR whose last 1,200 bytes come
+/// as two segments of 600: the first is handed on (into tiny_http's 1 KiB
+/// buffer), the second fails the NarHash, and the connection is cut. Nix
+/// holds what left the buffer and resumes from there; another peer has
+/// the right NAR. The resume must continue exactly the bytes Nix holds
+/// (it cannot: they are wrong) or be refused, so that Nix never assembles
+/// a whole NAR with the wrong prefix; its next try gets the path.
+#[test]
+fn a_resume_after_a_wrong_nar_is_refused_not_completed_from_another_peer() {
+    let Some(net) = Net::new(4) else { return };
+    let (h1, h2, h3, h4) = (net.host(1), net.host(2), net.host(3), net.host(4));
+    let key = generate_key(h1, "resume-1");
+    let path = support::build_random(h1, &net.prefix, 1 << 20);
+    support::sign(h1, &key, &path);
+    let good = h1.dir.join("good-cache");
+    h1.run(&format!(
+        "nix copy --to 'file://{}?compression=none' {path}",
+        good.display()
+    ));
+    // The same cache with a NAR wrong early on (its narinfo, NarHash and
+    // signature unchanged).
+    let bad = h1.dir.join("bad-cache");
+    h1.run(&format!("cp -r {} {}", good.display(), bad.display()));
+    let nar = std::fs::read_dir(bad.join("nar"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&nar).unwrap();
+    for b in &mut bytes[1000..1100] {
+        *b = !*b;
+    }
+    std::fs::write(&nar, &bytes).unwrap();
+    let script = stand_in("v1_peer.py");
+    let v1 = |host: &Host, cache: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![script.as_str(), "serve", cache.to_str().unwrap(), "12304"];
+        args.extend(extra);
+        host.spawn_daemon(host.cmd("python3", &args), "v1-peer")
+    };
+    // The liar answers first; the honest peer 200 ms late.
+    let _liar = v1(h2, &bad, &["--tail", "600,600"]);
+    let _honest = v1(h4, &good, &["--delay", "200"]);
+    let n3 = local_node(&net, &[&key], &["--timeout", "2000"]);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let args = realise_args(&[&path], &[&key]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let first = support::output_within(h3.cmd("nix-store", &args), Duration::from_secs(120))
+        .expect("nix-store -r finished");
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    let log = n3.log();
+    assert!(
+        log.contains(&format!("{}: NAR of", hash_of(&path)))
+            && log.contains(&format!("from {}:12304", h2.addr4))
+            && log.contains("does not match its NarHash"),
+        "the liar's NAR was not the first:\n{log}"
+    );
+    assert!(
+        !stderr.contains("hash mismatch"),
+        "Nix completed a NAR with the wrong prefix:\n{stderr}\n{log}"
+    );
+    eprintln!(
+        "first try {}:\n{stderr}\n{}",
+        first.status,
+        log.lines()
+            .filter(|l| l.contains("refused"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    if !first.status.success() {
+        assert!(log.contains("refused (404)"), "{stderr}\n{log}");
+        let second = support::output_within(h3.cmd("nix-store", &args), Duration::from_secs(120))
+            .expect("nix-store -r finished");
+        assert!(
+            second.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&second.stderr),
+            n3.log()
+        );
+    }
+    h3.run(&format!("nix-store --verify-path {path}"));
 }
