@@ -16,6 +16,8 @@
 //! IPv4 address, an IPv6 link-local address, another IPv6 one's /64) among
 //! peers, and when a kind's connections are all taken its
 //! idlest one is closed to make room: one stranger holds only its share.
+//! Requests over loopback must name loopback in their `Host` (or none), so
+//! that a web page cannot read the node by DNS rebinding (`request.rs`).
 //! A worker that panics is replaced. Running out of file descriptors makes
 //! new connections wait in the kernel's backlog until some are free, with a
 //! log line a second.
@@ -41,7 +43,7 @@ use tiny_http::{Limits, Method, Request};
 use crate::base::logs::Throttle;
 pub use app::{range_skips, About, App};
 use reply::Reply;
-use request::{Client, Incoming};
+use request::{names_loopback, Client, Incoming};
 
 /// What one connection may take (tiny_http as patched in src/vendor): an
 /// idle client is dropped after `read_timeout`, a client that stops reading
@@ -81,6 +83,7 @@ static PANICKED: Throttle = Throttle::new();
 static BUSY: Throttle = Throttle::new();
 static NO_FDS: Throttle = Throttle::new();
 static ACCEPT_FAILED: Throttle = Throttle::new();
+static FOREIGN_HOST: Throttle = Throttle::new();
 
 /// One kind of client's share: its workers' queue and its connections.
 struct Pool {
@@ -133,6 +136,8 @@ struct Front {
     /// Never sent on: dropped when the daemon stops, which every body being
     /// streamed and every worker sees.
     stop: Receiver<()>,
+    /// This machine's host name, a name of its loopback (`request.rs`).
+    hostname: String,
 }
 
 /// The running listener and workers.
@@ -177,6 +182,7 @@ pub fn start(addrs: &[IpAddr], port: u16, workers: usize, app: Arc<App>) -> Resu
         local: pool("the local Nix", local_jobs, None),
         peers: pool("peers", peer_jobs, Some(per_source)),
         stop: stop.clone(),
+        hostname: hostname(),
     });
     let stopping = Arc::new(AtomicBool::new(false));
     let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
@@ -236,6 +242,17 @@ impl Http {
             }
         }
     }
+}
+
+/// This machine's host name; empty when it cannot be had.
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return String::new();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 /// The soft limit on open file descriptors.
@@ -468,9 +485,29 @@ impl Front {
         self.answer_here(job.request, Reply::status(503, "busy; ask another peer"));
     }
 
-    /// The answer to a request that needs no worker, if any: a peer
+    /// The answer to a request that needs no worker, if any: a loopback
+    /// request whose `Host` is not a loopback name (`request.rs`), a peer
     /// request without the network's key.
     fn refusal(&self, request: &Request, from: Client) -> Option<Reply> {
+        if from == Client::Local {
+            let foreign = (request.headers().iter())
+                .filter(|h| h.field.equiv("Host"))
+                .find(|h| !names_loopback(h.value.as_str(), &self.hostname));
+            if let Some(host) = foreign {
+                FOREIGN_HOST.log(log::Level::Warn, || {
+                    format!(
+                        "http: refused {} from this machine: Host {:?} is not a name of this \
+                         machine's loopback (a web page's, by DNS rebinding?)",
+                        path_of(request),
+                        host.value.as_str()
+                    )
+                });
+                return Some(Reply::status(
+                    403,
+                    "the Host is not a name of this machine's loopback",
+                ));
+            }
+        }
         let key = self.app.network_key.as_ref()?;
         let path = path_of(request);
         // With a key, the original's `/local/` routes are off (404): only
