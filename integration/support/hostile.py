@@ -35,6 +35,13 @@ count, against one address of a test host, and prints what it did.
     hostile.py listen PORT FILE SECONDS
         a TCP listener that appends a line to FILE for each connection
         (to see that nothing reaches it)
+    hostile.py peers ADDR PORT ENTRY...
+        a v2 peer list from a made-up node, sent twice, naming each ENTRY
+        (IPV4:PORT) as a peer it heard from
+    hostile.py udp-listen PORTS FILE SECONDS
+        UDP listeners on the comma-separated PORTS that append a line to
+        FILE for each datagram: the port, the address it was sent to
+        (unicast or broadcast), the sender and the v2 kind (or -)
 """
 
 import os
@@ -303,6 +310,51 @@ def listen(port, path, seconds):
             pass
 
 
+def peers(addr, port, entries):
+    s = socket.socket(family(addr), socket.SOCK_DGRAM)
+    body = b""
+    for entry in entries:
+        host, p = entry.rsplit(":", 1)
+        mapped = b"\x00" * 10 + b"\xff\xff" + socket.inet_aton(host)
+        body += os.urandom(8) + mapped + struct.pack(">HH", int(p), 0)
+    data = b"PX\x02\x08" + os.urandom(8) + b"\x00" * 4 + b"\x00" + bytes([len(entries)]) + body
+    for _ in range(2):
+        s.sendto(data, (addr, port))
+        time.sleep(0.1)
+    print("sent a list of %d" % len(entries))
+
+
+IP_PKTINFO = 8  # Linux; Python's socket module lacks it
+
+
+def udp_listen(ports, path, seconds):
+    socks = []
+    for port in ports:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        s.bind(("0.0.0.0", port))
+        s.setblocking(False)
+        socks.append((port, s))
+    print("listening", flush=True)
+    end = time.time() + seconds
+    while time.time() < end:
+        for port, s in socks:
+            try:
+                data, ancillary, _, src = s.recvmsg(2048, 64)
+            except BlockingIOError:
+                continue
+            dest = "?"
+            for level, kind, value in ancillary:
+                if level == socket.IPPROTO_IP and kind == IP_PKTINFO:
+                    dest = socket.inet_ntoa(value[8:12])
+            kind = str(data[3]) if data[:3] == b"PX\x02" and len(data) > 3 else "-"
+            with open(path, "a") as f:
+                f.write("%d %s %s %s\n" % (port, dest, src[0], kind))
+        time.sleep(0.01)
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "udp-garbage":
@@ -326,5 +378,9 @@ if __name__ == "__main__":
         spoof(args[0], int(args[1]), int(args[2]))
     elif cmd == "listen":
         listen(int(args[0]), args[1], float(args[2]))
+    elif cmd == "peers":
+        peers(args[0], int(args[1]), args[2:])
+    elif cmd == "udp-listen":
+        udp_listen([int(p) for p in args[0].split(",")], args[1], float(args[2]))
     else:
         sys.exit(__doc__)
