@@ -83,10 +83,7 @@ def serve(cache, port, garbage, delay, fields, tail=(), trickle=None):
                 return line[len("StorePath: "):]
         return None
 
-    def udp():
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-        sock.bind(("0.0.0.0", port))
+    def udp(sock):
         while True:
             data, addr = sock.recvfrom(2048)
             if len(data) != 37 or data[0] != 0:
@@ -151,7 +148,10 @@ def serve(cache, port, garbage, delay, fields, tail=(), trickle=None):
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-    threading.Thread(target=udp, daemon=True).start()
+    udp_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp_socket.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    udp_socket.bind(("0.0.0.0", port))
+    threading.Thread(target=udp, args=(udp_socket,), daemon=True).start()
     server = http.server.ThreadingHTTPServer(("0.0.0.0", port), Handler)
     print("v1 peer serving %s on port %d" % (cache, port), flush=True)
     server.serve_forever()
