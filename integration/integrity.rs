@@ -12,7 +12,8 @@
 //! drops the other stripes' bytes (both refused past one budget per
 //! source); a NAR that failed its NarHash right after a segment shorter
 //! than tiny_http's buffer, resumed by Nix (refused, never completed from
-//! another peer with the wrong prefix).
+//! another peer with the wrong prefix); a peer trickling a NAR a byte at a
+//! time (passed over, another goes on).
 
 mod support;
 
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use support::{
     build_chain, copy_to, generate_key, hash_of, local_node, nar_hash, node, realise_args,
-    stand_in, three_nodes, wait_offered, Host, Net, DEFAULT_PORT, LOCAL,
+    three_nodes, v1_peer, wait_offered, Host, Net, DEFAULT_PORT, LOCAL,
 };
 
 /// `sha256sum` of `nix-store --dump path` on `host`.
@@ -282,12 +283,7 @@ fn a_resume_after_a_wrong_nar_is_refused_not_completed_from_another_peer() {
     let (h1, h2, h3, h4) = (net.host(1), net.host(2), net.host(3), net.host(4));
     let key = generate_key(h1, "resume-1");
     let path = support::build_random(h1, &net.prefix, 1 << 20);
-    support::sign(h1, &key, &path);
-    let good = h1.dir.join("good-cache");
-    h1.run(&format!(
-        "nix copy --to 'file://{}?compression=none' {path}",
-        good.display()
-    ));
+    let good = file_cache(h1, &key, &path, "good-cache");
     // The same cache with a NAR wrong early on (its narinfo, NarHash and
     // signature unchanged).
     let bad = h1.dir.join("bad-cache");
@@ -303,17 +299,12 @@ fn a_resume_after_a_wrong_nar_is_refused_not_completed_from_another_peer() {
         *b = !*b;
     }
     std::fs::write(&nar, &bytes).unwrap();
-    let script = stand_in("v1_peer.py");
-    let v1 = |host: &Host, cache: &std::path::Path, extra: &[&str]| {
-        let mut args = vec![script.as_str(), "serve", cache.to_str().unwrap(), "12304"];
-        args.extend(extra);
-        host.spawn_daemon(host.cmd("python3", &args), "v1-peer")
-    };
     // The liar answers first; the honest peer 200 ms late.
-    let _liar = v1(h2, &bad, &["--tail", "600,600"]);
-    let _honest = v1(h4, &good, &["--delay", "200"]);
-    let n3 = local_node(&net, &[&key], &["--timeout", "2000"]);
-    std::thread::sleep(Duration::from_millis(300));
+    let _liar = v1_peer(h2, &bad, &["--tail", "600,600"]);
+    let _honest = v1_peer(h4, &good, &["--delay", "200"]);
+    let flags = v1_flags(h2, h4);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let n3 = local_node(&net, &[&key], &flags);
 
     let args = realise_args(&[&path], &[&key]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -351,4 +342,76 @@ fn a_resume_after_a_wrong_nar_is_refused_not_completed_from_another_peer() {
         );
     }
     h3.run(&format!("nix-store --verify-path {path}"));
+}
+
+/// The local node's flags for original Peerix stand-ins on `a` and `b`:
+/// as extra hosts, which may be original nodes (silent on a miss), every
+/// query waits the whole timeout for their answers, the first one too,
+/// however long after the node's start it comes (a busy machine).
+fn v1_flags(a: &Host, b: &Host) -> Vec<String> {
+    let mut flags = vec!["--timeout".to_string(), "2000".to_string()];
+    for host in [a, b] {
+        flags.extend(["--extra-host".to_string(), host.addr4.to_string()]);
+    }
+    flags
+}
+
+/// A `nix copy` cache of `path` (signed by `key`) in `host`'s directory,
+/// for the original Peerix stand-ins.
+fn file_cache(host: &Host, key: &support::Key, path: &str, name: &str) -> std::path::PathBuf {
+    support::sign(host, key, path);
+    let cache = host.dir.join(name);
+    host.run(&format!(
+        "nix copy --to 'file://{}?compression=none' {path}",
+        cache.display()
+    ));
+    cache
+}
+
+/// Issue 24, item 3. A peer sends a NAR's first 64 KiB, then a byte every
+/// 0.4 s: above curl's low-speed limit (1 byte a second), so Nix would
+/// wait for days. It is under the floor: it loses the NAR to another peer
+/// from the byte it stopped at, Nix gets the path, and the peer is counted
+/// as passed over, too slow.
+#[test]
+fn a_trickling_peer_loses_the_nar_to_another() {
+    let Some(net) = Net::new(4) else { return };
+    let (h1, h2, h3, h4) = (net.host(1), net.host(2), net.host(3), net.host(4));
+    let key = generate_key(h1, "trickle-1");
+    let path = support::build_random(h1, &net.prefix, 1 << 20);
+    let cache = file_cache(h1, &key, &path, "cache");
+    // The trickler answers first; the other peer 200 ms late.
+    let _trickler = v1_peer(h2, &cache, &["--trickle", "65536", "0.4"]);
+    let _other = v1_peer(h4, &cache, &["--delay", "200"]);
+    let flags = v1_flags(h2, h4);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let n3 = local_node(&net, &[&key], &flags);
+
+    let args = realise_args(&[&path], &[&key]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let start = Instant::now();
+    let out = support::output_within(h3.cmd("nix-store", &args), Duration::from_secs(120));
+    let log = n3.log();
+    let out = out.unwrap_or_else(|| panic!("Nix still waits for the trickling peer:\n{log}"));
+    assert!(
+        out.status.success(),
+        "{}\n{log}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("the path came in {:.1?}", start.elapsed());
+    h3.run(&format!("nix-store --verify-path {path}"));
+    let hash = hash_of(&path);
+    assert!(
+        log.contains(&format!("{hash}: NAR of"))
+            && log.contains(&format!("from {}:12304", h2.addr4)),
+        "the trickler was not the first:\n{log}"
+    );
+    assert!(log.contains("too slow"), "{log}");
+    assert!(
+        log.contains(&format!("going on from {}:12304 at byte", h4.addr4)),
+        "{log}"
+    );
+    let metrics = support::metrics(h3);
+    let passed = "peerix_passed_over_total{source=\"peer\",reason=\"too_slow\"}";
+    assert_eq!(support::metric(&metrics, passed), Some(1.0), "{metrics}");
 }
