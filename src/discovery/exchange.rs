@@ -29,11 +29,12 @@
 //! (169.254.169.254) or the internet are never probed. A VPN mesh seeded by
 //! `--extra-host` (WireGuard, say) works as a LAN does: its interface's
 //! address has the mesh's prefix (`Address = 10.100.0.2/24`), so its
-//! members are on a network of this host. Where the interface has a
-//! single address (/32, as Tailscale gives), members in the extra host's
-//! /24 are learnt; others must be extra hosts themselves. Peers heard
-//! directly (a hello, an answer, a probe answered) are never filtered:
-//! they spoke from where they are.
+//! members are on a network of this host. Tailscale (and Headscale) give
+//! each node a single address (/32) in 100.64.0.0/10: that /10 is taken
+//! as the tailnet (`targets::subnet_of`). A mesh that is neither must name
+//! its nodes as extra hosts, or have them in an extra host's /24. Peers
+//! heard directly (a hello, an answer, a probe answered) are never
+//! filtered: they spoke from where they are.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -337,15 +337,26 @@ fn interfaces() -> Vec<Interface> {
 /// such as a VPN's, included), but IPv6 link-local.
 fn subnets() -> Vec<Subnet> {
     let mut found: Vec<Subnet> = (if_addrs().into_iter())
-        .filter(|a| !matches!(a.ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80))
-        .map(|a| Subnet {
-            ip: a.ip,
-            prefix: a.prefix,
-        })
+        .filter_map(|a| subnet_of(a.ip, a.prefix))
         .collect();
     found.sort_by_key(|s| (s.ip, s.prefix));
     found.dedup();
     found
+}
+
+/// The network of an interface address `ip`/`prefix`; none for IPv6
+/// link-local. A single address (/32) in the shared address space
+/// 100.64.0.0/10 is a mesh VPN's (Tailscale and Headscale give each node
+/// one there, on a point-to-point interface): its network is that /10,
+/// reached through the VPN only.
+fn subnet_of(ip: IpAddr, prefix: u8) -> Option<Subnet> {
+    match ip {
+        IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80 => None,
+        IpAddr::V4(v4) if prefix == 32 && v4.octets()[0] == 100 && v4.octets()[1] & 0xc0 == 64 => {
+            Some(Subnet { ip, prefix: 10 })
+        }
+        _ => Some(Subnet { ip, prefix }),
+    }
 }
 
 #[cfg(test)]
@@ -428,6 +439,11 @@ mod tests {
         };
         assert!(point_to_point.contains("10.9.0.1".parse().unwrap()));
         assert!(!point_to_point.contains("10.9.0.2".parse().unwrap()));
+        // A Tailscale address: the tailnet's 100.64.0.0/10.
+        let tailnet = subnet_of("100.101.102.103".parse().unwrap(), 32).unwrap();
+        assert!(tailnet.contains("100.64.5.6".parse().unwrap()));
+        assert!(!tailnet.contains("100.128.0.1".parse().unwrap()));
+        assert_eq!(subnet_of("fe80::1".parse().unwrap(), 64), None);
     }
 
     #[test]
