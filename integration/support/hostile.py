@@ -22,6 +22,11 @@ count, against one address of a test host, and prints what it did.
         With EVERY > 0, each connection sends a request head every EVERY
         seconds (reading nothing back); SOURCES, a comma-separated list of
         local addresses, spreads the connections over them
+    hostile.py slow-read ADDR PORT CONNECTIONS PATH RATE SECONDS
+        opens CONNECTIONS connections with a small receive buffer, sends
+        on each a GET of PATH (a large NAR), and reads RATE bytes a second
+        of each for SECONDS; prints how many it opened, and at the end how
+        many got a 200 head
     hostile.py leave ADDR PORT PATH BYTES
         GETs PATH with a small receive buffer, reads BYTES of the reply and
         closes the connection; prints how many bytes it read
@@ -229,6 +234,37 @@ def hold(addr, port, count, seconds, every=0.0, sources=""):
     print("opened %d closed-by-server %d" % (closed + len(socks), closed), flush=True)
 
 
+def slow_read(addr, port, connections, path, rate, seconds):
+    socks = []
+    request = ("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path).encode()
+    for _ in range(connections):
+        try:
+            c = socket.socket(family(addr), socket.SOCK_STREAM)
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            c.settimeout(5)
+            c.connect((addr, port))
+            c.sendall(request)
+            c.setblocking(False)
+            socks.append([c, b""])
+        except OSError:
+            pass
+    print("opened %d" % len(socks), flush=True)
+    end = time.time() + seconds
+    while time.time() < end:
+        for entry in socks:
+            try:
+                data = entry[0].recv(rate)
+                if len(entry[1]) < 16:
+                    entry[1] += data
+            except (BlockingIOError, OSError):
+                pass
+        time.sleep(1)
+    heads = sum(1 for _, got in socks if got.startswith(b"HTTP/1.1 200"))
+    for c, _ in socks:
+        c.close()
+    print("opened %d got-200 %d" % (len(socks), heads), flush=True)
+
+
 def leave(addr, port, path, count):
     c = socket.socket(family(addr), socket.SOCK_STREAM)
     c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
@@ -370,6 +406,8 @@ if __name__ == "__main__":
     elif cmd == "hold":
         hold(args[0], int(args[1]), int(args[2]), float(args[3]),
              float(args[4]) if len(args) > 4 else 0.0, args[5] if len(args) > 5 else "")
+    elif cmd == "slow-read":
+        slow_read(args[0], int(args[1]), int(args[2]), args[3], int(args[4]), float(args[5]))
     elif cmd == "leave":
         leave(args[0], int(args[1]), args[2], int(args[3]))
     elif cmd == "body":
