@@ -311,6 +311,24 @@ fn timed_200(host: &Host, url: &str, args: &[&str]) -> Duration {
     took
 }
 
+/// Runs `ask` (another peer's requests, each timed) `times`, half a second
+/// apart, while `stranger` holds on; then waits for the stranger to end.
+/// The slowest answer, and what the stranger said.
+fn answered_beside(
+    stranger: &mut Daemon,
+    times: usize,
+    mut ask: impl FnMut() -> Duration,
+) -> (Duration, String) {
+    let mut slowest = Duration::ZERO;
+    for _ in 0..times {
+        slowest = slowest.max(ask());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let ended = support::wait_until(Duration::from_secs(30), || stranger.try_wait().is_some());
+    assert!(ended, "the stranger goes on: {}", stranger.log());
+    (slowest, stranger.log())
+}
+
 /// A request with a body, or announcing one, is refused on the connection's
 /// thread and its connection closed at once: a claimed 1e15 bytes (which
 /// made tiny_http allocate that much and abort the daemon), 2^64 - 1 (a
@@ -524,15 +542,7 @@ fn one_stranger_cannot_hold_every_peer_slot() {
             (queued().lines()).all(|l| l.split_whitespace().nth(1) == Some("0"))
         });
         assert!(drained, "{}", queued());
-        let mut slowest = Duration::ZERO;
-        for _ in 0..8 {
-            slowest = slowest.max(legit());
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        assert!(support::wait_until(Duration::from_secs(30), || stranger
-            .try_wait()
-            .is_some()));
-        let out = stranger.log();
+        let (slowest, out) = answered_beside(&mut stranger, 8, legit);
         eprintln!(
             "{label}: {}; the other peer was answered in {slowest:?} at most",
             out.lines().last().unwrap_or_default()
@@ -628,16 +638,9 @@ fn slow_readers_hold_no_worker() {
     std::thread::sleep(Duration::from_secs(1));
     let narinfo = format!("http://{target}:12304/peer/{}.narinfo", hash_of(&small));
     let small_nar = format!("http://{target}:12304/peer/nar/{}.nar", hash_of(&small));
-    let mut slowest = Duration::ZERO;
-    for _ in 0..5 {
-        slowest = slowest.max(timed_200(h2, &narinfo, &[]));
-        slowest = slowest.max(timed_200(h2, &small_nar, &[]));
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    assert!(support::wait_until(Duration::from_secs(30), || stranger
-        .try_wait()
-        .is_some()));
-    let out = stranger.log();
+    let (slowest, out) = answered_beside(&mut stranger, 5, || {
+        timed_200(h2, &narinfo, &[]).max(timed_200(h2, &small_nar, &[]))
+    });
     eprintln!(
         "{}; the other peer was answered in {slowest:?} at most",
         out.lines().last().unwrap_or_default()
