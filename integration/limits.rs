@@ -12,7 +12,8 @@
 //! 100-continue`), refused at once with the node serving on; connections
 //! closed after a refusal; one or ten sources holding 300 connections
 //! while another peer is served; a NAR its client left, counted as
-//! aborted.
+//! aborted; 32 connections reading NARs at 64 bytes a second while
+//! another peer is answered at once.
 
 mod support;
 
@@ -310,6 +311,24 @@ fn timed_200(host: &Host, url: &str, args: &[&str]) -> Duration {
     took
 }
 
+/// Runs `ask` (another peer's requests, each timed) `times`, half a second
+/// apart, while `stranger` holds on; then waits for the stranger to end.
+/// The slowest answer, and what the stranger said.
+fn answered_beside(
+    stranger: &mut Daemon,
+    times: usize,
+    mut ask: impl FnMut() -> Duration,
+) -> (Duration, String) {
+    let mut slowest = Duration::ZERO;
+    for _ in 0..times {
+        slowest = slowest.max(ask());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let ended = support::wait_until(Duration::from_secs(30), || stranger.try_wait().is_some());
+    assert!(ended, "the stranger goes on: {}", stranger.log());
+    (slowest, stranger.log())
+}
+
 /// A request with a body, or announcing one, is refused on the connection's
 /// thread and its connection closed at once: a claimed 1e15 bytes (which
 /// made tiny_http allocate that much and abort the daemon), 2^64 - 1 (a
@@ -523,15 +542,7 @@ fn one_stranger_cannot_hold_every_peer_slot() {
             (queued().lines()).all(|l| l.split_whitespace().nth(1) == Some("0"))
         });
         assert!(drained, "{}", queued());
-        let mut slowest = Duration::ZERO;
-        for _ in 0..8 {
-            slowest = slowest.max(legit());
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        assert!(support::wait_until(Duration::from_secs(30), || stranger
-            .try_wait()
-            .is_some()));
-        let out = stranger.log();
+        let (slowest, out) = answered_beside(&mut stranger, 8, legit);
         eprintln!(
             "{label}: {}; the other peer was answered in {slowest:?} at most",
             out.lines().last().unwrap_or_default()
@@ -599,4 +610,43 @@ fn a_nar_its_client_left_is_counted_as_aborted() {
     assert!(sent >= 1 << 20, "{text}");
     assert!(sent < 32 << 20, "{text}");
     assert!(n1.log().contains("left before the end"), "{}", n1.log());
+}
+
+/// Issue 24, item 4. 32 connections from one address (its whole share)
+/// each ask for a large NAR and read 64 bytes a second. Each reply used to
+/// hold one of the 32 peer workers while it was written, so another peer's
+/// narinfo waited for a worker (10 s, three times of three). Replies are
+/// written on their connections' own threads: the workers stay free, and
+/// another peer is answered at once throughout.
+#[test]
+fn slow_readers_hold_no_worker() {
+    let Some(net) = Net::new(3) else { return };
+    let (h1, h2, h3) = (net.host(1), net.host(2), net.host(3));
+    let key = generate_key(h1, "h1-1");
+    let big = support::build_random(h1, &net.prefix, 16 << 20);
+    let small = build_chain(h1, "honest", 1).remove(0);
+    let n1 = node(h1, &key, &[], &[]);
+    let target = h1.addr4.to_string();
+    let nar = format!("/peer/nar/{}.nar", hash_of(&big));
+    let args = ["slow-read", &target, "12304", "32", &nar, "64", "15"];
+    let mut stranger = stranger(h3, &args);
+    // Every one of the 32 requests was routed to its NAR.
+    let routed = support::wait_until(Duration::from_secs(20), || {
+        n1.log_lines(&format!("GET {nar} from")).len() >= 32
+    });
+    assert!(routed, "{}", n1.log());
+    std::thread::sleep(Duration::from_secs(1));
+    let narinfo = format!("http://{target}:12304/peer/{}.narinfo", hash_of(&small));
+    let small_nar = format!("http://{target}:12304/peer/nar/{}.nar", hash_of(&small));
+    let (slowest, out) = answered_beside(&mut stranger, 5, || {
+        timed_200(h2, &narinfo, &[]).max(timed_200(h2, &small_nar, &[]))
+    });
+    eprintln!(
+        "{}; the other peer was answered in {slowest:?} at most",
+        out.lines().last().unwrap_or_default()
+    );
+    assert!(
+        out.contains("opened 32 got-200 32"),
+        "the stranger's NARs were not all under way: {out}"
+    );
 }

@@ -8,7 +8,9 @@
 //! learning nothing from nodes without it; a path added on one node found
 //! by another within a second, a removed one no longer claimed after a
 //! second, a miss sending nothing, and a false positive of a summary
-//! costing one datagram to one peer and no wait.
+//! costing one datagram to one peer and no wait; a stranger's peer list
+//! naming a bystander's other port and broadcast addresses, none of which
+//! is probed.
 
 mod support;
 
@@ -233,4 +235,61 @@ fn summaries_follow_the_store_within_a_second_and_misses_send_nothing() {
         log.contains(&format!("asked 1 peers that may have {claimed}")),
         "the false positive was not asked of h2 alone"
     );
+}
+
+/// A stranger's peer list (no network key) names a bystander's other
+/// port, the LAN's broadcast addresses and a cloud's metadata service:
+/// the node probes none of them, only the address on its own network at
+/// the LAN's port (issue 24, item 10: a bystander got probes on port 9999).
+#[test]
+fn a_strangers_list_aims_probes_only_at_the_lans_port_on_this_hosts_networks() {
+    let Some(net) = Net::new(3) else { return };
+    let (h1, h2, h3) = (net.host(1), net.host(2), net.host(3));
+    let key = generate_key(h1, "probe-1");
+    let n1 = node(h1, &key, &[&key], &[]);
+    let record = net.dir.join("udp.log");
+    let script = support::stand_in("hostile.py");
+    let args = ["udp-listen", "12304,9999", record.to_str().unwrap(), "10"];
+    let mut argv = vec![script.as_str()];
+    argv.extend(args);
+    let bystander = h2.spawn_daemon(h2.cmd("python3", &argv), "bystander");
+    assert!(wait_until(Duration::from_secs(10), || bystander
+        .log()
+        .contains("listening")));
+    let octets = h2.addr4.octets();
+    let broadcast = format!("{}.{}.{}.255", octets[0], octets[1], octets[2]);
+    let entries = [
+        format!("{}:9999", h2.addr4),
+        format!("{broadcast}:12304"),
+        "255.255.255.255:12304".to_string(),
+        "169.254.169.254:12304".to_string(),
+        format!("{}:12304", h2.addr4),
+    ];
+    h3.run(&format!(
+        "python3 {script} peers {} 12304 {}",
+        h1.addr4,
+        entries.join(" ")
+    ));
+    // A candidate is probed at once and twice more, 2 s apart.
+    std::thread::sleep(Duration::from_secs(5));
+    let seen = fs::read_to_string(&record).unwrap_or_default();
+    // "PORT DEST SOURCE KIND": the lists the node sent (kind 8).
+    let probes: Vec<&str> = (seen.lines())
+        .filter(|l| l.split(' ').nth(2) == Some(&*h1.addr4.to_string()))
+        .filter(|l| l.ends_with(" 8") || l.starts_with("9999 "))
+        .collect();
+    eprintln!("probes seen: {probes:?}");
+    let h2_addr = h2.addr4.to_string();
+    assert!(
+        probes.contains(&format!("12304 {h2_addr} {} 8", h1.addr4).as_str()),
+        "the address on the node's network was not probed: {seen}\n{}",
+        n1.log()
+    );
+    for probe in &probes {
+        let dest = probe.split(' ').nth(1).unwrap_or_default();
+        assert!(
+            probe.starts_with("12304 ") && dest == h2_addr,
+            "probed {probe}: {seen}"
+        );
+    }
 }

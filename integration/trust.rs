@@ -528,3 +528,62 @@ fn a_key_others_can_read_is_warned_about_and_never_logged() {
         "the network key is in the log"
     );
 }
+
+/// The routes for the local Nix answer a `Host` that names loopback (or
+/// none, as HTTP/1.0 clients may send), never another name: a web page in
+/// a browser on the machine, its name rebound to 127.0.0.1 (DNS
+/// rebinding), cannot read `/`, `/status.json`, `/metrics` or narinfos
+/// (issue 24, item 11).
+#[test]
+fn loopback_routes_refuse_a_host_that_is_not_loopback() {
+    let Some(net) = Net::new(1) else { return };
+    let h1 = net.host(1);
+    let key = generate_key(h1, "host-1");
+    let n1 = node(h1, &key, &[]);
+    let hostname = h1.run("hostname");
+    let get = |host: Option<&str>, path: &str, extra: &[&str]| {
+        let header = host.map(|h| format!("Host: {h}"));
+        let mut args: Vec<&str> = extra.to_vec();
+        if let Some(header) = &header {
+            args.extend(["-H", header]);
+        }
+        let url = format!("{LOCAL}{path}");
+        args.push(&url);
+        h1.curl(&args).status
+    };
+    let hash = "00000000000000000000000000000000";
+    let narinfo = format!("/{hash}.narinfo");
+    for path in ["/", "/status.json", "/metrics", "/nix-cache-info", &narinfo] {
+        for host in [
+            "attacker.example",
+            "attacker.example:12304",
+            "127.0.0.1.nip.io",
+        ] {
+            assert_eq!(get(Some(host), path, &[]), 403, "{host} {path}");
+        }
+    }
+    let ok = |path: &str| if path == narinfo { 404 } else { 200 };
+    for path in ["/", "/status.json", "/metrics", &narinfo] {
+        for host in [
+            "127.0.0.1:12304",
+            "127.0.0.1",
+            "127.0.0.2:12304",
+            "localhost:12304",
+            "LOCALHOST",
+            "localhost.",
+            "[::1]:12304",
+            "[::1]",
+            &hostname,
+        ] {
+            assert_eq!(get(Some(host), path, &[]), ok(path), "{host} {path}");
+        }
+        // curl sends no Host with `-H 'Host:'`; nor may an HTTP/1.0 client.
+        assert_eq!(get(None, path, &["-H", "Host:"]), ok(path), "{path}");
+        assert_eq!(get(None, path, &["-0", "-H", "Host:"]), ok(path), "{path}");
+    }
+    assert!(
+        n1.log().contains("not a name of this machine's loopback"),
+        "{}",
+        n1.log()
+    );
+}

@@ -223,18 +223,19 @@ fn narinfos_nix_would_choke_on_are_skipped_for_the_next_peer() {
         "nix copy --to 'file://{}?compression=none' {path}",
         cache.display()
     ));
-    let script = support::stand_in("v1_peer.py");
-    let cache = cache.to_str().unwrap();
-    let v1 = |host: &Host, extra: &[&str]| {
-        let mut args = vec![script.as_str(), "serve", cache, "12304"];
-        args.extend(extra);
-        host.spawn_daemon(host.cmd("python3", &args), "v1-peer")
-    };
-    // Quick liars, and an honest peer that answers late.
+    let v1 = |host: &Host, extra: &[&str]| support::v1_peer(host, &cache, extra);
+    // Quick liars, and an honest peer that answers late. As extra hosts
+    // (which may be original nodes, silent on a miss) they are waited for
+    // the whole timeout, however long after the node's start Nix asks.
     let _ca = v1(h1, &["--set", "CA: garbage:xyz"]);
     let _xz = v1(h2, &["--set", "Compression: xz"]);
     let _honest = v1(h4, &["--delay", "200"]);
-    let n3 = local_node(&net, &[&upstream], &["--timeout", "2000"]);
+    let mut flags = vec!["--timeout".to_string(), "2000".to_string()];
+    for host in [h1, h2, h4] {
+        flags.extend(["--extra-host".to_string(), host.addr4.to_string()]);
+    }
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let n3 = local_node(&net, &[&upstream], &flags);
     std::thread::sleep(Duration::from_millis(300));
 
     let start = Instant::now();

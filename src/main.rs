@@ -114,8 +114,7 @@ fn main() -> ExitCode {
         warnings,
     };
     let metrics = Arc::new(metrics::Metrics::default());
-    let peers =
-        || PeerClient::new(network_key.clone(), config.compress).counted(metrics.framed.clone());
+    let peers = || PeerClient::new(network_key.clone(), config.compress).counted(metrics.clone());
     let pull = match config.upstreams.is_empty() {
         true => None,
         false => {

@@ -22,6 +22,11 @@ count, against one address of a test host, and prints what it did.
         With EVERY > 0, each connection sends a request head every EVERY
         seconds (reading nothing back); SOURCES, a comma-separated list of
         local addresses, spreads the connections over them
+    hostile.py slow-read ADDR PORT CONNECTIONS PATH RATE SECONDS
+        opens CONNECTIONS connections with a small receive buffer, sends
+        on each a GET of PATH (a large NAR), and reads RATE bytes a second
+        of each for SECONDS; prints how many it opened, and at the end how
+        many got a 200 head
     hostile.py leave ADDR PORT PATH BYTES
         GETs PATH with a small receive buffer, reads BYTES of the reply and
         closes the connection; prints how many bytes it read
@@ -35,6 +40,13 @@ count, against one address of a test host, and prints what it did.
     hostile.py listen PORT FILE SECONDS
         a TCP listener that appends a line to FILE for each connection
         (to see that nothing reaches it)
+    hostile.py peers ADDR PORT ENTRY...
+        a v2 peer list from a made-up node, sent twice, naming each ENTRY
+        (IPV4:PORT) as a peer it heard from
+    hostile.py udp-listen PORTS FILE SECONDS
+        UDP listeners on the comma-separated PORTS that append a line to
+        FILE for each datagram: the port, the address it was sent to
+        (unicast or broadcast), the sender and the v2 kind (or -)
 """
 
 import os
@@ -222,6 +234,37 @@ def hold(addr, port, count, seconds, every=0.0, sources=""):
     print("opened %d closed-by-server %d" % (closed + len(socks), closed), flush=True)
 
 
+def slow_read(addr, port, connections, path, rate, seconds):
+    socks = []
+    request = ("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path).encode()
+    for _ in range(connections):
+        try:
+            c = socket.socket(family(addr), socket.SOCK_STREAM)
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            c.settimeout(5)
+            c.connect((addr, port))
+            c.sendall(request)
+            c.setblocking(False)
+            socks.append([c, b""])
+        except OSError:
+            pass
+    print("opened %d" % len(socks), flush=True)
+    end = time.time() + seconds
+    while time.time() < end:
+        for entry in socks:
+            try:
+                data = entry[0].recv(rate)
+                if len(entry[1]) < 16:
+                    entry[1] += data
+            except (BlockingIOError, OSError):
+                pass
+        time.sleep(1)
+    heads = sum(1 for _, got in socks if got.startswith(b"HTTP/1.1 200"))
+    for c, _ in socks:
+        c.close()
+    print("opened %d got-200 %d" % (len(socks), heads), flush=True)
+
+
 def leave(addr, port, path, count):
     c = socket.socket(family(addr), socket.SOCK_STREAM)
     c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
@@ -303,6 +346,51 @@ def listen(port, path, seconds):
             pass
 
 
+def peers(addr, port, entries):
+    s = socket.socket(family(addr), socket.SOCK_DGRAM)
+    body = b""
+    for entry in entries:
+        host, p = entry.rsplit(":", 1)
+        mapped = b"\x00" * 10 + b"\xff\xff" + socket.inet_aton(host)
+        body += os.urandom(8) + mapped + struct.pack(">HH", int(p), 0)
+    data = b"PX\x02\x08" + os.urandom(8) + b"\x00" * 4 + b"\x00" + bytes([len(entries)]) + body
+    for _ in range(2):
+        s.sendto(data, (addr, port))
+        time.sleep(0.1)
+    print("sent a list of %d" % len(entries))
+
+
+IP_PKTINFO = 8  # Linux; Python's socket module lacks it
+
+
+def udp_listen(ports, path, seconds):
+    socks = []
+    for port in ports:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        s.bind(("0.0.0.0", port))
+        s.setblocking(False)
+        socks.append((port, s))
+    print("listening", flush=True)
+    end = time.time() + seconds
+    while time.time() < end:
+        for port, s in socks:
+            try:
+                data, ancillary, _, src = s.recvmsg(2048, 64)
+            except BlockingIOError:
+                continue
+            dest = "?"
+            for level, kind, value in ancillary:
+                if level == socket.IPPROTO_IP and kind == IP_PKTINFO:
+                    dest = socket.inet_ntoa(value[8:12])
+            kind = str(data[3]) if data[:3] == b"PX\x02" and len(data) > 3 else "-"
+            with open(path, "a") as f:
+                f.write("%d %s %s %s\n" % (port, dest, src[0], kind))
+        time.sleep(0.01)
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "udp-garbage":
@@ -318,6 +406,8 @@ if __name__ == "__main__":
     elif cmd == "hold":
         hold(args[0], int(args[1]), int(args[2]), float(args[3]),
              float(args[4]) if len(args) > 4 else 0.0, args[5] if len(args) > 5 else "")
+    elif cmd == "slow-read":
+        slow_read(args[0], int(args[1]), int(args[2]), args[3], int(args[4]), float(args[5]))
     elif cmd == "leave":
         leave(args[0], int(args[1]), args[2], int(args[3]))
     elif cmd == "body":
@@ -326,5 +416,9 @@ if __name__ == "__main__":
         spoof(args[0], int(args[1]), int(args[2]))
     elif cmd == "listen":
         listen(int(args[0]), args[1], float(args[2]))
+    elif cmd == "peers":
+        peers(args[0], int(args[1]), args[2:])
+    elif cmd == "udp-listen":
+        udp_listen([int(p) for p in args[0].split(",")], args[1], float(args[2]))
     else:
         sys.exit(__doc__)

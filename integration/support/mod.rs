@@ -1024,6 +1024,20 @@ pub fn stand_in(name: &str) -> String {
     format!("{}/integration/support/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `v1_peer.py serve CACHE 12304 extra…` (an original Peerix node serving
+/// `cache`, a `nix copy --to file://…` cache) started on `host`, once it
+/// listens (within 20 s: Python starts slowly on a busy machine, and a
+/// query sent before it listens is lost).
+pub fn v1_peer(host: &Host, cache: &Path, extra: &[&str]) -> Daemon {
+    let script = stand_in("v1_peer.py");
+    let mut args = vec![script.as_str(), "serve", cache.to_str().unwrap(), "12304"];
+    args.extend(extra);
+    let peer = host.spawn_daemon(host.cmd("python3", &args), "v1-peer");
+    let listening = wait_until(Duration::from_secs(20), || peer.log().contains("serving"));
+    assert!(listening, "v1_peer.py on {}: {}", host.name, peer.log());
+    peer
+}
+
 /// The hash part of a store path.
 pub fn hash_of(path: &str) -> &str {
     &path["/nix/store/".len().."/nix/store/".len() + 32]

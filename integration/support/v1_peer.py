@@ -5,6 +5,7 @@ It speaks exactly the v1 wire format of ../shared/peerix-v1-wire.md and
 nothing else: no extension, silence on a miss.
 
     v1_peer.py serve CACHE_DIR PORT [--garbage] [--delay MS] [--set 'NAME: VALUE']...
+                     [--tail N,M,...] [--trickle AFTER SECONDS]
         Answers v1 requests for the paths of CACHE_DIR (a `nix copy --to
         file://CACHE_DIR?compression=none` cache) and serves them on
         /local/<hash>.narinfo and /local/nar/<b64>.nar, chunked and without
@@ -13,7 +14,11 @@ nothing else: no extension, silence on a miss.
         answers each request MS milliseconds late (a busy or far peer).
         --set replaces the field NAME of every narinfo it serves (or adds
         it): fields the signature does not cover, such as CA or Compression,
-        so that the narinfo stays validly signed.
+        so that the narinfo stays validly signed. --tail sends the last
+        N + M + ... bytes of a NAR as chunks of their own, of N, M, ...
+        bytes, 0.2 s apart. --trickle sends the first AFTER bytes of a NAR
+        at once, then one byte every SECONDS (a peer just fast enough for
+        curl's low-speed limit).
 
     v1_peer.py query HASH ADDRESS PORT
         Sends one v1 request for HASH to ADDRESS:PORT (a broadcast address
@@ -31,10 +36,40 @@ import socket
 import struct
 import sys
 import threading
+import time
 import urllib.request
 
 
-def serve(cache, port, garbage, delay, fields):
+def send_nar(wfile, path, tail, trickle):
+    """The NAR in `path` as a chunked body, shaped by --tail and --trickle."""
+    def chunk(data):
+        wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+    size = os.path.getsize(path)
+    plain = size - sum(tail)
+    if trickle:
+        plain = min(plain, trickle[0])
+    sent = 0
+    with open(path, "rb") as f:
+        while sent < plain:
+            data = f.read(min(65536, plain - sent))
+            if not data:
+                break
+            chunk(data)
+            sent += len(data)
+        for n in tail:
+            time.sleep(0.2)
+            chunk(f.read(n))
+        while trickle:
+            data = f.read(1)
+            if not data:
+                break
+            time.sleep(trickle[1])
+            chunk(data)
+    wfile.write(b"0\r\n\r\n")
+
+
+def serve(cache, port, garbage, delay, fields, tail=(), trickle=None):
     def narinfo_text(hash_part):
         try:
             with open(os.path.join(cache, hash_part + ".narinfo")) as f:
@@ -48,10 +83,7 @@ def serve(cache, port, garbage, delay, fields):
                 return line[len("StorePath: "):]
         return None
 
-    def udp():
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-        sock.bind(("0.0.0.0", port))
+    def udp(sock):
         while True:
             data, addr = sock.recvfrom(2048)
             if len(data) != 37 or data[0] != 0:
@@ -87,13 +119,10 @@ def serve(cache, port, garbage, delay, fields):
                     self.send_response(200)
                     self.send_header("Transfer-Encoding", "chunked")
                     self.end_headers()
-                    with open(os.path.join(cache, url), "rb") as f:
-                        while True:
-                            chunk = f.read(65536)
-                            if not chunk:
-                                break
-                            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                    self.wfile.write(b"0\r\n\r\n")
+                    try:
+                        send_nar(self.wfile, os.path.join(cache, url), tail, trickle)
+                    except OSError:
+                        pass  # the client left
                     return
             elif path.startswith("/local/") and path.endswith(".narinfo"):
                 hash_part = path[len("/local/"):-len(".narinfo")]
@@ -119,7 +148,10 @@ def serve(cache, port, garbage, delay, fields):
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-    threading.Thread(target=udp, daemon=True).start()
+    udp_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp_socket.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    udp_socket.bind(("0.0.0.0", port))
+    threading.Thread(target=udp, args=(udp_socket,), daemon=True).start()
     server = http.server.ThreadingHTTPServer(("0.0.0.0", port), Handler)
     print("v1 peer serving %s on port %d" % (cache, port), flush=True)
     server.serve_forever()
@@ -163,13 +195,18 @@ def query(hash_part, address, port, request_id=4242):
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
         options = sys.argv[4:]
-        delay, fields = 0, []
+        delay, fields, tail, trickle = 0, [], (), None
         for i, option in enumerate(options):
             if option == "--delay":
                 delay = int(options[i + 1])
             elif option == "--set":
                 fields.append(options[i + 1])
-        serve(sys.argv[2], int(sys.argv[3]), "--garbage" in options, delay, fields)
+            elif option == "--tail":
+                tail = tuple(int(n) for n in options[i + 1].split(","))
+            elif option == "--trickle":
+                trickle = (int(options[i + 1]), float(options[i + 2]))
+        serve(sys.argv[2], int(sys.argv[3]), "--garbage" in options, delay, fields,
+              tail, trickle)
     elif sys.argv[1] == "query":
         # --id N: the request id (ours set its top bit; the original counts from 0)
         extra = sys.argv[5:]

@@ -1,9 +1,10 @@
 //! Per-source limits: on the answers the UDP thread gives, so that a flood
 //! of queries (or of spoofed ones) neither keeps the thread busy nor turns
 //! this node into a stream of replies towards a victim; and on the bytes
-//! a peer's `Range` requests make this node read and drop. A source is an
-//! IPv4 address, an IPv6 link-local address, or the /64 of another IPv6
-//! one (what one host can pick its addresses in): see [`source_of`].
+//! a peer's `Range` and stripe requests make this node read and drop. A
+//! source is an IPv4 address, an IPv6 link-local address, or the /64 of
+//! another IPv6 one (what one host can pick its addresses in): see
+//! [`source_of`].
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -47,7 +48,9 @@ impl RateLimit {
     }
 
     /// Takes `cost` tokens of the bucket of `ip`'s source; false (and
-    /// none taken) when it has fewer.
+    /// none taken) when it has fewer. A cost above the burst is allowed
+    /// once the bucket is full, and leaves it in debt: it is paid back at
+    /// `rate` before anything else is allowed.
     pub fn allow_cost(&mut self, ip: IpAddr, cost: f64) -> bool {
         self.allow_cost_at(ip, cost, Instant::now())
     }
@@ -61,7 +64,7 @@ impl RateLimit {
         let (tokens, last) = (self.buckets).entry_or_insert_with(source_of(ip), || (burst, now));
         *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
         *last = now;
-        if *tokens >= cost {
+        if *tokens >= cost.min(burst) {
             *tokens -= cost;
             true
         } else {
@@ -142,5 +145,22 @@ mod tests {
         assert_eq!(allowed, 200);
         let mut unlimited = RateLimit::new(0);
         assert!((0..10_000).all(|_| unlimited.allow(flooder)));
+    }
+
+    #[test]
+    fn a_cost_above_the_burst_passes_once_and_leaves_a_debt() {
+        let mut limit = RateLimit::with_burst(1.0, 100.0);
+        let ip: IpAddr = "10.0.0.66".parse().unwrap();
+        let now = Instant::now();
+        assert!(
+            limit.allow_cost_at(ip, 250.0, now),
+            "a full bucket allows it"
+        );
+        assert!(!limit.allow_cost_at(ip, 1.0, now), "then it is in debt");
+        // 150 s later the debt is paid and the bucket is back at 100.
+        let later = now + Duration::from_secs(149);
+        assert!(!limit.allow_cost_at(ip, 1.0, later));
+        let later = now + Duration::from_secs(250);
+        assert!(limit.allow_cost_at(ip, 250.0, later));
     }
 }

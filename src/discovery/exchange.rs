@@ -16,15 +16,31 @@
 //! With a network key every datagram is authenticated, so only nodes of
 //! the network are heard at all. Without one, a stranger's list can make
 //! this node probe at most `PROBES_PER_TICK` nodes a tick, at up to
-//! `CANDIDATE_ADDRS` addresses each (a datagram of at most 938 bytes each,
-//! to the port the stranger names), each at most `PROBES` times, and
-//! hold at most `CANDIDATES_MAX` candidates; it can never make a node
-//! believe a peer exists that did not answer itself.
+//! `CANDIDATE_ADDRS` addresses each (a datagram of at most 938 bytes each),
+//! each at most `PROBES` times, and hold at most `CANDIDATES_MAX`
+//! candidates; it can never make a node believe a peer exists that did
+//! not answer itself.
+//!
+//! Nor can it aim the probes (`Targets::may_probe`): a candidate is taken
+//! only at the LAN's port (every peer shares it) and at a unicast address
+//! on a network of this host's interfaces, or at an extra host's address
+//! or near one (its /24, or /64 for IPv6). A broadcast or multicast
+//! address, a bystander's other port, a cloud's metadata service
+//! (169.254.169.254) or the internet are never probed. A VPN mesh seeded by
+//! `--extra-host` (WireGuard, say) works as a LAN does: its interface's
+//! address has the mesh's prefix (`Address = 10.100.0.2/24`), so its
+//! members are on a network of this host. Tailscale (and Headscale) give
+//! each node a single address (/32) in 100.64.0.0/10: that /10 is taken
+//! as the tailnet (`targets::subnet_of`). A mesh that is neither must name
+//! its nodes as extra hosts, or have them in an extra host's /24. Peers
+//! heard directly (a hello, an answer, a probe answered) are never
+//! filtered: they spoke from where they are.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::peer_table::PeerTable;
+use super::targets::Targets;
 use super::wire::{NodeId, PeerEntry, PEERS_MAX};
 use crate::base::bounded::Bounded;
 
@@ -72,12 +88,18 @@ impl Default for Exchange {
 }
 
 impl Exchange {
-    /// Takes in a peer's list: the nodes not yet known become candidates.
-    pub fn learn(&mut self, entries: &[PeerEntry], me: NodeId, peers: &PeerTable) {
+    /// Takes in a peer's list: the nodes not yet known become candidates,
+    /// at the addresses `targets` allows probes to at `port` (the LAN's).
+    pub fn learn(
+        &mut self,
+        entries: &[PeerEntry],
+        (me, port): (NodeId, u16),
+        peers: &PeerTable,
+        targets: &Targets,
+    ) {
         let now = Instant::now();
         for entry in entries {
-            let ip = entry.addr.ip();
-            let unusable = ip.is_unspecified() || ip.is_multicast() || ip.is_loopback();
+            let unusable = !targets.may_probe(entry.addr, port);
             if entry.node == me || unusable || peers.knows(entry.node) {
                 continue;
             }
@@ -155,6 +177,18 @@ pub fn lists(peers: &PeerTable) -> Vec<Vec<PeerEntry>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::discovery::targets::Subnet;
+
+    /// A host on 10.0.0.0/8 (every address the tests name).
+    fn targets() -> Targets {
+        Targets {
+            subnets: vec![Subnet {
+                ip: "10.0.0.1".parse().unwrap(),
+                prefix: 8,
+            }],
+            ..Targets::default()
+        }
+    }
 
     fn entry(node: NodeId, addr: &str) -> PeerEntry {
         PeerEntry {
@@ -175,9 +209,13 @@ mod tests {
                 entry(2, "10.0.0.2:12304"), // known
                 entry(3, "10.0.1.3:12304"),
                 entry(4, "127.0.0.1:12304"),
+                entry(5, "10.0.1.5:9999"),         // another port
+                entry(6, "10.255.255.255:12304"),  // broadcast
+                entry(7, "169.254.169.254:12304"), // not on a network of ours
             ],
-            1,
+            (1, 12304),
             &peers,
+            &targets(),
         );
         assert_eq!(ex.due_probes(), ["10.0.1.3:12304".parse().unwrap()]);
         assert!(ex.due_probes().is_empty(), "spaced out");
@@ -198,9 +236,10 @@ mod tests {
     fn a_flood_of_lists_stays_bounded_and_probes_stay_few() {
         let mut ex = Exchange::default();
         let peers = PeerTable::default();
+        let targets = targets();
         for i in 0..100_000u64 {
             let addr = format!("10.{}.{}.{}:1", (i >> 16) as u8, (i >> 8) as u8, i as u8);
-            ex.learn(&[entry(i + 10, &addr)], 1, &peers);
+            ex.learn(&[entry(i + 10, &addr)], (1, 1), &peers, &targets);
         }
         assert!(ex.candidates.len() <= 2 * CANDIDATES_MAX);
         assert!(ex.due_probes().len() <= PROBES_PER_TICK * CANDIDATE_ADDRS);

@@ -564,7 +564,9 @@ impl UdpThread {
                 self.routes_stale = true;
             }
             Message::Peers { want_reply, peers } => {
-                self.exchange.learn(&peers, self.outbox.node, &self.peers);
+                let targets = self.targets.read().map(|t| t.clone()).unwrap_or_default();
+                let me = (self.outbox.node, self.outbox.port);
+                self.exchange.learn(&peers, me, &self.peers, &targets);
                 if want_reply && self.rate.allow(from.ip()) {
                     self.send_lists(from, false);
                 }

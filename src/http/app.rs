@@ -33,16 +33,18 @@ pub struct App {
     pub port: u16,
     /// What the node was started with, for status.
     pub about: About,
-    /// The bytes each source's `Range` requests may make Nix's serializer
-    /// read and drop (see `range_skips`).
+    /// The bytes each source's `Range` and stripe requests may make Nix's
+    /// serializer read and drop (see `range_skips`).
     pub range_skips: Mutex<RateLimit>,
 }
 
-/// What peers' `Range` requests may cost: each source may have this node
-/// read and drop 256 MiB a second of NAR bytes before the asked start, 2
-/// GiB at once (a peer of ours resumes a broken NAR once). Past that, 503:
-/// a stranger asking for the last byte of the largest NAR over and over
-/// costs whole reads of it.
+/// What peers' `Range` and stripe requests may cost: each source may have
+/// this node read and drop 256 MiB a second of NAR bytes (before the asked
+/// start, and of the stripes not asked for), 2 GiB at once (a peer of
+/// ours resumes a broken NAR once, or stripes one; a larger NAR passes
+/// when the budget is full, and is paid back). Past that, 503: a stranger
+/// asking for the last byte of the largest NAR, or a stripe of none of
+/// its bytes, over and over costs whole reads of it.
 pub fn range_skips() -> Mutex<RateLimit> {
     const MIB: f64 = 1024.0 * 1024.0;
     Mutex::new(RateLimit::with_burst(256.0 * MIB, 2048.0 * MIB))

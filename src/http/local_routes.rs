@@ -22,8 +22,10 @@
 //! - `/metrics`: counters in the Prometheus text format.
 //!
 //! They answer the local Nix only (403 for others, which Nix takes for
-//! "not here"). A narinfo request is answered 200 or 404, never an error:
-//! an error aborts the build on Nix up to 2.31.
+//! "not here"), and over loopback only a request whose `Host` names
+//! loopback (`request.rs`: a web page cannot read them by DNS rebinding).
+//! A narinfo request is answered 200 or 404, never an error: an error
+//! aborts the build on Nix up to 2.31.
 
 use std::time::Instant;
 

@@ -1,8 +1,13 @@
 //! The HTTP side of the node. One thread accepts connections; each
 //! connection gets a thread that reads its requests (tiny_http, as patched
 //! in src/vendor) one at a time and hands each over a bounded channel to a
-//! fixed pool of workers, which route it and write the reply; the next
-//! request of that connection is read only once this one is answered.
+//! fixed pool of workers, which route it; the reply comes back to the
+//! connection's thread, which writes it; the next request of that
+//! connection is read only once this one is answered. A client that reads
+//! its reply slowly (a NAR at 64 bytes a second) so holds its own
+//! connection's thread and no worker: the workers stay free for others,
+//! and the NARs being written at once are bounded by the connections (the
+//! caps below), as the workers bounded them before.
 //!
 //! The local Nix (loopback clients) and peers (everyone else) have pools,
 //! queues and connection caps of their own, so that no amount of peer
@@ -16,6 +21,8 @@
 //! IPv4 address, an IPv6 link-local address, another IPv6 one's /64) among
 //! peers, and when a kind's connections are all taken its
 //! idlest one is closed to make room: one stranger holds only its share.
+//! Requests over loopback must name loopback in their `Host` (or none), so
+//! that a web page cannot read the node by DNS rebinding (`request.rs`).
 //! A worker that panics is replaced. Running out of file descriptors makes
 //! new connections wait in the kernel's backlog until some are free, with a
 //! log line a second.
@@ -39,9 +46,10 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tiny_http::{Limits, Method, Request};
 
 use crate::base::logs::Throttle;
+use crate::peer::stripe::Stripe;
 pub use app::{range_skips, About, App};
 use reply::Reply;
-use request::{Client, Incoming};
+use request::{names_loopback, Client, Incoming};
 
 /// What one connection may take (tiny_http as patched in src/vendor): an
 /// idle client is dropped after `read_timeout`, a client that stops reading
@@ -81,6 +89,7 @@ static PANICKED: Throttle = Throttle::new();
 static BUSY: Throttle = Throttle::new();
 static NO_FDS: Throttle = Throttle::new();
 static ACCEPT_FAILED: Throttle = Throttle::new();
+static FOREIGN_HOST: Throttle = Throttle::new();
 
 /// One kind of client's share: its workers' queue and its connections.
 struct Pool {
@@ -119,10 +128,55 @@ enum NoSlot {
     Full,
 }
 
-/// A request for a worker.
+/// A request for a worker: what the routes need of it, and where its
+/// reply goes (back to its connection's thread, which writes it).
 struct Job {
-    request: Request,
+    asked: Asked,
+    reply: Sender<Reply>,
+}
+
+/// A request as the routes need it, read from the request on its
+/// connection's thread.
+struct Asked {
+    method: &'static str,
+    path: String,
     from: Client,
+    range: Option<u64>,
+    framed: bool,
+    stripe: Option<Stripe>,
+    remote: Option<SocketAddr>,
+    json: bool,
+}
+
+impl Asked {
+    fn of(request: &Request, from: Client) -> Asked {
+        Asked {
+            method: match request.method() {
+                Method::Head => "HEAD",
+                _ => "GET",
+            },
+            path: path_of(request).to_owned(),
+            from,
+            range: reply::range(request),
+            framed: reply::asks_framed(request),
+            stripe: reply::stripe(request),
+            remote: request.remote_addr().copied(),
+            json: reply::accepts_json(request),
+        }
+    }
+
+    fn incoming(&self) -> Incoming<'_> {
+        Incoming {
+            path: &self.path,
+            head: self.method == "HEAD",
+            from: self.from,
+            range: self.range,
+            framed: self.framed,
+            stripe: self.stripe,
+            peer: self.remote.map(|a| a.ip()),
+            json: self.json,
+        }
+    }
 }
 
 /// What the accepting and connection threads share.
@@ -133,6 +187,8 @@ struct Front {
     /// Never sent on: dropped when the daemon stops, which every body being
     /// streamed and every worker sees.
     stop: Receiver<()>,
+    /// This machine's host name, a name of its loopback (`request.rs`).
+    hostname: String,
 }
 
 /// The running listener and workers.
@@ -177,6 +233,7 @@ pub fn start(addrs: &[IpAddr], port: u16, workers: usize, app: Arc<App>) -> Resu
         local: pool("the local Nix", local_jobs, None),
         peers: pool("peers", peer_jobs, Some(per_source)),
         stop: stop.clone(),
+        hostname: hostname(),
     });
     let stopping = Arc::new(AtomicBool::new(false));
     let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
@@ -236,6 +293,17 @@ impl Http {
             }
         }
     }
+}
+
+/// This machine's host name; empty when it cannot be had.
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return String::new();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 /// The soft limit on open file descriptors.
@@ -439,9 +507,10 @@ impl Front {
         }
     }
 
-    /// Queues a request for a worker (on the connection's thread, which
-    /// then waits for the answer). What can be refused cheaply is refused
-    /// here, before it takes a place in a queue.
+    /// Answers a request, on its connection's thread: what can be refused
+    /// cheaply is refused here, before it takes a place in a queue; the
+    /// rest is routed by a worker, and its reply written here (however
+    /// slowly the client reads it, no worker waits for that).
     fn hand(&self, request: Request, from: Client) {
         let refusal = match request.method() {
             Method::Get | Method::Head => self.refusal(&request, from),
@@ -451,26 +520,60 @@ impl Front {
             return self.answer_here(request, reply);
         }
         let pool = self.pool(from);
-        let job = Job { request, from };
-        let job = match pool.jobs.try_send(job) {
-            Ok(()) => return,
+        let (reply, routed) = crossbeam_channel::bounded(1);
+        let job = Job {
+            asked: Asked::of(&request, from),
+            reply,
+        };
+        let queued = match pool.jobs.try_send(job) {
+            Ok(()) => true,
             Err(TrySendError::Full(job)) if from == Client::Local => {
-                match pool.jobs.send_timeout(job, LOCAL_QUEUE_WAIT) {
-                    Ok(()) => return,
-                    Err(e) => e.into_inner(),
+                pool.jobs.send_timeout(job, LOCAL_QUEUE_WAIT).is_ok()
+            }
+            Err(_) => false,
+        };
+        if !queued {
+            BUSY.log(log::Level::Warn, || {
+                format!("http: every worker for {} is busy: answered 503", pool.kind)
+            });
+            return self.answer_here(request, Reply::status(503, "busy; ask another peer"));
+        }
+        // A worker that panicked drops its job's sender, and a stopping
+        // daemon drops `stop`: the request is then dropped unanswered,
+        // which cuts its connection.
+        crossbeam_channel::select! {
+            recv(routed) -> reply => {
+                if let Ok(reply) = reply {
+                    reply::send(request, reply, &self.app.metrics, &self.stop);
                 }
             }
-            Err(e) => e.into_inner(),
-        };
-        BUSY.log(log::Level::Warn, || {
-            format!("http: every worker for {} is busy: answered 503", pool.kind)
-        });
-        self.answer_here(job.request, Reply::status(503, "busy; ask another peer"));
+            recv(self.stop) -> _ => {}
+        }
     }
 
-    /// The answer to a request that needs no worker, if any: a peer
+    /// The answer to a request that needs no worker, if any: a loopback
+    /// request whose `Host` is not a loopback name (`request.rs`), a peer
     /// request without the network's key.
     fn refusal(&self, request: &Request, from: Client) -> Option<Reply> {
+        if from == Client::Local {
+            let foreign = (request.headers().iter())
+                .filter(|h| h.field.equiv("Host"))
+                .find(|h| !names_loopback(h.value.as_str(), &self.hostname));
+            if let Some(host) = foreign {
+                FOREIGN_HOST.log(log::Level::Warn, || {
+                    format!(
+                        "http: refused {} from this machine: Host {:?} is not a name of this \
+                         machine's loopback (a web page's, by DNS rebinding?)",
+                        path_of(request),
+                        host.value.as_str()
+                    )
+                });
+                return Some(Reply::status(
+                    403,
+                    "the Host is not a name of this machine's loopback",
+                ));
+            }
+        }
         let key = self.app.network_key.as_ref()?;
         let path = path_of(request);
         // With a key, the original's `/local/` routes are off (404): only
@@ -547,12 +650,12 @@ fn supervise(name: &str, mut work: impl FnMut()) {
     SUPERVISED.with(|s| s.set(false));
 }
 
-/// A worker thread: answers requests until the daemon stops.
+/// A worker thread: routes requests until the daemon stops.
 fn work(app: &App, jobs: &Receiver<Job>, stop: &Receiver<()>) {
     loop {
         crossbeam_channel::select! {
             recv(jobs) -> job => match job {
-                Ok(job) => answer(app, job, stop),
+                Ok(job) => answer(app, job),
                 Err(_) => return,
             },
             recv(stop) -> _ => return,
@@ -560,30 +663,24 @@ fn work(app: &App, jobs: &Receiver<Job>, stop: &Receiver<()>) {
     }
 }
 
-fn answer(app: &App, job: Job, stop: &Receiver<()>) {
-    let request = job.request;
-    let path = path_of(&request).to_owned();
-    let incoming = Incoming {
-        path: &path,
-        head: request.method() == &Method::Head,
-        from: job.from,
-        range: reply::range(&request),
-        framed: reply::asks_framed(&request),
-        stripe: reply::stripe(&request),
-        peer: request.remote_addr().map(|a| a.ip()),
-        json: reply::accepts_json(&request),
-    };
+/// Routes a request, and hands its reply back to its connection's thread.
+fn answer(app: &App, job: Job) {
+    let asked = &job.asked;
+    let incoming = asked.incoming();
     let reply = store_routes::route(app, &incoming)
         .or_else(|| local_routes::route(app, &incoming))
         .unwrap_or_else(Reply::not_found);
     log::debug!(
-        "{} {path} from {:?}: {}",
-        request.method(),
-        request.remote_addr(),
+        "{} {} from {:?}: {}",
+        asked.method,
+        asked.path,
+        asked.remote,
         reply.status_code()
     );
-    app.metrics.request(route_name(&path), reply.status_code());
-    reply::send(request, reply, &app.metrics, stop);
+    app.metrics
+        .request(route_name(&asked.path), reply.status_code());
+    // Its connection's thread waits for it (unless the daemon stops).
+    let _ = job.reply.send(reply);
 }
 
 /// The route a path is for, as a metrics label.

@@ -270,9 +270,10 @@ struct Exact {
 /// Bytes of a NAR reply, for the metrics: passed on at least every
 /// `FLUSH_EVERY` bytes and when the reply ends (however it ends). A piece
 /// read is counted when the next is asked for, which tiny_http does only
-/// once the socket took the whole piece; what the socket took of the last
-/// piece when a reply broke off is added by `send` (from `counted`), so
-/// that what is counted is what was sent.
+/// once it wrote the whole piece (to the socket, or the last few hundred
+/// bytes to its 1 KiB buffer); what the socket took of the last piece
+/// when a reply broke off is added by `send` (from `counted`), so that
+/// what is counted is what was sent.
 struct Count {
     metrics: Arc<Metrics>,
     source: NarSource,
@@ -384,5 +385,65 @@ mod tests {
         assert_eq!(body.read(&mut buf).unwrap(), 2);
         drop(running);
         assert!(body.read(&mut buf).is_err());
+    }
+
+    /// A body of a few pieces, then a failure (a NAR that failed its hash).
+    struct Failing(Vec<Vec<u8>>);
+
+    impl Read for Failing {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0.is_empty() {
+                return Err(io::Error::other("the body failed"));
+            }
+            let piece = self.0.remove(0);
+            buf[..piece.len()].copy_from_slice(&piece);
+            Ok(piece.len())
+        }
+    }
+
+    /// What `send` and the NarHash check rely on (tiny_http as patched):
+    /// when a body fails, what its reader gave reaches the client before
+    /// the connection is cut, and the bytes counted as sent are those the
+    /// client got, also when the last pieces were smaller than tiny_http's
+    /// buffer (issue 24: 600 bytes counted as sent never left it, so Nix
+    /// resumed from fewer bytes than the node remembered).
+    #[test]
+    fn a_failed_body_counts_what_the_client_got() {
+        use std::io::Write;
+        use std::net::{TcpListener, TcpStream};
+        for pieces in [vec![70_000, 600], vec![600], vec![70_000, 300, 300]] {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let body: Vec<Vec<u8>> = pieces.iter().map(|&n| vec![7u8; n]).collect();
+            let server = std::thread::spawn(move || {
+                let (stream, _) = listener.accept().unwrap();
+                let (tx, rx) = std::sync::mpsc::channel();
+                tiny_http::serve_connection(
+                    Arc::new(stream),
+                    &tiny_http::Limits::default(),
+                    |request| {
+                        let body = Failing(body.clone());
+                        let response =
+                            Response::new(StatusCode(200), vec![], body, Some(1 << 20), None)
+                                .with_chunked_threshold(usize::MAX);
+                        let _ = tx.send(request.respond(response));
+                    },
+                    || {},
+                );
+                rx.recv().unwrap()
+            });
+            let mut client = TcpStream::connect(addr).unwrap();
+            client
+                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let mut got = Vec::new();
+            let _ = client.read_to_end(&mut got);
+            let head = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            let error = server.join().unwrap().unwrap_err();
+            assert!(error.body_failed);
+            let given = pieces.iter().sum::<usize>() as u64;
+            assert_eq!(error.sent, (got.len() - head) as u64, "{pieces:?}");
+            assert_eq!(error.sent, given, "{pieces:?}");
+        }
     }
 }

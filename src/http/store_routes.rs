@@ -15,12 +15,14 @@
 //! older key of that name) is replaced. NARs come from Nix's serializer
 //! (`store/nar.rs`), with `Content-Length`; `Range: bytes=N-` is answered
 //! 206, the first N bytes of the NAR read and dropped (a peer of ours
-//! resumes a NAR so when the peer it came from broke off), within a
-//! per-source budget of bytes read and dropped (`App::range_skips`: 2 GiB
-//! at once, 256 MiB a second; 503 past it). With a network key, requests
-//! must carry a valid `Authorization` (`peer/network_key.rs`; checked
-//! before they are queued), and the original's routes are off: its nodes
-//! cannot authenticate.
+//! resumes a NAR so when the peer it came from broke off). Those bytes, and
+//! those of the other stripes a stripe's sender drops (`peer/stripe.rs`),
+//! come out of a per-source budget of bytes read and dropped
+//! (`App::range_skips`: 2 GiB at once, 256 MiB a second; 503 past it),
+//! whatever the headers. With a network key, requests must carry a valid
+//! `Authorization` (`peer/network_key.rs`; checked before they are
+//! queued), and the original's routes are off: its nodes cannot
+//! authenticate.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -105,11 +107,12 @@ pub fn route(app: &App, incoming: &Incoming) -> Option<Reply> {
 /// Range requests refused for their cost, logged at most once a second.
 static SKIPS: Throttle = Throttle::new();
 
-/// Takes `offset` bytes of `peer`'s Range budget; false when it has fewer.
-fn skip_allowed(app: &App, peer: Option<std::net::IpAddr>, offset: u64) -> bool {
+/// Takes `skipped` bytes of `peer`'s budget of bytes read and dropped;
+/// false when it has fewer.
+fn skip_allowed(app: &App, peer: Option<std::net::IpAddr>, skipped: u64) -> bool {
     let Some(peer) = peer else { return true };
     match app.range_skips.lock() {
-        Ok(mut skips) => skips.allow_cost(peer, offset as f64),
+        Ok(mut skips) => skips.allow_cost(peer, skipped as f64),
         Err(_) => true,
     }
 }
@@ -183,17 +186,24 @@ fn nar_reply(app: &App, hash: &HashPart, incoming: &Incoming, compress: Option<M
     if offset >= info.nar_size {
         return Reply::status(416, "the range starts after the end of the NAR");
     }
-    if !head && offset > 0 && !skip_allowed(app, incoming.peer, offset) {
+    // A stripe is sent only in the framed stream; its sender reads the
+    // other stripes' bytes and drops them.
+    let stripe = incoming.stripe.filter(|_| compress.is_some());
+    let others = stripe.map_or(0, |s| {
+        (info.nar_size - offset) - s.bytes_in(offset, info.nar_size)
+    });
+    let skipped = offset + others;
+    if !head && skipped > 0 && !skip_allowed(app, incoming.peer, skipped) {
         SKIPS.log(log::Level::Warn, || {
             format!(
-                "refused a Range request of {:?} for {}: its Range requests asked for more \
-                 skipped bytes than allowed",
+                "refused a request of {:?} for {}: its Range and stripe requests asked for \
+                 more skipped bytes than allowed",
                 incoming.peer, info.path
             )
         });
         return Reply::status(
             503,
-            "too many bytes skipped for Range requests; ask another peer",
+            "too many bytes skipped for Range and stripe requests; ask another peer",
         );
     }
     let body = match head {
@@ -208,7 +218,7 @@ fn nar_reply(app: &App, hash: &HashPart, incoming: &Incoming, compress: Option<M
     };
     Reply::Stream {
         compress,
-        stripe: incoming.stripe,
+        stripe,
         content_type: "application/x-nix-nar",
         len: info.nar_size,
         range,

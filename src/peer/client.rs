@@ -3,9 +3,15 @@
 //! a deadline to the reply's head, on a new or a reused connection alike
 //! (`connection.rs`), and a NAR's body a stall limit per read, so a peer
 //! that freezes is given up on: 1 s to connect, 3 s for a NAR's head (plus
-//! the time to skip to a `Range` start), 10 s without a byte. Only `200`
-//! (the NAR from its first byte) and `206` with the range asked for are
-//! taken as a NAR; an original Peerix, which sends the whole NAR to a
+//! the time to skip to a `Range` start), 10 s without a byte; and a floor
+//! (`NAR_FLOOR`, `PULLED_FLOOR`, over the time spent waiting for the
+//! body), so a peer that trickles is too. Every NAR from another node
+//! comes through here: a peer's (`substitute/failover_nar.rs`), a stripe
+//! lane (`substitute/striped_nar.rs`), a puller's (`pull/`); a source given
+//! up on loses the NAR to the next, from the byte it stopped at, and is
+//! counted (`peerix_passed_over_total`, `too_slow` or `stalled`). Only
+//! `200` (the NAR from its first byte) and `206` with the range asked for
+//! are taken as a NAR; an original Peerix, which sends the whole NAR to a
 //! `Range` request, has the first bytes read and dropped. Only the peer
 //! that discovery found is ever asked, at its fixed routes: no host or URL
 //! is taken from a request or a narinfo.
@@ -16,12 +22,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::connection::{Connections, Reply};
+use super::connection::{Connections, Floor, Reply};
 use super::framed::{self, Decoder};
 use super::identity::Peer;
 use super::network_key::NetworkKey;
 use super::stripe::{self, Stripe};
-use crate::metrics::Framed;
+use crate::metrics::{Metrics, PassedOver};
 use crate::nix::narinfo::{self, HashPart, NarInfo};
 use crate::store::summary;
 
@@ -30,6 +36,23 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A NAR stream that moves no byte for this long is given up on (and
 /// another peer asked to go on from there).
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// A NAR stream slower than this, over the time spent waiting for it, is
+/// given up on too (once its first bytes came): far below any LAN, and
+/// far above a peer that trickles a byte now and then to stay above
+/// curl's low-speed limit (which kept a NAR "in progress" for days).
+pub const NAR_FLOOR: Floor = Floor {
+    rate: 64 * 1024,
+    window: Duration::from_secs(5),
+};
+/// The floor of a NAR a node pulls through an upstream cache for the LAN:
+/// it comes at the pace of that node's internet link, shared by every
+/// download under way (16 at once over 1 Mbit/s: 8 KiB/s each), and
+/// giving up on it would make this node fetch the NAR over the same link
+/// again.
+pub const PULLED_FLOOR: Floor = Floor {
+    rate: 8 * 1024,
+    window: Duration::from_secs(5),
+};
 /// How long a peer may take to start a NAR (the reply's head, sent once
 /// its Nix has begun the NAR)...
 const NAR_HEAD_TIMEOUT: Duration = Duration::from_secs(3);
@@ -63,8 +86,12 @@ pub struct PeerClient {
     key: Option<Arc<NetworkKey>>,
     /// Whether to ask nodes of ours for the framed, compressible stream.
     compress: framed::Mode,
-    /// Where the framed streams received are counted, if anywhere.
-    framed: Option<Arc<Framed>>,
+    /// Where the framed streams received and the sources given up on are
+    /// counted, if anywhere.
+    metrics: Option<Arc<Metrics>>,
+    /// The least a NAR body must come at: from a peer's store, and
+    /// pulled through an upstream by another node.
+    floors: (Floor, Floor),
 }
 
 impl PeerClient {
@@ -72,7 +99,8 @@ impl PeerClient {
         PeerClient {
             key,
             compress,
-            framed: None,
+            metrics: None,
+            floors: (NAR_FLOOR, PULLED_FLOOR),
             connections: Connections::new(
                 IDLE_CONNECTIONS,
                 CONNECT_TIMEOUT,
@@ -81,10 +109,17 @@ impl PeerClient {
         }
     }
 
-    /// Counts the framed streams it receives in `framed` (the node's
-    /// metrics).
-    pub fn counted(mut self, framed: Arc<Framed>) -> PeerClient {
-        self.framed = Some(framed);
+    /// Counts the framed streams it receives, and the sources of NARs it
+    /// gives up on, in `metrics` (the node's).
+    pub fn counted(mut self, metrics: Arc<Metrics>) -> PeerClient {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Another floor for every NAR body (tests).
+    #[cfg(test)]
+    fn with_floor(mut self, floor: Floor) -> PeerClient {
+        self.floors = (floor, floor);
         self
     }
 
@@ -290,9 +325,24 @@ impl PeerClient {
             }
             None => total - offset.min(total),
         };
+        // A pulled NAR comes from a node that fetches it for the LAN.
+        let (source, floor) = match info.url.starts_with("pull/") {
+            true => (PassedOver::Puller, self.floors.1),
+            false => (PassedOver::Peer, self.floors.0),
+        };
+        let metrics = self.metrics.clone();
+        let given_up = move |why| {
+            if let Some(metrics) = &metrics {
+                metrics.passed_over(source, why);
+            }
+        };
+        let watched = reply.body.watched(floor, Box::new(given_up));
         let mut body: Box<dyn Read + Send> = match framed {
-            true => Box::new(Decoder::new(reply.body, left).counted(self.framed.clone())),
-            false => Box::new(reply.body),
+            true => {
+                let counted = self.metrics.as_ref().map(|m| m.framed.clone());
+                Box::new(Decoder::new(watched, left).counted(counted))
+            }
+            false => Box::new(watched),
         };
         if !resumed && offset > 0 {
             let skipped = io::copy(&mut (&mut body).take(offset), &mut io::sink())
@@ -309,4 +359,77 @@ impl PeerClient {
 
 fn range_header(reply: &Reply) -> Option<&str> {
     reply.header("Content-Range")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Gauges;
+    use std::io::Write;
+    use std::net::TcpListener;
+
+    /// A node on loopback that answers one NAR request with its head, 1000
+    /// bytes, then a byte every 50 ms.
+    fn trickling_node() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut head = [0u8; 4096];
+            let _ = stream.read(&mut head);
+            let reply = "HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n";
+            stream.write_all(reply.as_bytes()).unwrap();
+            stream.write_all(&[1u8; 1000]).unwrap();
+            while stream.write_all(&[1]).is_ok() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        addr
+    }
+
+    /// A puller (a NAR on `/peer/pull/`) and a peer that trickle are given
+    /// up on alike, each counted as what it is: every NAR from another
+    /// node, the pulled ones too, is read through this client.
+    #[test]
+    fn trickling_pullers_and_peers_are_given_up_on_and_counted() {
+        let metrics = Arc::new(Metrics::default());
+        let floor = Floor {
+            rate: 64 * 1024,
+            window: Duration::from_millis(300),
+        };
+        let client = PeerClient::new(None, framed::Mode::Never)
+            .counted(metrics.clone())
+            .with_floor(floor);
+        let hash = "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73";
+        for url in [
+            format!("pull/{hash}-awrccy8w2v4v74m9ipglpniq94nkh3x4.nar"),
+            "nar/awrccy8w2v4v74m9ipglpniq94nkh3x4.nar".to_string(),
+        ] {
+            let info = NarInfo::parse(&format!(
+                "StorePath: /nix/store/awrccy8w2v4v74m9ipglpniq94nkh3x4-x\nURL: {url}\n\
+                 Compression: none\nNarHash: sha256:{hash}\nNarSize: 100000\n"
+            ))
+            .unwrap();
+            let peer = Peer {
+                addr: trickling_node(),
+                v1: false,
+                node: Some(7),
+            };
+            let mut body = client.nar(&peer, &info, 0, false, None).unwrap();
+            let mut got = Vec::new();
+            let error = body.read_to_end(&mut got).unwrap_err();
+            assert!(error.to_string().contains("too slow"), "{error}");
+        }
+        let gauges = Gauges {
+            peers: 0,
+            store_paths: 0,
+            transfers: 0,
+        };
+        let text = metrics.render(gauges, &[]);
+        for source in ["puller", "peer"] {
+            let line =
+                format!("peerix_passed_over_total{{source=\"{source}\",reason=\"too_slow\"}} 1");
+            assert!(text.contains(&line), "{line}\n{text}");
+        }
+    }
 }

@@ -2,10 +2,11 @@
 //! connections per peer, reused; a deadline from the request's start to
 //! the last byte of the reply's head, whether the connection is new or
 //! reused (a peer that freezes between request and reply is given up on
-//! then); and a stall limit on each read of the body. Bodies are framed
-//! by `Content-Length`, chunked (original Peerix nodes send NARs so) or by
-//! the end of the connection. A connection goes back to its pool only when
-//! its body was read exactly to its end.
+//! then); a stall limit on each read of the body; and, for a body given a
+//! [`Floor`], a least rate over the time spent waiting for it. Bodies are
+//! framed by `Content-Length`, chunked (original Peerix nodes send NARs
+//! so) or by the end of the connection. A connection goes back to its pool
+//! only when its body was read exactly to its end.
 //!
 //! Only what peers send is parsed, and nothing they send sizes a buffer:
 //! the head is at most `MAX_HEAD` bytes, a chunk-size line 64.
@@ -240,6 +241,7 @@ fn exchange(
             framing,
             home: None,
             deadline: None,
+            watch: None,
         },
     }))
 }
@@ -321,6 +323,61 @@ fn framing(status: u16, headers: &[(String, String)]) -> Result<Framing, HttpErr
     }
 }
 
+/// The least a body must come at once its first bytes came: `rate` bytes
+/// a second over each `window` of time spent waiting in its reads. Only
+/// waits count, not the time between reads: a body its reader leaves
+/// alone for a while (a stripe lane while another is read) waits in its
+/// socket, and is not slow for that.
+#[derive(Clone, Copy, Debug)]
+pub struct Floor {
+    pub rate: u64,
+    pub window: Duration,
+}
+
+/// Why a body was given up on, for whoever counts it: `"too_slow"` (under
+/// its floor) or `"stalled"` (no byte for the stall limit).
+pub type GivenUp = Box<dyn Fn(&'static str) + Send>;
+
+/// A body's floor, and what it came at in the current window.
+struct Watch {
+    floor: Floor,
+    given_up: GivenUp,
+    /// Its first bytes came: the floor holds from then on.
+    started: bool,
+    waited: Duration,
+    bytes: u64,
+}
+
+impl Watch {
+    /// Takes in a read of `n` bytes that waited `waited`; an error when
+    /// the window it closes came under the floor.
+    fn read(&mut self, n: usize, waited: Duration) -> io::Result<()> {
+        if !self.started {
+            self.started = n > 0;
+            return Ok(());
+        }
+        self.waited += waited;
+        self.bytes += n as u64;
+        if self.waited < self.floor.window {
+            return Ok(());
+        }
+        let least = self.floor.rate as f64 * self.waited.as_secs_f64();
+        let (bytes, waited) = (self.bytes, self.waited);
+        (self.waited, self.bytes) = (Duration::ZERO, 0);
+        if (bytes as f64) >= least {
+            return Ok(());
+        }
+        (self.given_up)("too_slow");
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "too slow: {bytes} bytes in {waited:.1?} of waiting, under {} KiB/s",
+                self.floor.rate / 1024
+            ),
+        ))
+    }
+}
+
 /// The body of a reply. Read to its end, its connection goes back to the
 /// peer's idle connections; dropped before, the connection is closed.
 pub struct Body {
@@ -329,12 +386,27 @@ pub struct Body {
     home: Option<Home>,
     /// When set, no read of the body waits past it.
     deadline: Option<Instant>,
+    /// When set, the least the body must come at.
+    watch: Option<Box<Watch>>,
 }
 
 impl Body {
     /// The body, all of which must come by `deadline`.
     pub fn until(mut self, deadline: Instant) -> Body {
         self.deadline = Some(deadline);
+        self
+    }
+
+    /// The body, which must come at `floor` at least, and otherwise fails;
+    /// `given_up` is told why it failed when that is too slow or a stall.
+    pub fn watched(mut self, floor: Floor, given_up: GivenUp) -> Body {
+        self.watch = Some(Box::new(Watch {
+            floor,
+            given_up,
+            started: false,
+            waited: Duration::ZERO,
+            bytes: 0,
+        }));
         self
     }
 
@@ -407,7 +479,17 @@ impl Read for Body {
         if buf.is_empty() {
             return Ok(0);
         }
-        let n = self.read_framed(buf).map_err(|e| {
+        let started = Instant::now();
+        let read = self.read_framed(buf);
+        let checked = match (read, &mut self.watch) {
+            (Ok(n), Some(watch)) => watch.read(n, started.elapsed()).map(|()| n),
+            (Err(e), Some(watch)) if is_timeout(&e) => {
+                (watch.given_up)("stalled");
+                Err(e)
+            }
+            (read, _) => read,
+        };
+        let n = checked.map_err(|e| {
             self.reader = None; // a broken stream is never reused
             io::Error::new(e.kind(), timed_out(e, "the peer stalled"))
         })?;
@@ -484,10 +566,20 @@ fn left_until(deadline: Instant) -> Result<Duration, HttpError> {
     }
 }
 
-/// A socket timeout said in words; other errors as they are.
+/// A socket's read or write timeout (`WouldBlock` on Linux).
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// A socket timeout said in words; other errors (a floor's too) as they
+/// are.
 fn timed_out(e: io::Error, said: &str) -> String {
     match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => said.to_string(),
+        io::ErrorKind::WouldBlock => said.to_string(),
+        io::ErrorKind::TimedOut if e.get_ref().is_none() => said.to_string(),
         _ => e.to_string(),
     }
 }
@@ -647,5 +739,76 @@ mod tests {
         assert!(lengths(&["-1"]).is_err());
         assert!(lengths(&["18446744073709551616"]).is_err());
         assert_eq!(lengths(&["7", "7"]).unwrap(), Framing::Length(7));
+    }
+
+    /// A server on loopback that answers one request with a head for
+    /// `len` bytes, `first` bytes at once, then a byte every `every`.
+    fn trickle(len: usize, first: usize, every: Duration) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut head = [0u8; 1024];
+            let _ = stream.read(&mut head);
+            let reply = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
+            stream.write_all(reply.as_bytes()).unwrap();
+            stream.write_all(&vec![1u8; first]).unwrap();
+            for _ in first..len {
+                thread::sleep(every);
+                if stream.write_all(&[1]).is_err() {
+                    return;
+                }
+            }
+        });
+        addr
+    }
+
+    /// A body with a floor of 64 KiB/s over 300 ms of waiting, and what it
+    /// was given up for.
+    fn watched(addr: SocketAddr) -> (Body, Arc<Mutex<Vec<&'static str>>>) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let reply = client().get(addr, "/", &[], deadline, Duration::from_secs(2));
+        let why = Arc::new(Mutex::new(Vec::new()));
+        let told = why.clone();
+        let floor = Floor {
+            rate: 64 * 1024,
+            window: Duration::from_millis(300),
+        };
+        let given_up = Box::new(move |w| told.lock().unwrap().push(w));
+        (reply.unwrap().body.watched(floor, given_up), why)
+    }
+
+    #[test]
+    fn a_body_under_its_floor_is_given_up_on() {
+        let (mut body, why) = watched(trickle(100_000, 1000, Duration::from_millis(50)));
+        let mut buf = [0u8; 4096];
+        let error = loop {
+            match body.read(&mut buf) {
+                Ok(0) => panic!("the trickle ended"),
+                Ok(_) => {}
+                Err(e) => break e,
+            }
+        };
+        assert!(error.to_string().contains("too slow"), "{error}");
+        assert_eq!(*why.lock().unwrap(), ["too_slow"]);
+    }
+
+    /// A stripe lane not read for a while waits in its socket: the time
+    /// between reads is not the peer's.
+    #[test]
+    fn a_body_left_unread_is_not_slow() {
+        let (mut body, why) = watched(trickle(60_000, 60_000, Duration::ZERO));
+        let mut buf = [0u8; 1];
+        assert_eq!(body.read(&mut buf).unwrap(), 1);
+        let mut rest = Vec::new();
+        for _ in 0..3 {
+            thread::sleep(Duration::from_millis(400));
+            let mut piece = [0u8; 10_000];
+            let n = body.read(&mut piece).unwrap();
+            rest.extend_from_slice(&piece[..n]);
+        }
+        body.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest.len(), 59_999);
+        assert!(why.lock().unwrap().is_empty());
     }
 }

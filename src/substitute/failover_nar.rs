@@ -1,8 +1,9 @@
-//! A NAR from one peer after another: when the peer streaming it stops
-//! or stalls, another with the same NarHash goes on from the same byte
-//! (`Range`), so Nix gets one unbroken NAR; only when none is left (the
-//! known sources, then those found anew) does the stream fail. Each
-//! peer's pace is learnt from what it sent (`pace.rs`).
+//! A NAR from one peer after another: when the peer streaming it stops,
+//! stalls or trickles (under the peer client's floor), another with the
+//! same NarHash goes on from the same byte (`Range`), so Nix gets one
+//! unbroken NAR; only when none is left (the known sources, then those
+//! found anew) does the stream fail. Each peer's pace is learnt from what
+//! it sent (`pace.rs`).
 
 use std::collections::VecDeque;
 use std::io::{self, Read};

@@ -6,9 +6,11 @@
 //! What a stripe is and how a peer sends one is `peer/stripe.rs`. Memory
 //! stays bounded without a reordering buffer of our own: a lane not being
 //! read waits in its socket (TCP flow control holds the sender), so at
-//! most the socket buffers hold NAR bytes ahead. A lane whose peer fails or stalls (no byte for the stall timeout
-//! of the peer client) is asked of another peer from the byte it stopped
-//! at; the others go on.
+//! most the socket buffers hold NAR bytes ahead. A lane whose peer fails,
+//! stalls (no byte for the stall timeout of the peer client) or trickles
+//! (under its floor, which counts only the time spent waiting in reads:
+//! a lane not being read is not slow) is asked of another peer from the
+//! byte it stopped at; the others go on.
 
 use std::io::{self, Read};
 use std::net::SocketAddr;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::connection::Connection;
 use crate::head::Head;
 use crate::response::Progress;
+use crate::util::Sink;
 use crate::{HTTPVersion, Header, Method, Response};
 
 /// Represents an HTTP request made by a client.
@@ -32,7 +33,7 @@ use crate::{HTTPVersion, Header, Method, Response};
 /// it retries.
 pub struct Request {
     // if this writer is empty, then the request has been answered
-    response_writer: Option<Box<dyn Write + Send + 'static>>,
+    response_writer: Option<Box<dyn Sink + 'static>>,
 
     remote_addr: Option<SocketAddr>,
 
@@ -99,10 +100,10 @@ pub(crate) fn new_request<W>(
     writer: W,
 ) -> Request
 where
-    W: Write + Send + 'static,
+    W: Sink + 'static,
 {
     Request {
-        response_writer: Some(Box::new(writer) as Box<dyn Write + Send + 'static>),
+        response_writer: Some(Box::new(writer) as Box<dyn Sink + 'static>),
         remote_addr,
         secure,
         method: head.method,
@@ -213,15 +214,26 @@ impl Request {
 
         let do_not_send_body = self.method == Method::Head;
 
-        response.print(
-            writer.by_ref(),
-            self.http_version.clone(),
-            do_not_send_body,
-            close,
-            sent,
-        )?;
-
-        writer.flush()
+        let printed = response
+            .print(
+                &mut writer,
+                self.http_version.clone(),
+                do_not_send_body,
+                close,
+                sent,
+            )
+            .and_then(|()| writer.flush());
+        if printed.is_err() {
+            // peerix patch: what the body's reader gave goes out before
+            // the connection is cut, and the bytes counted as sent are
+            // those that left the buffer: a client resuming a body must
+            // hold exactly that many.
+            if sent.body_failed {
+                let _ = writer.flush();
+            }
+            sent.bytes = sent.bytes.saturating_sub(writer.pending() as u64);
+        }
+        printed
     }
 
     /// peerix patch: the connection to shut down if responding fails.

@@ -1,5 +1,5 @@
 use std::io::Result as IoResult;
-use std::io::Write;
+use std::io::{BufWriter, Write};
 
 use std::sync::mpsc::channel;
 use std::sync::mpsc::{Receiver, Sender};
@@ -82,5 +82,20 @@ where
 {
     fn drop(&mut self) {
         self.on_finish.send(()).ok();
+    }
+}
+
+/// peerix patch: the writer of a response, which tells how many bytes
+/// written to it have not reached the socket yet.
+pub trait Sink: Write + Send {
+    /// Bytes held in the buffer, not yet written to the socket.
+    fn pending(&self) -> usize;
+}
+
+impl<W: Write + Send> Sink for SequentialWriter<BufWriter<W>> {
+    fn pending(&self) -> usize {
+        self.writer
+            .lock()
+            .map_or_else(|e| e.into_inner().buffer().len(), |w| w.buffer().len())
     }
 }
