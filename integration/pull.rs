@@ -9,16 +9,21 @@
 //! substituting one closure at the same moment over a slow uplink, each
 //! NAR crossing it once; the node fetching a path killed half way, the
 //! other clients complete all the same.
+//!
+//! And the spool under pressure: it never takes the disk's margin,
+//! downloads under way counted; an upstream answer whose bytes fail the
+//! NarHash is never served whole nor again; a download nobody reads stops.
 
 mod support;
 
+use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
 use support::upstream_cache::{wait_pullers, UpstreamCache};
 use support::{
     build_chain, generate_key, hash_of, nar_hash, nix_clients, realise_args, Daemon, Host, Net,
-    LOCAL,
+    DEFAULT_PORT, LOCAL,
 };
 
 /// How long one `nix-store -r` may take.
@@ -269,4 +274,192 @@ fn the_fetching_node_killed_half_way_leaves_every_other_client_complete() {
     let (whole, bytes) = sends.values().next().copied().unwrap_or_default();
     assert_eq!(whole, 1, "{}", cache.log());
     assert!(bytes < 2 * cache.nar_bytes("xz"), "{}", cache.log());
+}
+
+/// The value of `field` in narinfo `text`.
+fn field<'a>(text: &'a str, field: &str) -> &'a str {
+    (text.lines())
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(": "))
+        .unwrap_or_else(|| panic!("no {field} in {text}"))
+}
+
+/// The `/peer/pull/…` route of `path` (by its upstream narinfo `text`).
+fn pull_route(text: &str, path: &str) -> String {
+    let nar_hash = field(text, "NarHash").trim_start_matches("sha256:");
+    format!("/peer/pull/{nar_hash}-{}.nar", hash_of(path))
+}
+
+/// Two NARs of 30 MiB at once into a spool on a file system with 104 MiB
+/// (the hostile review: two of 100 MiB on 200 MiB filled it, "No space
+/// left on device"). The first download's bytes are reserved as it starts:
+/// the second streams without sharing, and the 64 MiB the spool leaves
+/// free stay free throughout.
+#[test]
+fn the_spool_keeps_the_disk_margin_with_downloads_under_way() {
+    let Some(net) = Net::new(2) else { return };
+    let (up, h2) = (net.host(1), net.host(2));
+    let ukey = generate_key(up, "upstream-1");
+    let cache = UpstreamCache::start(up);
+    let paths = [
+        support::build_random(up, "room-1", 30 << 20),
+        support::build_random(up, "room-2", 30 << 20),
+    ];
+    let url = cache.publish(up, "none", "none", &ukey, &[&paths[0], &paths[1]]);
+    // About 5 s for both.
+    up.limit_rate(100);
+    // The node's state directory is a file system of its own, in the
+    // node's mount namespace alone (gone with it).
+    let state = h2.dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let mount = format!(
+        "mount -t tmpfs -o size=104m peerix-state {} && exec \"$@\"",
+        state.display()
+    );
+    let wrapper = ["sh", "-c", mount.as_str(), "sh"];
+    let node = cache.node_wrapped(h2, &wrapper, "SSL_CERT_FILE", &[&url], &ukey, &[]);
+    let pid = node.pid().to_string();
+    let free = || {
+        let out = Command::new("nsenter")
+            .args(["-t", &pid, "-m", "stat", "-f", "-c", "%a %S"])
+            .arg(&state)
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (blocks, size) = text.trim().split_once(' ')?;
+        Some(blocks.parse::<u64>().ok()? * size.parse::<u64>().ok()?)
+    };
+    assert!(
+        free().is_some_and(|f| f > 100 << 20),
+        "no tmpfs: {:?}",
+        free()
+    );
+    let urls: Vec<(String, u64)> = (paths.iter())
+        .map(|p| {
+            let text = h2
+                .curl(&[&format!("{LOCAL}/{}.narinfo", hash_of(p))])
+                .text();
+            (
+                field(&text, "URL").to_string(),
+                field(&text, "NarSize").parse().unwrap(),
+            )
+        })
+        .collect();
+    let mut lowest = u64::MAX;
+    let results: Vec<(i32, u16, u64, u64)> = thread::scope(|s| {
+        let fetches: Vec<_> = (urls.iter().enumerate())
+            .map(|(i, (url, size))| {
+                let file = h2.dir.join(format!("room-{i}.nar"));
+                s.spawn(move || {
+                    let out = file.to_str().unwrap();
+                    let got = h2.curl(&["-o", out, &format!("{LOCAL}/{url}")]);
+                    let len = std::fs::metadata(&file).map_or(0, |m| m.len());
+                    (got.exit, got.status, len, *size)
+                })
+            })
+            .collect();
+        while fetches.iter().any(|f| !f.is_finished()) {
+            if let Some(f) = free() {
+                lowest = lowest.min(f);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        fetches.into_iter().map(|f| f.join().unwrap()).collect()
+    });
+    for (exit, status, len, size) in &results {
+        assert_eq!((*exit, *status, *len), (0, 200, *size), "{}", node.log());
+    }
+    eprintln!(
+        "lowest free space while both downloads ran: {} MiB",
+        lowest >> 20
+    );
+    assert!(
+        lowest >= 64 << 20,
+        "the spool left {} MiB free\n{}",
+        lowest >> 20,
+        node.log()
+    );
+    assert!(
+        !node.log_lines("streamed without sharing").is_empty(),
+        "{}",
+        node.log()
+    );
+}
+
+/// The upstream sends a NAR once with a byte flipped (the hostile review:
+/// the spool then served it to every peer for ten minutes). The peer that
+/// asked never gets it whole; the next request fetches it anew, right.
+#[test]
+fn a_nar_the_upstream_sent_wrong_is_never_served_whole_nor_again() {
+    let Some(net) = Net::new(3) else { return };
+    let (up, h2, h3) = (net.host(1), net.host(2), net.host(3));
+    let ukey = generate_key(up, "upstream-1");
+    let cache = UpstreamCache::start(up);
+    let path = support::build_random(up, "wrong-once", 4 << 20);
+    let url = cache.publish(up, "none", "none", &ukey, &[&path]);
+    let want = up.run(&format!(
+        "nix-store --dump {path} | sha256sum | cut -d' ' -f1"
+    ));
+    let node = cache.node(h2, "SSL_CERT_FILE", &[&url], &ukey, &[]);
+    // The node's Nix asked for it: the node remembers the upstream's narinfo.
+    let text = h2
+        .curl(&[&format!("{LOCAL}/{}.narinfo", hash_of(&path))])
+        .text();
+    let size: u64 = field(&text, "NarSize").parse().unwrap();
+    let route = pull_route(&cache.narinfo("none", &path), &path);
+    cache.corrupt_once("none", &path);
+    let fetch = |name: &str| {
+        let file = h3.dir.join(name);
+        let url = format!("http://{}:{DEFAULT_PORT}{route}", h2.addr4);
+        let got = h3.curl(&["-o", file.to_str().unwrap(), &url]);
+        let sha = h3.run(&format!("sha256sum {} | cut -d' ' -f1", file.display()));
+        let len = std::fs::metadata(&file).map_or(0, |m| m.len());
+        (got.exit, got.status, len, sha)
+    };
+    let (exit, status, len, sha) = fetch("first.nar");
+    eprintln!("the bad answer: curl exit {exit}, status {status}, {len} of {size} bytes");
+    assert!(
+        len < size && exit != 0,
+        "a NAR with the wrong bytes went out whole (curl exit {exit}, {len} bytes, right: {})\n{}",
+        sha == want,
+        node.log()
+    );
+    let (exit, status, len, sha) = fetch("second.nar");
+    assert_eq!((exit, status, len), (0, 200, size), "{}", node.log());
+    assert_eq!(sha, want, "the wrong bytes again\n{}", node.log());
+    let sends = cache.nar_sends();
+    let whole: usize = sends.values().map(|(whole, _)| whole).sum();
+    assert_eq!(whole, 2, "fetched anew: {sends:?}\n{}", cache.log());
+}
+
+/// A stranger asks for a pulled NAR, reads 4 KiB and leaves (the hostile
+/// review: the upstream sent 52 MB for 4 KiB read). Nobody else reads it
+/// and the local Nix never asked for the NAR: the download stops.
+#[test]
+fn a_download_nobody_reads_stops() {
+    let Some(net) = Net::new(3) else { return };
+    let (up, h2, h3) = (net.host(1), net.host(2), net.host(3));
+    let ukey = generate_key(up, "upstream-1");
+    let cache = UpstreamCache::start(up);
+    let path = support::build_random(up, "unread", 48 << 20);
+    let url = cache.publish(up, "none", "none", &ukey, &[&path]);
+    // About 10 s for the whole NAR.
+    up.limit_rate(40);
+    let node = cache.node(h2, "SSL_CERT_FILE", &[&url], &ukey, &[]);
+    // The node's Nix asked for the narinfo: the node remembers it.
+    let hash = hash_of(&path);
+    assert_eq!(h2.curl(&[&format!("{LOCAL}/{hash}.narinfo")]).status, 200);
+    let route = pull_route(&cache.narinfo("none", &path), &path);
+    let script = support::stand_in("hostile.py");
+    let read = h3.run(&format!(
+        "/usr/bin/python3 {script} leave {} {DEFAULT_PORT} {route} 4096",
+        h2.addr4
+    ));
+    assert_eq!(read, "read 4096");
+    // The upstream logs a NAR once its sending ended, whole or not.
+    let ended = support::wait_until(Duration::from_secs(60), || !cache.nar_sends().is_empty());
+    assert!(ended, "{}\n{}", cache.log(), node.log());
+    let total = cache.nar_bytes("none");
+    let sent = cache.nar_sends_total();
+    eprintln!("the upstream sent {} of {} MiB", sent >> 20, total >> 20);
+    assert!(sent < total, "the whole NAR was fetched\n{}", node.log());
 }

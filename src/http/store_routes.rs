@@ -240,7 +240,7 @@ fn pulled_nar(app: &App, rest: &str, incoming: &Incoming) -> Reply {
     }
     let body = match head {
         true => None,
-        false => match pull.nar_here(&pulled, offset) {
+        false => match pull.nar_here(&pulled, offset, false) {
             Ok(body) => Some(body),
             Err(e) => {
                 log::info!("{hash}: cannot pull it for a peer: {e}");

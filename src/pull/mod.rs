@@ -204,18 +204,22 @@ impl Pull {
     }
 
     /// The upstream's bytes for `hash` did not hash to its NarHash: its
-    /// narinfo is asked for anew, and its spool file is not read again.
+    /// narinfo is asked for anew (the spool checks its files itself).
     fn blame(&self, hash: &HashPart) {
         log::warn!("{hash}: the NAR pulled through the upstream does not match its NarHash");
         if let Ok(mut answers) = self.answers.lock() {
             answers.remove(hash);
         }
-        self.spool.forget(hash);
     }
 
     /// The NAR of `pulled` from byte `offset` on, fetched by this node
-    /// (through the spool): for the local Nix and for peers.
-    pub fn nar_here(&self, pulled: &Pulled, offset: u64) -> io::Result<Box<dyn Read + Send>> {
+    /// (through the spool): for the local Nix (`local`) and for peers.
+    pub fn nar_here(
+        &self,
+        pulled: &Pulled,
+        offset: u64,
+        local: bool,
+    ) -> io::Result<Box<dyn Read + Send>> {
         let (client, cache, info) = (
             self.client.clone(),
             self.caches[pulled.cache].clone(),
@@ -225,13 +229,8 @@ impl Pull {
             (client.nar(&cache, &info, from)).map_err(|e| io::Error::other(e.to_string()))
         });
         let info = &pulled.info;
-        self.spool.read(
-            &info.hash_part(),
-            info.nar_hash,
-            info.nar_size,
-            offset,
-            open,
-        )
+        let nar = (info.nar_hash, info.nar_size);
+        self.spool.read(&info.hash_part(), nar, offset, open, local)
     }
 
     /// What keeps this node from sharing what it pulls, if anything (see
@@ -286,7 +285,7 @@ impl PullNar {
         let hash = self.pulled.info.hash_part();
         while let Some(via) = self.order.pop_front() {
             let opened = match via {
-                Via::Here => self.pull.nar_here(&self.pulled, self.pos),
+                Via::Here => self.pull.nar_here(&self.pulled, self.pos, true),
                 Via::Peer(node, addr) => {
                     let found = Peer {
                         addr,
@@ -348,6 +347,12 @@ impl Read for PullNar {
                 Ok(n) => {
                     self.pos += n as u64;
                     return Ok(n);
+                }
+                // This node's download failed the NarHash: nothing to go
+                // on with, the upstream's answer is asked for anew.
+                Err(e) if *via == Via::Here && e.kind() == io::ErrorKind::InvalidData => {
+                    self.pull.blame(&self.pulled.info.hash_part());
+                    return Err(e);
                 }
                 Err(e) => e.to_string(),
             };
