@@ -10,20 +10,25 @@
 //! NAR crossing it once; the node fetching a path killed half way, the
 //! other clients complete all the same.
 //!
-//! And the spool under pressure: it never takes the disk's margin,
-//! downloads under way counted; an upstream answer whose bytes fail the
-//! NarHash is never served whole nor again; a download nobody reads stops.
+//! And what a stranger on the LAN can do (`support/puller.py` poses as
+//! pullers): a puller whose bytes fail the NarHash is asked once, then
+//! passed over, and Nix gets the path from the upstream; made-up pullers at
+//! one address cost one try. And the spool under pressure: it never takes
+//! the disk's margin, downloads under way counted; an upstream answer whose
+//! bytes fail the NarHash is never served whole nor again; a download
+//! nobody reads stops.
 
 mod support;
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
 use support::upstream_cache::{wait_pullers, UpstreamCache};
 use support::{
-    build_chain, generate_key, hash_of, nar_hash, nix_clients, realise_args, Daemon, Host, Net,
-    DEFAULT_PORT, LOCAL,
+    build_chain, generate_key, hash_of, metric, metrics, nar_hash, nix_clients, realise_args,
+    Daemon, Host, Net, DEFAULT_PORT, LOCAL,
 };
 
 /// How long one `nix-store -r` may take.
@@ -276,6 +281,77 @@ fn the_fetching_node_killed_half_way_leaves_every_other_client_complete() {
     assert!(bytes < 2 * cache.nar_bytes("xz"), "{}", cache.log());
 }
 
+/// The id of the node on `host`, as its `/status` says it.
+fn node_id(host: &Host) -> String {
+    let status = host.curl(&[&format!("{LOCAL}/status")]).text();
+    (status.lines())
+        .find_map(|l| l.strip_prefix("node "))
+        .unwrap_or_else(|| panic!("no node id in {status}"))
+        .to_string()
+}
+
+/// `support/puller.py MODE` on `on`: `count` made-up pullers that rank
+/// before the node on `node` for every one of `paths`, answering on port
+/// 8080 (`nars`: `HASH=FILE` for `lie`); with its log of connections and
+/// requests. Returns once the node lists them as peers that pull.
+fn made_up_pullers(
+    on: &Host,
+    mode: &str,
+    node: &Host,
+    paths: &[&str],
+    count: usize,
+    nars: &[String],
+) -> (Daemon, PathBuf) {
+    let log = on.dir.join(format!("puller-{mode}.log"));
+    let hashes: Vec<&str> = paths.iter().map(|p| hash_of(p)).collect();
+    let (id, hashes, count) = (node_id(node), hashes.join(","), count.to_string());
+    let (addr, log_arg) = (node.addr4.to_string(), log.to_str().unwrap());
+    let script = support::stand_in("puller.py");
+    let mut args = vec![
+        script.as_str(),
+        mode,
+        &addr,
+        &id,
+        &hashes,
+        &count,
+        "8080",
+        log_arg,
+    ];
+    args.extend(nars.iter().map(String::as_str));
+    let puller = on.spawn_daemon(on.cmd("/usr/bin/python3", &args), "puller");
+    let mut status = String::new();
+    let known = support::wait_until(Duration::from_secs(20), || {
+        status = node.curl(&[&format!("{LOCAL}/status")]).text();
+        status.matches("pulls from upstreams").count() >= count.parse().unwrap()
+    });
+    assert!(
+        known,
+        "the made-up pullers are not known:\n{status}\n{}",
+        puller.log()
+    );
+    (puller, log)
+}
+
+/// The lines of `log` that contain `what`.
+fn lines_with(log: &PathBuf, what: &str) -> usize {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines().filter(|l| l.contains(what)).count()
+}
+
+/// `nix-store -r paths` on `host` through its node; panics with the
+/// node's log when it fails.
+fn realise(host: &Host, node: &Daemon, paths: &[&str], key: &support::Key) {
+    let args = realise_args(paths, &[key]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = support::output_within(host.cmd("nix-store", &args), LIMIT).expect("nix-store hung");
+    assert!(
+        out.status.success(),
+        "nix-store -r {paths:?}: {}\nnode log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        node.log()
+    );
+}
+
 /// The value of `field` in narinfo `text`.
 fn field<'a>(text: &'a str, field: &str) -> &'a str {
     (text.lines())
@@ -287,6 +363,74 @@ fn field<'a>(text: &'a str, field: &str) -> &'a str {
 fn pull_route(text: &str, path: &str) -> String {
     let nar_hash = field(text, "NarHash").trim_start_matches("sha256:");
     format!("/peer/pull/{nar_hash}-{}.nar", hash_of(path))
+}
+
+/// A stranger picks node ids that rank before the node for two paths and
+/// sends, for the first, its NAR with the last byte flipped (the hostile
+/// review: 5 of 5 Nix tries went to it, and the node blamed its upstream).
+/// The stranger is asked once; Nix gets the path from the upstream through
+/// the node, in the same `nix-store -r`. Its address ranks after the node
+/// from then on: the second path never goes to it.
+#[test]
+fn a_lying_puller_is_asked_once_and_the_node_fetches_the_nar_itself() {
+    let Some(net) = Net::new(3) else { return };
+    let (up, h2, h3) = (net.host(1), net.host(2), net.host(3));
+    let ukey = generate_key(up, "upstream-1");
+    let cache = UpstreamCache::start(up);
+    let lied = support::build_random(up, "lied", 1 << 20);
+    let next = support::build_random(up, "next", 1 << 20);
+    let url = cache.publish(up, "none", "none", &ukey, &[&lied, &next]);
+    let nar = up.dir.join("lied.nar");
+    up.run(&format!("nix-store --dump {lied} > {}", nar.display()));
+    let n2 = cache.node(h2, "SSL_CERT_FILE", &[&url], &ukey, &[]);
+    let nars = [format!("{}={}", hash_of(&lied), nar.display())];
+    let (_liar, log) = made_up_pullers(h3, "lie", h2, &[&lied, &next], 1, &nars);
+
+    realise(h2, &n2, &[&lied], &ukey);
+    verified(up, h2, &[&lied]).unwrap();
+    let asked = lines_with(&log, hash_of(&lied));
+    assert_eq!(asked, 1, "the liar was asked {asked} times:\n{}", n2.log());
+    let m = metrics(h2);
+    let wrong = r#"peerix_passed_over_total{source="puller",reason="wrong_bytes"}"#;
+    assert_eq!(metric(&m, wrong), Some(1.0), "{m}");
+
+    realise(h2, &n2, &[&next], &ukey);
+    verified(up, h2, &[&next]).unwrap();
+    let asked = lines_with(&log, hash_of(&next));
+    assert_eq!(
+        asked,
+        0,
+        "the liar was asked for the next path:\n{}",
+        n2.log()
+    );
+}
+
+/// Ten made-up pullers at one address accept connections and never answer
+/// (the hostile review: 3 s each). One is tried; the others at its address
+/// are skipped, and the node fetches the path itself.
+#[test]
+fn made_up_pullers_at_one_address_cost_one_try() {
+    let Some(net) = Net::new(3) else { return };
+    let (up, h2, h3) = (net.host(1), net.host(2), net.host(3));
+    let ukey = generate_key(up, "upstream-1");
+    let cache = UpstreamCache::start(up);
+    let path = support::build_random(up, "silent", 256 << 10);
+    let url = cache.publish(up, "none", "none", &ukey, &[&path]);
+    let n2 = cache.node(h2, "SSL_CERT_FILE", &[&url], &ukey, &[]);
+    let (_silent, log) = made_up_pullers(h3, "silent", h2, &[&path], 10, &[]);
+
+    realise(h2, &n2, &[&path], &ukey);
+    verified(up, h2, &[&path]).unwrap();
+    let tried = lines_with(&log, "connection");
+    assert_eq!(
+        tried,
+        1,
+        "{tried} of the made-up pullers were tried:\n{}",
+        n2.log()
+    );
+    let m = metrics(h2);
+    let failed = r#"peerix_passed_over_total{source="puller",reason="failed"}"#;
+    assert_eq!(metric(&m, failed), Some(1.0), "{m}");
 }
 
 /// Two NARs of 30 MiB at once into a spool on a file system with 104 MiB

@@ -5,40 +5,53 @@
 //! - `https.rs`: HTTPS to the upstreams, as Nix does it (CAs, proxies).
 //! - `decode.rs`: xz and zstd NARs decompressed, so every Nix reads them.
 //! - `spool.rs`: the downloads under way, in files every reader follows.
-//! - here: the upstreams' narinfo (checked, cached), and which node of the
-//!   LAN fetches a path: the first in rendezvous order (a hash of node id
-//!   and path) among the live nodes that pull, this one included. Every
-//!   node computes the same order from its peer table without a message,
-//!   so nodes asking in the same millisecond agree on one fetcher; the
-//!   others stream from it (`/peer/pull/…`) while it arrives. When that
-//!   node is unreachable or breaks off, the next in the order goes on from
-//!   the byte reached, and this node itself in the end, which fetches
-//!   from the upstream directly.
+//! - `pullers.rs`: which node of the LAN fetches a path (the first in
+//!   rendezvous order), and the pullers passed over.
+//! - here: the upstreams' narinfo (checked, cached), and a pulled NAR for
+//!   the local Nix, from one node after another.
+//!
+//! A pulled NAR for the local Nix comes from the node that fetches it for
+//! the LAN; when that node is unreachable, refuses or breaks off, the next
+//! in the order goes on from the byte reached, and this node itself in the
+//! end, which fetches from the upstream directly. A puller that fails is
+//! skipped for the rest of the NAR with every id claimed at its address;
+//! after `MAX_PULLER_FAILURES` pullers failed one NAR, no other is asked:
+//! this node fetches it itself. Its bytes go to Nix through the NarHash check
+//! (`substitute/nar_hash.rs`): when they fail it, the pullers that sent any
+//! of them are blamed (`pullers.rs`); only when this node's own download
+//! sent them all is the upstream's answer forgotten.
 
 mod decode;
 mod https;
+mod pullers;
 mod spool;
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use https::Cache;
 use https::{Client, UpstreamError};
+use pullers::{Pullers, Via, Why};
 use spool::{Open, Spool};
 
 use crate::base::bounded::Bounded;
 use crate::base::logs::Throttle;
 use crate::discovery::Discovery;
+use crate::metrics::{Metrics, PassedOver};
 use crate::nix::narinfo::{HashPart, NarInfo};
 use crate::nix::nix32;
 use crate::nix::trust::Trust;
-use crate::peer::client::PeerClient;
+use crate::peer::client::{FetchError, PeerClient};
 use crate::peer::Peer;
 use crate::store::Store;
+
+/// Pullers that may fail one NAR before this node fetches it itself,
+/// asking no other.
+const MAX_PULLER_FAILURES: usize = 3;
 
 /// The longest all upstreams together may take to answer a narinfo.
 const NARINFO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -82,13 +95,8 @@ pub struct Pull {
     spool: Spool,
     discovery: Arc<Discovery>,
     peers: PeerClient,
-}
-
-/// Who goes on with a NAR: a peer that pulls, or this node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Via {
-    Peer(u64, SocketAddr),
-    Here,
+    pullers: Pullers,
+    metrics: Arc<Metrics>,
 }
 
 impl Pull {
@@ -98,6 +106,7 @@ impl Pull {
         discovery: Arc<Discovery>,
         peers: PeerClient,
         store: Arc<Store>,
+        metrics: Arc<Metrics>,
     ) -> Result<Pull, String> {
         let spool = Spool::new(
             settings.spool_dir,
@@ -112,18 +121,30 @@ impl Pull {
             spool,
             discovery,
             peers,
+            pullers: Pullers::new(),
+            metrics,
         })
+    }
+
+    /// What is remembered of the upstreams' answers for `hash`, while it is
+    /// fresh.
+    fn remembered(&self, hash: &HashPart) -> Option<Answer> {
+        let answer = self.answers.lock().ok()?.get(hash).cloned()?;
+        match &answer {
+            Answer::Found(_, at) if at.elapsed() < FOUND_TTL => Some(answer),
+            Answer::Missing(at) if at.elapsed() < MISSING_TTL => Some(answer),
+            _ => None,
+        }
     }
 
     /// The narinfo of the first upstream that has `hash`, if it passes
     /// every check a peer's does (signed by a key the local Nix trusts);
     /// remembered, misses briefly. Within `NARINFO_TIMEOUT`.
     pub fn narinfo(&self, hash: &HashPart) -> Option<Pulled> {
-        let remembered = self.answers.lock().ok().and_then(|a| a.get(hash).cloned());
-        match remembered {
-            Some(Answer::Found(p, at)) if at.elapsed() < FOUND_TTL => return Some(*p),
-            Some(Answer::Missing(at)) if at.elapsed() < MISSING_TTL => return None,
-            _ => {}
+        match self.remembered(hash) {
+            Some(Answer::Found(p, _)) => return Some(*p),
+            Some(Answer::Missing(_)) => return None,
+            None => {}
         }
         let deadline = Instant::now() + NARINFO_TIMEOUT;
         let mut failed = false;
@@ -180,7 +201,7 @@ impl Pull {
     /// than from this node's own download.
     pub fn nar(self: &Arc<Self>, pulled: Pulled) -> Option<(PullNar, bool)> {
         let hash = pulled.info.hash_part();
-        let order = self.order(&hash);
+        let order = self.order(&hash, &pulled.info.nar_hash);
         if let Some(Via::Peer(_, first)) = order.first() {
             log::debug!("{hash}: fetched for the LAN by {first}");
         }
@@ -190,6 +211,8 @@ impl Pull {
             pos: 0,
             order: order.into(),
             current: None,
+            sent_by: Vec::new(),
+            failed: Vec::new(),
         };
         match nar.open_next() {
             Ok(opened) => {
@@ -203,9 +226,9 @@ impl Pull {
         }
     }
 
-    /// The upstream's bytes for `hash` did not hash to its NarHash: its
-    /// narinfo is asked for anew (the spool checks its files itself).
-    fn blame(&self, hash: &HashPart) {
+    /// This node's own download of `hash` sent bytes that do not hash to
+    /// its NarHash: its narinfo is asked for anew.
+    fn forget(&self, hash: &HashPart) {
         log::warn!("{hash}: the NAR pulled through the upstream does not match its NarHash");
         if let Ok(mut answers) = self.answers.lock() {
             answers.remove(hash);
@@ -239,26 +262,18 @@ impl Pull {
         self.spool.warning()
     }
 
-    /// The nodes that may serve `hash`'s NAR, in rendezvous order: the
-    /// live peers that pull and this node, by a hash of node id and path.
-    fn order(&self, hash: &HashPart) -> Vec<Via> {
-        let mut nodes: Vec<(u64, Via)> = (self.discovery.pullers().into_iter())
-            .map(|(node, addr)| (score(node, hash), Via::Peer(node, addr)))
-            .collect();
-        nodes.push((score(self.discovery.node(), hash), Via::Here));
-        nodes.sort_by_key(|n| std::cmp::Reverse(n.0));
-        nodes.into_iter().map(|(_, via)| via).collect()
+    /// The nodes that may serve the NAR of `hash` with `nar_hash`, in
+    /// rendezvous order (`pullers.rs`).
+    fn order(&self, hash: &HashPart, nar_hash: &[u8; 32]) -> Vec<Via> {
+        let (pullers, me) = (self.discovery.pullers(), self.discovery.node());
+        self.pullers.order(pullers, me, hash, nar_hash)
     }
-}
 
-/// A node's rank for a path: the larger, the earlier.
-fn score(node: u64, hash: &HashPart) -> u64 {
-    let mut input = node.to_be_bytes().to_vec();
-    input.extend_from_slice(hash.as_str().as_bytes());
-    let digest = ring::digest::digest(&ring::digest::SHA256, &input);
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest.as_ref()[..8]);
-    u64::from_be_bytes(first)
+    /// `via` is passed over for the NAR with `nar_hash`, for `why`.
+    fn pass_over(&self, via: Via, why: Why, nar_hash: &[u8; 32]) {
+        self.pullers.pass_over(via, why, nar_hash);
+        self.metrics.passed_over(PassedOver::Puller, why.reason());
+    }
 }
 
 /// The URL of a pulled NAR on a peer's `/peer/` routes.
@@ -278,14 +293,29 @@ pub struct PullNar {
     pos: u64,
     order: VecDeque<Via>,
     current: Option<(Via, Box<dyn Read + Send>)>,
+    /// Who sent its bytes, each once.
+    sent_by: Vec<Via>,
+    /// The sources of pullers that failed it: no id there is asked again.
+    failed: Vec<IpAddr>,
 }
 
 impl PullNar {
     fn open_next(&mut self) -> io::Result<(Via, Box<dyn Read + Send>)> {
         let hash = self.pulled.info.hash_part();
-        while let Some(via) = self.order.pop_front() {
+        loop {
+            // Enough pullers failed: this node goes on itself, or none.
+            if self.failed.len() >= MAX_PULLER_FAILURES {
+                self.order.retain(|v| *v == Via::Here);
+            }
+            let Some(via) = self.order.pop_front() else {
+                break;
+            };
+            if via.source().is_some_and(|s| self.failed.contains(&s)) {
+                continue;
+            }
             let opened = match via {
-                Via::Here => self.pull.nar_here(&self.pulled, self.pos, true),
+                Via::Here => (self.pull.nar_here(&self.pulled, self.pos, true))
+                    .map_err(|e| (Why::Failed, e.to_string())),
                 Via::Peer(node, addr) => {
                     let found = Peer {
                         addr,
@@ -296,13 +326,20 @@ impl PullNar {
                         url: peer_nar_url(&self.pulled.info),
                         ..self.pulled.info.clone()
                     };
-                    (self.pull.peers.nar(&found, &info, self.pos, true, None))
-                        .map_err(|e| io::Error::other(e.to_string()))
+                    (self.pull.peers.nar(&found, &info, self.pos, true, None)).map_err(
+                        |e| match e {
+                            FetchError::Status(_) => (Why::Refused, e.to_string()),
+                            _ => (Why::Failed, e.to_string()),
+                        },
+                    )
                 }
             };
             match opened {
                 Ok(body) => return Ok((via, body)),
-                Err(e) => log::info!("{hash}: the pulled NAR from {via:?}: {e}; trying the next"),
+                Err((why, e)) => {
+                    log::info!("{hash}: the pulled NAR from {via}: {e}; trying the next");
+                    self.passed_over(via, why);
+                }
             }
         }
         Err(io::Error::other(format!(
@@ -310,12 +347,44 @@ impl PullNar {
             self.pos
         )))
     }
+
+    /// `via` let this NAR down, for `why`: no id at its address is asked
+    /// for it again, and it is passed over (`pullers.rs`).
+    fn passed_over(&mut self, via: Via, why: Why) {
+        let Some(source) = via.source() else { return };
+        if !self.failed.contains(&source) {
+            self.failed.push(source);
+        }
+        self.pull.pass_over(via, why, &self.pulled.info.nar_hash);
+    }
+
+    /// Its bytes did not hash to its NarHash: the pullers that sent any of
+    /// them are passed over; when this node's own download sent them all,
+    /// the upstream's answer is forgotten.
+    pub fn blame(&mut self) {
+        let hash = self.pulled.info.hash_part();
+        let pullers: Vec<Via> = (self.sent_by.iter())
+            .filter(|v| v.source().is_some())
+            .copied()
+            .collect();
+        if pullers.is_empty() {
+            return self.pull.forget(&hash);
+        }
+        for via in pullers {
+            log::warn!(
+                "{hash}: the pulled NAR from {via} does not match its NarHash; \
+                 that address is not asked for it again"
+            );
+            self.passed_over(via, Why::WrongBytes);
+        }
+    }
 }
 
-impl PullNar {
-    /// Its bytes did not hash to its NarHash.
-    pub fn blame(&mut self) {
-        self.pull.blame(&self.pulled.info.hash_part());
+/// How a read error of a puller's stream counts.
+fn why_broke(e: &io::Error) -> Why {
+    match e.kind() {
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Why::Stalled,
+        _ => Why::Failed,
     }
 }
 
@@ -334,7 +403,7 @@ impl Read for PullNar {
                 None => {
                     let opened = self.open_next()?;
                     log::info!(
-                        "{}: going on from {:?} at byte {}",
+                        "{}: going on from {} at byte {}",
                         self.pulled.info.hash_part(),
                         opened.0,
                         self.pos
@@ -342,26 +411,31 @@ impl Read for PullNar {
                     self.current.insert(opened)
                 }
             };
-            let failure = match body.read(&mut buf[..want]) {
-                Ok(0) => "it ended early".to_string(),
+            let via = *via;
+            let (why, failure) = match body.read(&mut buf[..want]) {
+                Ok(0) => (Why::Failed, "it ended early".to_string()),
                 Ok(n) => {
+                    if !self.sent_by.contains(&via) {
+                        self.sent_by.push(via);
+                    }
                     self.pos += n as u64;
                     return Ok(n);
                 }
                 // This node's download failed the NarHash: nothing to go
                 // on with, the upstream's answer is asked for anew.
-                Err(e) if *via == Via::Here && e.kind() == io::ErrorKind::InvalidData => {
-                    self.pull.blame(&self.pulled.info.hash_part());
+                Err(e) if via == Via::Here && e.kind() == io::ErrorKind::InvalidData => {
+                    self.pull.forget(&self.pulled.info.hash_part());
                     return Err(e);
                 }
-                Err(e) => e.to_string(),
+                Err(e) => (why_broke(&e), e.to_string()),
             };
             log::info!(
-                "{}: the pulled NAR from {via:?} broke at byte {} of {total} ({failure})",
+                "{}: the pulled NAR from {via} broke at byte {} of {total} ({failure})",
                 self.pulled.info.hash_part(),
                 self.pos,
             );
             self.current = None;
+            self.passed_over(via, why);
         }
     }
 }
