@@ -11,12 +11,13 @@
 //! other clients complete all the same.
 //!
 //! And what a stranger on the LAN can do (`support/puller.py` poses as
-//! pullers): a puller whose bytes fail the NarHash is asked once, then
-//! passed over, and Nix gets the path from the upstream; made-up pullers at
-//! one address cost one try. And the spool under pressure: it never takes
-//! the disk's margin, downloads under way counted; an upstream answer whose
-//! bytes fail the NarHash is never served whole nor again; a download
-//! nobody reads stops.
+//! pullers, `support/hostile.py` as clients): a puller whose bytes fail
+//! the NarHash is asked once, then passed over, and Nix gets the path from
+//! the upstream; made-up pullers at one address cost one timeout; a bad
+//! upstream answer is never served whole nor again; strangers' requests
+//! for random paths cost no upstream request, and a download nobody reads
+//! stops. And the spool never takes the disk's margin, downloads under way
+//! counted.
 
 mod support;
 
@@ -573,6 +574,57 @@ fn a_nar_the_upstream_sent_wrong_is_never_served_whole_nor_again() {
     let sends = cache.nar_sends();
     let whole: usize = sends.values().map(|(whole, _)| whole).sum();
     assert_eq!(whole, 2, "fetched anew: {sends:?}\n{}", cache.log());
+}
+
+/// 200 `/peer/pull/` requests for random paths from one address (the
+/// hostile review: 200 upstream narinfo requests in 0.1 s) cost no
+/// upstream request, and the address is held to a rate. A path an upstream
+/// has, asked of two pullers with its signed narinfo as proof, costs one:
+/// the node that is not its fetcher does not ask.
+#[test]
+fn strangers_cannot_make_a_node_ask_its_upstream() {
+    let Some(net) = Net::new(4) else { return };
+    let (up, h2, h3, h4) = (net.host(1), net.host(2), net.host(3), net.host(4));
+    let ukey = generate_key(up, "upstream-1");
+    let cache = UpstreamCache::start(up);
+    let path = support::build_random(up, "proven", 256 << 10);
+    let url = cache.publish(up, "none", "none", &ukey, &[&path]);
+    let hosts = [h2, h3];
+    let nodes: Vec<Daemon> = (hosts.iter())
+        .map(|h| cache.node(h, "SSL_CERT_FILE", &[&url], &ukey, &[]))
+        .collect();
+    wait_pullers(&hosts, &nodes);
+
+    let script = support::stand_in("hostile.py");
+    let flood = h4.run(&format!(
+        "/usr/bin/python3 {script} pull-flood {} {DEFAULT_PORT} 200",
+        h2.addr4
+    ));
+    eprintln!("200 requests for random paths: {flood}");
+    let count = |status: &str| -> usize {
+        let words: Vec<&str> = flood.split(' ').collect();
+        (words.chunks(2))
+            .find(|w| w[0] == status)
+            .map_or(0, |w| w[1].parse().unwrap())
+    };
+    assert_eq!(count("404") + count("503"), 200, "{flood}");
+    assert_eq!(cache.narinfo_requests(), 0, "{}", cache.log());
+    assert!(count("503") > 0, "no rate: {flood}");
+
+    let narinfo = cache.narinfo("none", &path);
+    let proof = support::base64(narinfo.as_bytes());
+    let route = pull_route(&narinfo, &path);
+    let statuses: Vec<u16> = (hosts.iter())
+        .map(|h| {
+            let url = format!("http://{}:{DEFAULT_PORT}{route}", h.addr4);
+            let header = format!("X-Peerix-Narinfo: {proof}");
+            up.curl(&["-H", &header, "-o", "/dev/null", &url]).status
+        })
+        .collect();
+    let mut sorted = statuses.clone();
+    sorted.sort();
+    assert_eq!(sorted, [200, 404], "{statuses:?}\n{}", cache.log());
+    assert_eq!(cache.narinfo_requests(), 1, "{}", cache.log());
 }
 
 /// A stranger asks for a pulled NAR, reads 4 KiB and leaves (the hostile

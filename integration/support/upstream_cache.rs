@@ -148,6 +148,13 @@ impl UpstreamCache {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// How many narinfo requests the stand-in answered (any status).
+    pub fn narinfo_requests(&self) -> usize {
+        (self.log().lines())
+            .filter(|l| l.split(' ').next().is_some_and(|p| p.ends_with(".narinfo")))
+            .count()
+    }
+
     /// The narinfo of `path` in cache `name`, as the stand-in serves it.
     pub fn narinfo(&self, name: &str, path: &str) -> String {
         let file = (self.root.join(name)).join(format!("{}.narinfo", super::hash_of(path)));

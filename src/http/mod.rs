@@ -571,6 +571,7 @@ fn answer(app: &App, job: Job, stop: &Receiver<()>) {
         framed: reply::asks_framed(&request),
         stripe: reply::stripe(&request),
         peer: request.remote_addr().map(|a| a.ip()),
+        proof: reply::header_value(&request, crate::pull::PROOF_HEADER),
         json: reply::accepts_json(&request),
     };
     let reply = store_routes::route(app, &incoming)

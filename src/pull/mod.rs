@@ -7,8 +7,9 @@
 //! - `spool.rs`: the downloads under way, in files every reader follows.
 //! - `pullers.rs`: which node of the LAN fetches a path (the first in
 //!   rendezvous order), and the pullers passed over.
-//! - here: the upstreams' narinfo (checked, cached), and a pulled NAR for
-//!   the local Nix, from one node after another.
+//! - here: the upstreams' narinfo (checked, cached); which peers' requests
+//!   for pulled NARs this node takes on; and a pulled NAR for the local
+//!   Nix, from one node after another.
 //!
 //! A pulled NAR for the local Nix comes from the node that fetches it for
 //! the LAN; when that node is unreachable, refuses or breaks off, the next
@@ -20,6 +21,15 @@
 //! (`substitute/nar_hash.rs`): when they fail it, the pullers that sent any
 //! of them are blamed (`pullers.rs`); only when this node's own download
 //! sent them all is the upstream's answer forgotten.
+//!
+//! A peer asks this node for a pulled NAR (`/peer/pull/…`) because it ranks
+//! this node first. That costs no upstream request unless this node
+//! remembers the upstream's narinfo (its own Nix asked for the path), or
+//! it ranks itself first too and the peer proves that an upstream has the
+//! path: it sends the upstream's narinfo (`PROOF_HEADER`), which must be
+//! signed by a key the local Nix trusts. A stranger's requests for made-up
+//! paths cost nothing upstream, and each source may ask `PEER_PULLS` times
+//! a second (`PEER_PULL_BURST` at once).
 
 mod decode;
 mod https;
@@ -33,6 +43,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+
 pub use https::Cache;
 use https::{Client, UpstreamError};
 use pullers::{Pullers, Via, Why};
@@ -40,6 +53,7 @@ use spool::{Open, Spool};
 
 use crate::base::bounded::Bounded;
 use crate::base::logs::Throttle;
+use crate::base::rate::RateLimit;
 use crate::discovery::Discovery;
 use crate::metrics::{Metrics, PassedOver};
 use crate::nix::narinfo::{HashPart, NarInfo};
@@ -49,6 +63,16 @@ use crate::peer::client::{FetchError, PeerClient};
 use crate::peer::Peer;
 use crate::store::Store;
 
+/// The header a node sends with `/peer/pull/` requests: the upstream's
+/// narinfo of the path (base64), proof that an upstream has it.
+pub const PROOF_HEADER: &str = "X-Peerix-Narinfo";
+/// A proof is at most this long (base64): a narinfo with so many
+/// references that it is longer goes without, and only a fetcher that
+/// remembers the path serves it.
+const PROOF_MAX: usize = 8 * 1024;
+/// `/peer/pull/` requests a second each source may make, and at once.
+const PEER_PULLS: f64 = 20.0;
+const PEER_PULL_BURST: f64 = 100.0;
 /// Pullers that may fail one NAR before this node fetches it itself,
 /// asking no other.
 const MAX_PULLER_FAILURES: usize = 3;
@@ -96,7 +120,18 @@ pub struct Pull {
     discovery: Arc<Discovery>,
     peers: PeerClient,
     pullers: Pullers,
+    /// `/peer/pull/` requests, per source.
+    peer_pulls: Mutex<RateLimit>,
     metrics: Arc<Metrics>,
+}
+
+/// Why a peer's request for a pulled NAR is not taken on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not a path this node fetches, or none an upstream has (404).
+    NotHere,
+    /// Its source asked too often (503).
+    TooMany,
 }
 
 impl Pull {
@@ -122,6 +157,7 @@ impl Pull {
             discovery,
             peers,
             pullers: Pullers::new(),
+            peer_pulls: Mutex::new(RateLimit::with_burst(PEER_PULLS, PEER_PULL_BURST)),
             metrics,
         })
     }
@@ -194,6 +230,54 @@ impl Pull {
             .filter(|p| nar_hash.is_none_or(|n| n == p.info.nar_hash))
     }
 
+    /// The upstream narinfo of `hash` for a peer's request (from `from`)
+    /// for its NAR with `nar_hash`, `proof` the upstream narinfo it sent:
+    /// what this node remembers, else, when this node ranks itself first
+    /// for the path and `proof` shows that an upstream has it, its own
+    /// upstream's answer. No upstream request otherwise.
+    pub fn for_peer(
+        &self,
+        hash: &HashPart,
+        nar_hash: [u8; 32],
+        proof: Option<&str>,
+        from: Option<IpAddr>,
+    ) -> Result<Pulled, Refusal> {
+        if let Some(ip) = from {
+            let allowed = self.peer_pulls.lock().map_or(true, |mut r| r.allow(ip));
+            if !allowed {
+                return Err(Refusal::TooMany);
+            }
+        }
+        match self.remembered(hash) {
+            Some(Answer::Found(p, _)) if p.info.nar_hash == nar_hash => return Ok(*p),
+            Some(_) => return Err(Refusal::NotHere),
+            None => {}
+        }
+        if !self.proven(hash, &nar_hash, proof) {
+            return Err(Refusal::NotHere);
+        }
+        if self.order(hash, &nar_hash).first() != Some(&Via::Here) {
+            return Err(Refusal::NotHere);
+        }
+        self.matching(hash, Some(nar_hash)).ok_or(Refusal::NotHere)
+    }
+
+    /// True when `proof` is an upstream's narinfo of `hash` with
+    /// `nar_hash`, signed by a key the local Nix trusts.
+    fn proven(&self, hash: &HashPart, nar_hash: &[u8; 32], proof: Option<&str>) -> bool {
+        let text = (proof.filter(|p| p.len() <= PROOF_MAX))
+            .and_then(|p| STANDARD.decode(p.trim()).ok())
+            .and_then(|bytes| String::from_utf8(bytes).ok());
+        match text.map(|t| NarInfo::parse(&t)) {
+            Some(Ok(mut info)) => {
+                info.hash_part() == *hash
+                    && info.nar_hash == *nar_hash
+                    && self.trust.keep_trusted(&mut info)
+            }
+            _ => false,
+        }
+    }
+
     /// The NAR of `pulled` for the local Nix, from its first byte: from
     /// the node that fetches it for the LAN, failing over down the
     /// rendezvous order to this node itself. `None` when no node can start
@@ -205,9 +289,11 @@ impl Pull {
         if let Some(Via::Peer(_, first)) = order.first() {
             log::debug!("{hash}: fetched for the LAN by {first}");
         }
+        let proof = Some(STANDARD.encode(pulled.info.render())).filter(|p| p.len() <= PROOF_MAX);
         let mut nar = PullNar {
             pull: self.clone(),
             pulled,
+            proof,
             pos: 0,
             order: order.into(),
             current: None,
@@ -290,6 +376,8 @@ pub fn peer_nar_url(info: &NarInfo) -> String {
 pub struct PullNar {
     pull: Arc<Pull>,
     pulled: Pulled,
+    /// What is sent to pullers as proof that an upstream has the path.
+    proof: Option<String>,
     pos: u64,
     order: VecDeque<Via>,
     current: Option<(Via, Box<dyn Read + Send>)>,
@@ -326,7 +414,10 @@ impl PullNar {
                         url: peer_nar_url(&self.pulled.info),
                         ..self.pulled.info.clone()
                     };
-                    (self.pull.peers.nar(&found, &info, self.pos, true, None)).map_err(
+                    let proof = self.proof.clone().map(|p| (PROOF_HEADER, p));
+                    let asked = (self.pos, true, None);
+                    let peers = &self.pull.peers;
+                    (peers.nar_with(&found, &info, asked, proof.into_iter().collect())).map_err(
                         |e| match e {
                             FetchError::Status(_) => (Why::Refused, e.to_string()),
                             _ => (Why::Failed, e.to_string()),
