@@ -355,6 +355,34 @@ fn realise(host: &Host, node: &Daemon, paths: &[&str], key: &support::Key) {
     );
 }
 
+/// What [`pulling`] sets up.
+struct Pulling {
+    cache: UpstreamCache,
+    key: support::Key,
+    /// The one path published.
+    path: String,
+    /// The node on host 2, pulling through the upstream.
+    node: Daemon,
+}
+
+/// On `net`'s host 1 an upstream stand-in publishing one random path of
+/// `bytes` (tagged `tag`, uncompressed, signed by its key), and on host 2
+/// a node pulling through it.
+fn pulling(net: &Net, tag: &str, bytes: u64) -> Pulling {
+    let (up, h2) = (net.host(1), net.host(2));
+    let key = generate_key(up, "upstream-1");
+    let cache = UpstreamCache::start(up);
+    let path = support::build_random(up, tag, bytes);
+    let url = cache.publish(up, "none", "none", &key, &[&path]);
+    let node = cache.node(h2, "SSL_CERT_FILE", &[&url], &key, &[]);
+    Pulling {
+        cache,
+        key,
+        path,
+        node,
+    }
+}
+
 /// The value of `field` in narinfo `text`.
 fn field<'a>(text: &'a str, field: &str) -> &'a str {
     (text.lines())
@@ -415,11 +443,13 @@ fn a_lying_puller_is_asked_once_and_the_node_fetches_the_nar_itself() {
 fn made_up_pullers_at_one_address_cost_one_try() {
     let Some(net) = Net::new(3) else { return };
     let (up, h2, h3) = (net.host(1), net.host(2), net.host(3));
-    let ukey = generate_key(up, "upstream-1");
-    let cache = UpstreamCache::start(up);
-    let path = support::build_random(up, "silent", 256 << 10);
-    let url = cache.publish(up, "none", "none", &ukey, &[&path]);
-    let n2 = cache.node(h2, "SSL_CERT_FILE", &[&url], &ukey, &[]);
+    // The upstream stand-in lives as long as `_cache`.
+    let Pulling {
+        cache: _cache,
+        key: ukey,
+        path,
+        node: n2,
+    } = pulling(&net, "silent", 256 << 10);
     let (_silent, log) = made_up_pullers(h3, "silent", h2, &[&path], 10, &[]);
 
     realise(h2, &n2, &[&path], &ukey);
@@ -539,14 +569,15 @@ fn the_spool_keeps_the_disk_margin_with_downloads_under_way() {
 fn a_nar_the_upstream_sent_wrong_is_never_served_whole_nor_again() {
     let Some(net) = Net::new(3) else { return };
     let (up, h2, h3) = (net.host(1), net.host(2), net.host(3));
-    let ukey = generate_key(up, "upstream-1");
-    let cache = UpstreamCache::start(up);
-    let path = support::build_random(up, "wrong-once", 4 << 20);
-    let url = cache.publish(up, "none", "none", &ukey, &[&path]);
+    let Pulling {
+        cache,
+        path,
+        node,
+        key: _,
+    } = pulling(&net, "wrong-once", 4 << 20);
     let want = up.run(&format!(
         "nix-store --dump {path} | sha256sum | cut -d' ' -f1"
     ));
-    let node = cache.node(h2, "SSL_CERT_FILE", &[&url], &ukey, &[]);
     // The node's Nix asked for it: the node remembers the upstream's narinfo.
     let text = h2
         .curl(&[&format!("{LOCAL}/{}.narinfo", hash_of(&path))])
@@ -636,13 +667,14 @@ fn strangers_cannot_make_a_node_ask_its_upstream() {
 fn a_download_nobody_reads_stops() {
     let Some(net) = Net::new(3) else { return };
     let (up, h2, h3) = (net.host(1), net.host(2), net.host(3));
-    let ukey = generate_key(up, "upstream-1");
-    let cache = UpstreamCache::start(up);
-    let path = support::build_random(up, "unread", 48 << 20);
-    let url = cache.publish(up, "none", "none", &ukey, &[&path]);
+    let Pulling {
+        cache,
+        path,
+        node,
+        key: _,
+    } = pulling(&net, "unread", 48 << 20);
     // About 10 s for the whole NAR.
     up.limit_rate(40);
-    let node = cache.node(h2, "SSL_CERT_FILE", &[&url], &ukey, &[]);
     // The node's Nix asked for the narinfo: the node remembers it.
     let hash = hash_of(&path);
     assert_eq!(h2.curl(&[&format!("{LOCAL}/{hash}.narinfo")]).status, 200);
