@@ -130,6 +130,7 @@ fn main() -> ExitCode {
                 discovery.clone(),
                 peers(),
                 store.clone(),
+                metrics.clone(),
             ) {
                 Ok(p) => {
                     log::info!("pulling through {} for the LAN", caches.join(", "));

@@ -37,6 +37,10 @@ count, against one address of a test host, and prints what it did.
     hostile.py spoof ADDR PORT COUNT
         v2 datagrams from made-up nodes (a random node id each): hellos
         asking for one back, "have" answers and queries for random hashes
+    hostile.py pull-flood ADDR PORT COUNT
+        COUNT GETs of /peer/pull/<NarHash>-<hash>.nar for random hashes and
+        NarHashes, as fast as it can on keep-alive connections; prints how
+        many got each status ("404 N 503 M")
     hostile.py listen PORT FILE SECONDS
         a TCP listener that appends a line to FILE for each connection
         (to see that nothing reaches it)
@@ -328,6 +332,43 @@ def spoof(addr, port, count):
     print("sent %d datagrams" % count)
 
 
+def pull_flood(addr, port, count):
+    nix32 = "0123456789abcdfghijklmnpqrsvwxyz"
+    statuses = {}
+    c = None
+    for _ in range(count):
+        h = "".join(random.choice(nix32) for _ in range(32))
+        # 52 characters for 256 bits: the first holds the top bit alone.
+        nar_hash = random.choice("01") + "".join(random.choice(nix32) for _ in range(51))
+        request = ("GET /peer/pull/%s-%s.nar HTTP/1.1\r\nHost: x\r\n\r\n" % (nar_hash, h)).encode()
+        status = "none"
+        for _ in range(2):
+            try:
+                if c is None:
+                    c = socket.create_connection((addr, port), timeout=10)
+                    f = c.makefile("rb")
+                c.sendall(request)
+                line = f.readline().decode("latin-1")
+                status = line.split(" ")[1] if line.startswith("HTTP/") else "closed"
+                length = 0
+                while True:
+                    header = f.readline().decode("latin-1").strip()
+                    if not header:
+                        break
+                    if header.lower().startswith("content-length:"):
+                        length = int(header.split(":")[1])
+                f.read(length)
+                if status == "closed":
+                    raise ConnectionResetError
+                break
+            except (OSError, ValueError, IndexError):
+                if c:
+                    c.close()
+                c = None
+        statuses[status] = statuses.get(status, 0) + 1
+    print(" ".join("%s %d" % kv for kv in sorted(statuses.items())), flush=True)
+
+
 def listen(port, path, seconds):
     s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -414,6 +455,8 @@ if __name__ == "__main__":
         body(args[0], int(args[1]), args[2])
     elif cmd == "spoof":
         spoof(args[0], int(args[1]), int(args[2]))
+    elif cmd == "pull-flood":
+        pull_flood(args[0], int(args[1]), int(args[2]))
     elif cmd == "listen":
         listen(int(args[0]), args[1], float(args[2]))
     elif cmd == "peers":

@@ -7,6 +7,8 @@ over HTTPS (or HTTP without --cert), one thread per connection, with
     <path> <status> <bytes of the body sent>
 
 to --log, so a test can tell how often each NAR crossed the "internet".
+A file with a sibling FILE.corrupt-once is sent once with its middle byte
+flipped (the sibling is removed): one bad answer, as a test asks for it.
 
     upstream_cache.py --dir DIR --port 8443 --log FILE [--cert PEM --key PEM]
 """
@@ -87,17 +89,29 @@ def main():
             self.end_headers()
             sent = 0
             status = 206 if start else 200
+            flip = None
+            if body:
+                try:
+                    os.remove(path + ".corrupt-once")
+                    flip = size // 2
+                except OSError:
+                    pass
             if body:
                 try:
                     with open(path, "rb") as f:
                         f.seek(start)
                         while True:
+                            at = f.tell()
                             chunk = f.read(CHUNK)
                             if not chunk:
                                 break
+                            if flip is not None and at <= flip < at + len(chunk):
+                                chunk = bytearray(chunk)
+                                chunk[flip - at] ^= 0xFF
+                                chunk = bytes(chunk)
                             self.wfile.write(chunk)
                             sent += len(chunk)
-                except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+                except OSError:  # the client left (ssl.SSLError is one too)
                     pass
             self.record(status, sent)
 

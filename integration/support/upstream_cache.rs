@@ -148,12 +148,50 @@ impl UpstreamCache {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// How many narinfo requests the stand-in answered (any status).
+    pub fn narinfo_requests(&self) -> usize {
+        (self.log().lines())
+            .filter(|l| l.split(' ').next().is_some_and(|p| p.ends_with(".narinfo")))
+            .count()
+    }
+
+    /// The narinfo of `path` in cache `name`, as the stand-in serves it.
+    pub fn narinfo(&self, name: &str, path: &str) -> String {
+        let file = (self.root.join(name)).join(format!("{}.narinfo", super::hash_of(path)));
+        std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+    }
+
+    /// Makes the stand-in send the NAR of `path` in cache `name` once with
+    /// its middle byte flipped (one bad answer, then good ones again).
+    pub fn corrupt_once(&self, name: &str, path: &str) {
+        let narinfo = self.narinfo(name, path);
+        let url = (narinfo.lines())
+            .find_map(|l| l.strip_prefix("URL: "))
+            .expect("a URL in the narinfo");
+        let marker = self.root.join(name).join(format!("{url}.corrupt-once"));
+        std::fs::write(&marker, b"").expect("write the marker");
+    }
+
     /// A node on `host` pulling through `urls` of this stand-in, trusting
     /// `upstream`'s key, with the test CA in `ca_variable` (`SSL_CERT_FILE`
     /// or `NIX_SSL_CERT_FILE`), and `extra` arguments.
     pub fn node(
         &self,
         host: &Host,
+        ca_variable: &str,
+        urls: &[&str],
+        upstream: &Key,
+        extra: &[&str],
+    ) -> Daemon {
+        self.node_wrapped(host, &[], ca_variable, urls, upstream, extra)
+    }
+
+    /// Like [`UpstreamCache::node`], with `wrapper` put before the peerix
+    /// binary (see [`Host::spawn_peerix_with`]).
+    pub fn node_wrapped(
+        &self,
+        host: &Host,
+        wrapper: &[&str],
         ca_variable: &str,
         urls: &[&str],
         upstream: &Key,
@@ -179,7 +217,7 @@ impl UpstreamCache {
             ("SSL_CERT_FILE", ""),
             (ca_variable, self.ca.to_str().unwrap()),
         ];
-        host.spawn_peerix_with(&[], &env, &args)
+        host.spawn_peerix_with(wrapper, &env, &args)
     }
 }
 

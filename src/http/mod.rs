@@ -145,6 +145,8 @@ struct Asked {
     framed: bool,
     stripe: Option<Stripe>,
     remote: Option<SocketAddr>,
+    /// `X-Peerix-Narinfo` (`pull::PROOF_HEADER`), on pull requests.
+    proof: Option<String>,
     json: bool,
 }
 
@@ -161,6 +163,7 @@ impl Asked {
             framed: reply::asks_framed(request),
             stripe: reply::stripe(request),
             remote: request.remote_addr().copied(),
+            proof: reply::header_value(request, crate::pull::PROOF_HEADER),
             json: reply::accepts_json(request),
         }
     }
@@ -174,6 +177,7 @@ impl Asked {
             framed: self.framed,
             stripe: self.stripe,
             peer: self.remote.map(|a| a.ip()),
+            proof: self.proof.clone(),
             json: self.json,
         }
     }

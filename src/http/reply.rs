@@ -102,6 +102,13 @@ pub fn stripe(request: &Request) -> Option<Stripe> {
         .and_then(|h| Stripe::parse(h.value.as_str()))
 }
 
+/// The value of the `name` header, if the request has one.
+pub fn header_value(request: &Request, name: &'static str) -> Option<String> {
+    (request.headers().iter())
+        .find(|h| h.field.equiv(name))
+        .map(|h| h.value.as_str().to_owned())
+}
+
 /// True when the `Accept` header names `application/json`.
 pub fn accepts_json(request: &Request) -> bool {
     (request.headers().iter())

@@ -81,6 +81,9 @@ pub struct Incoming<'a> {
     pub stripe: Option<Stripe>,
     /// The client's address.
     pub peer: Option<IpAddr>,
+    /// The upstream narinfo a peer sends with `/peer/pull/` (base64), as
+    /// proof that an upstream has the path (`pull::PROOF_HEADER`).
+    pub proof: Option<String>,
     /// True when the client prefers JSON (`Accept: application/json`).
     pub json: bool,
 }

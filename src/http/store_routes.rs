@@ -34,6 +34,7 @@ use crate::base::logs::Throttle;
 use crate::metrics::NarSource;
 use crate::nix::narinfo::{basename_of, HashPart, STORE_DIR};
 use crate::peer::framed::Mode;
+use crate::pull::Refusal;
 use crate::store::PathInfo;
 
 /// Requests refused for want of the network key, logged at most once a second.
@@ -231,7 +232,9 @@ fn nar_reply(app: &App, hash: &HashPart, incoming: &Incoming, compress: Option<M
 /// `/peer/pull/<nix32 NarHash>-<hash>.nar`: a NAR this node fetches from
 /// its upstream caches for the LAN, from its spool as it arrives. Never
 /// passed on to another node: a peer asks here because this node is the
-/// path's fetcher.
+/// path's fetcher. Taken on only for a path whose upstream narinfo this
+/// node remembers, or that it fetches and the peer proves an upstream has
+/// (`pull/mod.rs`): 404 otherwise, 503 to a source that asks too often.
 fn pulled_nar(app: &App, rest: &str, incoming: &Incoming) -> Reply {
     let (head, range) = (incoming.head, incoming.range);
     let name = rest
@@ -247,10 +250,16 @@ fn pulled_nar(app: &App, rest: &str, incoming: &Incoming) -> Reply {
     let Some((hash, nar_hash)) = parsed else {
         return Reply::status(400, "expected /peer/pull/<NarHash>-<hash>.nar");
     };
-    let Some((pull, pulled)) =
-        (app.pull.as_ref()).and_then(|p| Some((p, p.matching(&hash, Some(nar_hash))?)))
-    else {
+    let Some(pull) = app.pull.as_ref() else {
         return Reply::not_found();
+    };
+    let proof = incoming.proof.as_deref();
+    let pulled = match pull.for_peer(&hash, nar_hash, proof, incoming.peer) {
+        Ok(pulled) => pulled,
+        Err(Refusal::NotHere) => return Reply::not_found(),
+        Err(Refusal::TooMany) => {
+            return Reply::status(503, "too many pull requests; fetch it yourself")
+        }
     };
     let offset = range.unwrap_or(0);
     if offset >= pulled.info.nar_size {
@@ -258,7 +267,7 @@ fn pulled_nar(app: &App, rest: &str, incoming: &Incoming) -> Reply {
     }
     let body = match head {
         true => None,
-        false => match pull.nar_here(&pulled, offset) {
+        false => match pull.nar_here(&pulled, offset, false) {
             Ok(body) => Some(body),
             Err(e) => {
                 log::info!("{hash}: cannot pull it for a peer: {e}");

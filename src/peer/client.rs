@@ -65,8 +65,10 @@ const IDLE_CONNECTIONS: usize = 8;
 
 #[derive(Debug)]
 pub enum FetchError {
-    /// The peer could not be reached, or answered with an error status.
+    /// The peer could not be reached, or its reply broke off.
     Http(String),
+    /// The peer answered with this status, not 200 or 206.
+    Status(u16),
     /// The peer answered something that is not a usable narinfo or NAR.
     Invalid(String),
 }
@@ -75,6 +77,7 @@ impl fmt::Display for FetchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FetchError::Http(m) => write!(f, "request failed: {m}"),
+            FetchError::Status(status) => write!(f, "request failed: status {status}"),
             FetchError::Invalid(m) => write!(f, "unusable answer: {m}"),
         }
     }
@@ -145,7 +148,7 @@ impl PeerClient {
             200 | 206 => Ok(reply),
             status => {
                 reply.discard();
-                Err(FetchError::Http(format!("status {status}")))
+                Err(FetchError::Status(status))
             }
         }
     }
@@ -249,6 +252,18 @@ impl PeerClient {
         compressible: bool,
         stripe: Option<Stripe>,
     ) -> Result<Box<dyn Read + Send>, FetchError> {
+        self.nar_with(peer, info, (offset, compressible, stripe), Vec::new())
+    }
+
+    /// [`PeerClient::nar`], with `headers` beside its own (a pulled NAR's
+    /// proof, `pull/mod.rs`).
+    pub fn nar_with(
+        &self,
+        peer: &Peer,
+        info: &NarInfo,
+        (offset, compressible, stripe): (u64, bool, Option<Stripe>),
+        mut headers: Vec<(&str, String)>,
+    ) -> Result<Box<dyn Read + Send>, FetchError> {
         let url = &info.url;
         if !narinfo::is_plain_relative_url(url) {
             return Err(FetchError::Invalid(format!(
@@ -261,7 +276,6 @@ impl PeerClient {
             + Duration::from_secs_f64(offset as f64 / SKIP_PACE as f64);
         let compressing = compressible && self.compress != framed::Mode::Never;
         let framed = !peer.v1 && (compressing || stripe.is_some());
-        let mut headers = Vec::new();
         if offset > 0 {
             headers.push(("Range", format!("bytes={offset}-")));
         }
